@@ -1,0 +1,261 @@
+//! Typed configuration, read once at start and handed down as sections.
+//!
+//! Layers, later ones win: `config/default.toml` (compiled in, so the binary
+//! runs from any directory), an optional profile file, then environment
+//! variables `ROOMCAST__<SECTION>__<KEY>`. Every key has its default and a
+//! comment in `config/default.toml`; unknown keys are rejected so a typo does
+//! not silently fall back to a default.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::engineio::{Limits, TransportKind};
+
+/// The defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A file, a variable or a value did not parse.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is not acceptable.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `engine.ping_interval_ms`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listener and endpoints.
+    pub server: ServerSettings,
+    /// Engine.IO session parameters.
+    pub engine: EngineSettings,
+    /// WebSocket handshake negotiation.
+    pub websocket: WebSocketSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub host: String,
+    /// Listen port; 0 picks a free one (tests).
+    pub port: u16,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// The Socket.IO endpoint path.
+    pub path: String,
+    /// The raw Engine.IO echo endpoint path, empty = off.
+    pub echo_path: String,
+    /// CORS origins for polling; `*` = any.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    /// pingInterval in ms.
+    pub ping_interval_ms: u64,
+    /// pingTimeout in ms.
+    pub ping_timeout_ms: u64,
+    /// maxPayload in bytes.
+    pub max_payload: usize,
+    /// Upgrade timeout in ms.
+    pub upgrade_timeout_ms: u64,
+    /// Offered transports.
+    pub transports: Vec<String>,
+    /// Outgoing frames buffered per session before it counts as slow.
+    pub max_buffered_packets: usize,
+    /// Packets per polling POST.
+    pub max_packets_per_payload: usize,
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSettings {
+    /// Accepted subprotocols in order of preference.
+    pub subprotocols: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+    /// EnvFilter directive.
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Settings {
+    /// Loads defaults, then `profile` if given, then the environment.
+    pub fn load(profile: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(path) = profile {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ROOMCAST")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("server.cors_allowed_origins")
+                .with_list_parse_key("engine.transports")
+                .with_list_parse_key("websocket.subprotocols")
+                .try_parsing(true),
+        );
+        Self::from_config(builder.build()?)
+    }
+
+    /// The defaults alone, with overrides applied by the caller (tests).
+    pub fn defaults() -> Settings {
+        // unwrap: the compiled-in defaults are covered by a unit test.
+        Self::from_config(
+            config::Config::builder()
+                .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn from_config(cfg: config::Config) -> Result<Settings, ConfigError> {
+        let settings: Settings = cfg.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        let e = &self.engine;
+        if e.ping_interval_ms == 0 {
+            return Err(invalid("engine.ping_interval_ms", "must be at least 1"));
+        }
+        if e.ping_timeout_ms == 0 {
+            return Err(invalid("engine.ping_timeout_ms", "must be at least 1"));
+        }
+        if e.upgrade_timeout_ms == 0 {
+            return Err(invalid("engine.upgrade_timeout_ms", "must be at least 1"));
+        }
+        if e.max_payload < 16 {
+            return Err(invalid("engine.max_payload", "must be at least 16 bytes"));
+        }
+        if e.max_buffered_packets == 0 {
+            return Err(invalid("engine.max_buffered_packets", "must be at least 1"));
+        }
+        if e.max_packets_per_payload == 0 {
+            return Err(invalid("engine.max_packets_per_payload", "must be at least 1"));
+        }
+        if e.transports.is_empty() {
+            return Err(invalid("engine.transports", "lists no transport"));
+        }
+        for t in &e.transports {
+            if t != "polling" && t != "websocket" {
+                return Err(invalid(
+                    "engine.transports",
+                    format!("unknown transport {t:?} (expected \"polling\" or \"websocket\")"),
+                ));
+            }
+        }
+        for (key, path) in [("server.path", &self.server.path), ("server.echo_path", &self.server.echo_path)] {
+            if !(path.is_empty() && key == "server.echo_path") && !(path.starts_with('/') && path.ends_with('/')) {
+                return Err(invalid(key, format!("{path:?} must start and end with '/'")));
+            }
+        }
+        if self.server.path == self.server.echo_path {
+            return Err(invalid("server.echo_path", "must differ from server.path"));
+        }
+        Ok(())
+    }
+}
+
+impl EngineSettings {
+    /// The session limits these settings describe.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+            upgrade_timeout: Duration::from_millis(self.upgrade_timeout_ms),
+            max_buffered: self.max_buffered_packets,
+        }
+    }
+
+    /// Whether a transport is offered.
+    pub fn allows(&self, transport: TransportKind) -> bool {
+        self.transports.iter().any(|t| t == transport.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::defaults();
+        assert_eq!(s.server.port, 3000);
+        assert_eq!(s.server.path, "/socket.io/");
+        assert_eq!(s.engine.ping_interval_ms, 25000);
+        assert_eq!(s.engine.max_payload, 1_000_000);
+        assert_eq!(s.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn conformance_profile_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/conformance.toml");
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.engine.ping_interval_ms, 300);
+        assert_eq!(s.engine.ping_timeout_ms, 200);
+        assert_eq!(s.server.echo_path, "/engine.io/");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut s = Settings::defaults();
+        s.engine.transports = vec!["carrier-pigeon".into()];
+        let msg = s.validate().unwrap_err().to_string();
+        assert!(msg.contains("engine.transports"), "{msg}");
+
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .set_override("engine.ping_interval_ms", "soon")
+            .unwrap()
+            .build()
+            .unwrap();
+        let msg = Settings::from_config(cfg).unwrap_err().to_string();
+        assert!(msg.contains("ping_interval_ms"), "{msg}");
+    }
+}

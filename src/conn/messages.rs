@@ -1,0 +1,107 @@
+//! Messages the transports send to a [`super::Connection`], and the writer
+//! handle a WebSocket transport gives it.
+//!
+//! The types a transport needs to talk to the actor are defined here, in the
+//! downstream module, so that imports point one way: transport → conn.
+
+use actix::prelude::*;
+use bytes::Bytes;
+use bytestring::ByteString;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engineio::{CloseCause, ErrorCode, Frame};
+
+/// What the actor asks a WebSocket writer to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Write one frame.
+    Frame(Frame),
+    /// Write a close frame with this status code and stop.
+    Close(u16),
+}
+
+/// The sending half of a WebSocket writer, with a bounded queue: the actor
+/// only ever `try_send`s, and a full queue marks a slow consumer.
+#[derive(Debug, Clone)]
+pub struct WsWriter {
+    /// Distinguishes the active WebSocket from one being probed.
+    pub id: u64,
+    /// Frames for the writer task.
+    pub tx: mpsc::Sender<Outgoing>,
+}
+
+/// The body of a polling GET response, or the error to answer with.
+pub type PollResult = Result<String, ErrorCode>;
+
+/// A polling GET: the actor answers through `reply` when it has data (or
+/// must answer: a ping, an upgrade, a close).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PollGet {
+    /// Where the response body goes; dropped by the HTTP side if the client
+    /// went away, in which case the frames stay buffered.
+    pub reply: oneshot::Sender<PollResult>,
+}
+
+/// A polling POST body, already bounded by `maxPayload`.
+#[derive(Message)]
+#[rtype(result = "Result<(), ErrorCode>")]
+pub struct PollPost {
+    /// The raw body.
+    pub body: Bytes,
+}
+
+/// A WebSocket with this session's sid asks to take over (upgrade).
+#[derive(Message)]
+#[rtype(result = "Result<(), ErrorCode>")]
+pub struct AttachProbe {
+    /// Its writer.
+    pub writer: WsWriter,
+}
+
+/// A message read from a WebSocket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WsInbound {
+    /// Which WebSocket ([`WsWriter::id`]).
+    pub id: u64,
+    /// What it carried.
+    pub message: WsMessage,
+}
+
+/// The data of a WebSocket message.
+#[derive(Debug)]
+pub enum WsMessage {
+    /// A text message.
+    Text(ByteString),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+/// A WebSocket's read side ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WsEnded {
+    /// Which WebSocket.
+    pub id: u64,
+    /// How.
+    pub end: WsEnd,
+}
+
+/// How a WebSocket's read side ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsEnd {
+    /// A close frame or the end of the stream.
+    Closed,
+    /// A message above `maxPayload` (close 1009).
+    TooLarge,
+    /// A text message that is not UTF-8 (close 1007).
+    InvalidUtf8,
+    /// Any other protocol or I/O error.
+    Error(String),
+}
+
+/// The server closes the session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession(pub CloseCause);

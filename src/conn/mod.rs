@@ -1,0 +1,574 @@
+//! The connection actor: one per Engine.IO session.
+//!
+//! A [`Connection`] owns the sans-IO [`Session`] (life cycle, heartbeat,
+//! outgoing buffer), the transport it writes to (a pending polling GET, the
+//! active WebSocket writer, a WebSocket being probed), and the application
+//! that consumes its messages. Transports talk to it through the messages in
+//! [`messages`]; it never awaits a socket: WebSocket writers have bounded
+//! queues it `try_send`s into, polling GETs get a oneshot reply.
+//!
+//! Every handler ends in [`Connection::after`], which writes what the session
+//! buffered and re-arms the single timer at the session's next deadline.
+//! Every end goes through [`Connection::close`].
+
+pub mod messages;
+mod registry;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::audit::{excerpt, AuditEvent, AuditHandle, AuditKind};
+use crate::engineio::payload::{body_text, decode_payload, encode_payload};
+use crate::engineio::{
+    packet, CloseCause, CloseMode, ErrorCode, Event, Frame, Limits, Packet, Payload, Session, State, TransportKind,
+    Via,
+};
+use crate::reason::DisconnectReason;
+use messages::*;
+pub use registry::{Entry, Registry};
+
+/// WebSocket close codes (RFC 6455 §7.4.1).
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is going away.
+    pub const AWAY: u16 = 1001;
+    /// Protocol error.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// Policy violation (parse errors, forced closes).
+    pub const POLICY: u16 = 1008;
+    /// Message too big.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// What consumes a session's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum App {
+    /// Raw Engine.IO: every message is sent back (the engine.io compliance
+    /// suite's endpoint).
+    Echo,
+    /// Messages are accepted and dropped (the Socket.IO path until the
+    /// Socket.IO layer consumes them).
+    Discard,
+}
+
+/// What every session of one endpoint shares.
+pub struct EngineShared {
+    /// Timing and buffer limits.
+    pub limits: Limits,
+    /// `maxPayload`.
+    pub max_payload: usize,
+    /// Packets per polling POST.
+    pub max_packets_per_payload: usize,
+    /// Transports offered as upgrades in the open packet of a polling session.
+    pub upgrades: Vec<&'static str>,
+    /// The application of this endpoint.
+    pub app: App,
+    /// Sessions by sid.
+    pub registry: Registry,
+    /// Where forced closes and parse errors go.
+    pub audit: AuditHandle,
+}
+
+/// Who is on the other end, for logs and the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    /// Peer address.
+    pub addr: Option<SocketAddr>,
+    /// `User-Agent` header.
+    pub user_agent: Option<String>,
+}
+
+/// One Engine.IO session.
+pub struct Connection {
+    sid: Arc<str>,
+    session: Session,
+    shared: Arc<EngineShared>,
+    peer: PeerInfo,
+    /// The pending polling GET, answered when there is something to send.
+    poll: Option<tokio::sync::oneshot::Sender<PollResult>>,
+    /// The active WebSocket's writer (WebSocket sessions and upgraded ones).
+    ws: Option<WsWriter>,
+    /// A WebSocket being probed for an upgrade.
+    probe: Option<WsWriter>,
+    /// The armed timer and the deadline it is for, so it is only re-armed
+    /// when the session's next deadline changes.
+    timer: Option<(Instant, SpawnHandle)>,
+    /// Why the session ended, once it did.
+    closed_by: Option<DisconnectReason>,
+    span: tracing::Span,
+}
+
+impl Connection {
+    /// Starts a session on `transport` and registers it. A WebSocket session
+    /// gets its open packet as the first frame; for polling the caller
+    /// answers the handshake GET with [`Connection::open_packet`].
+    pub fn start(
+        shared: Arc<EngineShared>,
+        transport: TransportKind,
+        ws: Option<WsWriter>,
+        peer: PeerInfo,
+    ) -> (Arc<str>, Addr<Connection>) {
+        let sid: Arc<str> = crate::engineio::generate_sid().into();
+        let span = tracing::info_span!(
+            "conn",
+            sid = %sid,
+            transport = transport.as_str(),
+            peer = %peer.addr.map(|a| a.to_string()).unwrap_or_default(),
+        );
+        let mut session = Session::new(transport, shared.limits.clone(), Instant::now());
+        if transport == TransportKind::WebSocket {
+            let open = Self::open_packet(&shared, &sid, transport);
+            // unwrap: an empty buffer always has room for the open packet.
+            session.push(open).unwrap();
+        }
+        let conn = Connection {
+            sid: sid.clone(),
+            session,
+            shared: shared.clone(),
+            peer,
+            poll: None,
+            ws,
+            probe: None,
+            timer: None,
+            closed_by: None,
+            span,
+        };
+        let addr = conn.start();
+        shared.registry.insert(sid.clone(), addr.clone());
+        (sid, addr)
+    }
+
+    /// The open packet (spec "Handshake") for a session on `transport`.
+    pub fn open_packet(shared: &EngineShared, sid: &str, transport: TransportKind) -> Frame {
+        let upgrades: &[&str] = match transport {
+            TransportKind::Polling => &shared.upgrades,
+            TransportKind::WebSocket => &[],
+        };
+        Frame::open(&crate::engineio::session::handshake_json(
+            sid,
+            upgrades,
+            &shared.limits,
+            shared.max_payload,
+        ))
+    }
+
+    /// Feeds one packet to the session and acts on what it says.
+    fn receive(&mut self, via: Via, packet: Packet, ctx: &mut Context<Self>) {
+        match self.session.on_packet(via, packet, Instant::now()) {
+            Ok(Some(event)) => self.on_event(event, ctx),
+            Ok(None) => {}
+            Err(cause) => self.close(cause, None, ctx),
+        }
+    }
+
+    fn on_event(&mut self, event: Event, ctx: &mut Context<Self>) {
+        match event {
+            Event::Message(payload) => self.on_message(payload, ctx),
+            Event::ProbeAnswered => {
+                if let Some(probe) = &self.probe {
+                    let _ = probe.tx.try_send(Outgoing::Frame(Frame::pong_probe()));
+                }
+                // `after` ends a pending GET with a noop now that polling is paused.
+            }
+            Event::Upgraded => {
+                // The pending GET (if any) ends with a noop; what is still
+                // buffered goes out on the WebSocket, in order, from `after`.
+                self.answer_poll(Ok(encode_payload(&[Frame::noop()])));
+                self.ws = self.probe.take();
+                self.span.record("transport", TransportKind::WebSocket.as_str());
+                tracing::debug!(parent: &self.span, "upgraded to websocket");
+            }
+            Event::UpgradeAborted => {
+                if let Some(probe) = self.probe.take() {
+                    let _ = probe.tx.try_send(Outgoing::Close(close_code::NORMAL));
+                }
+                tracing::debug!(parent: &self.span, "upgrade abandoned");
+            }
+            Event::PingQueued => {}
+        }
+    }
+
+    /// The application's turn.
+    fn on_message(&mut self, payload: Payload, ctx: &mut Context<Self>) {
+        match self.shared.app {
+            App::Echo => {
+                let frame = match payload {
+                    Payload::Text(text) => Frame::message_text(&text),
+                    Payload::Binary(bytes) => Frame::message_binary(bytes),
+                };
+                self.send(frame, ctx);
+            }
+            App::Discard => {}
+        }
+    }
+
+    /// Queues a frame for the client; a full buffer closes the session as a
+    /// slow consumer.
+    pub fn send(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        if let Err(cause) = self.session.push(frame) {
+            self.close(cause, None, ctx);
+        }
+    }
+
+    /// Writes what is buffered, stops a closed session, re-arms the timer.
+    fn after(&mut self, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+        if self.session.state() == State::Closed {
+            ctx.stop();
+            return;
+        }
+        self.arm_timer(ctx);
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        match self.session.transport() {
+            TransportKind::WebSocket => {
+                let Some(ws) = &self.ws else { return };
+                let mut slow = false;
+                for frame in self.session.take_buffered() {
+                    match ws.tx.try_send(Outgoing::Frame(frame)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            slow = true;
+                            break;
+                        }
+                        // The writer is gone; its read side reports the end.
+                        Err(TrySendError::Closed(_)) => break,
+                    }
+                }
+                if slow {
+                    let cause = CloseCause::new(
+                        DisconnectReason::ForcedClose,
+                        "slow consumer: websocket write queue full",
+                    );
+                    self.close(cause, None, ctx);
+                }
+            }
+            TransportKind::Polling => self.flush_poll(),
+        }
+    }
+
+    /// Answers the pending GET with what is buffered, or with a noop while
+    /// the client pauses polling for an upgrade.
+    fn flush_poll(&mut self) {
+        let Some(reply) = self.poll.take() else { return };
+        if reply.is_closed() {
+            return; // the client gave up on that GET; data stays buffered
+        }
+        let mut frames = self.session.take_buffered();
+        if frames.is_empty() {
+            if !self.session.polling_paused() {
+                self.poll = Some(reply);
+                return;
+            }
+            frames = VecDeque::from([Frame::noop()]);
+        }
+        match reply.send(Ok(encode_payload(&frames))) {
+            Ok(()) => {
+                if matches!(self.session.state(), State::Closing { .. }) {
+                    self.session.finish_close();
+                }
+            }
+            // The GET went away between the check and the send: keep order.
+            Err(_) => {
+                frames.retain(|f| f != &Frame::noop());
+                self.session.unshift(frames);
+            }
+        }
+    }
+
+    fn answer_poll(&mut self, result: PollResult) {
+        if let Some(reply) = self.poll.take() {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let next = self.session.next_deadline();
+        if next == self.timer.as_ref().map(|t| t.0) {
+            return;
+        }
+        if let Some((_, handle)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let delay = at.saturating_duration_since(Instant::now());
+            let handle = ctx.run_later(delay, |act, ctx| {
+                act.timer = None;
+                act.on_timer(ctx);
+            });
+            self.timer = Some((at, handle));
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context<Self>) {
+        let _enter = self.span.clone().entered();
+        match self.session.poll_timers(Instant::now()) {
+            Ok(Some(event)) => self.on_event(event, ctx),
+            Ok(None) => {}
+            Err(cause) => self.close(cause, None, ctx),
+        }
+        self.after(ctx);
+    }
+
+    /// The one close path. Idempotent; tears down in this order:
+    /// 1. the transport: a pending GET gets the close packet (a noop when the
+    ///    client itself closed), or, for a server-decided close of a polling
+    ///    session with data buffered, the data then the close packet; the
+    ///    WebSocket gets a close frame after what is already queued; a probe
+    ///    is closed;
+    /// 2. the application learns the reason;
+    /// 3. forced closes and parse errors go to the audit sink;
+    /// 4. the log line.
+    ///
+    /// The registry entry goes in `stopped`, once no GET can still drain it.
+    pub fn close(&mut self, cause: CloseCause, input: Option<&[u8]>, ctx: &mut Context<Self>) {
+        self.close_with_code(cause, input, None, ctx)
+    }
+
+    fn close_with_code(
+        &mut self,
+        cause: CloseCause,
+        input: Option<&[u8]>,
+        ws_code: Option<u16>,
+        _ctx: &mut Context<Self>,
+    ) {
+        if !self.session.is_live() {
+            return;
+        }
+        let reason = cause.reason;
+        self.closed_by = Some(reason);
+        let transport = self.session.transport();
+        // 1. transport
+        match self.session.close(reason, Instant::now()) {
+            CloseMode::Now => {
+                let last = if reason == DisconnectReason::TransportClose {
+                    Frame::noop()
+                } else {
+                    Frame::close()
+                };
+                self.answer_poll(Ok(encode_payload(&[last])));
+            }
+            CloseMode::Drain => self.flush_poll(),
+        }
+        let code = ws_code.unwrap_or(match reason {
+            DisconnectReason::ServerShuttingDown => close_code::AWAY,
+            DisconnectReason::ParseError | DisconnectReason::ForcedClose => close_code::POLICY,
+            DisconnectReason::TransportError => close_code::PROTOCOL,
+            _ => close_code::NORMAL,
+        });
+        for writer in [self.ws.take(), self.probe.take()].into_iter().flatten() {
+            // A full queue cannot take the close frame; dropping the sender
+            // ends the writer, which closes the socket all the same.
+            let _ = writer.tx.try_send(Outgoing::Close(code));
+        }
+        // 2. application: nothing to tell yet (Socket.IO layer).
+        // 3. audit
+        let kind = match reason {
+            DisconnectReason::ForcedClose => Some(AuditKind::ForcedClose),
+            DisconnectReason::ParseError => Some(AuditKind::ParseError),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.shared.audit.record(AuditEvent {
+                at: std::time::SystemTime::now(),
+                kind,
+                reason,
+                sid: self.sid.to_string(),
+                transport: transport.as_str(),
+                peer: self.peer.addr,
+                user_agent: self.peer.user_agent.clone(),
+                detail: cause.detail.clone(),
+                excerpt: input.map(excerpt),
+            });
+        }
+        // 4. log
+        if reason.is_audited() {
+            tracing::warn!(parent: &self.span, reason = reason.as_str(), "session closed: {}", cause.detail);
+        } else {
+            tracing::info!(parent: &self.span, reason = reason.as_str(), "session closed: {}", cause.detail);
+        }
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Transports `send` and wait when the mailbox is full; only the
+        // HTTP handlers and read pumps of this one session write to it.
+        ctx.set_mailbox_capacity(64);
+        tracing::info!(parent: &self.span, "session opened");
+        self.after(ctx);
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        // Stopped from outside (the worker's arbiter is shutting down).
+        if self.session.is_live() {
+            let cause = CloseCause::new(DisconnectReason::ServerShuttingDown, "server stopped");
+            self.close(cause, None, ctx);
+        }
+        Running::Stop
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shared.registry.remove(&self.sid);
+        self.answer_poll(Err(ErrorCode::UnknownSid));
+    }
+}
+
+impl Handler<PollGet> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: PollGet, ctx: &mut Self::Context) {
+        let _enter = self.span.clone().entered();
+        if self.session.transport() != TransportKind::Polling {
+            let _ = msg.reply.send(Err(ErrorCode::BadRequest));
+            return;
+        }
+        if self.session.state() == State::Closed {
+            let _ = msg.reply.send(Err(ErrorCode::UnknownSid));
+            return;
+        }
+        if self.poll.as_ref().is_some_and(|p| !p.is_closed()) {
+            // Spec: more than one active GET is an error that closes the session.
+            let _ = msg.reply.send(Err(ErrorCode::BadRequest));
+            let cause = CloseCause::new(DisconnectReason::TransportError, "overlapping polling GET");
+            self.close(cause, None, ctx);
+        } else {
+            self.poll = Some(msg.reply);
+        }
+        self.after(ctx);
+    }
+}
+
+impl Handler<PollPost> for Connection {
+    type Result = Result<(), ErrorCode>;
+
+    fn handle(&mut self, msg: PollPost, ctx: &mut Self::Context) -> Self::Result {
+        let _enter = self.span.clone().entered();
+        if self.session.transport() != TransportKind::Polling {
+            return Err(ErrorCode::BadRequest);
+        }
+        if !self.session.is_live() {
+            return Err(ErrorCode::UnknownSid);
+        }
+        let decoded = body_text(msg.body.clone())
+            .and_then(|text| decode_payload(&text, self.shared.max_packets_per_payload));
+        let result = match decoded {
+            Err(err) => {
+                let cause = CloseCause::new(DisconnectReason::ParseError, err.to_string());
+                self.close(cause, Some(&msg.body), ctx);
+                Err(ErrorCode::BadRequest)
+            }
+            Ok(packets) => {
+                for packet in packets {
+                    self.receive(Via::Active, packet, ctx);
+                    if !self.session.is_live() {
+                        break;
+                    }
+                }
+                match self.closed_by {
+                    None | Some(DisconnectReason::TransportClose) => Ok(()),
+                    Some(_) => Err(ErrorCode::BadRequest),
+                }
+            }
+        };
+        self.after(ctx);
+        result
+    }
+}
+
+impl Handler<AttachProbe> for Connection {
+    type Result = Result<(), ErrorCode>;
+
+    fn handle(&mut self, msg: AttachProbe, ctx: &mut Self::Context) -> Self::Result {
+        let _enter = self.span.clone().entered();
+        // Refused: a WebSocket session, an upgrade under way, a closing one.
+        if !self.session.begin_upgrade(Instant::now()) {
+            return Err(ErrorCode::BadRequest);
+        }
+        self.probe = Some(msg.writer);
+        self.after(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<WsInbound> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: WsInbound, ctx: &mut Self::Context) {
+        let _enter = self.span.clone().entered();
+        let via = if self.ws.as_ref().is_some_and(|w| w.id == msg.id) {
+            Via::Active
+        } else if self.probe.as_ref().is_some_and(|w| w.id == msg.id) {
+            Via::Probe
+        } else {
+            return; // a socket this session already let go of
+        };
+        let packet = match msg.message {
+            WsMessage::Binary(bytes) => packet::decode_binary(bytes),
+            WsMessage::Text(text) => match packet::decode_text(&text, false) {
+                Ok(packet) => packet,
+                Err(err) if via == Via::Active => {
+                    let cause = CloseCause::new(DisconnectReason::ParseError, err.to_string());
+                    self.close(cause, Some(text.as_bytes()), ctx);
+                    self.after(ctx);
+                    return;
+                }
+                // Garbage on a probe abandons the upgrade, not the session.
+                Err(_) => Packet::Noop,
+            },
+        };
+        self.receive(via, packet, ctx);
+        self.after(ctx);
+    }
+}
+
+impl Handler<WsEnded> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: WsEnded, ctx: &mut Self::Context) {
+        let _enter = self.span.clone().entered();
+        if self.probe.as_ref().is_some_and(|w| w.id == msg.id) {
+            self.probe = None;
+            self.session.probe_closed();
+        } else if self.ws.as_ref().is_some_and(|w| w.id == msg.id) {
+            use DisconnectReason::*;
+            let (reason, code, detail) = match &msg.end {
+                WsEnd::Closed => (TransportClose, None, "websocket closed by the client".to_string()),
+                WsEnd::TooLarge => (
+                    ForcedClose,
+                    Some(close_code::TOO_BIG),
+                    format!("websocket message above maxPayload ({} bytes)", self.shared.max_payload),
+                ),
+                WsEnd::InvalidUtf8 => (
+                    ParseError,
+                    Some(close_code::INVALID_DATA),
+                    "websocket text message is not UTF-8".to_string(),
+                ),
+                WsEnd::Error(e) => (TransportError, None, format!("websocket error: {e}")),
+            };
+            self.close_with_code(CloseCause::new(reason, detail), None, code, ctx);
+        }
+        self.after(ctx);
+    }
+}
+
+impl Handler<CloseSession> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        let _enter = self.span.clone().entered();
+        self.close(msg.0, None, ctx);
+        self.after(ctx);
+    }
+}

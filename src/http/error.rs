@@ -1,0 +1,57 @@
+//! HTTP errors with the Engine.IO JSON error body `{"code":N,"message":"…"}`.
+//!
+//! The codes and messages are defined with the protocol, in
+//! [`crate::engineio::ErrorCode`].
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+
+pub use crate::engineio::ErrorCode;
+
+/// An HTTP error response for an Engine.IO request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    /// Status (400, 403, 413, 503).
+    pub status: StatusCode,
+    /// Engine.IO error code.
+    pub code: ErrorCode,
+    /// Message in the body.
+    pub message: &'static str,
+}
+
+impl HttpError {
+    /// The standard response for a code: 403 for Forbidden, 400 otherwise.
+    pub const fn of(code: ErrorCode) -> Self {
+        let status = match code {
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            code,
+            message: code.message(),
+        }
+    }
+
+    /// 413 for a body above `maxPayload`.
+    pub const fn payload_too_large() -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: ErrorCode::BadRequest,
+            message: "Payload too large",
+        }
+    }
+
+    /// The response.
+    pub fn response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .content_type("application/json")
+            .body(format!(r#"{{"code":{},"message":"{}"}}"#, self.code as u8, self.message))
+    }
+}
+
+impl From<ErrorCode> for HttpError {
+    fn from(code: ErrorCode) -> Self {
+        HttpError::of(code)
+    }
+}

@@ -1,0 +1,115 @@
+//! The composition root: the one place that knows every concrete type.
+//! `main` loads config and calls [`Application::build`]; tests do the same
+//! with port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::dev::Server;
+use actix_web::{web, App as WebApp, HttpServer};
+
+use crate::audit::{AuditHandle, LogSink};
+use crate::config::Settings;
+use crate::conn::{App, EngineShared, Registry};
+use crate::engineio::TransportKind;
+use crate::http::{self, Endpoint};
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    /// The Socket.IO endpoint's sessions.
+    pub registry: Registry,
+}
+
+impl Application {
+    /// Binds the listener and assembles the server. Must run inside an actix
+    /// system (`#[actix_web::main]` or `#[actix_web::test]`).
+    pub fn build(settings: Settings) -> std::io::Result<Application> {
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+
+        let audit = AuditHandle::new(LogSink { capacity: 4096 }.start().recipient());
+        let endpoint = |app: App| {
+            let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
+                vec![TransportKind::WebSocket.as_str()]
+            } else {
+                vec![]
+            };
+            web::Data::new(Endpoint {
+                shared: Arc::new(EngineShared {
+                    limits: settings.engine.limits(),
+                    max_payload: settings.engine.max_payload,
+                    max_packets_per_payload: settings.engine.max_packets_per_payload,
+                    upgrades,
+                    app,
+                    registry: Registry::default(),
+                    audit: audit.clone(),
+                }),
+                engine: settings.engine.clone(),
+                subprotocols: settings.websocket.subprotocols.clone(),
+            })
+        };
+        let socketio = endpoint(App::Discard);
+        let registry = socketio.shared.registry.clone();
+        let echo = (!settings.server.echo_path.is_empty()).then(|| endpoint(App::Echo));
+
+        let server_settings = settings.server.clone();
+        let mut server = HttpServer::new(move || {
+            let cors = cors(&server_settings.cors_allowed_origins);
+            let mut app = WebApp::new().wrap(cors);
+            for (path, data) in [(&server_settings.path, Some(&socketio)), (&server_settings.echo_path, echo.as_ref())]
+            {
+                let Some(data) = data else { continue };
+                let bare = path.trim_end_matches('/').to_string();
+                app = app.service(
+                    web::resource([path.clone(), bare])
+                        .app_data(data.clone())
+                        .default_service(web::to(http::handle)),
+                );
+            }
+            app
+        })
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        Ok(Application {
+            port,
+            server: server.run(),
+            registry,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs until the server is stopped (SIGINT/SIGTERM).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    /// A handle to stop the server.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}
+
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allow_any_method()
+        .allow_any_header()
+        .supports_credentials()
+        .max_age(86_400);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
+}

@@ -1,0 +1,107 @@
+//! The HTTP long-polling transport: the handshake GET, data GETs held until
+//! the actor answers, and POSTs whose bodies are bounded before they are read.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use futures_util::StreamExt as _;
+use tokio::sync::oneshot;
+
+use crate::conn::messages::{CloseSession, PollGet, PollPost};
+use crate::conn::{Connection, Entry, EngineShared, PeerInfo};
+use crate::engineio::payload::encode_payload;
+use crate::engineio::{CloseCause, ErrorCode, TransportKind};
+use crate::reason::DisconnectReason;
+
+/// A successful polling response: the payload as `text/plain`.
+pub fn ok_text(body: String) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; charset=UTF-8").body(body)
+}
+
+/// Opens a polling session and answers with its open packet.
+pub fn handshake(shared: &Arc<EngineShared>, peer: PeerInfo) -> HttpResponse {
+    let (sid, _) = Connection::start(shared.clone(), TransportKind::Polling, None, peer);
+    let open = Connection::open_packet(shared, &sid, TransportKind::Polling);
+    ok_text(encode_payload(&[open]))
+}
+
+/// A data GET: waits for the actor's answer.
+pub async fn get(entry: Entry) -> Result<String, ErrorCode> {
+    let (tx, rx) = oneshot::channel();
+    entry
+        .addr
+        .send(PollGet { reply: tx })
+        .await
+        .map_err(|_| ErrorCode::UnknownSid)?;
+    rx.await.map_err(|_| ErrorCode::UnknownSid)?
+}
+
+/// Why a POST was refused before the actor saw it.
+pub enum PostRefused {
+    /// An Engine.IO error (400).
+    Code(ErrorCode),
+    /// The body exceeds `maxPayload` (413).
+    TooLarge,
+}
+
+/// A POST: one at a time per session, body bounded by `max_payload`,
+/// `application/octet-stream` refused (v4 polling bodies are text).
+pub async fn post(
+    entry: Entry,
+    mut body: web::Payload,
+    content_length: Option<usize>,
+    binary: bool,
+    max_payload: usize,
+) -> Result<(), PostRefused> {
+    if entry
+        .post_busy
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Spec: a second active POST is an error that closes the session.
+        let cause = CloseCause::new(DisconnectReason::TransportError, "overlapping polling POST");
+        entry.addr.do_send(CloseSession(cause));
+        return Err(PostRefused::Code(ErrorCode::BadRequest));
+    }
+    struct Release<'a>(&'a Entry);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.post_busy.store(false, Ordering::Release);
+        }
+    }
+    let _release = Release(&entry);
+
+    let close = |reason, detail: String| entry.addr.do_send(CloseSession(CloseCause::new(reason, detail)));
+    if binary {
+        close(
+            DisconnectReason::ParseError,
+            "polling POST with Content-Type application/octet-stream (v4 payloads are text)".into(),
+        );
+        return Err(PostRefused::Code(ErrorCode::BadRequest));
+    }
+    let too_large = || {
+        close(
+            DisconnectReason::ForcedClose,
+            format!("polling POST above maxPayload ({max_payload} bytes)"),
+        );
+        PostRefused::TooLarge
+    };
+    if content_length.is_some_and(|n| n > max_payload) {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(content_length.unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| PostRefused::Code(ErrorCode::BadRequest))?;
+        if buf.len() + chunk.len() > max_payload {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    entry
+        .addr
+        .send(PollPost { body: buf.freeze() })
+        .await
+        .map_err(|_| PostRefused::Code(ErrorCode::UnknownSid))?
+        .map_err(PostRefused::Code)
+}
