@@ -7,27 +7,43 @@
 use actix::prelude::*;
 use bytes::Bytes;
 use bytestring::ByteString;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::engineio::{CloseCause, ErrorCode, Frame};
 
-/// What the actor asks a WebSocket writer to do.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Write one frame.
-    Frame(Frame),
-    /// Write a close frame with this status code and stop.
-    Close(u16),
+/// Why a frame could not be queued on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkError {
+    /// The socket's bounded queue is full: a slow consumer.
+    Full,
+    /// The socket is gone.
+    Closed,
 }
 
-/// The sending half of a WebSocket writer, with a bounded queue: the actor
-/// only ever `try_send`s, and a full queue marks a slow consumer.
-#[derive(Debug, Clone)]
+/// The write side of a WebSocket as the actor sees it. Implemented by the
+/// transport; never waits: a frame is queued or refused.
+pub trait FrameSink: Send {
+    /// Queues a frame, in order after every frame queued before.
+    fn write(&mut self, frame: Frame) -> Result<(), SinkError>;
+    /// Answers a WebSocket-level ping (best effort).
+    fn pong(&mut self, payload: Bytes);
+    /// Writes a close frame after what is queued, then lets go of the socket.
+    fn close(self: Box<Self>, code: u16);
+}
+
+/// A WebSocket's write side, with the id that tells the active socket from
+/// one being probed.
 pub struct WsWriter {
     /// Distinguishes the active WebSocket from one being probed.
     pub id: u64,
-    /// Frames for the writer task.
-    pub tx: mpsc::Sender<Outgoing>,
+    /// Where frames go.
+    pub sink: Box<dyn FrameSink>,
+}
+
+impl std::fmt::Debug for WsWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsWriter").field("id", &self.id).finish_non_exhaustive()
+    }
 }
 
 /// The body of a polling GET response, or the error to answer with.
@@ -76,6 +92,8 @@ pub enum WsMessage {
     Text(ByteString),
     /// A binary message.
     Binary(Bytes),
+    /// A WebSocket-level ping, answered by the actor through its sink.
+    Ping(Bytes),
 }
 
 /// A WebSocket's read side ended.

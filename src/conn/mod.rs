@@ -14,13 +14,11 @@
 pub mod messages;
 mod registry;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::audit::{excerpt, AuditEvent, AuditHandle, AuditKind};
 use crate::engineio::payload::{body_text, decode_payload, encode_payload};
@@ -47,6 +45,13 @@ pub mod close_code {
     /// Message too big.
     pub const TOO_BIG: u16 = 1009;
 }
+
+/// How long a GET is held once polling is paused for an upgrade before it
+/// gets its noop. The reference server checks every 100 ms; a short hold
+/// keeps upgrades fast while letting a `5` that was sent right behind
+/// `2probe` complete the upgrade first, so a GET the client sent after it
+/// (on another connection, racing) is refused rather than answered.
+pub const PAUSED_POLL_HOLD: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// What consumes a session's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +165,20 @@ impl Connection {
         ))
     }
 
+    /// Runs the session's timers that are already due, so an input that
+    /// arrives just after a deadline sees the state the deadline led to,
+    /// whether or not the timer task has run yet.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while self.session.is_live() && self.session.next_deadline().is_some_and(|d| d <= now) {
+            match self.session.poll_timers(now) {
+                Ok(Some(event)) => self.on_event(event, ctx),
+                Ok(None) => {}
+                Err(cause) => self.close(cause, None, ctx),
+            }
+        }
+    }
+
     /// Feeds one packet to the session and acts on what it says.
     fn receive(&mut self, via: Via, packet: Packet, ctx: &mut Context<Self>) {
         match self.session.on_packet(via, packet, Instant::now()) {
@@ -173,22 +192,27 @@ impl Connection {
         match event {
             Event::Message(payload) => self.on_message(payload, ctx),
             Event::ProbeAnswered => {
-                if let Some(probe) = &self.probe {
-                    let _ = probe.tx.try_send(Outgoing::Frame(Frame::pong_probe()));
+                if let Some(probe) = &mut self.probe {
+                    let _ = probe.sink.write(Frame::pong_probe());
                 }
-                // `after` ends a pending GET with a noop now that polling is paused.
+                // Spec "Upgrade": a pending GET ends with a noop, so the
+                // client can pause polling. Polling is read-only from now on.
+                if self.poll.is_some() {
+                    self.hold_paused_poll(ctx);
+                }
             }
             Event::Upgraded => {
-                // The pending GET (if any) ends with a noop; what is still
-                // buffered goes out on the WebSocket, in order, from `after`.
-                self.answer_poll(Ok(encode_payload(&[Frame::noop()])));
+                // A paused client has no GET out; one still pending came
+                // after the upgrade and is refused. What is buffered goes
+                // out on the WebSocket, in order, from `after`.
+                self.answer_poll(Err(ErrorCode::BadRequest));
                 self.ws = self.probe.take();
                 self.span.record("transport", TransportKind::WebSocket.as_str());
                 tracing::debug!(parent: &self.span, "upgraded to websocket");
             }
             Event::UpgradeAborted => {
                 if let Some(probe) = self.probe.take() {
-                    let _ = probe.tx.try_send(Outgoing::Close(close_code::NORMAL));
+                    probe.sink.close(close_code::NORMAL);
                 }
                 tracing::debug!(parent: &self.span, "upgrade abandoned");
             }
@@ -231,17 +255,17 @@ impl Connection {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         match self.session.transport() {
             TransportKind::WebSocket => {
-                let Some(ws) = &self.ws else { return };
+                let Some(ws) = &mut self.ws else { return };
                 let mut slow = false;
                 for frame in self.session.take_buffered() {
-                    match ws.tx.try_send(Outgoing::Frame(frame)) {
+                    match ws.sink.write(frame) {
                         Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
+                        Err(SinkError::Full) => {
                             slow = true;
                             break;
                         }
-                        // The writer is gone; its read side reports the end.
-                        Err(TrySendError::Closed(_)) => break,
+                        // The socket is gone; its read side reports the end.
+                        Err(SinkError::Closed) => break,
                     }
                 }
                 if slow {
@@ -256,21 +280,23 @@ impl Connection {
         }
     }
 
-    /// Answers the pending GET with what is buffered, or with a noop while
-    /// the client pauses polling for an upgrade.
+    /// Answers the pending GET with what is buffered. While polling is
+    /// read-only (upgrade probed) nothing but the noop from
+    /// [`Connection::hold_paused_poll`] goes out on it.
     fn flush_poll(&mut self) {
+        if self.session.polling_paused() {
+            return;
+        }
         let Some(reply) = self.poll.take() else { return };
         if reply.is_closed() {
             return; // the client gave up on that GET; data stays buffered
         }
-        let mut frames = self.session.take_buffered();
+        let frames = self.session.take_buffered();
         if frames.is_empty() {
-            if !self.session.polling_paused() {
-                self.poll = Some(reply);
-                return;
-            }
-            frames = VecDeque::from([Frame::noop()]);
+            self.poll = Some(reply);
+            return;
         }
+        tracing::debug!(parent: &self.span, frames = frames.len(), "poll answered with data");
         match reply.send(Ok(encode_payload(&frames))) {
             Ok(()) => {
                 if matches!(self.session.state(), State::Closing { .. }) {
@@ -278,15 +304,24 @@ impl Connection {
                 }
             }
             // The GET went away between the check and the send: keep order.
-            Err(_) => {
-                frames.retain(|f| f != &Frame::noop());
-                self.session.unshift(frames);
-            }
+            Err(_) => self.session.unshift(frames),
         }
+    }
+
+    /// Ends the pending GET with a noop after [`PAUSED_POLL_HOLD`] if polling
+    /// is still paused then; if the upgrade completed first, the GET was
+    /// refused (the session left polling).
+    fn hold_paused_poll(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(PAUSED_POLL_HOLD, |act, _| {
+            if act.session.polling_paused() {
+                act.answer_poll(Ok(encode_payload(&[Frame::noop()])));
+            }
+        });
     }
 
     fn answer_poll(&mut self, result: PollResult) {
         if let Some(reply) = self.poll.take() {
+            tracing::debug!(parent: &self.span, ?result, "poll answered");
             let _ = reply.send(result);
         }
     }
@@ -311,18 +346,14 @@ impl Connection {
 
     fn on_timer(&mut self, ctx: &mut Context<Self>) {
         let _enter = self.span.clone().entered();
-        match self.session.poll_timers(Instant::now()) {
-            Ok(Some(event)) => self.on_event(event, ctx),
-            Ok(None) => {}
-            Err(cause) => self.close(cause, None, ctx),
-        }
+        self.catch_up(ctx);
         self.after(ctx);
     }
 
     /// The one close path. Idempotent; tears down in this order:
-    /// 1. the transport: a pending GET gets the close packet (a noop when the
-    ///    client itself closed), or, for a server-decided close of a polling
-    ///    session with data buffered, the data then the close packet; the
+    /// 1. the transport: a pending GET gets the close packet, or on polling
+    ///    what [`Session::close`] left for the last GET (buffered data and
+    ///    the close packet, or a noop after the client's own close); the
     ///    WebSocket gets a close frame after what is already queued; a probe
     ///    is closed;
     /// 2. the application learns the reason;
@@ -349,14 +380,7 @@ impl Connection {
         let transport = self.session.transport();
         // 1. transport
         match self.session.close(reason, Instant::now()) {
-            CloseMode::Now => {
-                let last = if reason == DisconnectReason::TransportClose {
-                    Frame::noop()
-                } else {
-                    Frame::close()
-                };
-                self.answer_poll(Ok(encode_payload(&[last])));
-            }
+            CloseMode::Now => self.answer_poll(Ok(encode_payload(&[Frame::close()]))),
             CloseMode::Drain => self.flush_poll(),
         }
         let code = ws_code.unwrap_or(match reason {
@@ -366,9 +390,7 @@ impl Connection {
             _ => close_code::NORMAL,
         });
         for writer in [self.ws.take(), self.probe.take()].into_iter().flatten() {
-            // A full queue cannot take the close frame; dropping the sender
-            // ends the writer, which closes the socket all the same.
-            let _ = writer.tx.try_send(Outgoing::Close(code));
+            writer.sink.close(code);
         }
         // 2. application: nothing to tell yet (Socket.IO layer).
         // 3. audit
@@ -430,8 +452,15 @@ impl Handler<PollGet> for Connection {
 
     fn handle(&mut self, msg: PollGet, ctx: &mut Self::Context) {
         let _enter = self.span.clone().entered();
+        self.catch_up(ctx);
         if self.session.transport() != TransportKind::Polling {
-            let _ = msg.reply.send(Err(ErrorCode::BadRequest));
+            // The session left polling. The refusal waits a moment so that
+            // frames written on the WebSocket before the upgrade completed
+            // (the `3probe`) reach the client before this answer does: the
+            // two travel on different connections and workers.
+            ctx.run_later(PAUSED_POLL_HOLD, move |_, _| {
+                let _ = msg.reply.send(Err(ErrorCode::BadRequest));
+            });
             return;
         }
         if self.session.state() == State::Closed {
@@ -445,6 +474,9 @@ impl Handler<PollGet> for Connection {
             self.close(cause, None, ctx);
         } else {
             self.poll = Some(msg.reply);
+            if self.session.polling_paused() {
+                self.hold_paused_poll(ctx);
+            }
         }
         self.after(ctx);
     }
@@ -455,6 +487,7 @@ impl Handler<PollPost> for Connection {
 
     fn handle(&mut self, msg: PollPost, ctx: &mut Self::Context) -> Self::Result {
         let _enter = self.span.clone().entered();
+        self.catch_up(ctx);
         if self.session.transport() != TransportKind::Polling {
             return Err(ErrorCode::BadRequest);
         }
@@ -492,8 +525,10 @@ impl Handler<AttachProbe> for Connection {
 
     fn handle(&mut self, msg: AttachProbe, ctx: &mut Self::Context) -> Self::Result {
         let _enter = self.span.clone().entered();
+        self.catch_up(ctx);
         // Refused: a WebSocket session, an upgrade under way, a closing one.
         if !self.session.begin_upgrade(Instant::now()) {
+            msg.writer.sink.close(close_code::POLICY);
             return Err(ErrorCode::BadRequest);
         }
         self.probe = Some(msg.writer);
@@ -507,6 +542,7 @@ impl Handler<WsInbound> for Connection {
 
     fn handle(&mut self, msg: WsInbound, ctx: &mut Self::Context) {
         let _enter = self.span.clone().entered();
+        self.catch_up(ctx);
         let via = if self.ws.as_ref().is_some_and(|w| w.id == msg.id) {
             Via::Active
         } else if self.probe.as_ref().is_some_and(|w| w.id == msg.id) {
@@ -515,6 +551,13 @@ impl Handler<WsInbound> for Connection {
             return; // a socket this session already let go of
         };
         let packet = match msg.message {
+            WsMessage::Ping(payload) => {
+                let writer = if via == Via::Active { &mut self.ws } else { &mut self.probe };
+                if let Some(writer) = writer {
+                    writer.sink.pong(payload);
+                }
+                return;
+            }
             WsMessage::Binary(bytes) => packet::decode_binary(bytes),
             WsMessage::Text(text) => match packet::decode_text(&text, false) {
                 Ok(packet) => packet,

@@ -254,8 +254,9 @@ impl Session {
         }
     }
 
-    /// Whether the polling transport should end a pending GET with a noop
-    /// when nothing else is buffered (the client is pausing polling).
+    /// Whether polling is read-only: the probe was answered and the client
+    /// is pausing polling, so a GET gets only a noop and data waits for the
+    /// WebSocket.
     pub fn polling_paused(&self) -> bool {
         matches!(self.state, State::Upgrading { probed: true, .. })
     }
@@ -288,25 +289,33 @@ impl Session {
         self.buffer = frames;
     }
 
-    /// Starts closing. Server-decided closes of a polling session deliver
-    /// what is buffered, then the close packet; every other close is at once.
+    /// Starts closing. On polling, the next GET ends the session (or the
+    /// deadline does): after a server-decided close it takes what is
+    /// buffered and the close packet; after the client's own close packet it
+    /// takes a noop (the client knows, and a GET racing the POST that
+    /// carried the close is answered cleanly). Every other close is at once.
     pub fn close(&mut self, reason: DisconnectReason, now: Instant) -> CloseMode {
         if matches!(self.state, State::Closed | State::Closing { .. }) {
             return CloseMode::Now;
         }
         self.next_ping = None;
         self.pong_deadline = None;
-        if reason.drains_first() && self.transport == TransportKind::Polling && !self.buffer.is_empty() {
-            self.buffer.push_back(Frame::close());
-            self.state = State::Closing {
-                deadline: now + self.limits.ping_timeout,
-            };
-            CloseMode::Drain
+        let polling = self.transport == TransportKind::Polling;
+        let last = if polling && reason.drains_first() && !self.buffer.is_empty() {
+            Frame::close()
+        } else if polling && reason == DisconnectReason::TransportClose {
+            self.buffer.clear();
+            Frame::noop()
         } else {
             self.buffer.clear();
             self.state = State::Closed;
-            CloseMode::Now
-        }
+            return CloseMode::Now;
+        };
+        self.buffer.push_back(last);
+        self.state = State::Closing {
+            deadline: now + self.limits.ping_timeout,
+        };
+        CloseMode::Drain
     }
 
     /// Marks the session closed (after a drain completed or timed out).
@@ -344,9 +353,11 @@ impl Session {
                 format!("no pong within {} ms", self.limits.ping_timeout.as_millis()),
             ));
         }
-        if self.next_ping.is_some_and(|d| now >= d) {
+        if let Some(due) = self.next_ping.filter(|d| now >= *d) {
             self.next_ping = None;
-            self.pong_deadline = Some(now + self.limits.ping_timeout);
+            // From when the ping was due, not when the timer ran: timer slack
+            // must not stretch the timeout.
+            self.pong_deadline = Some(due + self.limits.ping_timeout);
             // The ping is part of the heartbeat, not data: it may exceed the
             // buffer bound by one rather than count as a slow consumer.
             self.buffer.push_back(Frame::ping());
@@ -454,6 +465,11 @@ mod tests {
         let drained = s.take_buffered();
         assert_eq!(drained.len(), 5);
         assert_eq!(drained.back(), Some(&Frame::close()));
+
+        let mut s = Session::new(TransportKind::Polling, limits(), t0);
+        s.push(Frame::message_text("x")).unwrap();
+        assert_eq!(s.close(TransportClose, t0), CloseMode::Drain);
+        assert_eq!(s.take_buffered(), [Frame::noop()]);
 
         let mut s = Session::new(TransportKind::Polling, limits(), t0);
         s.push(Frame::message_text("x")).unwrap();

@@ -90,22 +90,23 @@ async fn websocket_request(
         Some(sid) => Some(shared.registry.get(sid).ok_or(ErrorCode::UnknownSid)?),
         None => None,
     };
-    let queue = shared.limits.max_buffered;
-    let accepted = websocket::accept(req, body, &endpoint.subprotocols, endpoint.engine.max_payload, queue)
+    let backlog = shared.limits.max_buffered;
+    let mut accepted = websocket::accept(req, body, &endpoint.subprotocols, endpoint.engine.max_payload, backlog)
         .ok_or(ErrorCode::BadRequest)?;
+    // unwrap: the writer is taken once, here.
+    let writer = accepted.writer().unwrap();
     match entry {
         None => {
-            let writer = accepted.writer.clone();
             let (_, addr) = Connection::start(shared.clone(), TransportKind::WebSocket, Some(writer), peer);
             Ok(accepted.run(addr))
         }
-        Some(entry) => {
-            let writer = accepted.writer.clone();
-            match entry.addr.send(AttachProbe { writer }).await {
-                Ok(Ok(())) => Ok(accepted.run(entry.addr)),
-                Ok(Err(code)) => Err(code.into()),
-                Err(_) => Err(ErrorCode::UnknownSid.into()),
-            }
-        }
+        // Spec: a second WebSocket for a session (already upgraded or
+        // upgrading) is accepted, then closed at once: the actor closes the
+        // writer it refuses, and the 101 response carries the close frame.
+        Some(entry) => match entry.addr.send(AttachProbe { writer }).await {
+            Ok(Ok(())) => Ok(accepted.run(entry.addr)),
+            Ok(Err(_)) => Ok(accepted.response()),
+            Err(_) => Err(ErrorCode::UnknownSid.into()),
+        },
     }
 }

@@ -1,35 +1,43 @@
 //! The WebSocket transport: the handshake response, a read pump that forwards
-//! messages to the connection actor, and a writer task that drains the
-//! actor's bounded queue into the socket.
+//! messages to the connection actor, and the sink the actor writes through.
 //!
 //! `actix_ws::MessageStream` is `!Send`, so the read pump runs on the worker
-//! that accepted the request. It `send`s to the actor and awaits the mailbox,
-//! so a client that floods is read no faster than its actor keeps up.
-//! The writer awaits `actix_ws::Session`, whose response body encodes every
-//! frame queued at the time of a poll into one buffer, so frames waiting for
-//! one socket go out in one write.
+//! that accepted the request. It queues into the actor's bounded mailbox and
+//! waits when it is full, so a client that floods is read no faster than its
+//! actor keeps up. It holds no writer: when the actor lets go of the socket
+//! the response body ends and the connection closes, read side included.
+//!
+//! Writes: the actor queues frames straight into the `actix_ws::Session`
+//! channel, whose response body encodes every frame waiting at the time of a
+//! poll into one buffer (one write for many frames). When that channel is
+//! full, frames wait in an ordered backlog (bounded: beyond it the client is
+//! a slow consumer) that a task drains; everything after them waits behind
+//! them, so order is kept.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use actix::prelude::SendError;
 use actix::Addr;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use futures_util::FutureExt as _;
 
-use crate::conn::messages::{Outgoing, WsEnd, WsEnded, WsInbound, WsMessage, WsWriter};
+use crate::conn::messages::{FrameSink, SinkError, WsEnd, WsEnded, WsInbound, WsMessage, WsWriter};
 use crate::conn::Connection;
+use crate::engineio::Frame;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A WebSocket accepted at the HTTP level, not yet tied to a session.
 pub struct Accepted {
-    /// The `101 Switching Protocols` response.
-    pub response: HttpResponse,
-    /// The handle the actor writes through.
-    pub writer: WsWriter,
+    response: HttpResponse,
+    id: u64,
+    sink: Option<Box<ActixSink>>,
     stream: actix_ws::AggregatedMessageStream,
-    session: actix_ws::Session,
 }
 
 /// Verifies the handshake headers (RFC 6455 §4.2.1: GET, `Upgrade:
@@ -41,7 +49,7 @@ pub fn accept(
     body: web::Payload,
     subprotocols: &[String],
     max_payload: usize,
-    queue: usize,
+    backlog: usize,
 ) -> Option<Accepted> {
     actix_http::ws::verify_handshake(req.head()).ok()?;
     let (mut response, session, stream) = actix_ws::handle(req, body).ok()?;
@@ -55,17 +63,11 @@ pub fn accept(
         .max_frame_size(max_payload)
         .aggregate_continuations()
         .max_continuation_size(max_payload);
-    let (tx, rx) = mpsc::channel(queue);
-    actix_web::rt::spawn(write_loop(rx, session.clone()));
-    let writer = WsWriter {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        tx,
-    };
     Some(Accepted {
         response,
-        writer,
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        sink: Some(Box::new(ActixSink::new(session, backlog))),
         stream,
-        session,
     })
 }
 
@@ -84,19 +86,25 @@ fn negotiate<'a>(req: &HttpRequest, accepted: &'a [String]) -> Option<&'a str> {
 }
 
 impl Accepted {
+    /// The write side, for the actor. Taken once.
+    pub fn writer(&mut self) -> Option<WsWriter> {
+        let sink: Box<dyn FrameSink> = self.sink.take()?;
+        Some(WsWriter { id: self.id, sink })
+    }
+
+    /// The 101 response alone, for a socket whose writer was closed at once.
+    pub fn response(self) -> HttpResponse {
+        self.response
+    }
+
     /// Starts the read pump towards `addr` and returns the 101 response.
     pub fn run(self, addr: Addr<Connection>) -> HttpResponse {
-        actix_web::rt::spawn(read_loop(addr, self.writer.id, self.stream, self.session));
+        actix_web::rt::spawn(read_loop(addr, self.id, self.stream));
         self.response
     }
 }
 
-async fn read_loop(
-    addr: Addr<Connection>,
-    id: u64,
-    mut stream: actix_ws::AggregatedMessageStream,
-    mut session: actix_ws::Session,
-) {
+async fn read_loop(addr: Addr<Connection>, id: u64, mut stream: actix_ws::AggregatedMessageStream) {
     let end = loop {
         let message = match stream.recv().await {
             None => break WsEnd::Closed,
@@ -106,15 +114,20 @@ async fn read_loop(
         let message = match message {
             AggregatedMessage::Text(text) => WsMessage::Text(text),
             AggregatedMessage::Binary(bytes) => WsMessage::Binary(bytes),
-            AggregatedMessage::Ping(bytes) => {
-                let _ = session.pong(&bytes).await;
-                continue;
-            }
+            AggregatedMessage::Ping(bytes) => WsMessage::Ping(bytes),
             AggregatedMessage::Pong(_) => continue,
             AggregatedMessage::Close(_) => break WsEnd::Closed,
         };
-        if addr.send(WsInbound { id, message }).await.is_err() {
-            return; // the session is gone
+        // Queue without a round trip while the mailbox has room, so frames
+        // read together reach the actor together; wait when it is full.
+        match addr.try_send(WsInbound { id, message }) {
+            Ok(()) => {}
+            Err(SendError::Full(msg)) => {
+                if addr.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            Err(SendError::Closed(_)) => return, // the session is gone
         }
     };
     addr.do_send(WsEnded { id, end });
@@ -128,25 +141,118 @@ fn classify(err: ProtocolError) -> WsEnd {
     }
 }
 
-async fn write_loop(mut rx: mpsc::Receiver<Outgoing>, mut session: actix_ws::Session) {
-    use crate::engineio::Frame;
-    while let Some(out) = rx.recv().await {
-        let written = match out {
-            Outgoing::Frame(Frame::Text(text)) => session.text(text).await,
-            Outgoing::Frame(Frame::Binary(bytes)) => session.binary(bytes).await,
-            Outgoing::Close(code) => {
-                let reason = CloseReason {
-                    code: CloseCode::from(code),
-                    description: None,
-                };
-                let _ = session.close(Some(reason)).await;
-                return;
-            }
-        };
-        if written.is_err() {
-            return;
+/// Frames waiting behind a full socket queue, shared with the drain task.
+#[derive(Default)]
+struct Backlog {
+    frames: VecDeque<Frame>,
+    /// A drain task is running: new frames go behind the backlog.
+    draining: bool,
+    /// Close with this code once the backlog is written.
+    close: Option<u16>,
+}
+
+/// [`FrameSink`] over an `actix_ws::Session`.
+pub struct ActixSink {
+    session: actix_ws::Session,
+    backlog: Arc<Mutex<Backlog>>,
+    limit: usize,
+}
+
+impl ActixSink {
+    fn new(session: actix_ws::Session, limit: usize) -> Self {
+        Self {
+            session,
+            backlog: Arc::default(),
+            limit,
         }
     }
-    // The actor let go of the socket without a close frame.
-    let _ = session.close(Some(CloseCode::Normal.into())).await;
+
+    /// Queues a frame if the socket's channel has room right now. `None`
+    /// means full (the frame was not queued). Unconstrained: tokio's
+    /// cooperative budget must not make a free channel look full.
+    fn try_now(session: &mut actix_ws::Session, frame: &Frame) -> Option<Result<(), actix_ws::Closed>> {
+        match frame {
+            Frame::Text(text) => tokio::task::unconstrained(session.text(text.clone())).now_or_never(),
+            Frame::Binary(bytes) => tokio::task::unconstrained(session.binary(bytes.clone())).now_or_never(),
+        }
+    }
+
+    async fn drain(mut session: actix_ws::Session, backlog: Arc<Mutex<Backlog>>) {
+        loop {
+            let next = {
+                // unwrap: the lock is only held for queue operations.
+                let mut b = backlog.lock().unwrap();
+                match b.frames.pop_front() {
+                    Some(frame) => Ok(frame),
+                    None => {
+                        b.draining = false;
+                        Err(b.close.take())
+                    }
+                }
+            };
+            match next {
+                Ok(Frame::Text(text)) => {
+                    if session.text(text).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Frame::Binary(bytes)) => {
+                    if session.binary(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Err(close) => {
+                    if let Some(code) = close {
+                        let _ = session.close(Some(close_reason(code))).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn close_reason(code: u16) -> CloseReason {
+    CloseReason {
+        code: CloseCode::from(code),
+        description: None,
+    }
+}
+
+impl FrameSink for ActixSink {
+    fn write(&mut self, frame: Frame) -> Result<(), SinkError> {
+        // unwrap: the lock is only held for queue operations.
+        let mut b = self.backlog.lock().unwrap();
+        if !b.draining {
+            match Self::try_now(&mut self.session, &frame) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(_)) => return Err(SinkError::Closed),
+                None => {
+                    b.draining = true;
+                    actix_web::rt::spawn(Self::drain(self.session.clone(), self.backlog.clone()));
+                }
+            }
+        }
+        if b.frames.len() >= self.limit {
+            return Err(SinkError::Full);
+        }
+        b.frames.push_back(frame);
+        Ok(())
+    }
+
+    fn pong(&mut self, payload: Bytes) {
+        let _ = tokio::task::unconstrained(self.session.pong(&payload)).now_or_never();
+    }
+
+    fn close(self: Box<Self>, code: u16) {
+        // `Session::close` marks every clone closed before it waits for room,
+        // so it is only called from the drain task, after the backlog.
+        // unwrap: the lock is only held for queue operations.
+        let mut b = self.backlog.lock().unwrap();
+        b.close = Some(code);
+        if !b.draining {
+            b.draining = true;
+            actix_web::rt::spawn(Self::drain(self.session, self.backlog.clone()));
+        }
+    }
 }
