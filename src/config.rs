@@ -41,10 +41,14 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Engine.IO session parameters.
     pub engine: EngineSettings,
+    /// Socket.IO layer.
+    pub socketio: SocketIoSettings,
     /// WebSocket handshake negotiation.
     pub websocket: WebSocketSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Test behaviour (compliance suites, client tests).
+    pub testing: TestingSettings,
 }
 
 /// `[server]`
@@ -83,6 +87,30 @@ pub struct EngineSettings {
     pub max_buffered_packets: usize,
     /// Packets per polling POST.
     pub max_packets_per_payload: usize,
+}
+
+/// `[socketio]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketIoSettings {
+    /// Namespaces clients may connect to.
+    pub namespaces: Vec<String>,
+    /// Time to join a namespace, in ms.
+    pub connect_timeout_ms: u64,
+    /// Attachments per packet.
+    pub max_attachments: usize,
+    /// Namespace name length.
+    pub max_namespace_len: usize,
+    /// Time a client has to ack a server event, in ms.
+    pub ack_timeout_ms: u64,
+}
+
+/// `[testing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingSettings {
+    /// The test hooks (see config/default.toml).
+    pub hooks: bool,
 }
 
 /// `[websocket]`
@@ -129,6 +157,7 @@ impl Settings {
                 .with_list_parse_key("server.cors_allowed_origins")
                 .with_list_parse_key("engine.transports")
                 .with_list_parse_key("websocket.subprotocols")
+                .with_list_parse_key("socketio.namespaces")
                 .try_parsing(true),
         );
         Self::from_config(builder.build()?)
@@ -194,6 +223,24 @@ impl Settings {
             if !(path.is_empty() && key == "server.echo_path") && !(path.starts_with('/') && path.ends_with('/')) {
                 return Err(invalid(key, format!("{path:?} must start and end with '/'")));
             }
+        }
+        let sio = &self.socketio;
+        if sio.namespaces.is_empty() {
+            return Err(invalid("socketio.namespaces", "lists no namespace"));
+        }
+        for name in &sio.namespaces {
+            if !crate::socketio::is_valid_namespace(name) || name.len() > sio.max_namespace_len {
+                return Err(invalid(
+                    "socketio.namespaces",
+                    format!("{name:?}: a namespace starts with '/', has no comma and at most socketio.max_namespace_len bytes"),
+                ));
+            }
+        }
+        if sio.connect_timeout_ms == 0 {
+            return Err(invalid("socketio.connect_timeout_ms", "must be at least 1"));
+        }
+        if sio.ack_timeout_ms == 0 {
+            return Err(invalid("socketio.ack_timeout_ms", "must be at least 1"));
         }
         if self.server.path == self.server.echo_path {
             return Err(invalid("server.echo_path", "must differ from server.path"));

@@ -31,6 +31,7 @@ pub mod conn;
 pub mod engineio;
 pub mod http;
 pub mod reason;
+pub mod socketio;
 pub mod startup;
 pub mod telemetry;
 pub mod transport;

@@ -4,6 +4,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Actor;
 use actix_web::dev::Server;
@@ -11,7 +12,9 @@ use actix_web::{web, App as WebApp, HttpServer};
 
 use crate::audit::{AuditHandle, LogSink};
 use crate::config::Settings;
-use crate::conn::{App, EngineShared, Registry};
+use crate::conn::events::SocketEvent;
+use crate::conn::{App, EngineShared, Registry, SioConfig};
+use crate::socketio::DecodeLimits;
 use crate::engineio::TransportKind;
 use crate::http::{self, Endpoint};
 
@@ -21,6 +24,7 @@ pub struct Application {
     server: Server,
     /// The Socket.IO endpoint's sessions.
     pub registry: Registry,
+    events: tokio::sync::broadcast::Sender<SocketEvent>,
 }
 
 impl Application {
@@ -31,6 +35,17 @@ impl Application {
         let port = listener.local_addr()?.port();
 
         let audit = AuditHandle::new(LogSink { capacity: 4096 }.start().recipient());
+        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let sio = SioConfig {
+            namespaces: settings.socketio.namespaces.clone(),
+            connect_timeout: Duration::from_millis(settings.socketio.connect_timeout_ms),
+            limits: DecodeLimits {
+                max_attachments: settings.socketio.max_attachments,
+                max_namespace_len: settings.socketio.max_namespace_len,
+            },
+            ack_timeout: Duration::from_millis(settings.socketio.ack_timeout_ms),
+            hooks: settings.testing.hooks,
+        };
         let endpoint = |app: App| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
                 vec![TransportKind::WebSocket.as_str()]
@@ -44,6 +59,8 @@ impl Application {
                     max_packets_per_payload: settings.engine.max_packets_per_payload,
                     upgrades,
                     app,
+                    sio: (app == App::SocketIo).then(|| sio.clone()),
+                    events: events.clone(),
                     registry: Registry::default(),
                     audit: audit.clone(),
                 }),
@@ -51,7 +68,7 @@ impl Application {
                 subprotocols: settings.websocket.subprotocols.clone(),
             })
         };
-        let socketio = endpoint(App::Discard);
+        let socketio = endpoint(App::SocketIo);
         let registry = socketio.shared.registry.clone();
         let echo = (!settings.server.echo_path.is_empty()).then(|| endpoint(App::Echo));
 
@@ -79,7 +96,13 @@ impl Application {
             port,
             server: server.run(),
             registry,
+            events,
         })
+    }
+
+    /// Namespace sockets joining and leaving, with their reasons.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<SocketEvent> {
+        self.events.subscribe()
     }
 
     /// The bound port (useful with port 0).

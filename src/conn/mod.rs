@@ -11,8 +11,10 @@
 //! buffered and re-arms the single timer at the session's next deadline.
 //! Every end goes through [`Connection::close`].
 
+pub mod events;
 pub mod messages;
 mod registry;
+mod socketio;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use crate::engineio::{
 use crate::reason::DisconnectReason;
 use messages::*;
 pub use registry::{Entry, Registry};
+pub use socketio::SioConfig;
+use socketio::SioState;
 
 /// WebSocket close codes (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -59,9 +63,8 @@ pub enum App {
     /// Raw Engine.IO: every message is sent back (the engine.io compliance
     /// suite's endpoint).
     Echo,
-    /// Messages are accepted and dropped (the Socket.IO path until the
-    /// Socket.IO layer consumes them).
-    Discard,
+    /// Socket.IO over the session.
+    SocketIo,
 }
 
 /// What every session of one endpoint shares.
@@ -76,6 +79,10 @@ pub struct EngineShared {
     pub upgrades: Vec<&'static str>,
     /// The application of this endpoint.
     pub app: App,
+    /// Socket.IO settings (for [`App::SocketIo`]).
+    pub sio: Option<SioConfig>,
+    /// Namespace sockets joining and leaving.
+    pub events: tokio::sync::broadcast::Sender<events::SocketEvent>,
     /// Sessions by sid.
     pub registry: Registry,
     /// Where forced closes and parse errors go.
@@ -108,6 +115,8 @@ pub struct Connection {
     timer: Option<(Instant, SpawnHandle)>,
     /// Why the session ended, once it did.
     closed_by: Option<DisconnectReason>,
+    /// The Socket.IO layer's state ([`App::SocketIo`] endpoints).
+    sio: Option<SioState>,
     span: tracing::Span,
 }
 
@@ -144,6 +153,7 @@ impl Connection {
             probe: None,
             timer: None,
             closed_by: None,
+            sio: shared.sio.as_ref().map(SioState::new),
             span,
         };
         let addr = conn.start();
@@ -230,7 +240,7 @@ impl Connection {
                 };
                 self.send(frame, ctx);
             }
-            App::Discard => {}
+            App::SocketIo => self.sio_message(payload, ctx),
         }
     }
 
@@ -392,7 +402,8 @@ impl Connection {
         for writer in [self.ws.take(), self.probe.take()].into_iter().flatten() {
             writer.sink.close(code);
         }
-        // 2. application: nothing to tell yet (Socket.IO layer).
+        // 2. application: every namespace socket ends with this reason.
+        self.sio_closed(reason);
         // 3. audit
         let kind = match reason {
             DisconnectReason::ForcedClose => Some(AuditKind::ForcedClose),
@@ -429,6 +440,9 @@ impl Actor for Connection {
         // HTTP handlers and read pumps of this one session write to it.
         ctx.set_mailbox_capacity(64);
         tracing::info!(parent: &self.span, "session opened");
+        if self.sio.is_some() {
+            self.sio_started(ctx);
+        }
         self.after(ctx);
     }
 

@@ -1,0 +1,124 @@
+//! Socket.IO v5, without I/O: packets, binary reassembly, and the rules
+//! for namespaces. Imports no actix, tokio or networking crate.
+
+pub mod packet;
+
+use bytes::Bytes;
+
+pub use packet::{DecodeLimits, Packet, PacketType, ParseError, MAIN_NAMESPACE};
+
+/// A complete packet with its binary attachments, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The packet.
+    pub packet: Packet,
+    /// Its attachments (`packet.attachments` of them).
+    pub attachments: Vec<Bytes>,
+}
+
+/// Turns the Engine.IO messages of one connection into Socket.IO packets,
+/// collecting the binary attachments that follow a BINARY_EVENT/BINARY_ACK
+/// (socket.io-parser `Decoder` / `BinaryReconstructor`).
+#[derive(Debug)]
+pub struct Decoder {
+    limits: DecodeLimits,
+    /// A binary packet waiting for its attachments.
+    pending: Option<Message>,
+}
+
+impl Decoder {
+    /// A decoder with these limits.
+    pub fn new(limits: DecodeLimits) -> Self {
+        Self { limits, pending: None }
+    }
+
+    /// A text message. Complete unless it announces attachments.
+    pub fn text(&mut self, s: &str) -> Result<Option<Message>, ParseError> {
+        if self.pending.is_some() {
+            return Err(ParseError::UnexpectedText);
+        }
+        let packet = packet::decode(s, &self.limits)?;
+        if packet.kind.is_binary() {
+            if let Some(data) = &packet.data {
+                packet::check_placeholders(data, packet.attachments)?;
+            }
+            if packet.attachments > 0 {
+                let attachments = Vec::with_capacity(packet.attachments);
+                self.pending = Some(Message { packet, attachments });
+                return Ok(None);
+            }
+        }
+        Ok(Some(Message {
+            packet,
+            attachments: Vec::new(),
+        }))
+    }
+
+    /// A binary message: the next attachment of the pending packet.
+    pub fn binary(&mut self, data: Bytes) -> Result<Option<Message>, ParseError> {
+        let pending = self.pending.as_mut().ok_or(ParseError::UnexpectedBinary)?;
+        pending.attachments.push(data);
+        if pending.attachments.len() == pending.packet.attachments {
+            return Ok(self.pending.take());
+        }
+        Ok(None)
+    }
+
+    /// Whether attachments are awaited.
+    pub fn is_waiting(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+/// Whether a configured namespace name is acceptable: starts with `/`, has
+/// no comma (the comma ends a namespace on the wire) and no control
+/// characters.
+pub fn is_valid_namespace(name: &str) -> bool {
+    name.starts_with('/') && !name.contains(',') && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        Decoder::new(DecodeLimits {
+            max_attachments: 4,
+            max_namespace_len: 64,
+        })
+    }
+
+    #[test]
+    fn binary_event_collects_its_attachments() {
+        let mut d = decoder();
+        let head = r#"52-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+        assert_eq!(d.text(head), Ok(None));
+        assert!(d.is_waiting());
+        assert_eq!(d.binary(Bytes::from_static(&[1, 2, 3])), Ok(None));
+        let m = d.binary(Bytes::from_static(&[4, 5, 6])).unwrap().unwrap();
+        assert_eq!(m.attachments.len(), 2);
+        assert_eq!(m.packet.kind, PacketType::BinaryEvent);
+        assert!(!d.is_waiting());
+    }
+
+    #[test]
+    fn out_of_order_text_or_binary_is_an_error() {
+        let mut d = decoder();
+        assert_eq!(d.binary(Bytes::from_static(&[1])), Err(ParseError::UnexpectedBinary));
+        d.text(r#"51-["m",{"_placeholder":true,"num":0}]"#).unwrap();
+        assert_eq!(d.text(r#"2["m"]"#), Err(ParseError::UnexpectedText));
+        let mut d = decoder();
+        assert_eq!(
+            d.text(r#"51-["m",{"_placeholder":true,"num":1}]"#),
+            Err(ParseError::InvalidPlaceholder)
+        );
+    }
+
+    #[test]
+    fn namespace_names() {
+        assert!(is_valid_namespace("/"));
+        assert!(is_valid_namespace("/custom"));
+        assert!(!is_valid_namespace("custom"));
+        assert!(!is_valid_namespace("/a,b"));
+    }
+}

@@ -1,0 +1,422 @@
+//! The WebSocket opening handshake (RFC 6455 §4.2), with requests written by
+//! hand over TCP so every header is under the test's control.
+//!
+//! Covers:
+//! - refused handshakes, each with 400, the Engine.IO JSON body (code 3) and
+//!   no session created: no `Upgrade`, a wrong `Upgrade`, no `Connection:
+//!   Upgrade`, no `Sec-WebSocket-Key`, keys that are not 16 bytes of base64,
+//!   `Sec-WebSocket-Version` 12 or missing; a plain GET with
+//!   `transport=websocket` (no upgrade headers at all);
+//! - accepted handshakes: `101`, `Upgrade: websocket`, `Connection: upgrade`,
+//!   `Sec-WebSocket-Accept` = base64(sha1(key + GUID)) (the RFC 6455 §1.3
+//!   example, `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`, and random keys), a session registered, the open packet as the first
+//!   frame; `Connection: keep-alive, Upgrade` (Firefox) and a mixed-case
+//!   `Upgrade: WebSocket` are accepted;
+//! - no `Sec-WebSocket-Extensions` in the response (and an uncompressed first
+//!   frame) even when the client offers `permessage-deflate`;
+//! - subprotocols: with `chat`, `v2` configured, an offer of `foo, v2` (or
+//!   `foo` and `v2` in two headers) gets `v2`, an offer of `foo` gets none;
+//!   with none configured, none is ever returned.
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::TestServer;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// The Socket.IO endpoint: `server.registry` holds its sessions.
+const SIO: &str = "/socket.io/";
+/// The echo endpoint.
+const ECHO: &str = "/engine.io/";
+/// Upper bound for anything that should happen "now".
+const SOON: Duration = Duration::from_secs(5);
+/// RFC 6455 §1.3 example key and its accept value, base64(sha1(key +
+/// "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")).
+const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(SOON, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A response read off a raw connection.
+struct Raw {
+    status: u16,
+    head: String,
+    headers: Vec<(String, String)>,
+    /// The body of a non-101 response (by `Content-Length`).
+    body: Vec<u8>,
+    stream: TcpStream,
+    /// Bytes read past the head of a 101 (WebSocket frames).
+    rest: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        let mut all = self.headers_all(name).into_iter();
+        let first = all.next();
+        assert!(
+            all.next().is_none(),
+            "header {name} repeated:\n{}",
+            self.head
+        );
+        first
+    }
+
+    fn headers_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Asserts a 400 with the Engine.IO body for `code`.
+    fn assert_refused(&self, code: u8, message: &str, case: &str) {
+        assert_eq!(self.status, 400, "{case}:\n{}", self.head);
+        let v: Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{case}: {e}: {:?}", String::from_utf8_lossy(&self.body)));
+        assert_eq!(v, json!({"code": code, "message": message}), "{case}");
+        assert!(self.header("Sec-WebSocket-Accept").is_none(), "{case}");
+    }
+
+    /// Reads the first server frame after a 101: FIN/RSV/opcode byte and payload.
+    async fn first_frame(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            let b = &self.rest;
+            if b.len() >= 2 {
+                assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
+                let (len, at) = match b[1] & 0x7f {
+                    126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && b.len() >= at + len {
+                    return (b[0], b[at..at + len].to_vec());
+                }
+            }
+            let n = within("a frame", self.stream.read_buf(&mut self.rest))
+                .await
+                .unwrap();
+            assert!(n > 0, "the connection ended before the first frame");
+        }
+    }
+}
+
+/// Sends `GET {target}` with exactly `headers` and reads the response.
+async fn request(server: &TestServer, target: &str, headers: &[&str]) -> Raw {
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let mut req = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+        server.port
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = within("the response head", stream.read_buf(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut rest = buf.split_off(head_end);
+    let mut body = Vec::new();
+    if status != 101 {
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        while rest.len() < length {
+            let n = within("the response body", stream.read_buf(&mut rest))
+                .await
+                .unwrap();
+            assert!(n > 0, "closed before the response body");
+        }
+        body = std::mem::take(&mut rest);
+    }
+    Raw {
+        status,
+        head,
+        headers,
+        body,
+        stream,
+        rest,
+    }
+}
+
+fn target(path: &str) -> String {
+    format!("{path}?EIO=4&transport=websocket")
+}
+
+/// The headers of a valid handshake, with `key`.
+fn good(key: &str) -> Vec<String> {
+    vec![
+        "Upgrade: websocket".into(),
+        "Connection: Upgrade".into(),
+        format!("Sec-WebSocket-Key: {key}"),
+        "Sec-WebSocket-Version: 13".into(),
+    ]
+}
+
+/// `good(RFC_KEY)` with the header starting with `name:` replaced by
+/// `with` (or removed when `with` is `None`), plus `extra`.
+fn variant(name: &str, with: Option<&str>, extra: &[&str]) -> Vec<String> {
+    let mut headers: Vec<String> = good(RFC_KEY)
+        .into_iter()
+        .filter_map(|h| {
+            if h.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+            {
+                with.map(str::to_owned)
+            } else {
+                Some(h)
+            }
+        })
+        .collect();
+    headers.extend(extra.iter().map(|s| s.to_string()));
+    headers
+}
+
+fn refs(headers: &[String]) -> Vec<&str> {
+    headers.iter().map(String::as_str).collect()
+}
+
+// ------------------------------------------------------------------ refused
+
+#[actix_web::test]
+async fn malformed_handshakes_are_refused_without_a_session() {
+    let server = common::spawn(common::settings(|_| {}));
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("no Upgrade", variant("Upgrade", None, &[])),
+        (
+            "Upgrade: h2c",
+            variant("Upgrade", Some("Upgrade: h2c"), &[]),
+        ),
+        ("no Connection", variant("Connection", None, &[])),
+        (
+            "Connection: keep-alive",
+            variant("Connection", Some("Connection: keep-alive"), &[]),
+        ),
+        ("no key", variant("Sec-WebSocket-Key", None, &[])),
+        // base64 of 10 bytes ("the sample").
+        (
+            "short key",
+            variant(
+                "Sec-WebSocket-Key",
+                Some("Sec-WebSocket-Key: dGhlIHNhbXBsZQ=="),
+                &[],
+            ),
+        ),
+        // 24 characters, but 17 bytes.
+        (
+            "17-byte key",
+            variant(
+                "Sec-WebSocket-Key",
+                Some("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAA="),
+                &[],
+            ),
+        ),
+        (
+            "key not base64",
+            variant(
+                "Sec-WebSocket-Key",
+                Some("Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!=="),
+                &[],
+            ),
+        ),
+        (
+            "empty key",
+            variant("Sec-WebSocket-Key", Some("Sec-WebSocket-Key: "), &[]),
+        ),
+        (
+            "version 12",
+            variant(
+                "Sec-WebSocket-Version",
+                Some("Sec-WebSocket-Version: 12"),
+                &[],
+            ),
+        ),
+        ("no version", variant("Sec-WebSocket-Version", None, &[])),
+    ];
+    for (case, headers) in &cases {
+        for path in [SIO, ECHO] {
+            let resp = request(&server, &target(path), &refs(headers)).await;
+            resp.assert_refused(3, "Bad request", case);
+        }
+        assert_eq!(server.registry.len(), 0, "{case}: a session was created");
+    }
+    // The same server accepts a good handshake: the refusals were about the headers.
+    let resp = request(&server, &target(SIO), &refs(&good(RFC_KEY))).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    assert_eq!(server.registry.len(), 1);
+}
+
+#[actix_web::test]
+async fn plain_get_with_transport_websocket_is_400_code_3() {
+    let server = common::spawn(common::settings(|_| {}));
+    let resp = reqwest::get(format!("{}{}", server.http(), target(SIO)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v, json!({"code": 3, "message": "Bad request"}));
+    assert!(server.registry.is_empty());
+}
+
+// ----------------------------------------------------------------- accepted
+
+#[actix_web::test]
+async fn rfc_example_key_is_accepted_with_the_rfc_accept_value() {
+    let server = common::spawn(common::settings(|_| {}));
+    let mut resp = request(&server, &target(SIO), &refs(&good(RFC_KEY))).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    assert_eq!(resp.header("Sec-WebSocket-Accept"), Some(RFC_ACCEPT));
+    assert!(resp
+        .header("Upgrade")
+        .unwrap()
+        .eq_ignore_ascii_case("websocket"));
+    assert!(resp
+        .header("Connection")
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("upgrade"));
+    assert_eq!(server.registry.len(), 1);
+    let (b0, payload) = resp.first_frame().await;
+    assert_eq!(b0, 0x81, "a final, uncompressed text frame");
+    let text = String::from_utf8(payload).unwrap();
+    assert!(text.starts_with("0{"), "{text:?}");
+    let open: Value = serde_json::from_str(&text[1..]).unwrap();
+    assert_eq!(open["upgrades"], json!([]));
+    assert!(server.registry.get(open["sid"].as_str().unwrap()).is_some());
+}
+
+#[actix_web::test]
+async fn random_key_gets_base64_sha1_of_key_and_guid() {
+    let server = common::spawn(common::settings(|_| {}));
+    for _ in 0..3 {
+        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        let resp = request(&server, &target(ECHO), &refs(&good(&key))).await;
+        assert_eq!(resp.status, 101, "{}", resp.head);
+        let expected = derive_accept_key(key.as_bytes());
+        assert_eq!(
+            resp.header("Sec-WebSocket-Accept"),
+            Some(expected.as_str()),
+            "key {key}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn connection_header_with_several_tokens_and_mixed_case_upgrade_are_accepted() {
+    let server = common::spawn(common::settings(|_| {}));
+    let firefox = variant("Connection", Some("Connection: keep-alive, Upgrade"), &[]);
+    let resp = request(&server, &target(SIO), &refs(&firefox)).await;
+    assert_eq!(
+        resp.status, 101,
+        "Connection: keep-alive, Upgrade\n{}",
+        resp.head
+    );
+    let mixed = variant("Upgrade", Some("Upgrade: WebSocket"), &[]);
+    let resp = request(&server, &target(SIO), &refs(&mixed)).await;
+    assert_eq!(resp.status, 101, "Upgrade: WebSocket\n{}", resp.head);
+    assert_eq!(server.registry.len(), 2);
+}
+
+#[actix_web::test]
+async fn no_extension_is_negotiated_even_when_permessage_deflate_is_offered() {
+    let server = common::spawn(common::settings(|_| {}));
+    let headers = variant(
+        "-",
+        None,
+        &["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"],
+    );
+    let mut resp = request(&server, &target(SIO), &refs(&headers)).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    assert!(
+        resp.headers_all("Sec-WebSocket-Extensions").is_empty(),
+        "extension negotiated:\n{}",
+        resp.head
+    );
+    let (b0, _) = resp.first_frame().await;
+    assert_eq!(
+        b0 & 0x70,
+        0,
+        "RSV bits set on the first frame (compressed?)"
+    );
+}
+
+// ------------------------------------------------------------- subprotocols
+
+#[actix_web::test]
+async fn configured_subprotocol_is_negotiated() {
+    let server = common::spawn(common::settings(|s| {
+        s.websocket.subprotocols = vec!["chat".into(), "v2".into()];
+    }));
+    let offers: [(&[&str], Option<&str>); 5] = [
+        (&["Sec-WebSocket-Protocol: foo, v2"], Some("v2")),
+        (&["Sec-WebSocket-Protocol: foo,v2"], Some("v2")),
+        (
+            &["Sec-WebSocket-Protocol: foo", "Sec-WebSocket-Protocol: v2"],
+            Some("v2"),
+        ),
+        (&["Sec-WebSocket-Protocol: foo"], None),
+        (&[], None),
+    ];
+    for (offer, expected) in offers {
+        let headers = variant("-", None, offer);
+        let resp = request(&server, &target(SIO), &refs(&headers)).await;
+        assert_eq!(resp.status, 101, "offer {offer:?}\n{}", resp.head);
+        assert_eq!(
+            resp.header("Sec-WebSocket-Protocol"),
+            expected,
+            "offer {offer:?}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn no_subprotocol_without_configuration() {
+    let server = common::spawn(common::settings(|_| {}));
+    for offer in [
+        "Sec-WebSocket-Protocol: chat",
+        "Sec-WebSocket-Protocol: chat, v2",
+    ] {
+        let headers = variant("-", None, &[offer]);
+        let resp = request(&server, &target(SIO), &refs(&headers)).await;
+        assert_eq!(resp.status, 101, "{offer}\n{}", resp.head);
+        assert!(
+            resp.headers_all("Sec-WebSocket-Protocol").is_empty(),
+            "{offer}: a subprotocol was chosen:\n{}",
+            resp.head
+        );
+    }
+}
