@@ -22,6 +22,7 @@ use crate::http::{self, Endpoint};
 pub struct Application {
     port: u16,
     server: Server,
+    shutdown: Shutdown,
     /// The Socket.IO endpoint's sessions.
     pub registry: Registry,
     events: tokio::sync::broadcast::Sender<SocketEvent>,
@@ -71,6 +72,8 @@ impl Application {
         let socketio = endpoint(App::SocketIo);
         let registry = socketio.shared.registry.clone();
         let echo = (!settings.server.echo_path.is_empty()).then(|| endpoint(App::Echo));
+        let mut registries = vec![registry.clone()];
+        registries.extend(echo.as_ref().map(|e| e.shared.registry.clone()));
 
         let server_settings = settings.server.clone();
         let mut server = HttpServer::new(move || {
@@ -88,13 +91,21 @@ impl Application {
             }
             app
         })
-        .listen(listener)?;
+        .listen(listener)?
+        // Signals are handled by `run_until_stopped`, which closes sessions
+        // with "server shutting down" before the workers stop.
+        .disable_signals();
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
+        let server = server.run();
         Ok(Application {
             port,
-            server: server.run(),
+            shutdown: Shutdown {
+                registries,
+                server: server.handle(),
+            },
+            server,
             registry,
             events,
         })
@@ -110,14 +121,70 @@ impl Application {
         self.port
     }
 
-    /// Runs until the server is stopped (SIGINT/SIGTERM).
+    /// Runs until the server is stopped. SIGINT or SIGTERM runs
+    /// [`Shutdown::run`].
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let shutdown = self.shutdown.clone();
+        actix_web::rt::spawn(async move {
+            if wait_for_signal().await.is_ok() {
+                tracing::info!("signal received: shutting down");
+                shutdown.run().await;
+            }
+        });
         self.server.await
     }
 
     /// A handle to stop the server.
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
+    }
+
+    /// A handle for a graceful shutdown.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+}
+
+/// How long a shutdown waits for sessions to close (polling sessions
+/// deliver what is buffered first) before the workers stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Stops the server gracefully.
+#[derive(Clone)]
+pub struct Shutdown {
+    registries: Vec<Registry>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl Shutdown {
+    /// Closes every session with "server shutting down" (no Socket.IO
+    /// DISCONNECT is sent, so clients reconnect, to another node behind a
+    /// balancer), waits up to [`SHUTDOWN_GRACE`] for them to end, then stops
+    /// the workers.
+    pub async fn run(&self) {
+        use crate::conn::messages::CloseSession;
+        use crate::engineio::CloseCause;
+        use crate::reason::DisconnectReason;
+        for registry in &self.registries {
+            for addr in registry.addrs() {
+                let cause = CloseCause::new(DisconnectReason::ServerShuttingDown, "server shutting down");
+                addr.do_send(CloseSession(cause));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.registries.iter().any(|r| !r.is_empty()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.server.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
     }
 }
 

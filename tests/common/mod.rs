@@ -12,6 +12,10 @@ pub struct TestServer {
     pub handle: actix_web::dev::ServerHandle,
     /// The Socket.IO endpoint's sessions.
     pub registry: roomcast::conn::Registry,
+    /// Namespace sockets joining and leaving.
+    pub events: tokio::sync::broadcast::Receiver<roomcast::conn::events::SocketEvent>,
+    /// Graceful shutdown.
+    pub shutdown: roomcast::startup::Shutdown,
 }
 
 impl TestServer {
@@ -53,6 +57,14 @@ pub fn spawn(settings: Settings) -> TestServer {
     let port = app.port();
     let handle = app.handle();
     let registry = app.registry.clone();
+    let events = app.events();
+    let shutdown = app.shutdown();
     actix_web::rt::spawn(app.run_until_stopped());
-    TestServer { port, handle, registry }
+    TestServer {
+        port,
+        handle,
+        registry,
+        events,
+        shutdown,
+    }
 }
