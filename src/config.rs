@@ -21,7 +21,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// A file, a variable or a value did not parse.
-    #[error("configuration: {0}")]
+    #[error("configuration could not be loaded")]
     Load(#[from] config::ConfigError),
     /// A value parsed but is not acceptable.
     #[error("configuration key `{key}`: {message}")]
@@ -302,7 +302,8 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let msg = Settings::from_config(cfg).unwrap_err().to_string();
-        assert!(msg.contains("ping_interval_ms"), "{msg}");
+        let err = Settings::from_config(cfg).unwrap_err();
+        let cause = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
+        assert!(cause.contains("engine.ping_interval_ms"), "{cause}");
     }
 }

@@ -1,6 +1,7 @@
 //! The `roomcast` binary: config → telemetry → startup.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -15,8 +16,18 @@ struct Cli {
 }
 
 #[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line that names the problem (e.g. the configuration key).
+            eprintln!("roomcast: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = roomcast::config::Settings::load(cli.config.as_deref())?;
     roomcast::telemetry::init(&settings.log);
     let (host, path) = (settings.server.host.clone(), settings.server.path.clone());
