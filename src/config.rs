@@ -144,8 +144,10 @@ pub enum LogFormat {
 impl Settings {
     /// Loads defaults, then `profile` if given, then the environment.
     pub fn load(profile: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         if let Some(path) = profile {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -168,7 +170,10 @@ impl Settings {
         // unwrap: the compiled-in defaults are covered by a unit test.
         Self::from_config(
             config::Config::builder()
-                .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+                .add_source(config::File::from_str(
+                    DEFAULT_TOML,
+                    config::FileFormat::Toml,
+                ))
                 .build()
                 .unwrap(),
         )
@@ -206,7 +211,10 @@ impl Settings {
             return Err(invalid("engine.max_buffered_packets", "must be at least 1"));
         }
         if e.max_packets_per_payload == 0 {
-            return Err(invalid("engine.max_packets_per_payload", "must be at least 1"));
+            return Err(invalid(
+                "engine.max_packets_per_payload",
+                "must be at least 1",
+            ));
         }
         if e.transports.is_empty() {
             return Err(invalid("engine.transports", "lists no transport"));
@@ -219,9 +227,17 @@ impl Settings {
                 ));
             }
         }
-        for (key, path) in [("server.path", &self.server.path), ("server.echo_path", &self.server.echo_path)] {
-            if !(path.is_empty() && key == "server.echo_path") && !(path.starts_with('/') && path.ends_with('/')) {
-                return Err(invalid(key, format!("{path:?} must start and end with '/'")));
+        for (key, path) in [
+            ("server.path", &self.server.path),
+            ("server.echo_path", &self.server.echo_path),
+        ] {
+            let disabled = path.is_empty() && key == "server.echo_path";
+            let well_formed = path.starts_with('/') && path.ends_with('/');
+            if !(disabled || well_formed) {
+                return Err(invalid(
+                    key,
+                    format!("{path:?} must start and end with '/'"),
+                ));
             }
         }
         let sio = &self.socketio;
@@ -297,13 +313,18 @@ mod tests {
         assert!(msg.contains("engine.transports"), "{msg}");
 
         let cfg = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
             .set_override("engine.ping_interval_ms", "soon")
             .unwrap()
             .build()
             .unwrap();
         let err = Settings::from_config(cfg).unwrap_err();
-        let cause = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
+        let cause = std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         assert!(cause.contains("engine.ping_interval_ms"), "{cause}");
     }
 }

@@ -14,9 +14,9 @@ use crate::audit::{AuditHandle, LogSink};
 use crate::config::Settings;
 use crate::conn::events::SocketEvent;
 use crate::conn::{App, EngineShared, Registry, SioConfig};
-use crate::socketio::DecodeLimits;
 use crate::engineio::TransportKind;
 use crate::http::{self, Endpoint};
+use crate::socketio::DecodeLimits;
 
 /// A built server, bound and ready to run.
 pub struct Application {
@@ -79,8 +79,10 @@ impl Application {
         let mut server = HttpServer::new(move || {
             let cors = cors(&server_settings.cors_allowed_origins);
             let mut app = WebApp::new().wrap(cors);
-            for (path, data) in [(&server_settings.path, Some(&socketio)), (&server_settings.echo_path, echo.as_ref())]
-            {
+            for (path, data) in [
+                (&server_settings.path, Some(&socketio)),
+                (&server_settings.echo_path, echo.as_ref()),
+            ] {
                 let Some(data) = data else { continue };
                 let bare = path.trim_end_matches('/').to_string();
                 app = app.service(
@@ -167,12 +169,15 @@ impl Shutdown {
         use crate::reason::DisconnectReason;
         for registry in &self.registries {
             for addr in registry.addrs() {
-                let cause = CloseCause::new(DisconnectReason::ServerShuttingDown, "server shutting down");
+                let cause =
+                    CloseCause::new(DisconnectReason::ServerShuttingDown, "server shutting down");
                 addr.do_send(CloseSession(cause));
             }
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.registries.iter().any(|r| !r.is_empty()) && tokio::time::Instant::now() < deadline {
+        while self.registries.iter().any(|r| !r.is_empty())
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.server.stop(true).await;

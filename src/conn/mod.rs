@@ -25,8 +25,8 @@ use actix::prelude::*;
 use crate::audit::{excerpt, AuditEvent, AuditHandle, AuditKind};
 use crate::engineio::payload::{body_text, decode_payload, encode_payload};
 use crate::engineio::{
-    packet, CloseCause, CloseMode, ErrorCode, Event, Frame, Limits, Packet, Payload, Session, State, TransportKind,
-    Via,
+    packet, CloseCause, CloseMode, ErrorCode, Event, Frame, Limits, Packet, Payload, Session,
+    State, TransportKind, Via,
 };
 use crate::reason::DisconnectReason;
 use messages::*;
@@ -217,7 +217,8 @@ impl Connection {
                 // out on the WebSocket, in order, from `after`.
                 self.answer_poll(Err(ErrorCode::BadRequest));
                 self.ws = self.probe.take();
-                self.span.record("transport", TransportKind::WebSocket.as_str());
+                self.span
+                    .record("transport", TransportKind::WebSocket.as_str());
                 tracing::debug!(parent: &self.span, "upgraded to websocket");
             }
             Event::UpgradeAborted => {
@@ -297,7 +298,9 @@ impl Connection {
         if self.session.polling_paused() {
             return;
         }
-        let Some(reply) = self.poll.take() else { return };
+        let Some(reply) = self.poll.take() else {
+            return;
+        };
         if reply.is_closed() {
             return; // the client gave up on that GET; data stays buffered
         }
@@ -484,7 +487,8 @@ impl Handler<PollGet> for Connection {
         if self.poll.as_ref().is_some_and(|p| !p.is_closed()) {
             // Spec: more than one active GET is an error that closes the session.
             let _ = msg.reply.send(Err(ErrorCode::BadRequest));
-            let cause = CloseCause::new(DisconnectReason::TransportError, "overlapping polling GET");
+            let cause =
+                CloseCause::new(DisconnectReason::TransportError, "overlapping polling GET");
             self.close(cause, None, ctx);
         } else {
             self.poll = Some(msg.reply);
@@ -566,7 +570,11 @@ impl Handler<WsInbound> for Connection {
         };
         let packet = match msg.message {
             WsMessage::Ping(payload) => {
-                let writer = if via == Via::Active { &mut self.ws } else { &mut self.probe };
+                let writer = if via == Via::Active {
+                    &mut self.ws
+                } else {
+                    &mut self.probe
+                };
                 if let Some(writer) = writer {
                     writer.sink.pong(payload);
                 }
@@ -601,11 +609,18 @@ impl Handler<WsEnded> for Connection {
         } else if self.ws.as_ref().is_some_and(|w| w.id == msg.id) {
             use DisconnectReason::*;
             let (reason, code, detail) = match &msg.end {
-                WsEnd::Closed => (TransportClose, None, "websocket closed by the client".to_string()),
+                WsEnd::Closed => (
+                    TransportClose,
+                    None,
+                    "websocket closed by the client".to_string(),
+                ),
                 WsEnd::TooLarge => (
                     ForcedClose,
                     Some(close_code::TOO_BIG),
-                    format!("websocket message above maxPayload ({} bytes)", self.shared.max_payload),
+                    format!(
+                        "websocket message above maxPayload ({} bytes)",
+                        self.shared.max_payload
+                    ),
                 ),
                 WsEnd::InvalidUtf8 => (
                     ParseError,

@@ -94,7 +94,10 @@ impl Connection {
             if act.sio.as_ref().is_some_and(|s| !s.joined) {
                 let cause = CloseCause::new(
                     DisconnectReason::ForcedClose,
-                    format!("no namespace joined within connectTimeout ({} ms)", timeout.as_millis()),
+                    format!(
+                        "no namespace joined within connectTimeout ({} ms)",
+                        timeout.as_millis()
+                    ),
                 );
                 act.close(cause, None, ctx);
                 act.after(ctx);
@@ -104,7 +107,9 @@ impl Connection {
 
     /// An Engine.IO message for the Socket.IO layer.
     pub(super) fn sio_message(&mut self, payload: Payload, ctx: &mut Context<Self>) {
-        let Some(state) = self.sio.as_mut() else { return };
+        let Some(state) = self.sio.as_mut() else {
+            return;
+        };
         let result = match &payload {
             Payload::Text(text) => state.decoder.text(text),
             Payload::Binary(bytes) => state.decoder.binary(bytes.clone()),
@@ -117,7 +122,11 @@ impl Connection {
                     Payload::Text(text) => text.as_bytes().clone(),
                     Payload::Binary(bytes) => bytes.clone(),
                 };
-                self.close(CloseCause::new(DisconnectReason::ParseError, err.to_string()), Some(&input), ctx);
+                self.close(
+                    CloseCause::new(DisconnectReason::ParseError, err.to_string()),
+                    Some(&input),
+                    ctx,
+                );
             }
         }
     }
@@ -164,7 +173,7 @@ impl Connection {
 
     fn sio_connect(&mut self, message: Message, ctx: &mut Context<Self>) {
         let nsp = message.packet.nsp;
-        if !self.sio_config().namespaces.iter().any(|n| *n == nsp) {
+        if !self.sio_config().namespaces.contains(&nsp) {
             self.emit_packet(
                 PacketType::ConnectError,
                 &nsp,
@@ -190,9 +199,18 @@ impl Connection {
         let id: Arc<str> = crate::engineio::generate_sid().into();
         if let Some(state) = self.sio.as_mut() {
             state.joined = true;
-            state.sockets.insert(nsp.clone(), NsSocket { id: id.clone() });
+            state
+                .sockets
+                .insert(nsp.clone(), NsSocket { id: id.clone() });
         }
-        self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id}), &[], ctx);
+        self.emit_packet(
+            PacketType::Connect,
+            &nsp,
+            None,
+            &json!({"sid": &*id}),
+            &[],
+            ctx,
+        );
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
         let _ = self.shared.events.send(SocketEvent::Connected {
             sid: self.sid.clone(),
@@ -222,9 +240,14 @@ impl Connection {
         if !self.sio_config().hooks {
             return; // no application events yet
         }
-        let Message { packet, attachments } = message;
+        let Message {
+            packet,
+            attachments,
+        } = message;
         let nsp = packet.nsp.as_str();
-        let Some(Value::Array(mut args)) = packet.data else { return };
+        let Some(Value::Array(mut args)) = packet.data else {
+            return;
+        };
         // unwrap: the decoder guarantees a string event name first.
         let name = args.remove(0);
         match name.as_str().unwrap_or_default() {
@@ -244,7 +267,10 @@ impl Connection {
             }
             "disconnect-me" => self.disconnect_namespace(nsp, ctx),
             "close-me" => {
-                let cause = CloseCause::new(DisconnectReason::ForcedClose, "closed on request (testing hook)");
+                let cause = CloseCause::new(
+                    DisconnectReason::ForcedClose,
+                    "closed on request (testing hook)",
+                );
                 self.close(cause, None, ctx);
             }
             "request-ack" => {
@@ -292,7 +318,13 @@ impl Connection {
     }
 
     /// Emits an event (`args` = `[name, ...]`).
-    pub fn emit_event(&mut self, nsp: &str, args: &Value, attachments: &[Bytes], ctx: &mut Context<Self>) {
+    pub fn emit_event(
+        &mut self,
+        nsp: &str,
+        args: &Value,
+        attachments: &[Bytes],
+        ctx: &mut Context<Self>,
+    ) {
         let kind = if attachments.is_empty() {
             PacketType::Event
         } else {
@@ -303,9 +335,17 @@ impl Connection {
 
     /// Emits an event that asks for an ack; `handler` runs with the ack, or
     /// with `None` after `socketio.ack_timeout_ms`.
-    fn emit_with_ack(&mut self, nsp: &str, args: &Value, handler: AckHandler, ctx: &mut Context<Self>) {
+    fn emit_with_ack(
+        &mut self,
+        nsp: &str,
+        args: &Value,
+        handler: AckHandler,
+        ctx: &mut Context<Self>,
+    ) {
         let timeout = self.sio_config().ack_timeout;
-        let Some(state) = self.sio.as_mut() else { return };
+        let Some(state) = self.sio.as_mut() else {
+            return;
+        };
         let id = state.next_ack_id;
         state.next_ack_id = (id + 1) % crate::socketio::packet::MAX_ACK_ID;
         let timer = ctx.run_later(timeout, move |act, ctx| {
@@ -337,8 +377,12 @@ impl Connection {
     }
 
     fn remove_socket(&mut self, nsp: &str, reason: DisconnectReason) {
-        let Some(state) = self.sio.as_mut() else { return };
-        let Some((nsp, socket)) = state.sockets.remove_entry(nsp) else { return };
+        let Some(state) = self.sio.as_mut() else {
+            return;
+        };
+        let Some((nsp, socket)) = state.sockets.remove_entry(nsp) else {
+            return;
+        };
         state.acks.retain(|_, p| p.nsp != nsp);
         self.socket_left(nsp, socket.id, reason);
     }
@@ -355,7 +399,9 @@ impl Connection {
 
     /// The session ended: every namespace socket ends with its reason.
     pub(super) fn sio_closed(&mut self, reason: DisconnectReason) {
-        let Some(state) = self.sio.as_mut() else { return };
+        let Some(state) = self.sio.as_mut() else {
+            return;
+        };
         state.acks.clear();
         let sockets: Vec<_> = state.sockets.drain().collect();
         for (nsp, socket) in sockets {

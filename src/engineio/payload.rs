@@ -72,17 +72,32 @@ mod tests {
         ];
         assert_eq!(encode_payload(&frames), "4hello\x1ebAQIDBA==");
         let back = decode_payload(&ByteString::from(encode_payload(&frames)), 10).unwrap();
-        assert_eq!(back[1], Packet::Message(Payload::Binary(Bytes::from_static(&[1, 2, 3, 4]))));
+        assert_eq!(
+            back[1],
+            Packet::Message(Payload::Binary(Bytes::from_static(&[1, 2, 3, 4])))
+        );
     }
 
     #[test]
     fn limits_and_errors() {
         let body = ByteString::from("4\x1e".repeat(10) + "4");
-        assert_eq!(decode_payload(&body, 10), Err(DecodeError::TooManyPackets(10)));
+        assert_eq!(
+            decode_payload(&body, 10),
+            Err(DecodeError::TooManyPackets(10))
+        );
         assert_eq!(decode_payload(&body, 11).unwrap().len(), 11);
-        assert_eq!(decode_payload(&ByteString::from_static("4a\x1e\x1e4b"), 10), Err(DecodeError::Empty));
-        assert_eq!(decode_payload(&ByteString::from_static(""), 10), Err(DecodeError::Empty));
-        assert_eq!(body_text(Bytes::from_static(&[0xff, 0x34])), Err(DecodeError::InvalidUtf8));
+        assert_eq!(
+            decode_payload(&ByteString::from_static("4a\x1e\x1e4b"), 10),
+            Err(DecodeError::Empty)
+        );
+        assert_eq!(
+            decode_payload(&ByteString::from_static(""), 10),
+            Err(DecodeError::Empty)
+        );
+        assert_eq!(
+            body_text(Bytes::from_static(&[0xff, 0x34])),
+            Err(DecodeError::InvalidUtf8)
+        );
     }
 
     proptest! {

@@ -46,7 +46,10 @@ impl HttpError {
     pub fn response(&self) -> HttpResponse {
         HttpResponse::build(self.status)
             .content_type("application/json")
-            .body(format!(r#"{{"code":{},"message":"{}"}}"#, self.code as u8, self.message))
+            .body(format!(
+                r#"{{"code":{},"message":"{}"}}"#,
+                self.code as u8, self.message
+            ))
     }
 }
 
