@@ -49,6 +49,60 @@ pub struct Settings {
     pub log: LogSettings,
     /// Test behaviour (compliance suites, client tests).
     pub testing: TestingSettings,
+    /// Rooms.
+    pub rooms: RoomSettings,
+    /// Client authentication.
+    pub auth: AuthSettings,
+    /// HTTP API.
+    pub api: ApiSettings,
+}
+
+/// `[rooms]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomSettings {
+    /// Longest room name.
+    pub max_name_len: usize,
+    /// Rooms per socket.
+    pub max_per_socket: usize,
+    /// Rooms per namespace.
+    pub max_total: usize,
+    /// Members listed by presence.
+    pub presence_limit: usize,
+    /// Namespaces with join/leave notifications.
+    pub notify_namespaces: Vec<String>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Namespaces without a token requirement.
+    pub anonymous_namespaces: Vec<String>,
+    /// Anonymous subscribe patterns.
+    pub anonymous_subscribe: Vec<String>,
+    /// Anonymous publish patterns.
+    pub anonymous_publish: Vec<String>,
+    /// Pinned JWT algorithm, empty = no tokens.
+    pub jwt_algorithm: String,
+    /// HS256 secret.
+    pub jwt_secret: String,
+    /// RS256/ES256 public key file.
+    pub jwt_public_key_file: String,
+    /// Required audience.
+    pub jwt_audience: String,
+    /// Required issuer.
+    pub jwt_issuer: String,
+    /// Clock skew tolerance.
+    pub jwt_leeway_s: u64,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Bearer keys.
+    pub keys: Vec<String>,
 }
 
 /// `[server]`
@@ -144,10 +198,8 @@ pub enum LogFormat {
 impl Settings {
     /// Loads defaults, then `profile` if given, then the environment.
     pub fn load(profile: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = profile {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -160,6 +212,11 @@ impl Settings {
                 .with_list_parse_key("engine.transports")
                 .with_list_parse_key("websocket.subprotocols")
                 .with_list_parse_key("socketio.namespaces")
+                .with_list_parse_key("rooms.notify_namespaces")
+                .with_list_parse_key("auth.anonymous_namespaces")
+                .with_list_parse_key("auth.anonymous_subscribe")
+                .with_list_parse_key("auth.anonymous_publish")
+                .with_list_parse_key("api.keys")
                 .try_parsing(true),
         );
         Self::from_config(builder.build()?)
@@ -170,10 +227,7 @@ impl Settings {
         // unwrap: the compiled-in defaults are covered by a unit test.
         Self::from_config(
             config::Config::builder()
-                .add_source(config::File::from_str(
-                    DEFAULT_TOML,
-                    config::FileFormat::Toml,
-                ))
+                .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
                 .build()
                 .unwrap(),
         )
@@ -211,10 +265,7 @@ impl Settings {
             return Err(invalid("engine.max_buffered_packets", "must be at least 1"));
         }
         if e.max_packets_per_payload == 0 {
-            return Err(invalid(
-                "engine.max_packets_per_payload",
-                "must be at least 1",
-            ));
+            return Err(invalid("engine.max_packets_per_payload", "must be at least 1"));
         }
         if e.transports.is_empty() {
             return Err(invalid("engine.transports", "lists no transport"));
@@ -234,10 +285,7 @@ impl Settings {
             let disabled = path.is_empty() && key == "server.echo_path";
             let well_formed = path.starts_with('/') && path.ends_with('/');
             if !(disabled || well_formed) {
-                return Err(invalid(
-                    key,
-                    format!("{path:?} must start and end with '/'"),
-                ));
+                return Err(invalid(key, format!("{path:?} must start and end with '/'")));
             }
         }
         let sio = &self.socketio;
@@ -257,6 +305,25 @@ impl Settings {
         }
         if sio.ack_timeout_ms == 0 {
             return Err(invalid("socketio.ack_timeout_ms", "must be at least 1"));
+        }
+        if self.rooms.max_name_len == 0 {
+            return Err(invalid("rooms.max_name_len", "must be at least 1"));
+        }
+        if self.rooms.max_per_socket == 0 {
+            return Err(invalid("rooms.max_per_socket", "must be at least 1"));
+        }
+        if let Err(message) = crate::auth::Verifier::from_settings(&self.auth) {
+            let key = if message.contains("public key") {
+                "auth.jwt_public_key_file"
+            } else if message.contains("secret") {
+                "auth.jwt_secret"
+            } else {
+                "auth.jwt_algorithm"
+            };
+            return Err(invalid(key, message));
+        }
+        if self.api.keys.iter().any(|k| k.len() < 16) {
+            return Err(invalid("api.keys", "every key must be at least 16 characters"));
         }
         if self.server.path == self.server.echo_path {
             return Err(invalid("server.echo_path", "must differ from server.path"));
@@ -313,10 +380,7 @@ mod tests {
         assert!(msg.contains("engine.transports"), "{msg}");
 
         let cfg = config::Config::builder()
-            .add_source(config::File::from_str(
-                DEFAULT_TOML,
-                config::FileFormat::Toml,
-            ))
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
             .set_override("engine.ping_interval_ms", "soon")
             .unwrap()
             .build()

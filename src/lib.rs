@@ -25,7 +25,10 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod audit;
+pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod engineio;

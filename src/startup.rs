@@ -10,7 +10,10 @@ use actix::Actor;
 use actix_web::dev::Server;
 use actix_web::{web, App as WebApp, HttpServer};
 
+use crate::api;
 use crate::audit::{AuditHandle, LogSink};
+use crate::auth::Verifier;
+use crate::broker::{Broker, BrokerConfig};
 use crate::config::Settings;
 use crate::conn::events::SocketEvent;
 use crate::conn::{App, EngineShared, Registry, SioConfig};
@@ -37,6 +40,20 @@ impl Application {
 
         let audit = AuditHandle::new(LogSink { capacity: 4096 }.start().recipient());
         let (events, _) = tokio::sync::broadcast::channel(4096);
+        let broker = Broker::new(BrokerConfig {
+            max_rooms_per_socket: settings.rooms.max_per_socket,
+            max_rooms: settings.rooms.max_total,
+            notify_namespaces: settings.rooms.notify_namespaces.clone(),
+        })
+        .start();
+        let api = web::Data::new(api::ApiState {
+            broker: broker.clone(),
+            keys: settings.api.keys.clone(),
+            namespaces: settings.socketio.namespaces.clone(),
+            max_room_len: settings.rooms.max_name_len,
+            presence_limit: settings.rooms.presence_limit,
+        });
+        let max_payload = settings.engine.max_payload;
         let sio = SioConfig {
             namespaces: settings.socketio.namespaces.clone(),
             connect_timeout: Duration::from_millis(settings.socketio.connect_timeout_ms),
@@ -46,6 +63,11 @@ impl Application {
             },
             ack_timeout: Duration::from_millis(settings.socketio.ack_timeout_ms),
             hooks: settings.testing.hooks,
+            verifier: Verifier::from_settings(&settings.auth)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            broker: broker.clone(),
+            max_room_len: settings.rooms.max_name_len,
+            presence_limit: settings.rooms.presence_limit,
         };
         let endpoint = |app: App| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
@@ -78,7 +100,10 @@ impl Application {
         let server_settings = settings.server.clone();
         let mut server = HttpServer::new(move || {
             let cors = cors(&server_settings.cors_allowed_origins);
-            let mut app = WebApp::new().wrap(cors);
+            // CORS headers only where origins are configured; without them a
+            // cross-site page gets none (same-origin requests are unaffected).
+            let cors = actix_web::middleware::Condition::new(!server_settings.cors_allowed_origins.is_empty(), cors);
+            let mut app = WebApp::new().wrap(cors).service(api::scope(api.clone(), max_payload));
             for (path, data) in [
                 (&server_settings.path, Some(&socketio)),
                 (&server_settings.echo_path, echo.as_ref()),
@@ -169,15 +194,12 @@ impl Shutdown {
         use crate::reason::DisconnectReason;
         for registry in &self.registries {
             for addr in registry.addrs() {
-                let cause =
-                    CloseCause::new(DisconnectReason::ServerShuttingDown, "server shutting down");
+                let cause = CloseCause::new(DisconnectReason::ServerShuttingDown, "server shutting down");
                 addr.do_send(CloseSession(cause));
             }
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.registries.iter().any(|r| !r.is_empty())
-            && tokio::time::Instant::now() < deadline
-        {
+        while self.registries.iter().any(|r| !r.is_empty()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.server.stop(true).await;

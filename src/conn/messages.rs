@@ -42,9 +42,7 @@ pub struct WsWriter {
 
 impl std::fmt::Debug for WsWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsWriter")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("WsWriter").field("id", &self.id).finish_non_exhaustive()
     }
 }
 

@@ -25,8 +25,7 @@ use actix::prelude::*;
 use crate::audit::{excerpt, AuditEvent, AuditHandle, AuditKind};
 use crate::engineio::payload::{body_text, decode_payload, encode_payload};
 use crate::engineio::{
-    packet, CloseCause, CloseMode, ErrorCode, Event, Frame, Limits, Packet, Payload, Session,
-    State, TransportKind, Via,
+    packet, CloseCause, CloseMode, ErrorCode, Event, Frame, Limits, Packet, Payload, Session, State, TransportKind, Via,
 };
 use crate::reason::DisconnectReason;
 use messages::*;
@@ -217,8 +216,7 @@ impl Connection {
                 // out on the WebSocket, in order, from `after`.
                 self.answer_poll(Err(ErrorCode::BadRequest));
                 self.ws = self.probe.take();
-                self.span
-                    .record("transport", TransportKind::WebSocket.as_str());
+                self.span.record("transport", TransportKind::WebSocket.as_str());
                 tracing::debug!(parent: &self.span, "upgraded to websocket");
             }
             Event::UpgradeAborted => {
@@ -439,9 +437,9 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Transports `send` and wait when the mailbox is full; only the
-        // HTTP handlers and read pumps of this one session write to it.
-        ctx.set_mailbox_capacity(64);
+        // Transports and the broker `try_send` (and transports wait when
+        // it is full); the broker treats a full mailbox as a slow consumer.
+        ctx.set_mailbox_capacity(self.shared.limits.max_buffered);
         tracing::info!(parent: &self.span, "session opened");
         if self.sio.is_some() {
             self.sio_started(ctx);
@@ -487,8 +485,7 @@ impl Handler<PollGet> for Connection {
         if self.poll.as_ref().is_some_and(|p| !p.is_closed()) {
             // Spec: more than one active GET is an error that closes the session.
             let _ = msg.reply.send(Err(ErrorCode::BadRequest));
-            let cause =
-                CloseCause::new(DisconnectReason::TransportError, "overlapping polling GET");
+            let cause = CloseCause::new(DisconnectReason::TransportError, "overlapping polling GET");
             self.close(cause, None, ctx);
         } else {
             self.poll = Some(msg.reply);
@@ -512,8 +509,8 @@ impl Handler<PollPost> for Connection {
         if !self.session.is_live() {
             return Err(ErrorCode::UnknownSid);
         }
-        let decoded = body_text(msg.body.clone())
-            .and_then(|text| decode_payload(&text, self.shared.max_packets_per_payload));
+        let decoded =
+            body_text(msg.body.clone()).and_then(|text| decode_payload(&text, self.shared.max_packets_per_payload));
         let result = match decoded {
             Err(err) => {
                 let cause = CloseCause::new(DisconnectReason::ParseError, err.to_string());
@@ -609,18 +606,11 @@ impl Handler<WsEnded> for Connection {
         } else if self.ws.as_ref().is_some_and(|w| w.id == msg.id) {
             use DisconnectReason::*;
             let (reason, code, detail) = match &msg.end {
-                WsEnd::Closed => (
-                    TransportClose,
-                    None,
-                    "websocket closed by the client".to_string(),
-                ),
+                WsEnd::Closed => (TransportClose, None, "websocket closed by the client".to_string()),
                 WsEnd::TooLarge => (
                     ForcedClose,
                     Some(close_code::TOO_BIG),
-                    format!(
-                        "websocket message above maxPayload ({} bytes)",
-                        self.shared.max_payload
-                    ),
+                    format!("websocket message above maxPayload ({} bytes)", self.shared.max_payload),
                 ),
                 WsEnd::InvalidUtf8 => (
                     ParseError,

@@ -62,11 +62,6 @@ impl Registry {
     /// Every session's actor (for shutdown and admin actions).
     pub fn addrs(&self) -> Vec<Addr<Connection>> {
         // unwrap: see `insert`.
-        self.map
-            .read()
-            .unwrap()
-            .values()
-            .map(|e| e.addr.clone())
-            .collect()
+        self.map.read().unwrap().values().map(|e| e.addr.clone()).collect()
     }
 }

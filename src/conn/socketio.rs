@@ -16,13 +16,18 @@ use serde_json::{json, Value};
 
 use super::events::SocketEvent;
 use super::Connection;
+use crate::auth::{Identity, Verifier};
+use crate::broker::{
+    self, valid_event, valid_room, Broker, Deliver, Evict, Join, JoinError, Leave, Members, Publish, Register,
+    Unregister,
+};
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
 use crate::socketio::packet::encode;
 use crate::socketio::{DecodeLimits, Decoder, Message, PacketType};
 
 /// Socket.IO settings of an endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SioConfig {
     /// Namespaces clients may join.
     pub namespaces: Vec<String>,
@@ -34,12 +39,20 @@ pub struct SioConfig {
     pub ack_timeout: Duration,
     /// The `[testing]` hooks.
     pub hooks: bool,
+    /// Checks CONNECT payloads.
+    pub verifier: Verifier,
+    /// The room broker.
+    pub broker: Addr<Broker>,
+    /// Longest room name.
+    pub max_room_len: usize,
+    /// Members listed by presence.
+    pub presence_limit: usize,
 }
 
 /// A namespace socket on this connection.
-#[derive(Debug)]
 struct NsSocket {
     id: Arc<str>,
+    identity: Identity,
 }
 
 /// What to do when the client acks (or does not ack) a server event.
@@ -94,10 +107,7 @@ impl Connection {
             if act.sio.as_ref().is_some_and(|s| !s.joined) {
                 let cause = CloseCause::new(
                     DisconnectReason::ForcedClose,
-                    format!(
-                        "no namespace joined within connectTimeout ({} ms)",
-                        timeout.as_millis()
-                    ),
+                    format!("no namespace joined within connectTimeout ({} ms)", timeout.as_millis()),
                 );
                 act.close(cause, None, ctx);
                 act.after(ctx);
@@ -185,46 +195,76 @@ impl Connection {
             return;
         }
         let auth = message.packet.data.unwrap_or_else(|| json!({}));
-        if let Err(refusal) = self.connect_hook(&nsp, &auth) {
-            let mut data = json!({"message": refusal.message});
-            if let Some(extra) = refusal.data {
-                data["data"] = extra;
+        let identity = match self.connect_hook(&nsp, &auth) {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                let mut data = json!({"message": refusal.message});
+                if let Some(extra) = refusal.data {
+                    data["data"] = extra;
+                }
+                self.emit_packet(PacketType::ConnectError, &nsp, None, &data, &[], ctx);
+                return;
             }
-            self.emit_packet(PacketType::ConnectError, &nsp, None, &data, &[], ctx);
-            return;
-        }
+        };
         // A second CONNECT for a namespace replaces the first socket.
         self.remove_socket(&nsp, DisconnectReason::ClientNamespaceDisconnect);
         let nsp: Arc<str> = nsp.into();
         let id: Arc<str> = crate::engineio::generate_sid().into();
+        let user: Option<Arc<str>> = identity.user.as_deref().map(Into::into);
+        let expires = identity.expires;
         if let Some(state) = self.sio.as_mut() {
             state.joined = true;
-            state
-                .sockets
-                .insert(nsp.clone(), NsSocket { id: id.clone() });
+            state.sockets.insert(
+                nsp.clone(),
+                NsSocket {
+                    id: id.clone(),
+                    identity,
+                },
+            );
         }
-        self.emit_packet(
-            PacketType::Connect,
-            &nsp,
-            None,
-            &json!({"sid": &*id}),
-            &[],
-            ctx,
-        );
+        self.sio_config().broker.do_send(Register {
+            socket_id: id.clone(),
+            nsp: nsp.clone(),
+            user,
+            deliver: ctx.address().recipient(),
+            evict: ctx.address().recipient(),
+        });
+        self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id}), &[], ctx);
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
         let _ = self.shared.events.send(SocketEvent::Connected {
             sid: self.sid.clone(),
             nsp: nsp.clone(),
-            socket_id: id,
+            socket_id: id.clone(),
         });
+        if let Some(expires) = expires {
+            self.expire_at(nsp.clone(), id, expires, ctx);
+        }
         if self.sio_config().hooks {
             self.emit_event(&nsp, &json!(["auth", auth]), &[], ctx);
         }
     }
 
+    /// Enforces a token's `exp` on a live socket: the client gets
+    /// `token_expired`, then the connection is force-closed (audited).
+    fn expire_at(&mut self, nsp: Arc<str>, id: Arc<str>, expires: std::time::SystemTime, ctx: &mut Context<Self>) {
+        let delay = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        ctx.run_later(delay, move |act, ctx| {
+            if act.socket_id(&nsp).as_deref() != Some(&*id) {
+                return; // that socket is gone
+            }
+            act.emit_event(&nsp, &json!(["token_expired", {"message": "Token expired"}]), &[], ctx);
+            let cause = CloseCause::new(
+                DisconnectReason::ForcedClose,
+                format!("token expired (namespace {nsp})"),
+            );
+            act.close(cause, None, ctx);
+            act.after(ctx);
+        });
+    }
+
     /// The connect hook: accepts or refuses a CONNECT with its `auth`
-    /// payload. Token verification plugs in here.
-    fn connect_hook(&self, _nsp: &str, auth: &Value) -> Result<(), Refusal> {
+    /// payload, and says what the socket may do.
+    fn connect_hook(&self, nsp: &str, auth: &Value) -> Result<Identity, Refusal> {
         if self.sio_config().hooks {
             if let Some(why) = auth.get("reject").and_then(Value::as_str) {
                 return Err(Refusal {
@@ -233,22 +273,34 @@ impl Connection {
                 });
             }
         }
-        Ok(())
+        self.sio_config().verifier.check(nsp, auth).map_err(|e| Refusal {
+            message: e.message.to_owned(),
+            data: Some(json!({"code": e.code})),
+        })
     }
 
     fn sio_event(&mut self, message: Message, ctx: &mut Context<Self>) {
-        if !self.sio_config().hooks {
-            return; // no application events yet
+        let name = match &message.packet.data {
+            Some(Value::Array(args)) => args.first().and_then(Value::as_str).unwrap_or_default().to_owned(),
+            _ => return,
+        };
+        match name.as_str() {
+            "subscribe" | "unsubscribe" | "publish" | "presence" => self.app_event(&name, message, ctx),
+            _ if self.sio_config().hooks => self.hook_event(message, ctx),
+            _ => {
+                let (nsp, id) = (message.packet.nsp, message.packet.id);
+                self.ack_error(&nsp, id, "unknown_event", &format!("unknown event {name:?}"), ctx);
+            }
         }
-        let Message {
-            packet,
-            attachments,
-        } = message;
+    }
+
+    /// The `[testing]` hooks (see config/default.toml).
+    fn hook_event(&mut self, message: Message, ctx: &mut Context<Self>) {
+        let Message { packet, attachments } = message;
         let nsp = packet.nsp.as_str();
         let Some(Value::Array(mut args)) = packet.data else {
             return;
         };
-        // unwrap: the decoder guarantees a string event name first.
         let name = args.remove(0);
         match name.as_str().unwrap_or_default() {
             "message" => {
@@ -267,10 +319,7 @@ impl Connection {
             }
             "disconnect-me" => self.disconnect_namespace(nsp, ctx),
             "close-me" => {
-                let cause = CloseCause::new(
-                    DisconnectReason::ForcedClose,
-                    "closed on request (testing hook)",
-                );
+                let cause = CloseCause::new(DisconnectReason::ForcedClose, "closed on request (testing hook)");
                 self.close(cause, None, ctx);
             }
             "request-ack" => {
@@ -300,6 +349,122 @@ impl Connection {
         }
     }
 
+    /// The pub/sub protocol of docs/protocol.md: `subscribe`, `unsubscribe`,
+    /// `publish`, `presence`, each answered through its ack.
+    fn app_event(&mut self, name: &str, message: Message, ctx: &mut Context<Self>) {
+        let Message { packet, attachments } = message;
+        let nsp: Arc<str> = packet.nsp.as_str().into();
+        let ack = packet.id;
+        let Some(Value::Array(args)) = packet.data else { return };
+        let Some(socket_id) = self.socket_id(&nsp) else { return };
+        let arg = args.get(1).and_then(Value::as_object);
+        let Some(room) = arg.and_then(|a| a.get("room")).and_then(Value::as_str) else {
+            return self.ack_error(
+                &nsp,
+                ack,
+                "bad_request",
+                "expected an object with a \"room\" string",
+                ctx,
+            );
+        };
+        if !valid_room(room, self.sio_config().max_room_len) {
+            let message = format!(
+                "room names are 1 to {} bytes of ASCII letters, digits and _-.:@/#=+",
+                self.sio_config().max_room_len
+            );
+            return self.ack_error(&nsp, ack, "invalid_room", &message, ctx);
+        }
+        let room: Arc<str> = room.into();
+        let broker = self.sio_config().broker.clone();
+        // unwrap: socket_id() found the socket.
+        let identity = &self.sio.as_ref().unwrap().sockets[&nsp].identity;
+        let (may_subscribe, may_publish) = (identity.may_subscribe(&room), identity.may_publish(&room));
+        match name {
+            "subscribe" | "presence" if !may_subscribe => {
+                self.ack_error(&nsp, ack, "forbidden", "not allowed to subscribe to this room", ctx)
+            }
+            "subscribe" => {
+                let request = broker.send(Join { socket_id, room });
+                ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
+                    match result {
+                        Ok(Ok(())) => act.ack_ok(&nsp, ack, json!({"ok": true}), ctx),
+                        Ok(Err(JoinError::TooManyRooms)) => {
+                            act.ack_error(&nsp, ack, "too_many_rooms", "this socket is in too many rooms", ctx)
+                        }
+                        Ok(Err(JoinError::TooManyRoomsInTotal)) => {
+                            act.ack_error(&nsp, ack, "room_limit", "the namespace has too many rooms", ctx)
+                        }
+                        Ok(Err(JoinError::UnknownSocket)) | Err(_) => {}
+                    }
+                    act.after(ctx);
+                }));
+            }
+            "unsubscribe" => {
+                broker.do_send(Leave { socket_id, room });
+                self.ack_ok(&nsp, ack, json!({"ok": true}), ctx);
+            }
+            "presence" => {
+                let limit = self.sio_config().presence_limit;
+                let request = broker.send(Members {
+                    nsp: nsp.clone(),
+                    room: room.clone(),
+                    limit,
+                });
+                ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
+                    if let Ok(m) = result {
+                        let members: Vec<Value> = m
+                            .members
+                            .iter()
+                            .map(|(id, user)| json!({"id": &**id, "user": user.as_deref()}))
+                            .collect();
+                        let reply = json!({"ok": true, "room": &*room, "count": m.count, "members": members});
+                        act.ack_ok(&nsp, ack, reply, ctx);
+                    }
+                    act.after(ctx);
+                }));
+            }
+            _ if !may_publish => self.ack_error(&nsp, ack, "forbidden", "not allowed to publish to this room", ctx),
+            _ => {
+                // unwrap: `arg` held the room.
+                let arg = arg.unwrap();
+                let event = match arg.get("event").and_then(Value::as_str) {
+                    Some(e) if valid_event(e) => e,
+                    _ => {
+                        let message = "\"event\" must be a non-reserved name of 1 to 128 bytes";
+                        return self.ack_error(&nsp, ack, "invalid_event", message, ctx);
+                    }
+                };
+                let mut out = vec![json!(event)];
+                if let Some(data) = arg.get("data") {
+                    out.push(data.clone());
+                }
+                let frames = broker::encode_event(&nsp, &Value::Array(out), &attachments);
+                let request = broker.send(Publish {
+                    nsp: nsp.clone(),
+                    rooms: vec![room],
+                    except: vec![socket_id],
+                    frames,
+                });
+                ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
+                    let recipients = result.unwrap_or_default();
+                    act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
+                    act.after(ctx);
+                }));
+            }
+        }
+    }
+
+    fn ack_ok(&mut self, nsp: &str, ack: Option<u64>, value: Value, ctx: &mut Context<Self>) {
+        if let Some(id) = ack {
+            self.emit_packet(PacketType::Ack, nsp, Some(id), &json!([value]), &[], ctx);
+        }
+    }
+
+    fn ack_error(&mut self, nsp: &str, ack: Option<u64>, code: &str, message: &str, ctx: &mut Context<Self>) {
+        let value = json!({"ok": false, "error": {"code": code, "message": message}});
+        self.ack_ok(nsp, ack, value, ctx);
+    }
+
     /// Sends a packet (and its attachments) to the client.
     fn emit_packet(
         &mut self,
@@ -318,13 +483,7 @@ impl Connection {
     }
 
     /// Emits an event (`args` = `[name, ...]`).
-    pub fn emit_event(
-        &mut self,
-        nsp: &str,
-        args: &Value,
-        attachments: &[Bytes],
-        ctx: &mut Context<Self>,
-    ) {
+    pub fn emit_event(&mut self, nsp: &str, args: &Value, attachments: &[Bytes], ctx: &mut Context<Self>) {
         let kind = if attachments.is_empty() {
             PacketType::Event
         } else {
@@ -335,13 +494,7 @@ impl Connection {
 
     /// Emits an event that asks for an ack; `handler` runs with the ack, or
     /// with `None` after `socketio.ack_timeout_ms`.
-    fn emit_with_ack(
-        &mut self,
-        nsp: &str,
-        args: &Value,
-        handler: AckHandler,
-        ctx: &mut Context<Self>,
-    ) {
+    fn emit_with_ack(&mut self, nsp: &str, args: &Value, handler: AckHandler, ctx: &mut Context<Self>) {
         let timeout = self.sio_config().ack_timeout;
         let Some(state) = self.sio.as_mut() else {
             return;
@@ -387,7 +540,11 @@ impl Connection {
         self.socket_left(nsp, socket.id, reason);
     }
 
+    /// Leaves the broker and tells the watchers.
     fn socket_left(&self, nsp: Arc<str>, socket_id: Arc<str>, reason: DisconnectReason) {
+        self.sio_config().broker.do_send(Unregister {
+            socket_id: socket_id.clone(),
+        });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*socket_id, reason = reason.as_str(), "namespace left");
         let _ = self.shared.events.send(SocketEvent::Disconnected {
             sid: self.sid.clone(),
@@ -407,5 +564,26 @@ impl Connection {
         for (nsp, socket) in sockets {
             self.socket_left(nsp, socket.id, reason);
         }
+    }
+}
+
+impl Handler<Deliver> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        for frame in msg.frames.iter() {
+            self.send(frame.clone(), ctx);
+        }
+        self.after(ctx);
+    }
+}
+
+impl Handler<Evict> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Evict, ctx: &mut Self::Context) {
+        let _enter = self.span.clone().entered();
+        self.close(CloseCause::new(DisconnectReason::ForcedClose, msg.detail), None, ctx);
+        self.after(ctx);
     }
 }

@@ -189,10 +189,7 @@ mod tests {
             decode_text(&text("4hello"), false),
             Ok(Packet::Message(Payload::Text(text("hello"))))
         );
-        assert_eq!(
-            decode_text(&text("2probe"), false),
-            Ok(Packet::Ping(text("probe")))
-        );
+        assert_eq!(decode_text(&text("2probe"), false), Ok(Packet::Ping(text("probe"))));
         assert_eq!(decode_text(&text("3"), false), Ok(Packet::Pong(text(""))));
         assert_eq!(decode_text(&text("5"), false), Ok(Packet::Upgrade));
         assert_eq!(decode_text(&text("6"), false), Ok(Packet::Noop));
@@ -200,36 +197,19 @@ mod tests {
         assert_eq!(decode_text(&text("0"), false), Ok(Packet::Open));
         assert_eq!(
             decode_text(&text("bAQIDBA=="), true),
-            Ok(Packet::Message(Payload::Binary(Bytes::from_static(&[
-                1, 2, 3, 4
-            ]))))
+            Ok(Packet::Message(Payload::Binary(Bytes::from_static(&[1, 2, 3, 4]))))
         );
     }
 
     #[test]
     fn invalid_packets_are_errors() {
         assert_eq!(decode_text(&text(""), false), Err(DecodeError::Empty));
-        assert_eq!(
-            decode_text(&text("abc"), false),
-            Err(DecodeError::UnknownType('a'))
-        );
-        assert_eq!(
-            decode_text(&text("9"), false),
-            Err(DecodeError::UnknownType('9'))
-        );
-        assert_eq!(
-            decode_text(&text("é"), false),
-            Err(DecodeError::UnknownType('é'))
-        );
+        assert_eq!(decode_text(&text("abc"), false), Err(DecodeError::UnknownType('a')));
+        assert_eq!(decode_text(&text("9"), false), Err(DecodeError::UnknownType('9')));
+        assert_eq!(decode_text(&text("é"), false), Err(DecodeError::UnknownType('é')));
         // `b` is only the binary prefix inside a polling payload.
-        assert_eq!(
-            decode_text(&text("bAQ=="), false),
-            Err(DecodeError::UnknownType('b'))
-        );
-        assert_eq!(
-            decode_text(&text("b!!"), true),
-            Err(DecodeError::InvalidBase64)
-        );
+        assert_eq!(decode_text(&text("bAQ=="), false), Err(DecodeError::UnknownType('b')));
+        assert_eq!(decode_text(&text("b!!"), true), Err(DecodeError::InvalidBase64));
     }
 
     #[test]

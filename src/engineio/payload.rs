@@ -81,10 +81,7 @@ mod tests {
     #[test]
     fn limits_and_errors() {
         let body = ByteString::from("4\x1e".repeat(10) + "4");
-        assert_eq!(
-            decode_payload(&body, 10),
-            Err(DecodeError::TooManyPackets(10))
-        );
+        assert_eq!(decode_payload(&body, 10), Err(DecodeError::TooManyPackets(10)));
         assert_eq!(decode_payload(&body, 11).unwrap().len(), 11);
         assert_eq!(
             decode_payload(&ByteString::from_static("4a\x1e\x1e4b"), 10),

@@ -181,12 +181,7 @@ impl Session {
     }
 
     /// Feeds one packet from the client.
-    pub fn on_packet(
-        &mut self,
-        via: Via,
-        packet: Packet,
-        now: Instant,
-    ) -> Result<Option<Event>, CloseCause> {
+    pub fn on_packet(&mut self, via: Via, packet: Packet, now: Instant) -> Result<Option<Event>, CloseCause> {
         if !self.is_live() {
             return Ok(None);
         }
@@ -196,11 +191,7 @@ impl Session {
         }
     }
 
-    fn on_active_packet(
-        &mut self,
-        packet: Packet,
-        now: Instant,
-    ) -> Result<Option<Event>, CloseCause> {
+    fn on_active_packet(&mut self, packet: Packet, now: Instant) -> Result<Option<Event>, CloseCause> {
         use DisconnectReason::{ParseError, TransportClose};
         match packet {
             Packet::Message(payload) => Ok(Some(Event::Message(payload))),
@@ -212,19 +203,13 @@ impl Session {
                 Ok(None)
             }
             Packet::Noop => Ok(None),
-            Packet::Close => Err(CloseCause::new(
-                TransportClose,
-                "client sent a close packet",
-            )),
+            Packet::Close => Err(CloseCause::new(TransportClose, "client sent a close packet")),
             Packet::Open => Err(CloseCause::new(ParseError, "open packet from the client")),
             Packet::Ping(_) => Err(CloseCause::new(
                 ParseError,
                 "ping from the client (v4 heartbeats go from server to client)",
             )),
-            Packet::Upgrade => Err(CloseCause::new(
-                ParseError,
-                "upgrade packet on the active transport",
-            )),
+            Packet::Upgrade => Err(CloseCause::new(ParseError, "upgrade packet on the active transport")),
         }
     }
 
@@ -234,10 +219,7 @@ impl Session {
         };
         match packet {
             Packet::Ping(data) if !probed && data == PROBE => {
-                self.state = State::Upgrading {
-                    probed: true,
-                    deadline,
-                };
+                self.state = State::Upgrading { probed: true, deadline };
                 Some(Event::ProbeAnswered)
             }
             Packet::Upgrade if probed => {
@@ -429,8 +411,7 @@ mod tests {
         assert_eq!(s.take_buffered(), [Frame::ping()]);
         assert_eq!(s.next_deadline(), Some(t0 + ms(500)));
         // A pong re-arms the ping one interval later.
-        s.on_packet(Via::Active, Packet::Pong("".into()), t0 + ms(350))
-            .unwrap();
+        s.on_packet(Via::Active, Packet::Pong("".into()), t0 + ms(350)).unwrap();
         assert_eq!(s.next_deadline(), Some(t0 + ms(650)));
         assert_eq!(s.poll_timers(t0 + ms(650)), Ok(Some(Event::PingQueued)));
         let err = s.poll_timers(t0 + ms(850)).unwrap_err();
@@ -442,16 +423,11 @@ mod tests {
         let t0 = Instant::now();
         for packet in [Packet::Open, Packet::Ping("".into()), Packet::Upgrade] {
             let mut s = Session::new(TransportKind::Polling, limits(), t0);
-            assert_eq!(
-                s.on_packet(Via::Active, packet, t0).unwrap_err().reason,
-                ParseError
-            );
+            assert_eq!(s.on_packet(Via::Active, packet, t0).unwrap_err().reason, ParseError);
         }
         let mut s = Session::new(TransportKind::Polling, limits(), t0);
         assert_eq!(
-            s.on_packet(Via::Active, Packet::Close, t0)
-                .unwrap_err()
-                .reason,
+            s.on_packet(Via::Active, Packet::Close, t0).unwrap_err().reason,
             TransportClose
         );
     }
@@ -468,16 +444,10 @@ mod tests {
             Ok(Some(Event::ProbeAnswered))
         );
         assert!(s.polling_paused());
-        assert_eq!(
-            s.on_packet(Via::Probe, Packet::Upgrade, t0),
-            Ok(Some(Event::Upgraded))
-        );
+        assert_eq!(s.on_packet(Via::Probe, Packet::Upgrade, t0), Ok(Some(Event::Upgraded)));
         assert_eq!(s.transport(), TransportKind::WebSocket);
         assert_eq!(s.state(), State::Open);
-        assert!(
-            !s.begin_upgrade(t0),
-            "a WebSocket session does not upgrade again"
-        );
+        assert!(!s.begin_upgrade(t0), "a WebSocket session does not upgrade again");
     }
 
     #[test]
@@ -491,10 +461,7 @@ mod tests {
         );
         assert_eq!(s.transport(), TransportKind::Polling);
         assert!(s.begin_upgrade(t0));
-        assert_eq!(
-            s.poll_timers(t0 + ms(1000)),
-            Ok(Some(Event::UpgradeAborted))
-        );
+        assert_eq!(s.poll_timers(t0 + ms(1000)), Ok(Some(Event::UpgradeAborted)));
         assert_eq!(s.state(), State::Open);
     }
 
@@ -529,16 +496,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
-        assert_eq!(
-            keys,
-            [
-                "maxPayload",
-                "pingInterval",
-                "pingTimeout",
-                "sid",
-                "upgrades"
-            ]
-        );
+        assert_eq!(keys, ["maxPayload", "pingInterval", "pingTimeout", "sid", "upgrades"]);
         assert_eq!(v["pingInterval"], 300);
     }
 }

@@ -27,11 +27,7 @@ pub struct Endpoint {
 }
 
 /// Handles any request on an Engine.IO path.
-pub async fn handle(
-    endpoint: web::Data<Endpoint>,
-    req: HttpRequest,
-    body: web::Payload,
-) -> HttpResponse {
+pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::Payload) -> HttpResponse {
     let info = match RequestInfo::parse(&req, &endpoint.engine) {
         Ok(info) => info,
         Err(err) => return err.response(),
@@ -49,10 +45,7 @@ pub async fn handle(
         (TransportKind::Polling, None, &Method::GET) => Ok(polling::handshake(shared, peer)),
         (TransportKind::Polling, Some(sid), &Method::GET) => match shared.registry.get(sid) {
             None => Err(ErrorCode::UnknownSid.into()),
-            Some(entry) => polling::get(entry)
-                .await
-                .map(polling::ok_text)
-                .map_err(HttpError::of),
+            Some(entry) => polling::get(entry).await.map(polling::ok_text).map_err(HttpError::of),
         },
         (TransportKind::Polling, Some(sid), &Method::POST) => match shared.registry.get(sid) {
             None => Err(ErrorCode::UnknownSid.into()),
@@ -76,9 +69,7 @@ pub async fn handle(
             }
         },
         (TransportKind::Polling, Some(_), _) => Err(ErrorCode::BadRequest.into()),
-        (TransportKind::WebSocket, sid, _) => {
-            websocket_request(&endpoint, &req, body, sid, peer).await
-        }
+        (TransportKind::WebSocket, sid, _) => websocket_request(&endpoint, &req, body, sid, peer).await,
         // A handshake that is not a GET was refused by `RequestInfo::parse`.
         (TransportKind::Polling, None, _) => Err(ErrorCode::BadHandshakeMethod.into()),
     };
@@ -100,20 +91,13 @@ async fn websocket_request(
         None => None,
     };
     let backlog = shared.limits.max_buffered;
-    let mut accepted = websocket::accept(
-        req,
-        body,
-        &endpoint.subprotocols,
-        endpoint.engine.max_payload,
-        backlog,
-    )
-    .ok_or(ErrorCode::BadRequest)?;
+    let mut accepted = websocket::accept(req, body, &endpoint.subprotocols, endpoint.engine.max_payload, backlog)
+        .ok_or(ErrorCode::BadRequest)?;
     // unwrap: the writer is taken once, here.
     let writer = accepted.writer().unwrap();
     match entry {
         None => {
-            let (_, addr) =
-                Connection::start(shared.clone(), TransportKind::WebSocket, Some(writer), peer);
+            let (_, addr) = Connection::start(shared.clone(), TransportKind::WebSocket, Some(writer), peer);
             Ok(accepted.run(addr))
         }
         // Spec: a second WebSocket for a session (already upgraded or

@@ -29,10 +29,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder with these limits.
     pub fn new(limits: DecodeLimits) -> Self {
-        Self {
-            limits,
-            pending: None,
-        }
+        Self { limits, pending: None }
     }
 
     /// A text message. Complete unless it announces attachments.
@@ -47,10 +44,7 @@ impl Decoder {
             }
             if packet.attachments > 0 {
                 let attachments = Vec::with_capacity(packet.attachments);
-                self.pending = Some(Message {
-                    packet,
-                    attachments,
-                });
+                self.pending = Some(Message { packet, attachments });
                 return Ok(None);
             }
         }
@@ -110,10 +104,7 @@ mod tests {
     #[test]
     fn out_of_order_text_or_binary_is_an_error() {
         let mut d = decoder();
-        assert_eq!(
-            d.binary(Bytes::from_static(&[1])),
-            Err(ParseError::UnexpectedBinary)
-        );
+        assert_eq!(d.binary(Bytes::from_static(&[1])), Err(ParseError::UnexpectedBinary));
         d.text(r#"51-["m",{"_placeholder":true,"num":0}]"#).unwrap();
         assert_eq!(d.text(r#"2["m"]"#), Err(ParseError::UnexpectedText));
         let mut d = decoder();

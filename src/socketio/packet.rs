@@ -137,8 +137,8 @@ pub struct DecodeLimits {
 pub fn decode(s: &str, limits: &DecodeLimits) -> Result<Packet, ParseError> {
     let bytes = s.as_bytes();
     let first = *bytes.first().ok_or(ParseError::Empty)?;
-    let kind = PacketType::from_digit(first)
-        .ok_or_else(|| ParseError::UnknownType(s.chars().next().unwrap_or('\u{fffd}')))?;
+    let kind =
+        PacketType::from_digit(first).ok_or_else(|| ParseError::UnknownType(s.chars().next().unwrap_or('\u{fffd}')))?;
     if kind == PacketType::ConnectError {
         return Err(ParseError::WrongDirection(kind));
     }
@@ -153,10 +153,7 @@ pub fn decode(s: &str, limits: &DecodeLimits) -> Result<Packet, ParseError> {
         // unwrap: 1–6 ASCII digits always parse.
         attachments = s[i..i + digits].parse::<usize>().unwrap();
         if attachments > limits.max_attachments {
-            return Err(ParseError::TooManyAttachments(
-                attachments,
-                limits.max_attachments,
-            ));
+            return Err(ParseError::TooManyAttachments(attachments, limits.max_attachments));
         }
         i += digits + 1;
     }
@@ -173,9 +170,7 @@ pub fn decode(s: &str, limits: &DecodeLimits) -> Result<Packet, ParseError> {
 
     let digits = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
     let id = if digits > 0 {
-        let id = s[i..i + digits]
-            .parse::<u64>()
-            .map_err(|_| ParseError::InvalidAckId)?;
+        let id = s[i..i + digits].parse::<u64>().map_err(|_| ParseError::InvalidAckId)?;
         if id > MAX_ACK_ID {
             return Err(ParseError::InvalidAckId);
         }
@@ -186,10 +181,7 @@ pub fn decode(s: &str, limits: &DecodeLimits) -> Result<Packet, ParseError> {
     };
 
     let data = if i < s.len() {
-        Some(
-            serde_json::from_str::<Value>(&s[i..])
-                .map_err(|_| ParseError::InvalidPayload("not JSON"))?,
-        )
+        Some(serde_json::from_str::<Value>(&s[i..]).map_err(|_| ParseError::InvalidPayload("not JSON"))?)
     } else {
         None
     };
@@ -235,9 +227,7 @@ fn validate(p: &Packet) -> Result<(), ParseError> {
 /// `{"_placeholder":true,"num":n}` with `n < attachments`.
 pub fn check_placeholders(data: &Value, attachments: usize) -> Result<(), ParseError> {
     match data {
-        Value::Array(items) => items
-            .iter()
-            .try_for_each(|v| check_placeholders(v, attachments)),
+        Value::Array(items) => items.iter().try_for_each(|v| check_placeholders(v, attachments)),
         Value::Object(map) if map.contains_key("_placeholder") => {
             let exact = map.len() == 2
                 && map.get("_placeholder") == Some(&Value::Bool(true))
@@ -251,21 +241,13 @@ pub fn check_placeholders(data: &Value, attachments: usize) -> Result<(), ParseE
                 Err(ParseError::InvalidPlaceholder)
             }
         }
-        Value::Object(map) => map
-            .values()
-            .try_for_each(|v| check_placeholders(v, attachments)),
+        Value::Object(map) => map.values().try_for_each(|v| check_placeholders(v, attachments)),
         _ => Ok(()),
     }
 }
 
 /// Encodes a packet as the text of an Engine.IO message frame (`4` first).
-pub fn encode(
-    kind: PacketType,
-    nsp: &str,
-    id: Option<u64>,
-    data: Option<&Value>,
-    attachments: usize,
-) -> String {
+pub fn encode(kind: PacketType, nsp: &str, id: Option<u64>, data: Option<&Value>, attachments: usize) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(32);
     out.push('4');
@@ -306,10 +288,7 @@ mod tests {
     #[test]
     fn spec_examples_decode() {
         let p = ok("0");
-        assert_eq!(
-            (p.kind, p.nsp.as_str(), p.data),
-            (PacketType::Connect, "/", None)
-        );
+        assert_eq!((p.kind, p.nsp.as_str(), p.data), (PacketType::Connect, "/", None));
         let p = ok(r#"0/admin,{"token":"x"}"#);
         assert_eq!(p.nsp, "/admin");
         assert_eq!(p.data, Some(json!({"token": "x"})));
@@ -318,17 +297,13 @@ mod tests {
         assert_eq!(ok(r#"2/admin,["bar"]"#).nsp, "/admin");
         let p = ok(r#"51-["baz",{"_placeholder":true,"num":0}]"#);
         assert_eq!((p.kind, p.attachments), (PacketType::BinaryEvent, 1));
-        let p =
-            ok(r#"52-/admin,["baz",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#);
+        let p = ok(r#"52-/admin,["baz",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#);
         assert_eq!((p.nsp.as_str(), p.attachments), ("/admin", 2));
         assert_eq!(ok(r#"212["foo"]"#).id, Some(12));
         let p = ok(r#"3/admin,13["bar"]"#);
         assert_eq!((p.kind, p.id), (PacketType::Ack, Some(13)));
         let p = ok(r#"61-15["bar",{"_placeholder":true,"num":0}]"#);
-        assert_eq!(
-            (p.kind, p.id, p.attachments),
-            (PacketType::BinaryAck, Some(15), 1)
-        );
+        assert_eq!((p.kind, p.id, p.attachments), (PacketType::BinaryAck, Some(15), 1));
         assert_eq!(ok("1").kind, PacketType::Disconnect);
         assert_eq!(ok("1/admin,").nsp, "/admin");
     }
@@ -337,13 +312,7 @@ mod tests {
     fn spec_examples_encode() {
         assert_eq!(encode(PacketType::Connect, "/", None, None, 0), "40");
         assert_eq!(
-            encode(
-                PacketType::Connect,
-                "/admin",
-                None,
-                Some(&json!({"sid": "x"})),
-                0
-            ),
+            encode(PacketType::Connect, "/admin", None, Some(&json!({"sid": "x"})), 0),
             r#"40/admin,{"sid":"x"}"#
         );
         assert_eq!(
@@ -361,29 +330,14 @@ mod tests {
             r#"4212["foo"]"#
         );
         assert_eq!(
-            encode(
-                PacketType::BinaryEvent,
-                "/admin",
-                None,
-                Some(&json!(["baz"])),
-                2
-            ),
+            encode(PacketType::BinaryEvent, "/admin", None, Some(&json!(["baz"])), 2),
             r#"452-/admin,["baz"]"#
         );
         assert_eq!(
-            encode(
-                PacketType::Ack,
-                "/admin",
-                Some(13),
-                Some(&json!(["bar"])),
-                0
-            ),
+            encode(PacketType::Ack, "/admin", Some(13), Some(&json!(["bar"])), 0),
             r#"43/admin,13["bar"]"#
         );
-        assert_eq!(
-            encode(PacketType::Disconnect, "/admin", None, None, 0),
-            "41/admin,"
-        );
+        assert_eq!(encode(PacketType::Disconnect, "/admin", None, None, 0), "41/admin,");
     }
 
     #[test]
@@ -396,34 +350,19 @@ mod tests {
         assert!(matches!(err("2"), ParseError::InvalidPayload(_)));
         assert!(matches!(err("2[]"), ParseError::InvalidPayload(_)));
         assert!(matches!(err("2[1]"), ParseError::InvalidPayload(_)));
-        assert!(matches!(
-            err(r#"2["disconnect"]"#),
-            ParseError::InvalidPayload(_)
-        ));
-        assert!(matches!(
-            err(r#"2abc["message"]"#),
-            ParseError::InvalidPayload(_)
-        ));
-        assert_eq!(
-            err(r#"299999999999999999999["a"]"#),
-            ParseError::InvalidAckId
-        );
+        assert!(matches!(err(r#"2["disconnect"]"#), ParseError::InvalidPayload(_)));
+        assert!(matches!(err(r#"2abc["message"]"#), ParseError::InvalidPayload(_)));
+        assert_eq!(err(r#"299999999999999999999["a"]"#), ParseError::InvalidAckId);
         assert_eq!(err(r#"29007199254740992["a"]"#), ParseError::InvalidAckId);
         assert!(matches!(err(r#"0"str""#), ParseError::InvalidPayload(_)));
         assert!(matches!(err("1{}"), ParseError::InvalidPayload(_)));
-        assert_eq!(
-            err("4{}"),
-            ParseError::WrongDirection(PacketType::ConnectError)
-        );
+        assert_eq!(err("4{}"), ParseError::WrongDirection(PacketType::ConnectError));
         assert_eq!(err(r#"5["a"]"#), ParseError::IllegalAttachments);
         assert_eq!(err(r#"5x-["a"]"#), ParseError::IllegalAttachments);
         assert_eq!(err(r#"511-["a"]"#), ParseError::TooManyAttachments(11, 10));
         assert_eq!(err("3[]"), ParseError::InvalidAckId);
         assert_eq!(err("05{}"), ParseError::InvalidAckId);
-        assert_eq!(
-            err(&format!("0/{}", "a".repeat(100))),
-            ParseError::InvalidNamespace
-        );
+        assert_eq!(err(&format!("0/{}", "a".repeat(100))), ParseError::InvalidNamespace);
     }
 
     #[test]

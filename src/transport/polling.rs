@@ -16,9 +16,7 @@ use crate::reason::DisconnectReason;
 
 /// A successful polling response: the payload as `text/plain`.
 pub fn ok_text(body: String) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=UTF-8")
-        .body(body)
+    HttpResponse::Ok().content_type("text/plain; charset=UTF-8").body(body)
 }
 
 /// Opens a polling session and answers with its open packet.
@@ -74,11 +72,7 @@ pub async fn post(
     }
     let _release = Release(&entry);
 
-    let close = |reason, detail: String| {
-        entry
-            .addr
-            .do_send(CloseSession(CloseCause::new(reason, detail)))
-    };
+    let close = |reason, detail: String| entry.addr.do_send(CloseSession(CloseCause::new(reason, detail)));
     if binary {
         close(
             DisconnectReason::ParseError,

@@ -55,10 +55,9 @@ pub fn accept(
     let (mut response, session, stream) = actix_ws::handle(req, body).ok()?;
     if let Some(protocol) = negotiate(req, subprotocols) {
         // unwrap: the value was a valid header value in the request.
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_str(protocol).unwrap(),
-        );
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol).unwrap());
     }
     let stream = stream
         .max_frame_size(max_payload)
@@ -171,17 +170,10 @@ impl ActixSink {
     /// Queues a frame if the socket's channel has room right now. `None`
     /// means full (the frame was not queued). Unconstrained: tokio's
     /// cooperative budget must not make a free channel look full.
-    fn try_now(
-        session: &mut actix_ws::Session,
-        frame: &Frame,
-    ) -> Option<Result<(), actix_ws::Closed>> {
+    fn try_now(session: &mut actix_ws::Session, frame: &Frame) -> Option<Result<(), actix_ws::Closed>> {
         match frame {
-            Frame::Text(text) => {
-                tokio::task::unconstrained(session.text(text.clone())).now_or_never()
-            }
-            Frame::Binary(bytes) => {
-                tokio::task::unconstrained(session.binary(bytes.clone())).now_or_never()
-            }
+            Frame::Text(text) => tokio::task::unconstrained(session.text(text.clone())).now_or_never(),
+            Frame::Binary(bytes) => tokio::task::unconstrained(session.binary(bytes.clone())).now_or_never(),
         }
     }
 

@@ -1,0 +1,293 @@
+//! The HTTP API under `/api/v1`, for backends: publish to rooms, list rooms
+//! and members, disconnect a socket. Bearer API keys from `api.keys`; every
+//! error is JSON `{"error":{"code","message"}}`; the OpenAPI document is at
+//! `/api/v1/openapi.json` (no key needed).
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::broker::{encode_event, valid_event, valid_room, Broker, Kick, ListRooms, Members, Publish};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Most rooms (and `except` ids) in one publish.
+pub const MAX_TARGETS: usize = 100;
+
+/// What the API handlers share.
+pub struct ApiState {
+    /// The room broker.
+    pub broker: Addr<Broker>,
+    /// Accepted Bearer keys.
+    pub keys: Vec<String>,
+    /// Configured namespaces.
+    pub namespaces: Vec<String>,
+    /// Longest room name.
+    pub max_room_len: usize,
+    /// Members listed per room.
+    pub presence_limit: usize,
+}
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+type Data = web::Data<ApiState>;
+
+/// The `/api/v1` scope.
+pub fn scope(state: Data, max_payload: usize) -> actix_web::Scope {
+    let json = web::JsonConfig::default()
+        .limit(max_payload)
+        .error_handler(|err, _| ApiError::bad_request(format!("invalid JSON body: {err}")).into());
+    let path = web::PathConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into());
+    let query = web::QueryConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into());
+    web::scope("/api/v1")
+        .app_data(state)
+        .app_data(json)
+        .app_data(path)
+        .app_data(query)
+        .route("/openapi.json", web::get().to(openapi))
+        .route("/publish", web::post().to(publish))
+        .route("/rooms", web::get().to(rooms))
+        .route("/rooms/{room}", web::get().to(room))
+        .route("/sockets/{id}/disconnect", web::post().to(disconnect))
+        .default_service(web::to(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint or method").error_response()
+        }))
+}
+
+fn authorize(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(key)
+            if state
+                .keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key>)",
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference, so response times
+/// do not tell how much of a key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn namespace(state: &ApiState, nsp: Option<&str>) -> Result<Arc<str>, ApiError> {
+    let nsp = nsp.unwrap_or("/");
+    if state.namespaces.iter().any(|n| n == nsp) {
+        Ok(nsp.into())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_namespace",
+            format!("namespace {nsp:?} is not configured"),
+        ))
+    }
+}
+
+fn room_name(state: &ApiState, room: &str) -> Result<Arc<str>, ApiError> {
+    if valid_room(room, state.max_room_len) {
+        Ok(room.into())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_room",
+            format!(
+                "room names are 1 to {} bytes of ASCII letters, digits and _-.:@/#=+",
+                state.max_room_len
+            ),
+        ))
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the broker is not running",
+    )
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    namespace: Option<String>,
+    room: Option<String>,
+    rooms: Option<Vec<String>>,
+    event: String,
+    data: Option<Value>,
+    except: Option<Vec<String>>,
+}
+
+async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let body = body.into_inner();
+    let nsp = namespace(&state, body.namespace.as_deref())?;
+    let names: Vec<String> = match (body.room, body.rooms) {
+        (Some(room), None) => vec![room],
+        (None, Some(rooms)) if !rooms.is_empty() && rooms.len() <= MAX_TARGETS => rooms,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "give either \"room\" or \"rooms\" (1 to {MAX_TARGETS})"
+            )))
+        }
+    };
+    let rooms = names
+        .iter()
+        .map(|r| room_name(&state, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !valid_event(&body.event) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            "\"event\" must be a non-reserved name of 1 to 128 bytes",
+        ));
+    }
+    let except = body.except.unwrap_or_default();
+    if except.len() > MAX_TARGETS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_TARGETS} ids in \"except\""
+        )));
+    }
+    let mut args = vec![json!(body.event)];
+    args.extend(body.data);
+    let frames = encode_event(&nsp, &Value::Array(args), &[]);
+    let recipients = state
+        .broker
+        .send(Publish {
+            nsp,
+            rooms,
+            except: except.iter().map(|s| s.as_str().into()).collect(),
+            frames,
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    Ok(HttpResponse::Accepted().json(json!({"recipients": recipients})))
+}
+
+#[derive(Deserialize)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+async fn rooms(req: HttpRequest, state: Data, query: web::Query<NamespaceQuery>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let nsp = namespace(&state, query.namespace.as_deref())?;
+    let rooms = state
+        .broker
+        .send(ListRooms { nsp: nsp.clone() })
+        .await
+        .map_err(|_| unavailable())?;
+    let rooms: Vec<Value> = rooms
+        .iter()
+        .map(|(name, members)| json!({"name": &**name, "members": members}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"namespace": &*nsp, "rooms": rooms})))
+}
+
+async fn room(
+    req: HttpRequest,
+    state: Data,
+    path: web::Path<String>,
+    query: web::Query<NamespaceQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let nsp = namespace(&state, query.namespace.as_deref())?;
+    let room = room_name(&state, &path)?;
+    let m = state
+        .broker
+        .send(Members {
+            nsp: nsp.clone(),
+            room: room.clone(),
+            limit: state.presence_limit,
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    let members: Vec<Value> = m
+        .members
+        .iter()
+        .map(|(id, user)| json!({"id": &**id, "user": user.as_deref()}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"namespace": &*nsp, "room": &*room, "count": m.count, "members": members})))
+}
+
+async fn disconnect(req: HttpRequest, state: Data, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let found = state
+        .broker
+        .send(Kick {
+            socket_id: path.as_str().into(),
+            detail: "disconnected through the API".into(),
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    if found {
+        Ok(HttpResponse::Accepted().json(json!({"disconnected": true})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no socket with this id",
+        ))
+    }
+}

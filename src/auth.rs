@@ -1,0 +1,282 @@
+//! Who a namespace socket is and what it may do: JWT verification of the
+//! CONNECT payload and room permissions.
+//!
+//! A token is `{"token": "<JWT>"}` in the CONNECT payload. Its algorithm is
+//! pinned by configuration (HS256 with a secret, RS256/ES256 with a PEM
+//! public key), so a token signed otherwise, or with `none`, is refused;
+//! `exp` is required, `nbf`, `aud` and `iss` are checked. Claims: `sub` (the
+//! user id), `subscribe` and `publish` (room patterns, `*` and `?`
+//! wildcards). Verification is `jsonwebtoken`'s; patterns are `wildmatch`'s.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{decode, errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use wildmatch::WildMatch;
+
+use crate::config::AuthSettings;
+
+/// Room permissions of one namespace socket.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user id (`sub`), absent for anonymous sockets.
+    pub user: Option<String>,
+    /// Patterns of rooms it may subscribe to.
+    pub subscribe: Vec<WildMatch>,
+    /// Patterns of rooms it may publish to.
+    pub publish: Vec<WildMatch>,
+    /// When the token expires.
+    pub expires: Option<SystemTime>,
+}
+
+impl Identity {
+    /// Whether it may subscribe to `room`.
+    pub fn may_subscribe(&self, room: &str) -> bool {
+        self.subscribe.iter().any(|p| p.matches(room))
+    }
+
+    /// Whether it may publish to `room`.
+    pub fn may_publish(&self, room: &str) -> bool {
+        self.publish.iter().any(|p| p.matches(room))
+    }
+}
+
+/// Why a CONNECT was refused; `code` goes to the client in
+/// `CONNECT_ERROR.data.code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError {
+    /// Stable code: `auth_required`, `invalid_token`, `token_expired`.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: &'static str,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    exp: u64,
+}
+
+/// Checks CONNECT payloads.
+#[derive(Clone)]
+pub struct Verifier {
+    jwt: Option<(DecodingKey, Validation)>,
+    anonymous_namespaces: Vec<String>,
+    anonymous_subscribe: Vec<String>,
+    anonymous_publish: Vec<String>,
+}
+
+impl Verifier {
+    /// Builds the verifier; the error says what is wrong with the settings.
+    pub fn from_settings(s: &AuthSettings) -> Result<Verifier, String> {
+        let jwt = match s.jwt_algorithm.as_str() {
+            "" => None,
+            alg @ ("HS256" | "RS256" | "ES256") => {
+                let algorithm: Algorithm = alg.parse().map_err(|e| format!("{e}"))?;
+                let key = if algorithm == Algorithm::HS256 {
+                    if s.jwt_secret.len() < 32 {
+                        return Err("the HS256 secret must be at least 32 bytes".into());
+                    }
+                    DecodingKey::from_secret(s.jwt_secret.as_bytes())
+                } else {
+                    let pem = std::fs::read(&s.jwt_public_key_file)
+                        .map_err(|e| format!("public key {:?} could not be read: {e}", s.jwt_public_key_file))?;
+                    let key = if algorithm == Algorithm::RS256 {
+                        DecodingKey::from_rsa_pem(&pem)
+                    } else {
+                        DecodingKey::from_ec_pem(&pem)
+                    };
+                    key.map_err(|e| format!("public key {:?} is not a PEM key: {e}", s.jwt_public_key_file))?
+                };
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = s.jwt_leeway_s;
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp"]);
+                if s.jwt_audience.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&[&s.jwt_audience]);
+                }
+                if !s.jwt_issuer.is_empty() {
+                    validation.set_issuer(&[&s.jwt_issuer]);
+                }
+                Some((key, validation))
+            }
+            other => return Err(format!("unsupported algorithm {other:?} (HS256, RS256 or ES256)")),
+        };
+        Ok(Verifier {
+            jwt,
+            anonymous_namespaces: s.anonymous_namespaces.clone(),
+            anonymous_subscribe: s.anonymous_subscribe.clone(),
+            anonymous_publish: s.anonymous_publish.clone(),
+        })
+    }
+
+    /// Decides a CONNECT to `nsp` with payload `auth`.
+    pub fn check(&self, nsp: &str, auth: &serde_json::Value) -> Result<Identity, AuthError> {
+        const INVALID: AuthError = AuthError {
+            code: "invalid_token",
+            message: "Invalid token",
+        };
+        match auth.get("token") {
+            None | Some(serde_json::Value::Null) => {
+                if self.anonymous_namespaces.iter().any(|n| n == nsp) {
+                    Ok(Identity {
+                        user: None,
+                        subscribe: patterns(&self.anonymous_subscribe),
+                        publish: patterns(&self.anonymous_publish),
+                        expires: None,
+                    })
+                } else {
+                    Err(AuthError {
+                        code: "auth_required",
+                        message: "Authentication required",
+                    })
+                }
+            }
+            Some(serde_json::Value::String(token)) => {
+                let (key, validation) = self.jwt.as_ref().ok_or(INVALID)?;
+                let data = decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError {
+                        code: "token_expired",
+                        message: "Token expired",
+                    },
+                    _ => INVALID,
+                })?;
+                let c = data.claims;
+                Ok(Identity {
+                    user: c.sub,
+                    subscribe: patterns(&c.subscribe),
+                    publish: patterns(&c.publish),
+                    expires: Some(UNIX_EPOCH + Duration::from_secs(c.exp)),
+                })
+            }
+            Some(_) => Err(INVALID),
+        }
+    }
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("jwt", &self.jwt.as_ref().map(|(_, v)| &v.algorithms))
+            .field("anonymous_namespaces", &self.anonymous_namespaces)
+            .finish_non_exhaustive()
+    }
+}
+
+fn patterns(list: &[String]) -> Vec<WildMatch> {
+    list.iter().map(|p| WildMatch::new(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            anonymous_namespaces: vec!["/".into()],
+            anonymous_subscribe: vec!["public:*".into()],
+            anonymous_publish: vec![],
+            jwt_algorithm: "HS256".into(),
+            jwt_secret: SECRET.into(),
+            jwt_public_key_file: String::new(),
+            jwt_audience: "roomcast".into(),
+            jwt_issuer: String::new(),
+            jwt_leeway_s: 0,
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    fn token(claims: serde_json::Value, alg: Algorithm) -> String {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn valid_token_gives_user_and_patterns() {
+        let v = Verifier::from_settings(&settings()).unwrap();
+        let t = token(
+            json!({"sub": "ann", "aud": "roomcast", "exp": now() + 60, "subscribe": ["chat:*"], "publish": ["chat:ann"]}),
+            Algorithm::HS256,
+        );
+        let id = v.check("/private", &json!({ "token": t })).unwrap();
+        assert_eq!(id.user.as_deref(), Some("ann"));
+        assert!(id.may_subscribe("chat:lobby"));
+        assert!(!id.may_subscribe("admin"));
+        assert!(id.may_publish("chat:ann"));
+        assert!(!id.may_publish("chat:bob"));
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_codes() {
+        let v = Verifier::from_settings(&settings()).unwrap();
+        let check = |t: String| v.check("/", &json!({ "token": t })).unwrap_err().code;
+        assert_eq!(
+            check(token(json!({"aud": "roomcast", "exp": now() - 10}), Algorithm::HS256)),
+            "token_expired"
+        );
+        assert_eq!(
+            check(token(json!({"aud": "other", "exp": now() + 60}), Algorithm::HS256)),
+            "invalid_token"
+        );
+        assert_eq!(
+            check(token(json!({"aud": "roomcast"}), Algorithm::HS256)),
+            "invalid_token"
+        );
+        assert_eq!(
+            check(token(json!({"aud": "roomcast", "exp": now() + 60}), Algorithm::HS384)),
+            "invalid_token"
+        );
+        assert_eq!(
+            check(token(
+                json!({"aud": "roomcast", "exp": now() + 60, "nbf": now() + 30}),
+                Algorithm::HS256
+            )),
+            "invalid_token"
+        );
+        assert_eq!(check("not.a.jwt".into()), "invalid_token");
+        // An unsigned token ("alg":"none").
+        let unsigned = format!(
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                format!(r#"{{"aud":"roomcast","exp":{}}}"#, now() + 60)
+            )
+        );
+        assert_eq!(check(unsigned), "invalid_token");
+        assert_eq!(v.check("/", &json!({"token": 5})).unwrap_err().code, "invalid_token");
+    }
+
+    #[test]
+    fn anonymous_access_is_per_namespace() {
+        let v = Verifier::from_settings(&settings()).unwrap();
+        let anon = v.check("/", &json!({})).unwrap();
+        assert!(anon.user.is_none());
+        assert!(anon.may_subscribe("public:news"));
+        assert!(!anon.may_publish("public:news"));
+        assert_eq!(v.check("/private", &json!({})).unwrap_err().code, "auth_required");
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let mut s = settings();
+        s.jwt_secret = "short".into();
+        assert!(Verifier::from_settings(&s).unwrap_err().contains("secret"));
+        s.jwt_algorithm = "none".into();
+        assert!(Verifier::from_settings(&s).is_err());
+        s.jwt_algorithm = "RS256".into();
+        s.jwt_public_key_file = "/nonexistent.pem".into();
+        assert!(Verifier::from_settings(&s).unwrap_err().contains("public key"));
+    }
+}

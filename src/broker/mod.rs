@@ -1,0 +1,437 @@
+//! The room broker: one actor that owns every room of every namespace and
+//! routes publishes to their members.
+//!
+//! Connections register each namespace socket with the broker and join or
+//! leave rooms through it; a publish arrives already encoded (the Engine.IO
+//! frames, built once by whoever published) and the broker hands the same
+//! shared frames to every recipient with `try_send`: it never waits on a
+//! connection. A recipient whose mailbox is full is a slow consumer: it gets
+//! one [`Evict`] (sent regardless of capacity, once) and is skipped from
+//! then on, while everyone else keeps receiving.
+//!
+//! Messages travelling back to connections ([`Deliver`], [`Evict`]) are
+//! defined here and reach them through `Recipient`s, so imports point one
+//! way: conn → broker.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde_json::json;
+
+use crate::engineio::Frame;
+use crate::socketio::packet::{encode, PacketType};
+
+/// Room names: 1 to `max` bytes of ASCII letters, digits and `_-.:@/#=+`.
+pub fn valid_room(room: &str, max: usize) -> bool {
+    !room.is_empty()
+        && room.len() <= max
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@/#=+".contains(&b))
+}
+
+/// Event names a client may publish: 1 to 128 bytes, not reserved.
+pub fn valid_event(event: &str) -> bool {
+    !event.is_empty() && event.len() <= 128 && !crate::socketio::packet::RESERVED_EVENTS.contains(&event)
+}
+
+/// Encodes an event (`args` = `[name, ...]`) once, as the frames every
+/// recipient gets: the packet, then its binary attachments.
+pub fn encode_event(nsp: &str, args: &serde_json::Value, attachments: &[bytes::Bytes]) -> Arc<[Frame]> {
+    let kind = if attachments.is_empty() {
+        PacketType::Event
+    } else {
+        PacketType::BinaryEvent
+    };
+    let text = encode(kind, nsp, None, Some(args), attachments.len());
+    std::iter::once(Frame::Text(text.into()))
+        .chain(attachments.iter().cloned().map(Frame::Binary))
+        .collect()
+}
+
+/// Frames for one namespace socket's connection, shared by every recipient.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    /// The encoded packet (and its binary attachments).
+    pub frames: Arc<[Frame]>,
+}
+
+/// The broker gives up on a slow consumer: its connection is to close.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Evict {
+    /// Why, for the log and the audit log.
+    pub detail: String,
+}
+
+/// A namespace socket the broker can deliver to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    /// The namespace socket id.
+    pub socket_id: Arc<str>,
+    /// Its namespace.
+    pub nsp: Arc<str>,
+    /// The authenticated user, if any.
+    pub user: Option<Arc<str>>,
+    /// Where publishes go.
+    pub deliver: Recipient<Deliver>,
+    /// Where an eviction goes.
+    pub evict: Recipient<Evict>,
+}
+
+/// The namespace socket is gone: it leaves every room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    /// The namespace socket id.
+    pub socket_id: Arc<str>,
+}
+
+/// Join a room.
+#[derive(Message)]
+#[rtype(result = "Result<(), JoinError>")]
+pub struct Join {
+    /// The namespace socket id.
+    pub socket_id: Arc<str>,
+    /// The room.
+    pub room: Arc<str>,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The socket is in `max_rooms_per_socket` rooms already.
+    TooManyRooms,
+    /// The namespace has `max_rooms` rooms already.
+    TooManyRoomsInTotal,
+    /// The socket is not registered (it left meanwhile).
+    UnknownSocket,
+}
+
+/// Leave a room.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Leave {
+    /// The namespace socket id.
+    pub socket_id: Arc<str>,
+    /// The room.
+    pub room: Arc<str>,
+}
+
+/// Publish to the members of some rooms (each member once).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Publish {
+    /// Namespace.
+    pub nsp: Arc<str>,
+    /// Rooms.
+    pub rooms: Vec<Arc<str>>,
+    /// Sockets that do not receive it (the publisher, `except`).
+    pub except: Vec<Arc<str>>,
+    /// The encoded packet.
+    pub frames: Arc<[Frame]>,
+}
+
+/// Members of a room.
+#[derive(Message)]
+#[rtype(result = "RoomMembers")]
+pub struct Members {
+    /// Namespace.
+    pub nsp: Arc<str>,
+    /// Room.
+    pub room: Arc<str>,
+    /// Most members to list.
+    pub limit: usize,
+}
+
+/// A room's member count and (up to a limit) its members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomMembers {
+    /// All members.
+    pub count: usize,
+    /// `(socket id, user)`, in join order, at most the limit.
+    pub members: Vec<(Arc<str>, Option<Arc<str>>)>,
+}
+
+/// Rooms of a namespace with their member counts.
+#[derive(Message)]
+#[rtype(result = "Vec<(Arc<str>, usize)>")]
+pub struct ListRooms {
+    /// Namespace.
+    pub nsp: Arc<str>,
+}
+
+/// Evicts a namespace socket's connection (API kick).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Kick {
+    /// The namespace socket id.
+    pub socket_id: Arc<str>,
+    /// Why.
+    pub detail: String,
+}
+
+/// Broker limits and behaviour.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Rooms one socket may be in.
+    pub max_rooms_per_socket: usize,
+    /// Rooms one namespace may have.
+    pub max_rooms: usize,
+    /// Namespaces whose rooms get `presence:join` / `presence:leave`.
+    pub notify_namespaces: Vec<String>,
+}
+
+struct Member {
+    nsp: Arc<str>,
+    user: Option<Arc<str>>,
+    deliver: Recipient<Deliver>,
+    evict: Recipient<Evict>,
+    rooms: HashSet<Arc<str>>,
+    /// Evicted as a slow consumer: skipped until it unregisters.
+    evicted: bool,
+}
+
+/// Members of a room in join order (for presence lists).
+#[derive(Default)]
+struct Room {
+    order: BTreeMap<u64, Arc<str>>,
+    seq: HashMap<Arc<str>, u64>,
+}
+
+/// The broker actor.
+pub struct Broker {
+    config: BrokerConfig,
+    members: HashMap<Arc<str>, Member>,
+    rooms: HashMap<Arc<str>, HashMap<Arc<str>, Room>>,
+    next_seq: u64,
+}
+
+impl Broker {
+    /// A broker with no rooms.
+    pub fn new(config: BrokerConfig) -> Self {
+        Self {
+            config,
+            members: HashMap::new(),
+            rooms: HashMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    fn deliver(&mut self, socket_id: &Arc<str>, frames: &Arc<[Frame]>) -> bool {
+        let Some(member) = self.members.get_mut(socket_id) else {
+            return false;
+        };
+        if member.evicted {
+            return false;
+        }
+        match member.deliver.try_send(Deliver { frames: frames.clone() }) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                member.evicted = true;
+                member.evict.do_send(Evict {
+                    detail: "slow consumer: connection mailbox full".into(),
+                });
+                false
+            }
+            Err(SendError::Closed(_)) => false,
+        }
+    }
+
+    fn notify(&mut self, nsp: &Arc<str>, room: &Arc<str>, event: &str, socket_id: &Arc<str>) {
+        if !self.config.notify_namespaces.iter().any(|n| **n == **nsp) {
+            return;
+        }
+        let user = self.members.get(socket_id).and_then(|m| m.user.clone());
+        let data = json!([event, {"room": &**room, "id": &**socket_id, "user": user.as_deref()}]);
+        let text = encode(PacketType::Event, nsp, None, Some(&data), 0);
+        let frames: Arc<[Frame]> = Arc::new([Frame::Text(text.into())]);
+        let targets: Vec<Arc<str>> = self
+            .rooms
+            .get(nsp)
+            .and_then(|r| r.get(room))
+            .map(|r| r.order.values().filter(|id| *id != socket_id).cloned().collect())
+            .unwrap_or_default();
+        for id in targets {
+            self.deliver(&id, &frames);
+        }
+    }
+
+    fn leave(&mut self, socket_id: &Arc<str>, room: &Arc<str>) -> bool {
+        let Some(member) = self.members.get_mut(socket_id) else {
+            return false;
+        };
+        if !member.rooms.remove(room) {
+            return false;
+        }
+        let nsp = member.nsp.clone();
+        if let Some(rooms) = self.rooms.get_mut(&nsp) {
+            if let Some(r) = rooms.get_mut(room) {
+                if let Some(seq) = r.seq.remove(socket_id) {
+                    r.order.remove(&seq);
+                }
+                if r.order.is_empty() {
+                    rooms.remove(room);
+                }
+            }
+            if rooms.is_empty() {
+                self.rooms.remove(&nsp);
+            }
+        }
+        self.notify(&nsp, room, "presence:leave", socket_id);
+        true
+    }
+}
+
+impl Actor for Broker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Connections `send` joins and publishes and wait when it is full.
+        ctx.set_mailbox_capacity(65_536);
+    }
+}
+
+impl Handler<Register> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        self.members.insert(
+            msg.socket_id,
+            Member {
+                nsp: msg.nsp,
+                user: msg.user,
+                deliver: msg.deliver,
+                evict: msg.evict,
+                rooms: HashSet::new(),
+                evicted: false,
+            },
+        );
+    }
+}
+
+impl Handler<Unregister> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
+        let rooms: Vec<Arc<str>> = match self.members.get(&msg.socket_id) {
+            Some(m) => m.rooms.iter().cloned().collect(),
+            None => return,
+        };
+        for room in rooms {
+            self.leave(&msg.socket_id, &room);
+        }
+        self.members.remove(&msg.socket_id);
+    }
+}
+
+impl Handler<Join> for Broker {
+    type Result = Result<(), JoinError>;
+
+    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
+        let max_per_socket = self.config.max_rooms_per_socket;
+        let max_rooms = self.config.max_rooms;
+        let member = self.members.get_mut(&msg.socket_id).ok_or(JoinError::UnknownSocket)?;
+        if member.rooms.contains(&msg.room) {
+            return Ok(());
+        }
+        if member.rooms.len() >= max_per_socket {
+            return Err(JoinError::TooManyRooms);
+        }
+        let nsp = member.nsp.clone();
+        let rooms = self.rooms.entry(nsp.clone()).or_default();
+        if !rooms.contains_key(&msg.room) && rooms.len() >= max_rooms {
+            return Err(JoinError::TooManyRoomsInTotal);
+        }
+        member.rooms.insert(msg.room.clone());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let room = rooms.entry(msg.room.clone()).or_default();
+        room.order.insert(seq, msg.socket_id.clone());
+        room.seq.insert(msg.socket_id.clone(), seq);
+        self.notify(&nsp, &msg.room, "presence:join", &msg.socket_id);
+        Ok(())
+    }
+}
+
+impl Handler<Leave> for Broker {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Leave, _: &mut Self::Context) -> bool {
+        self.leave(&msg.socket_id, &msg.room)
+    }
+}
+
+impl Handler<Publish> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
+        let Some(rooms) = self.rooms.get(&msg.nsp) else {
+            return 0;
+        };
+        // Each member once, however many of the rooms it is in.
+        let mut targets: Vec<Arc<str>> = Vec::new();
+        let mut seen: HashSet<&Arc<str>> = HashSet::new();
+        for room in &msg.rooms {
+            if let Some(r) = rooms.get(room) {
+                for id in r.order.values() {
+                    if !msg.except.contains(id) && seen.insert(id) {
+                        targets.push(id.clone());
+                    }
+                }
+            }
+        }
+        targets.iter().filter(|id| self.deliver(id, &msg.frames)).count()
+    }
+}
+
+impl Handler<Members> for Broker {
+    type Result = MessageResult<Members>;
+
+    fn handle(&mut self, msg: Members, _: &mut Self::Context) -> Self::Result {
+        let Some(room) = self.rooms.get(&msg.nsp).and_then(|r| r.get(&msg.room)) else {
+            return MessageResult(RoomMembers::default());
+        };
+        let members = room
+            .order
+            .values()
+            .take(msg.limit)
+            .map(|id| (id.clone(), self.members.get(id).and_then(|m| m.user.clone())))
+            .collect();
+        MessageResult(RoomMembers {
+            count: room.order.len(),
+            members,
+        })
+    }
+}
+
+impl Handler<ListRooms> for Broker {
+    type Result = MessageResult<ListRooms>;
+
+    fn handle(&mut self, msg: ListRooms, _: &mut Self::Context) -> Self::Result {
+        let mut rooms: Vec<(Arc<str>, usize)> = self
+            .rooms
+            .get(&msg.nsp)
+            .map(|r| r.iter().map(|(name, room)| (name.clone(), room.order.len())).collect())
+            .unwrap_or_default();
+        rooms.sort();
+        MessageResult(rooms)
+    }
+}
+
+impl Handler<Kick> for Broker {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> bool {
+        match self.members.get(&msg.socket_id) {
+            Some(m) => {
+                m.evict.do_send(Evict { detail: msg.detail });
+                true
+            }
+            None => false,
+        }
+    }
+}
