@@ -75,11 +75,7 @@ async fn registry_empties(server: &TestServer) {
 
 /// Asserts an Engine.IO HTTP error: status, JSON content type, exact body.
 async fn assert_error(resp: reqwest::Response, status: u16, code: u8, message: &str) {
-    assert_eq!(
-        resp.status().as_u16(),
-        status,
-        "status for expected code {code}"
-    );
+    assert_eq!(resp.status().as_u16(), status, "status for expected code {code}");
     let ct = resp
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -141,10 +137,7 @@ impl Polling {
         resp.text().await.unwrap()
     }
 
-    fn post(
-        &self,
-        body: impl Into<reqwest::Body>,
-    ) -> impl Future<Output = reqwest::Response> + Send + 'static {
+    fn post(&self, body: impl Into<reqwest::Body>) -> impl Future<Output = reqwest::Response> + Send + 'static {
         let req = self
             .client
             .post(self.url())
@@ -171,10 +164,7 @@ impl Polling {
 /// held by the server).
 async fn assert_held<T>(task: &mut tokio::task::JoinHandle<T>) {
     let waited = tokio::time::timeout(Duration::from_millis(100), task).await;
-    assert!(
-        waited.is_err(),
-        "the GET was answered although nothing was sent"
-    );
+    assert!(waited.is_err(), "the GET was answered although nothing was sent");
 }
 
 // ---------------------------------------------------------------- handshake
@@ -192,23 +182,9 @@ async fn handshake_returns_open_packet_with_exactly_the_five_keys() {
         .to_owned();
     assert!(ct.starts_with("text/plain"), "content type {ct:?}");
     let open = parse_open(&resp.text().await.unwrap());
-    let mut keys: Vec<&str> = open
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let mut keys: Vec<&str> = open.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(
-        keys,
-        [
-            "maxPayload",
-            "pingInterval",
-            "pingTimeout",
-            "sid",
-            "upgrades"
-        ]
-    );
+    assert_eq!(keys, ["maxPayload", "pingInterval", "pingTimeout", "sid", "upgrades"]);
     assert_eq!(open["upgrades"], json!(["websocket"]));
     assert_eq!(open["pingInterval"], 300);
     assert_eq!(open["pingTimeout"], 200);
@@ -261,9 +237,7 @@ async fn missing_or_unsupported_eio_is_code_5() {
         "EIO=abc&transport=polling",
         "EIO=&transport=polling",
     ] {
-        let resp = reqwest::get(format!("{}{ECHO}?{query}", server.http()))
-            .await
-            .unwrap();
+        let resp = reqwest::get(format!("{}{ECHO}?{query}", server.http())).await.unwrap();
         assert_error(resp, 400, 5, "Unsupported protocol version").await;
     }
     assert!(server.registry.is_empty());
@@ -281,9 +255,7 @@ async fn missing_or_unknown_transport_is_code_0() {
         "EIO=4&transport=Polling",
     ] {
         for path in [ECHO, SIO] {
-            let resp = reqwest::get(format!("{}{path}?{query}", server.http()))
-                .await
-                .unwrap();
+            let resp = reqwest::get(format!("{}{path}?{query}", server.http())).await.unwrap();
             assert_error(resp, 400, 0, "Transport unknown").await;
         }
     }
@@ -300,13 +272,7 @@ async fn unknown_sid_is_code_1_on_get_and_post() {
         "{}{ECHO}?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAAAA",
         server.http()
     );
-    assert_error(
-        client.get(&url).send().await.unwrap(),
-        400,
-        1,
-        "Session ID unknown",
-    )
-    .await;
+    assert_error(client.get(&url).send().await.unwrap(), 400, 1, "Session ID unknown").await;
     assert_error(
         client.post(&url).body("4hi").send().await.unwrap(),
         400,
@@ -343,10 +309,7 @@ async fn handshake_with_post_or_put_is_code_2() {
         "Bad handshake method",
     )
     .await;
-    assert!(
-        server.registry.is_empty(),
-        "a refused handshake created a session"
-    );
+    assert!(server.registry.is_empty(), "a refused handshake created a session");
 }
 
 #[actix_web::test]
@@ -498,9 +461,7 @@ async fn post_above_max_payload_is_413_and_closes_the_session() {
 
 /// Writes `request` on a new connection to the server.
 async fn raw(server: &TestServer, request: &[u8]) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port))
-        .await
-        .unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
     stream.write_all(request).await.unwrap();
     stream
 }
@@ -512,9 +473,7 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = within("response head", stream.read_buf(&mut buf))
-            .await
-            .unwrap();
+        let n = within("response head", stream.read_buf(&mut buf)).await.unwrap();
         assert!(
             n > 0,
             "connection closed before the response head: {:?}",
@@ -532,9 +491,7 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
         })
         .unwrap_or(0);
     while buf.len() < head_end + length {
-        let n = within("response body", stream.read_buf(&mut buf))
-            .await
-            .unwrap();
+        let n = within("response body", stream.read_buf(&mut buf)).await.unwrap();
         assert!(n > 0, "connection closed before the response body");
     }
     (
@@ -656,10 +613,7 @@ async fn heartbeat_pings_every_interval_and_pongs_keep_the_session() {
     // Three rounds last longer than pingInterval + pingTimeout: still alive.
     p.post_ok("4alive").await;
     let body = p.get_ok().await;
-    assert!(
-        body.split('\x1e').any(|packet| packet == "4alive"),
-        "{body:?}"
-    );
+    assert!(body.split('\x1e').any(|packet| packet == "4alive"), "{body:?}");
 }
 
 #[actix_web::test]
@@ -672,14 +626,8 @@ async fn heartbeat_without_pong_ends_the_session() {
     let body = p.get_ok().await;
     let waited = pinged.elapsed();
     assert_eq!(body, "1");
-    assert!(
-        waited >= Duration::from_millis(100),
-        "closed {waited:?} after the ping"
-    );
-    assert!(
-        waited < Duration::from_millis(2000),
-        "closed {waited:?} after the ping"
-    );
+    assert!(waited >= Duration::from_millis(100), "closed {waited:?} after the ping");
+    assert!(waited < Duration::from_millis(2000), "closed {waited:?} after the ping");
     p.assert_gone().await;
     registry_empties(&server).await;
 }

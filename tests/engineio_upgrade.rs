@@ -56,11 +56,7 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 async fn assert_error(resp: reqwest::Response, status: u16, code: u8, message: &str) {
-    assert_eq!(
-        resp.status().as_u16(),
-        status,
-        "status for expected code {code}"
-    );
+    assert_eq!(resp.status().as_u16(), status, "status for expected code {code}");
     let body = resp.text().await.unwrap();
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     assert_eq!(v, json!({"code": code, "message": message}), "body {body}");
@@ -122,11 +118,7 @@ impl Polling {
 
     /// Opens a WebSocket with this session's sid.
     async fn websocket(&self, server: &TestServer, path: &str) -> Ws {
-        let url = format!(
-            "{}{path}?EIO=4&transport=websocket&sid={}",
-            server.ws(),
-            self.sid
-        );
+        let url = format!("{}{path}?EIO=4&transport=websocket&sid={}", server.ws(), self.sid);
         let (ws, resp) = within("WebSocket handshake", tokio_tungstenite::connect_async(url))
             .await
             .expect("WebSocket handshake succeeds");
@@ -147,10 +139,7 @@ impl Polling {
 /// Asserts that a spawned request has not completed within 100 ms.
 async fn assert_held<T>(task: &mut tokio::task::JoinHandle<T>) {
     let waited = tokio::time::timeout(Duration::from_millis(100), task).await;
-    assert!(
-        waited.is_err(),
-        "the GET was answered although nothing was sent"
-    );
+    assert!(waited.is_err(), "the GET was answered although nothing was sent");
 }
 
 async fn send(ws: &mut Ws, text: &str) {
@@ -365,14 +354,8 @@ async fn probe_without_upgrade_packet_is_closed_after_the_upgrade_timeout() {
     assert_eq!(next_text(&mut probe).await, "3probe");
     expect_close(&mut probe).await;
     let waited = opened.elapsed();
-    assert!(
-        waited >= Duration::from_millis(250),
-        "probe closed after {waited:?}"
-    );
-    assert!(
-        waited < Duration::from_millis(3000),
-        "probe closed after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(250), "probe closed after {waited:?}");
+    assert!(waited < Duration::from_millis(3000), "probe closed after {waited:?}");
     polling_works(&p, "after timeout").await;
     // And it can upgrade again.
     let mut ws = p.upgrade(&server, ECHO).await;
@@ -391,10 +374,7 @@ async fn probe_closed_by_the_client_resumes_polling() {
     within("close", probe.close(None)).await.unwrap();
     // The server lets go of the probe once it knows; then the stream ends.
     while let Some(Ok(message)) = within("the end of the probe", probe.next()).await {
-        assert!(
-            matches!(message, Message::Close(_)),
-            "after the close: {message:?}"
-        );
+        assert!(matches!(message, Message::Close(_)), "after the close: {message:?}");
     }
     assert_eq!(p.get_ok().await, "4paused");
     polling_works(&p, "again").await;
@@ -406,9 +386,7 @@ async fn probe_closed_by_the_client_resumes_polling() {
 async fn websocket_with_unknown_sid_is_400_code_1() {
     let server = common::spawn(common::settings(quiet));
     let _p = Polling::open(&server, SIO).await;
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port))
-        .await
-        .unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
     let request = format!(
         "GET {SIO}?EIO=4&transport=websocket&sid=AAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: localhost\r\n\
          Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -420,9 +398,7 @@ async fn websocket_with_unknown_sid_is_400_code_1() {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = within("the response", stream.read_buf(&mut buf))
-            .await
-            .unwrap();
+        let n = within("the response", stream.read_buf(&mut buf)).await.unwrap();
         assert!(n > 0, "closed without a response");
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();

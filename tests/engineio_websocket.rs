@@ -108,17 +108,12 @@ async fn expect_close(ws: &mut Ws) -> u16 {
 async fn open(server: &TestServer, path: &str) -> (Ws, Value) {
     let mut ws = connect(server, path, None).await;
     let text = next_text(&mut ws).await;
-    assert!(
-        text.starts_with("0{"),
-        "first frame is not an open packet: {text:?}"
-    );
+    assert!(text.starts_with("0{"), "first frame is not an open packet: {text:?}");
     (ws, serde_json::from_str(&text[1..]).unwrap())
 }
 
 async fn send(ws: &mut Ws, message: Message) {
-    within("send", ws.send(message))
-        .await
-        .expect("send succeeds");
+    within("send", ws.send(message)).await.expect("send succeeds");
 }
 
 // ---------------------------------------------------------------- handshake
@@ -127,23 +122,9 @@ async fn send(ws: &mut Ws, message: Message) {
 async fn handshake_without_sid_sends_open_packet_without_upgrades() {
     let server = common::spawn(common::settings(|_| {}));
     let (_ws, open) = open(&server, SIO).await;
-    let mut keys: Vec<&str> = open
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let mut keys: Vec<&str> = open.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(
-        keys,
-        [
-            "maxPayload",
-            "pingInterval",
-            "pingTimeout",
-            "sid",
-            "upgrades"
-        ]
-    );
+    assert_eq!(keys, ["maxPayload", "pingInterval", "pingTimeout", "sid", "upgrades"]);
     assert_eq!(open["upgrades"], json!([]));
     assert_eq!(open["pingInterval"], 300);
     assert_eq!(open["pingTimeout"], 200);
@@ -151,8 +132,7 @@ async fn handshake_without_sid_sends_open_packet_without_upgrades() {
     let sid = open["sid"].as_str().unwrap();
     assert!(sid.len() >= 22, "{sid:?}");
     assert!(
-        sid.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "{sid:?}"
     );
     assert_eq!(server.registry.len(), 1);
@@ -279,9 +259,7 @@ struct RawWs {
 
 impl RawWs {
     async fn connect(server: &TestServer, path: &str) -> RawWs {
-        let mut stream = TcpStream::connect(("127.0.0.1", server.port))
-            .await
-            .unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
         let request = format!(
             "GET {path}?EIO=4&transport=websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -319,13 +297,10 @@ impl RawWs {
                 let opcode = self.buf[0] & 0x0f;
                 assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
                 let (len, at) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
                     }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
                     n @ 0..=125 => (n as usize, 2),
                     _ => (usize::MAX, 0),
                 };
@@ -335,9 +310,7 @@ impl RawWs {
                     return Some((opcode, payload));
                 }
             }
-            let n = within("a frame", self.stream.read_buf(&mut self.buf))
-                .await
-                .ok()?;
+            let n = within("a frame", self.stream.read_buf(&mut self.buf)).await.ok()?;
             if n == 0 {
                 return None;
             }
@@ -364,10 +337,7 @@ impl RawWs {
 fn client_frame(opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
     assert!(payload.len() < 126);
     let key = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![
-        0x80 | opcode,
-        payload.len() as u8 | if mask { 0x80 } else { 0 },
-    ];
+    let mut frame = vec![0x80 | opcode, payload.len() as u8 | if mask { 0x80 } else { 0 }];
     if mask {
         frame.extend_from_slice(&key);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
@@ -383,11 +353,7 @@ async fn text_frame_that_is_not_utf8_closes_with_1007() {
     let mut raw = RawWs::connect(&server, SIO).await;
     let (opcode, open) = raw.frame().await.expect("open packet");
     assert_eq!(opcode, 0x1);
-    assert!(
-        open.starts_with(b"0{"),
-        "{:?}",
-        String::from_utf8_lossy(&open)
-    );
+    assert!(open.starts_with(b"0{"), "{:?}", String::from_utf8_lossy(&open));
     assert_eq!(server.registry.len(), 1);
     raw.stream
         .write_all(&client_frame(0x1, &[b'4', 0xff, 0xfe, b'x'], true))
@@ -481,14 +447,8 @@ async fn heartbeat_without_pong_closes_the_socket() {
     let pinged = Instant::now();
     expect_close(&mut ws).await;
     let waited = pinged.elapsed();
-    assert!(
-        waited >= Duration::from_millis(100),
-        "closed {waited:?} after the ping"
-    );
-    assert!(
-        waited < Duration::from_millis(2000),
-        "closed {waited:?} after the ping"
-    );
+    assert!(waited >= Duration::from_millis(100), "closed {waited:?} after the ping");
+    assert!(waited < Duration::from_millis(2000), "closed {waited:?} after the ping");
     registry_empties(&server).await;
 }
 
@@ -517,9 +477,7 @@ async fn polling_with_the_sid_of_a_websocket_session_is_refused() {
     let client = reqwest::Client::new();
     for resp in [
         within("GET", client.get(&url).send()).await.unwrap(),
-        within("POST", client.post(&url).body("4x").send())
-            .await
-            .unwrap(),
+        within("POST", client.post(&url).body("4x").send()).await.unwrap(),
     ] {
         assert_eq!(resp.status().as_u16(), 400);
         let v: Value = resp.json().await.unwrap();

@@ -21,8 +21,7 @@ use tokio::sync::broadcast::Receiver;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -37,9 +36,7 @@ fn server(tweak: impl FnOnce(&mut roomcast::config::Settings)) -> common::TestSe
 /// Opens a WebSocket session and reads its open packet.
 async fn open(server: &common::TestServer) -> Ws {
     let url = format!("{}/socket.io/?EIO=4&transport=websocket", server.ws());
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connects");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
     let open = next_text(&mut ws).await;
     assert!(open.starts_with("0{"), "{open}");
     ws
@@ -125,16 +122,11 @@ async fn server_namespace_disconnect_sends_disconnect() {
     let mut server = server(|_| {});
     let mut ws = open(&server).await;
     join(&mut ws, "/custom").await;
-    ws.send(Message::text(r#"42/custom,["disconnect-me"]"#))
-        .await
-        .unwrap();
+    ws.send(Message::text(r#"42/custom,["disconnect-me"]"#)).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "41/custom,");
     assert_eq!(
         left(&mut server.events).await,
-        (
-            "/custom".into(),
-            DisconnectReason::ServerNamespaceDisconnect
-        )
+        ("/custom".into(), DisconnectReason::ServerNamespaceDisconnect)
     );
     // The connection is still usable.
     join(&mut ws, "/").await;
@@ -146,10 +138,7 @@ async fn forced_close_ends_the_session() {
     let mut ws = open(&server).await;
     join(&mut ws, "/").await;
     ws.send(Message::text(r#"42["close-me"]"#)).await.unwrap();
-    assert_eq!(
-        left(&mut server.events).await.1,
-        DisconnectReason::ForcedClose
-    );
+    assert_eq!(left(&mut server.events).await.1, DisconnectReason::ForcedClose);
     assert_eq!(closed(&mut ws).await, Some(CloseCode::Policy));
 }
 
@@ -172,13 +161,8 @@ async fn invalid_packet_is_a_parse_error() {
     let mut server = server(|_| {});
     let mut ws = open(&server).await;
     join(&mut ws, "/").await;
-    ws.send(Message::text(r#"42{"not":"an array"}"#))
-        .await
-        .unwrap();
-    assert_eq!(
-        left(&mut server.events).await.1,
-        DisconnectReason::ParseError
-    );
+    ws.send(Message::text(r#"42{"not":"an array"}"#)).await.unwrap();
+    assert_eq!(left(&mut server.events).await.1, DisconnectReason::ParseError);
     assert_eq!(closed(&mut ws).await, Some(CloseCode::Policy));
 }
 
@@ -188,10 +172,7 @@ async fn binary_out_of_turn_is_a_parse_error() {
     let mut ws = open(&server).await;
     join(&mut ws, "/").await;
     ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    assert_eq!(
-        left(&mut server.events).await.1,
-        DisconnectReason::ParseError
-    );
+    assert_eq!(left(&mut server.events).await.1, DisconnectReason::ParseError);
 }
 
 #[actix_web::test]
@@ -213,10 +194,7 @@ async fn client_closing_the_websocket_is_a_transport_close() {
     join(&mut ws, "/").await;
     join(&mut ws, "/custom").await;
     ws.close(None).await.unwrap();
-    let mut reasons = vec![
-        left(&mut server.events).await,
-        left(&mut server.events).await,
-    ];
+    let mut reasons = vec![left(&mut server.events).await, left(&mut server.events).await];
     reasons.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         reasons,
@@ -232,23 +210,13 @@ async fn overlapping_polls_are_a_transport_error() {
     let mut server = server(|_| {});
     let base = format!("{}/socket.io/?EIO=4&transport=polling", server.http());
     let client = reqwest::Client::new();
-    let open = client
-        .get(&base)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let open = client.get(&base).send().await.unwrap().text().await.unwrap();
     let sid = serde_json::from_str::<serde_json::Value>(&open[1..]).unwrap()["sid"]
         .as_str()
         .unwrap()
         .to_string();
     let url = format!("{base}&sid={sid}");
-    assert_eq!(
-        client.post(&url).body("40").send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(client.post(&url).body("40").send().await.unwrap().status(), 200);
     let joined = client.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(joined.starts_with("40{"), "{joined}");
     // The next GET is held (nothing to send); a second one overlaps it.
@@ -257,10 +225,7 @@ async fn overlapping_polls_are_a_transport_error() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let second = client.get(&url).send().await.unwrap();
     assert_eq!(second.status(), 400);
-    assert_eq!(
-        left(&mut server.events).await.1,
-        DisconnectReason::TransportError
-    );
+    assert_eq!(left(&mut server.events).await.1, DisconnectReason::TransportError);
     assert_eq!(first.await.unwrap(), "1");
 }
 
@@ -271,9 +236,6 @@ async fn shutdown_closes_sessions_with_server_shutting_down() {
     join(&mut ws, "/").await;
     let shutdown = server.shutdown.clone();
     actix_web::rt::spawn(async move { shutdown.run().await });
-    assert_eq!(
-        left(&mut server.events).await.1,
-        DisconnectReason::ServerShuttingDown
-    );
+    assert_eq!(left(&mut server.events).await.1, DisconnectReason::ServerShuttingDown);
     assert_eq!(closed(&mut ws).await, Some(CloseCode::Away));
 }

@@ -62,11 +62,7 @@ impl Raw {
     fn header(&self, name: &str) -> Option<&str> {
         let mut all = self.headers_all(name).into_iter();
         let first = all.next();
-        assert!(
-            all.next().is_none(),
-            "header {name} repeated:\n{}",
-            self.head
-        );
+        assert!(all.next().is_none(), "header {name} repeated:\n{}", self.head);
         first
     }
 
@@ -102,9 +98,7 @@ impl Raw {
                     return (b[0], b[at..at + len].to_vec());
                 }
             }
-            let n = within("a frame", self.stream.read_buf(&mut self.rest))
-                .await
-                .unwrap();
+            let n = within("a frame", self.stream.read_buf(&mut self.rest)).await.unwrap();
             assert!(n > 0, "the connection ended before the first frame");
         }
     }
@@ -112,13 +106,8 @@ impl Raw {
 
 /// Sends `GET {target}` with exactly `headers` and reads the response.
 async fn request(server: &TestServer, target: &str, headers: &[&str]) -> Raw {
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port))
-        .await
-        .unwrap();
-    let mut req = format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
-        server.port
-    );
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", server.port);
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -130,9 +119,7 @@ async fn request(server: &TestServer, target: &str, headers: &[&str]) -> Raw {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = within("the response head", stream.read_buf(&mut buf))
-            .await
-            .unwrap();
+        let n = within("the response head", stream.read_buf(&mut buf)).await.unwrap();
         assert!(
             n > 0,
             "closed before the response head: {:?}",
@@ -156,9 +143,7 @@ async fn request(server: &TestServer, target: &str, headers: &[&str]) -> Raw {
             .map(|(_, v)| v.parse().unwrap())
             .unwrap_or(0);
         while rest.len() < length {
-            let n = within("the response body", stream.read_buf(&mut rest))
-                .await
-                .unwrap();
+            let n = within("the response body", stream.read_buf(&mut rest)).await.unwrap();
             assert!(n > 0, "closed before the response body");
         }
         body = std::mem::take(&mut rest);
@@ -217,10 +202,7 @@ async fn malformed_handshakes_are_refused_without_a_session() {
     let server = common::spawn(common::settings(|_| {}));
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("no Upgrade", variant("Upgrade", None, &[])),
-        (
-            "Upgrade: h2c",
-            variant("Upgrade", Some("Upgrade: h2c"), &[]),
-        ),
+        ("Upgrade: h2c", variant("Upgrade", Some("Upgrade: h2c"), &[])),
         ("no Connection", variant("Connection", None, &[])),
         (
             "Connection: keep-alive",
@@ -230,11 +212,7 @@ async fn malformed_handshakes_are_refused_without_a_session() {
         // base64 of 10 bytes ("the sample").
         (
             "short key",
-            variant(
-                "Sec-WebSocket-Key",
-                Some("Sec-WebSocket-Key: dGhlIHNhbXBsZQ=="),
-                &[],
-            ),
+            variant("Sec-WebSocket-Key", Some("Sec-WebSocket-Key: dGhlIHNhbXBsZQ=="), &[]),
         ),
         // 24 characters, but 17 bytes.
         (
@@ -259,11 +237,7 @@ async fn malformed_handshakes_are_refused_without_a_session() {
         ),
         (
             "version 12",
-            variant(
-                "Sec-WebSocket-Version",
-                Some("Sec-WebSocket-Version: 12"),
-                &[],
-            ),
+            variant("Sec-WebSocket-Version", Some("Sec-WebSocket-Version: 12"), &[]),
         ),
         ("no version", variant("Sec-WebSocket-Version", None, &[])),
     ];
@@ -283,9 +257,7 @@ async fn malformed_handshakes_are_refused_without_a_session() {
 #[actix_web::test]
 async fn plain_get_with_transport_websocket_is_400_code_3() {
     let server = common::spawn(common::settings(|_| {}));
-    let resp = reqwest::get(format!("{}{}", server.http(), target(SIO)))
-        .await
-        .unwrap();
+    let resp = reqwest::get(format!("{}{}", server.http(), target(SIO))).await.unwrap();
     assert_eq!(resp.status().as_u16(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v, json!({"code": 3, "message": "Bad request"}));
@@ -300,10 +272,7 @@ async fn rfc_example_key_is_accepted_with_the_rfc_accept_value() {
     let mut resp = request(&server, &target(SIO), &refs(&good(RFC_KEY))).await;
     assert_eq!(resp.status, 101, "{}", resp.head);
     assert_eq!(resp.header("Sec-WebSocket-Accept"), Some(RFC_ACCEPT));
-    assert!(resp
-        .header("Upgrade")
-        .unwrap()
-        .eq_ignore_ascii_case("websocket"));
+    assert!(resp.header("Upgrade").unwrap().eq_ignore_ascii_case("websocket"));
     assert!(resp
         .header("Connection")
         .unwrap()
@@ -340,11 +309,7 @@ async fn connection_header_with_several_tokens_and_mixed_case_upgrade_are_accept
     let server = common::spawn(common::settings(|_| {}));
     let firefox = variant("Connection", Some("Connection: keep-alive, Upgrade"), &[]);
     let resp = request(&server, &target(SIO), &refs(&firefox)).await;
-    assert_eq!(
-        resp.status, 101,
-        "Connection: keep-alive, Upgrade\n{}",
-        resp.head
-    );
+    assert_eq!(resp.status, 101, "Connection: keep-alive, Upgrade\n{}", resp.head);
     let mixed = variant("Upgrade", Some("Upgrade: WebSocket"), &[]);
     let resp = request(&server, &target(SIO), &refs(&mixed)).await;
     assert_eq!(resp.status, 101, "Upgrade: WebSocket\n{}", resp.head);
@@ -367,11 +332,7 @@ async fn no_extension_is_negotiated_even_when_permessage_deflate_is_offered() {
         resp.head
     );
     let (b0, _) = resp.first_frame().await;
-    assert_eq!(
-        b0 & 0x70,
-        0,
-        "RSV bits set on the first frame (compressed?)"
-    );
+    assert_eq!(b0 & 0x70, 0, "RSV bits set on the first frame (compressed?)");
 }
 
 // ------------------------------------------------------------- subprotocols
@@ -395,21 +356,14 @@ async fn configured_subprotocol_is_negotiated() {
         let headers = variant("-", None, offer);
         let resp = request(&server, &target(SIO), &refs(&headers)).await;
         assert_eq!(resp.status, 101, "offer {offer:?}\n{}", resp.head);
-        assert_eq!(
-            resp.header("Sec-WebSocket-Protocol"),
-            expected,
-            "offer {offer:?}"
-        );
+        assert_eq!(resp.header("Sec-WebSocket-Protocol"), expected, "offer {offer:?}");
     }
 }
 
 #[actix_web::test]
 async fn no_subprotocol_without_configuration() {
     let server = common::spawn(common::settings(|_| {}));
-    for offer in [
-        "Sec-WebSocket-Protocol: chat",
-        "Sec-WebSocket-Protocol: chat, v2",
-    ] {
+    for offer in ["Sec-WebSocket-Protocol: chat", "Sec-WebSocket-Protocol: chat, v2"] {
         let headers = variant("-", None, &[offer]);
         let resp = request(&server, &target(SIO), &refs(&headers)).await;
         assert_eq!(resp.status, 101, "{offer}\n{}", resp.head);
