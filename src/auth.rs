@@ -122,7 +122,10 @@ impl Verifier {
             code: "invalid_token",
             message: "Invalid token",
         };
-        match auth.get("token") {
+        // Without a configured key no token can be verified, and none can
+        // grant anything: the socket is judged as anonymous.
+        let token = auth.get("token").filter(|_| self.jwt.is_some());
+        match token {
             None | Some(serde_json::Value::Null) => {
                 if self.anonymous_namespaces.iter().any(|n| n == nsp) {
                     Ok(Identity {
@@ -139,7 +142,8 @@ impl Verifier {
                 }
             }
             Some(serde_json::Value::String(token)) => {
-                let (key, validation) = self.jwt.as_ref().ok_or(INVALID)?;
+                // unwrap: `token` is only set when a key is configured.
+                let (key, validation) = self.jwt.as_ref().unwrap();
                 let data = decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                     ErrorKind::ExpiredSignature => AuthError {
                         code: "token_expired",
@@ -266,6 +270,19 @@ mod tests {
         assert!(anon.may_subscribe("public:news"));
         assert!(!anon.may_publish("public:news"));
         assert_eq!(v.check("/private", &json!({})).unwrap_err().code, "auth_required");
+    }
+
+    #[test]
+    fn without_a_key_tokens_are_ignored() {
+        let mut s = settings();
+        s.jwt_algorithm = String::new();
+        let v = Verifier::from_settings(&s).unwrap();
+        let anon = v.check("/", &json!({"token": "123"})).unwrap();
+        assert!(anon.user.is_none());
+        assert_eq!(
+            v.check("/private", &json!({"token": "123"})).unwrap_err().code,
+            "auth_required"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ const WAIT: Duration = Duration::from_secs(5);
 fn server(tweak: impl FnOnce(&mut roomcast::config::Settings)) -> common::TestServer {
     common::spawn(common::settings(|s| {
         s.socketio.namespaces = vec!["/".into(), "/custom".into()];
+        s.auth.anonymous_namespaces = vec!["/".into(), "/custom".into()];
         s.testing.hooks = true;
         tweak(s);
     }))

@@ -214,7 +214,9 @@ impl Connection {
                 // A paused client has no GET out; one still pending came
                 // after the upgrade and is refused. What is buffered goes
                 // out on the WebSocket, in order, from `after`.
-                self.answer_poll(Err(ErrorCode::BadRequest));
+                if let Some(reply) = self.poll.take() {
+                    refuse_after_websocket(reply, ctx);
+                }
                 self.ws = self.probe.take();
                 self.span.record("transport", TransportKind::WebSocket.as_str());
                 tracing::debug!(parent: &self.span, "upgraded to websocket");
@@ -433,6 +435,16 @@ impl Connection {
     }
 }
 
+/// Refuses a polling GET of a session that moved to WebSocket. The refusal
+/// waits [`PAUSED_POLL_HOLD`] so that frames already written on the
+/// WebSocket (the `3probe`) reach the client before this answer does: the
+/// two travel on different connections, written by different workers.
+fn refuse_after_websocket(reply: tokio::sync::oneshot::Sender<PollResult>, ctx: &mut Context<Connection>) {
+    ctx.run_later(PAUSED_POLL_HOLD, move |_, _| {
+        let _ = reply.send(Err(ErrorCode::BadRequest));
+    });
+}
+
 impl Actor for Connection {
     type Context = Context<Self>;
 
@@ -469,13 +481,7 @@ impl Handler<PollGet> for Connection {
         let _enter = self.span.clone().entered();
         self.catch_up(ctx);
         if self.session.transport() != TransportKind::Polling {
-            // The session left polling. The refusal waits a moment so that
-            // frames written on the WebSocket before the upgrade completed
-            // (the `3probe`) reach the client before this answer does: the
-            // two travel on different connections and workers.
-            ctx.run_later(PAUSED_POLL_HOLD, move |_, _| {
-                let _ = msg.reply.send(Err(ErrorCode::BadRequest));
-            });
+            refuse_after_websocket(msg.reply, ctx);
             return;
         }
         if self.session.state() == State::Closed {
@@ -524,9 +530,13 @@ impl Handler<PollPost> for Connection {
                         break;
                     }
                 }
+                // The body was accepted unless it was itself the problem: a
+                // close it caused (the client's close packet, a forced close
+                // by the application) still answers "ok", as the reference
+                // server does.
                 match self.closed_by {
-                    None | Some(DisconnectReason::TransportClose) => Ok(()),
-                    Some(_) => Err(ErrorCode::BadRequest),
+                    Some(DisconnectReason::ParseError) => Err(ErrorCode::BadRequest),
+                    _ => Ok(()),
                 }
             }
         };

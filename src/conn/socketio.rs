@@ -328,19 +328,20 @@ impl Connection {
                 self.emit_with_ack(
                     nsp,
                     &Value::Array(args),
+                    &attachments,
                     Box::new(move |act, ctx, reply| {
-                        let out = match reply {
-                            Some(Message { packet, .. }) => {
+                        let (out, attachments) = match reply {
+                            Some(Message { packet, attachments }) => {
                                 let mut args = match packet.data {
                                     Some(Value::Array(a)) => a,
                                     _ => vec![],
                                 };
                                 args.insert(0, json!("ack-response"));
-                                Value::Array(args)
+                                (Value::Array(args), attachments)
                             }
-                            None => json!(["ack-timeout"]),
+                            None => (json!(["ack-timeout"]), vec![]),
                         };
-                        act.emit_event(&nsp_owned, &out, &[], ctx);
+                        act.emit_event(&nsp_owned, &out, &attachments, ctx);
                     }),
                     ctx,
                 );
@@ -494,7 +495,14 @@ impl Connection {
 
     /// Emits an event that asks for an ack; `handler` runs with the ack, or
     /// with `None` after `socketio.ack_timeout_ms`.
-    fn emit_with_ack(&mut self, nsp: &str, args: &Value, handler: AckHandler, ctx: &mut Context<Self>) {
+    fn emit_with_ack(
+        &mut self,
+        nsp: &str,
+        args: &Value,
+        attachments: &[Bytes],
+        handler: AckHandler,
+        ctx: &mut Context<Self>,
+    ) {
         let timeout = self.sio_config().ack_timeout;
         let Some(state) = self.sio.as_mut() else {
             return;
@@ -515,7 +523,12 @@ impl Connection {
                 handler,
             },
         );
-        self.emit_packet(PacketType::Event, nsp, Some(id), args, &[], ctx);
+        let kind = if attachments.is_empty() {
+            PacketType::Event
+        } else {
+            PacketType::BinaryEvent
+        };
+        self.emit_packet(kind, nsp, Some(id), args, attachments, ctx);
     }
 
     /// Server-side namespace disconnect: the client gets DISCONNECT and
