@@ -55,6 +55,24 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// HTTP API.
     pub api: ApiSettings,
+    /// Cluster adapter.
+    pub redis: RedisSettings,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Redis URL, empty = single node.
+    pub url: String,
+    /// Channel prefix.
+    pub key: String,
+    /// Command timeout in ms.
+    pub command_timeout_ms: u64,
+    /// Reconnect backoff cap in ms.
+    pub reconnect_max_ms: u64,
+    /// Publish queue length.
+    pub queue: usize,
 }
 
 /// `[rooms]`
@@ -321,6 +339,18 @@ impl Settings {
                 "auth.jwt_algorithm"
             };
             return Err(invalid(key, message));
+        }
+        if !self.redis.url.is_empty() && redis::Client::open(self.redis.url.as_str()).is_err() {
+            return Err(invalid("redis.url", "not a Redis URL (redis://host:port/db)"));
+        }
+        if self.redis.key.is_empty() || self.redis.key.contains('#') {
+            return Err(invalid("redis.key", "must be non-empty and without '#'"));
+        }
+        if self.redis.command_timeout_ms == 0 || self.redis.queue == 0 {
+            return Err(invalid(
+                "redis.command_timeout_ms",
+                "timeouts and queue must be at least 1",
+            ));
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
             return Err(invalid("api.keys", "every key must be at least 16 characters"));

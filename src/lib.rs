@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -10,10 +10,12 @@ use actix::Actor;
 use actix_web::dev::Server;
 use actix_web::{web, App as WebApp, HttpServer};
 
+use crate::adapter::redis::{RedisAdapter, RedisConfig};
+use crate::adapter::AdapterStatus;
 use crate::api;
 use crate::audit::{AuditHandle, LogSink};
 use crate::auth::Verifier;
-use crate::broker::{Broker, BrokerConfig};
+use crate::broker::{AttachCluster, Broker, BrokerConfig};
 use crate::config::Settings;
 use crate::conn::events::SocketEvent;
 use crate::conn::{App, EngineShared, Registry, SioConfig};
@@ -29,6 +31,8 @@ pub struct Application {
     /// The Socket.IO endpoint's sessions.
     pub registry: Registry,
     events: tokio::sync::broadcast::Sender<SocketEvent>,
+    /// The cluster adapter's state (never connected on a single node).
+    pub cluster: Arc<AdapterStatus>,
 }
 
 impl Application {
@@ -46,6 +50,24 @@ impl Application {
             notify_namespaces: settings.rooms.notify_namespaces.clone(),
         })
         .start();
+        let cluster = Arc::new(AdapterStatus::default());
+        if !settings.redis.url.is_empty() {
+            let r = &settings.redis;
+            let adapter = RedisAdapter::new(
+                RedisConfig {
+                    url: r.url.clone(),
+                    key: r.key.clone(),
+                    namespaces: settings.socketio.namespaces.clone(),
+                    command_timeout: Duration::from_millis(r.command_timeout_ms),
+                    reconnect_max: Duration::from_millis(r.reconnect_max_ms),
+                    queue: r.queue,
+                },
+                broker.clone().recipient(),
+                cluster.clone(),
+            )
+            .start();
+            broker.do_send(AttachCluster(adapter.recipient()));
+        }
         let api = web::Data::new(api::ApiState {
             broker: broker.clone(),
             keys: settings.api.keys.clone(),
@@ -135,6 +157,7 @@ impl Application {
             server,
             registry,
             events,
+            cluster,
         })
     }
 

@@ -211,7 +211,8 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
     }
     let mut args = vec![json!(body.event)];
     args.extend(body.data);
-    let frames = encode_event(&nsp, &Value::Array(args), &[]);
+    let args = Value::Array(args);
+    let frames = encode_event(&nsp, &args, &[]);
     let recipients = state
         .broker
         .send(Publish {
@@ -219,6 +220,7 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
             rooms,
             except: except.iter().map(|s| s.as_str().into()).collect(),
             frames,
+            args: (args, vec![]),
         })
         .await
         .map_err(|_| unavailable())?;

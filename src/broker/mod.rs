@@ -19,6 +19,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde_json::json;
 
+use crate::adapter::{wire, Inbound, Outbound};
 use crate::engineio::Frame;
 use crate::socketio::packet::{encode, PacketType};
 
@@ -121,19 +122,28 @@ pub struct Leave {
     pub room: Arc<str>,
 }
 
-/// Publish to the members of some rooms (each member once).
+/// Publish to the members of some rooms (each member once), here and, with
+/// a cluster, on the other nodes.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct Publish {
     /// Namespace.
     pub nsp: Arc<str>,
-    /// Rooms.
+    /// Rooms; a socket id is also the name of that socket's own room.
     pub rooms: Vec<Arc<str>>,
-    /// Sockets that do not receive it (the publisher, `except`).
+    /// Sockets (or rooms) that do not receive it (the publisher, `except`).
     pub except: Vec<Arc<str>>,
     /// The encoded packet.
     pub frames: Arc<[Frame]>,
+    /// `[event, args...]` (with placeholders) and the attachments, for the
+    /// other nodes.
+    pub args: (serde_json::Value, Vec<bytes::Bytes>),
 }
+
+/// Connects the broker to the cluster adapter.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachCluster(pub Recipient<Outbound>);
 
 /// Members of a room.
 #[derive(Message)]
@@ -205,6 +215,8 @@ struct Room {
 /// The broker actor.
 pub struct Broker {
     config: BrokerConfig,
+    /// The other nodes (a Redis adapter), if any.
+    cluster: Option<Recipient<Outbound>>,
     members: HashMap<Arc<str>, Member>,
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, Room>>,
     next_seq: u64,
@@ -215,6 +227,7 @@ impl Broker {
     pub fn new(config: BrokerConfig) -> Self {
         Self {
             config,
+            cluster: None,
             members: HashMap::new(),
             rooms: HashMap::new(),
             next_seq: 0,
@@ -258,6 +271,47 @@ impl Broker {
         for id in targets {
             self.deliver(&id, &frames);
         }
+    }
+
+    /// The local members a broadcast reaches, each once: the members of
+    /// `rooms` (no rooms = the whole namespace), minus the sockets named in
+    /// `except` and the members of rooms named there. With `ids_as_rooms`
+    /// (broadcasts from Socket.IO servers and emitters, where every socket is
+    /// in a room named by its id) a room named by a socket id is that socket;
+    /// clients publishing through the protocol reach rooms only.
+    fn targets(&self, nsp: &Arc<str>, rooms: &[Arc<str>], except: &[Arc<str>], ids_as_rooms: bool) -> Vec<Arc<str>> {
+        let ns_rooms = self.rooms.get(nsp);
+        let in_nsp = |id: &Arc<str>| self.members.get(id).is_some_and(|m| m.nsp == *nsp);
+        let mut excluded: HashSet<&Arc<str>> = HashSet::new();
+        for name in except {
+            excluded.insert(name);
+            if let Some(room) = ns_rooms.and_then(|r| r.get(name)) {
+                excluded.extend(room.order.values());
+            }
+        }
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        let mut targets = Vec::new();
+        let mut add = |id: &Arc<str>| {
+            if !excluded.contains(id) && seen.insert(id.clone()) {
+                targets.push(id.clone());
+            }
+        };
+        if rooms.is_empty() {
+            self.members.keys().filter(|id| in_nsp(id)).for_each(&mut add);
+        }
+        for name in rooms {
+            if let Some(room) = ns_rooms.and_then(|r| r.get(name)) {
+                room.order.values().for_each(&mut add);
+            }
+            if let Some((id, _)) = self
+                .members
+                .get_key_value(name)
+                .filter(|(id, _)| ids_as_rooms && in_nsp(id))
+            {
+                add(id);
+            }
+        }
+        targets
     }
 
     fn leave(&mut self, socket_id: &Arc<str>, room: &Arc<str>) -> bool {
@@ -369,22 +423,49 @@ impl Handler<Publish> for Broker {
     type Result = usize;
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
-        let Some(rooms) = self.rooms.get(&msg.nsp) else {
-            return 0;
-        };
-        // Each member once, however many of the rooms it is in.
-        let mut targets: Vec<Arc<str>> = Vec::new();
-        let mut seen: HashSet<&Arc<str>> = HashSet::new();
-        for room in &msg.rooms {
-            if let Some(r) = rooms.get(room) {
-                for id in r.order.values() {
-                    if !msg.except.contains(id) && seen.insert(id) {
-                        targets.push(id.clone());
-                    }
-                }
+        if let Some(cluster) = &self.cluster {
+            let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
+            let (args, attachments) = msg.args;
+            let outbound = Outbound(wire::Broadcast {
+                uid: String::new(),
+                nsp: msg.nsp.to_string(),
+                args,
+                attachments,
+                rooms: strings(&msg.rooms),
+                except: strings(&msg.except),
+            });
+            // The adapter's mailbox is its queue: full means lost, counted there.
+            if cluster.try_send(outbound).is_err() {
+                tracing::warn!("cluster adapter mailbox full: a cross-node broadcast was lost");
             }
         }
+        let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, false);
         targets.iter().filter(|id| self.deliver(id, &msg.frames)).count()
+    }
+}
+
+impl Handler<Inbound> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, Inbound(b): Inbound, _: &mut Self::Context) {
+        let strings = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
+        let nsp: Arc<str> = b.nsp.as_str().into();
+        let targets = self.targets(&nsp, &strings(&b.rooms), &strings(&b.except), true);
+        if targets.is_empty() {
+            return;
+        }
+        let frames = encode_event(&nsp, &b.args, &b.attachments);
+        for id in &targets {
+            self.deliver(id, &frames);
+        }
+    }
+}
+
+impl Handler<AttachCluster> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachCluster, _: &mut Self::Context) {
+        self.cluster = Some(msg.0);
     }
 }
 

@@ -439,12 +439,14 @@ impl Connection {
                 if let Some(data) = arg.get("data") {
                     out.push(data.clone());
                 }
-                let frames = broker::encode_event(&nsp, &Value::Array(out), &attachments);
+                let args = Value::Array(out);
+                let frames = broker::encode_event(&nsp, &args, &attachments);
                 let request = broker.send(Publish {
                     nsp: nsp.clone(),
                     rooms: vec![room],
                     except: vec![socket_id],
                     frames,
+                    args: (args, attachments),
                 });
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
                     let recipients = result.unwrap_or_default();
