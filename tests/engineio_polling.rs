@@ -30,142 +30,16 @@
 //! `transport=websocket` without upgrade headers in `websocket_handshake.rs`.
 mod common;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
-use roomcast::config::Settings;
+use common::eio::{
+    assert_answered, assert_error, assert_held, assert_open_defaults, assert_ping_delay, assert_ping_timeout_delay,
+    assert_sid_shape, parse_open, Polling,
+};
+use common::raw::{raw, raw_request, read_response};
+use common::{quiet, registry_empties, within, TestServer, ECHO, SIO};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-
-/// The echo endpoint: every message is sent back.
-const ECHO: &str = "/engine.io/";
-/// The Socket.IO endpoint; `server.registry` holds its sessions. Only
-/// Engine.IO-level input is sent to it (what it makes of messages is the
-/// Socket.IO layer's business).
-const SIO: &str = "/socket.io/";
-/// Upper bound for anything that should happen "now".
-const SOON: Duration = Duration::from_secs(5);
-
-/// Heartbeat far away, for tests that are not about it.
-fn quiet(s: &mut Settings) {
-    s.engine.ping_interval_ms = 60_000;
-    s.engine.ping_timeout_ms = 60_000;
-}
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(SOON, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Waits (bounded) until the Socket.IO endpoint has no session left.
-async fn registry_empties(server: &TestServer) {
-    let deadline = Instant::now() + SOON;
-    while !server.registry.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "session still registered: {}",
-            server.registry.len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Asserts an Engine.IO HTTP error: status, JSON content type, exact body.
-async fn assert_error(resp: reqwest::Response, status: u16, code: u8, message: &str) {
-    assert_eq!(resp.status().as_u16(), status, "status for expected code {code}");
-    let ct = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    assert!(ct.starts_with("application/json"), "content type {ct:?}");
-    let body = resp.text().await.unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-    assert_eq!(v, json!({"code": code, "message": message}), "body {body}");
-}
-
-fn parse_open(body: &str) -> Value {
-    assert!(body.starts_with("0{"), "not an open packet: {body:?}");
-    serde_json::from_str(&body[1..]).unwrap_or_else(|e| panic!("{e}: {body:?}"))
-}
-
-/// A polling client of one session.
-struct Polling {
-    client: reqwest::Client,
-    base: String,
-    sid: String,
-    open: Value,
-}
-
-impl Polling {
-    async fn open(server: &TestServer, path: &str) -> Polling {
-        let client = reqwest::Client::new();
-        let base = format!("{}{}", server.http(), path);
-        let resp = within(
-            "handshake",
-            client.get(format!("{base}?EIO=4&transport=polling")).send(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let open = parse_open(&resp.text().await.unwrap());
-        let sid = open["sid"].as_str().expect("sid is a string").to_owned();
-        Polling {
-            client,
-            base,
-            sid,
-            open,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("{}?EIO=4&transport=polling&sid={}", self.base, self.sid)
-    }
-
-    fn get(&self) -> impl Future<Output = reqwest::Response> + Send + 'static {
-        let req = self.client.get(self.url()).send();
-        async move { within("GET", req).await.expect("GET completes") }
-    }
-
-    /// A GET that must succeed; its body.
-    async fn get_ok(&self) -> String {
-        let resp = self.get().await;
-        assert_eq!(resp.status().as_u16(), 200, "GET status");
-        resp.text().await.unwrap()
-    }
-
-    fn post(&self, body: impl Into<reqwest::Body>) -> impl Future<Output = reqwest::Response> + Send + 'static {
-        let req = self
-            .client
-            .post(self.url())
-            .header(reqwest::header::CONTENT_TYPE, "text/plain;charset=UTF-8")
-            .body(body)
-            .send();
-        async move { within("POST", req).await.expect("POST completes") }
-    }
-
-    /// A POST that must succeed with `ok`.
-    async fn post_ok(&self, body: impl Into<reqwest::Body>) {
-        let resp = self.post(body).await;
-        assert_eq!(resp.status().as_u16(), 200, "POST status");
-        assert_eq!(resp.text().await.unwrap(), "ok");
-    }
-
-    /// The session is gone: a GET is refused with code 1.
-    async fn assert_gone(&self) {
-        assert_error(self.get().await, 400, 1, "Session ID unknown").await;
-    }
-}
-
-/// Asserts that a spawned request has not completed within 100 ms (it is
-/// held by the server).
-async fn assert_held<T>(task: &mut tokio::task::JoinHandle<T>) {
-    let waited = tokio::time::timeout(Duration::from_millis(100), task).await;
-    assert!(waited.is_err(), "the GET was answered although nothing was sent");
-}
+use tokio::io::AsyncWriteExt as _;
 
 // ---------------------------------------------------------------- handshake
 
@@ -182,13 +56,7 @@ async fn handshake_returns_open_packet_with_exactly_the_five_keys() {
         .to_owned();
     assert!(ct.starts_with("text/plain"), "content type {ct:?}");
     let open = parse_open(&resp.text().await.unwrap());
-    let mut keys: Vec<&str> = open.as_object().unwrap().keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["maxPayload", "pingInterval", "pingTimeout", "sid", "upgrades"]);
-    assert_eq!(open["upgrades"], json!(["websocket"]));
-    assert_eq!(open["pingInterval"], 300);
-    assert_eq!(open["pingTimeout"], 200);
-    assert_eq!(open["maxPayload"], 1_000_000);
+    assert_open_defaults(&open, json!(["websocket"]));
 }
 
 #[actix_web::test]
@@ -197,14 +65,7 @@ async fn sids_are_url_safe_base64_and_unique() {
     let mut sids = std::collections::HashSet::new();
     for _ in 0..5 {
         let p = Polling::open(&server, SIO).await;
-        assert!(p.sid.len() >= 22, "sid too short: {:?}", p.sid);
-        assert!(
-            p.sid
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-            "sid not URL-safe base64: {:?}",
-            p.sid
-        );
+        assert_sid_shape(&p.sid);
         assert!(sids.insert(p.sid.clone()), "sid repeated: {:?}", p.sid);
     }
     assert_eq!(server.registry.len(), 5);
@@ -272,43 +133,20 @@ async fn unknown_sid_is_code_1_on_get_and_post() {
         "{}{ECHO}?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAAAA",
         server.http()
     );
-    assert_error(client.get(&url).send().await.unwrap(), 400, 1, "Session ID unknown").await;
-    assert_error(
-        client.post(&url).body("4hi").send().await.unwrap(),
-        400,
-        1,
-        "Session ID unknown",
-    )
-    .await;
+    for req in [client.get(&url), client.post(&url).body("4hi")] {
+        assert_error(req.send().await.unwrap(), 400, 1, "Session ID unknown").await;
+    }
 }
 
 #[actix_web::test]
 async fn handshake_with_post_or_put_is_code_2() {
     let server = common::spawn(common::settings(quiet));
     let client = reqwest::Client::new();
-    let url = format!("{}{ECHO}?EIO=4&transport=polling", server.http());
-    assert_error(
-        client.post(&url).body("4hi").send().await.unwrap(),
-        400,
-        2,
-        "Bad handshake method",
-    )
-    .await;
-    assert_error(
-        client.put(&url).body("4hi").send().await.unwrap(),
-        400,
-        2,
-        "Bad handshake method",
-    )
-    .await;
-    let url = format!("{}{SIO}?EIO=4&transport=polling", server.http());
-    assert_error(
-        client.post(&url).body("4hi").send().await.unwrap(),
-        400,
-        2,
-        "Bad handshake method",
-    )
-    .await;
+    let echo = format!("{}{ECHO}?EIO=4&transport=polling", server.http());
+    let sio = format!("{}{SIO}?EIO=4&transport=polling", server.http());
+    for req in [client.post(&echo), client.put(&echo), client.post(&sio)] {
+        assert_error(req.body("4hi").send().await.unwrap(), 400, 2, "Bad handshake method").await;
+    }
     assert!(server.registry.is_empty(), "a refused handshake created a session");
 }
 
@@ -357,9 +195,7 @@ async fn get_is_held_until_data_arrives() {
     let mut pending = tokio::spawn(p.get());
     assert_held(&mut pending).await;
     p.post_ok("4late").await;
-    let resp = within("held GET", pending).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(resp.text().await.unwrap(), "4late");
+    assert_answered(pending, "4late").await;
 }
 
 // ------------------------------------------------------ closing by the client
@@ -398,9 +234,7 @@ async fn invalid_packet_closes_the_session_and_a_pending_get_gets_close() {
     let mut pending = tokio::spawn(p.get());
     assert_held(&mut pending).await;
     let resp = p.post("abc").await;
-    let held = within("held GET", pending).await.unwrap();
-    assert_eq!(held.status().as_u16(), 200);
-    assert_eq!(held.text().await.unwrap(), "1");
+    assert_answered(pending, "1").await;
     post_closes_session(&server, &p, resp).await;
 }
 
@@ -459,47 +293,6 @@ async fn post_above_max_payload_is_413_and_closes_the_session() {
     p.assert_gone().await;
 }
 
-/// Writes `request` on a new connection to the server.
-async fn raw(server: &TestServer, request: &[u8]) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    stream
-}
-
-/// Reads one HTTP response with a `Content-Length` body: status and body.
-async fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = within("response head", stream.read_buf(&mut buf)).await.unwrap();
-        assert!(
-            n > 0,
-            "connection closed before the response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = within("response body", stream.read_buf(&mut buf)).await.unwrap();
-        assert!(n > 0, "connection closed before the response body");
-    }
-    (
-        status,
-        String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap(),
-    )
-}
-
 #[actix_web::test]
 async fn chunked_post_above_max_payload_is_413_and_closes_the_session() {
     let server = common::spawn(common::settings(|s| {
@@ -514,9 +307,9 @@ async fn chunked_post_above_max_payload_is_413_and_closes_the_session() {
          28\r\n{chunk}\r\n28\r\n{chunk}\r\n0\r\n\r\n",
         p.sid
     );
-    let mut stream = raw(&server, request.as_bytes()).await;
-    let (status, body) = read_response(&mut stream).await;
-    assert_eq!(status, 413, "{body}");
+    let resp = raw_request(&server, &request).await;
+    let body = resp.text();
+    assert_eq!(resp.status, 413, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, json!({"code": 3, "message": "Payload too large"}));
     p.assert_gone().await;
@@ -530,9 +323,7 @@ async fn concurrent_gets_close_the_session() {
     let mut first = tokio::spawn(p.get());
     assert_held(&mut first).await;
     assert_error(p.get().await, 400, 3, "Bad request").await;
-    let first = within("first GET", first).await.unwrap();
-    assert_eq!(first.status().as_u16(), 200);
-    assert_eq!(first.text().await.unwrap(), "1");
+    assert_answered(first, "1").await;
     p.assert_gone().await;
     registry_empties(&server).await;
 }
@@ -553,8 +344,9 @@ async fn concurrent_posts_close_the_session() {
     assert_error(p.post("4second").await, 400, 3, "Bad request").await;
     p.assert_gone().await;
     slow.write_all(b"defghi").await.unwrap();
-    let (status, body) = read_response(&mut slow).await;
-    assert_eq!(status, 400, "the first POST of a closed session: {body}");
+    let resp = read_response(slow).await;
+    let body = resp.text();
+    assert_eq!(resp.status, 400, "the first POST of a closed session: {body}");
     registry_empties(&server).await;
 }
 
@@ -565,9 +357,7 @@ async fn client_close_packet_answers_the_pending_get_with_noop() {
     let mut pending = tokio::spawn(p.get());
     assert_held(&mut pending).await;
     p.post_ok("1").await;
-    let held = within("held GET", pending).await.unwrap();
-    assert_eq!(held.status().as_u16(), 200);
-    assert_eq!(held.text().await.unwrap(), "6");
+    assert_answered(pending, "6").await;
     p.assert_gone().await;
     registry_empties(&server).await;
 }
@@ -599,14 +389,7 @@ async fn heartbeat_pings_every_interval_and_pongs_keep_the_session() {
         let body = p.get_ok().await;
         let waited = since.elapsed();
         assert_eq!(body, "2", "round {round}");
-        assert!(
-            waited >= Duration::from_millis(250),
-            "round {round}: ping after {waited:?}"
-        );
-        assert!(
-            waited < Duration::from_millis(2000),
-            "round {round}: ping after {waited:?}"
-        );
+        assert_ping_delay(round, waited);
         p.post_ok("3").await;
         since = Instant::now();
     }
@@ -626,8 +409,7 @@ async fn heartbeat_without_pong_ends_the_session() {
     let body = p.get_ok().await;
     let waited = pinged.elapsed();
     assert_eq!(body, "1");
-    assert!(waited >= Duration::from_millis(100), "closed {waited:?} after the ping");
-    assert!(waited < Duration::from_millis(2000), "closed {waited:?} after the ping");
+    assert_ping_timeout_delay(waited);
     p.assert_gone().await;
     registry_empties(&server).await;
 }

@@ -14,16 +14,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::eio::Ws;
+use common::{SIO, SOON};
 use futures_util::{SinkExt, StreamExt};
 use roomcast::conn::events::SocketEvent;
 use roomcast::reason::DisconnectReason;
 use tokio::sync::broadcast::Receiver;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(5);
 
 fn server(tweak: impl FnOnce(&mut roomcast::config::Settings)) -> common::TestServer {
     common::spawn(common::settings(|s| {
@@ -36,7 +34,7 @@ fn server(tweak: impl FnOnce(&mut roomcast::config::Settings)) -> common::TestSe
 
 /// Opens a WebSocket session and reads its open packet.
 async fn open(server: &common::TestServer) -> Ws {
-    let url = format!("{}/socket.io/?EIO=4&transport=websocket", server.ws());
+    let url = format!("{}{SIO}?EIO=4&transport=websocket", server.ws());
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
     let open = next_text(&mut ws).await;
     assert!(open.starts_with("0{"), "{open}");
@@ -46,7 +44,7 @@ async fn open(server: &common::TestServer) -> Ws {
 /// The next text frame that is not a ping (pings are answered).
 async fn next_text(ws: &mut Ws) -> String {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let msg = tokio::time::timeout(SOON, ws.next())
             .await
             .expect("a frame in time")
             .expect("socket open")
@@ -78,7 +76,7 @@ async fn join(ws: &mut Ws, nsp: &str) -> String {
 
 /// The reason of the next `Disconnected` event.
 async fn left(events: &mut Receiver<SocketEvent>) -> (String, DisconnectReason) {
-    tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(SOON, async {
         loop {
             if let SocketEvent::Disconnected { nsp, reason, .. } = events.recv().await.unwrap() {
                 return (nsp.to_string(), reason);
@@ -91,7 +89,7 @@ async fn left(events: &mut Receiver<SocketEvent>) -> (String, DisconnectReason) 
 
 /// Waits for the server to close the socket; returns the close code.
 async fn closed(ws: &mut Ws) -> Option<CloseCode> {
-    tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(SOON, async {
         while let Some(msg) = ws.next().await {
             match msg {
                 Ok(Message::Close(frame)) => return frame.map(|f| f.code),
@@ -133,14 +131,20 @@ async fn server_namespace_disconnect_sends_disconnect() {
     join(&mut ws, "/").await;
 }
 
-#[actix_web::test]
-async fn forced_close_ends_the_session() {
+/// Joins `/` and sends `packet`: the socket must leave with `reason` and the
+/// server close the WebSocket with a policy violation.
+async fn packet_ends_the_session(packet: &str, reason: DisconnectReason) {
     let mut server = server(|_| {});
     let mut ws = open(&server).await;
     join(&mut ws, "/").await;
-    ws.send(Message::text(r#"42["close-me"]"#)).await.unwrap();
-    assert_eq!(left(&mut server.events).await.1, DisconnectReason::ForcedClose);
+    ws.send(Message::text(packet)).await.unwrap();
+    assert_eq!(left(&mut server.events).await.1, reason);
     assert_eq!(closed(&mut ws).await, Some(CloseCode::Policy));
+}
+
+#[actix_web::test]
+async fn forced_close_ends_the_session() {
+    packet_ends_the_session(r#"42["close-me"]"#, DisconnectReason::ForcedClose).await;
 }
 
 #[actix_web::test]
@@ -159,12 +163,7 @@ async fn connect_timeout_closes_a_session_that_joins_nothing() {
 
 #[actix_web::test]
 async fn invalid_packet_is_a_parse_error() {
-    let mut server = server(|_| {});
-    let mut ws = open(&server).await;
-    join(&mut ws, "/").await;
-    ws.send(Message::text(r#"42{"not":"an array"}"#)).await.unwrap();
-    assert_eq!(left(&mut server.events).await.1, DisconnectReason::ParseError);
-    assert_eq!(closed(&mut ws).await, Some(CloseCode::Policy));
+    packet_ends_the_session(r#"42{"not":"an array"}"#, DisconnectReason::ParseError).await;
 }
 
 #[actix_web::test]
@@ -179,7 +178,7 @@ async fn binary_out_of_turn_is_a_parse_error() {
 #[actix_web::test]
 async fn silence_is_a_ping_timeout() {
     let mut server = server(|_| {});
-    let url = format!("{}/socket.io/?EIO=4&transport=websocket", server.ws());
+    let url = format!("{}{SIO}?EIO=4&transport=websocket", server.ws());
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let _open = ws.next().await;
     ws.send(Message::text("40")).await.unwrap();
@@ -209,7 +208,7 @@ async fn client_closing_the_websocket_is_a_transport_close() {
 #[actix_web::test]
 async fn overlapping_polls_are_a_transport_error() {
     let mut server = server(|_| {});
-    let base = format!("{}/socket.io/?EIO=4&transport=polling", server.http());
+    let base = format!("{}{SIO}?EIO=4&transport=polling", server.http());
     let client = reqwest::Client::new();
     let open = client.get(&base).send().await.unwrap().text().await.unwrap();
     let sid = serde_json::from_str::<serde_json::Value>(&open[1..]).unwrap()["sid"]

@@ -19,143 +19,43 @@
 //!   with none configured, none is ever returned.
 mod common;
 
-use std::future::Future;
-use std::time::Duration;
-
 use base64::Engine as _;
-use common::TestServer;
+use common::eio::parse_open;
+use common::raw::{raw_request, RawResponse, RawWs, RFC_KEY};
+use common::{TestServer, ECHO, SIO};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// The Socket.IO endpoint: `server.registry` holds its sessions.
-const SIO: &str = "/socket.io/";
-/// The echo endpoint.
-const ECHO: &str = "/engine.io/";
-/// Upper bound for anything that should happen "now".
-const SOON: Duration = Duration::from_secs(5);
-/// RFC 6455 §1.3 example key and its accept value, base64(sha1(key +
+/// The accept value of `RFC_KEY` (RFC 6455 §1.3), base64(sha1(key +
 /// "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")).
-const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(SOON, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// A response read off a raw connection.
-struct Raw {
-    status: u16,
-    head: String,
-    headers: Vec<(String, String)>,
-    /// The body of a non-101 response (by `Content-Length`).
-    body: Vec<u8>,
-    stream: TcpStream,
-    /// Bytes read past the head of a 101 (WebSocket frames).
-    rest: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        let mut all = self.headers_all(name).into_iter();
-        let first = all.next();
-        assert!(all.next().is_none(), "header {name} repeated:\n{}", self.head);
-        first
-    }
-
-    fn headers_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// Asserts a 400 with the Engine.IO body for `code`.
-    fn assert_refused(&self, code: u8, message: &str, case: &str) {
-        assert_eq!(self.status, 400, "{case}:\n{}", self.head);
-        let v: Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{case}: {e}: {:?}", String::from_utf8_lossy(&self.body)));
-        assert_eq!(v, json!({"code": code, "message": message}), "{case}");
-        assert!(self.header("Sec-WebSocket-Accept").is_none(), "{case}");
-    }
-
-    /// Reads the first server frame after a 101: FIN/RSV/opcode byte and payload.
-    async fn first_frame(&mut self) -> (u8, Vec<u8>) {
-        loop {
-            let b = &self.rest;
-            if b.len() >= 2 {
-                assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
-                let (len, at) = match b[1] & 0x7f {
-                    126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && b.len() >= at + len {
-                    return (b[0], b[at..at + len].to_vec());
-                }
-            }
-            let n = within("a frame", self.stream.read_buf(&mut self.rest)).await.unwrap();
-            assert!(n > 0, "the connection ended before the first frame");
-        }
-    }
-}
-
 /// Sends `GET {target}` with exactly `headers` and reads the response.
-async fn request(server: &TestServer, target: &str, headers: &[&str]) -> Raw {
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+async fn request(server: &TestServer, target: &str, headers: &[&str]) -> RawResponse {
     let mut req = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", server.port);
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = within("the response head", stream.read_buf(&mut buf)).await.unwrap();
-        assert!(
-            n > 0,
-            "closed before the response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut rest = buf.split_off(head_end);
-    let mut body = Vec::new();
-    if status != 101 {
-        let length: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.parse().unwrap())
-            .unwrap_or(0);
-        while rest.len() < length {
-            let n = within("the response body", stream.read_buf(&mut rest)).await.unwrap();
-            assert!(n > 0, "closed before the response body");
-        }
-        body = std::mem::take(&mut rest);
-    }
-    Raw {
-        status,
-        head,
-        headers,
-        body,
-        stream,
-        rest,
-    }
+    raw_request(server, &req).await
+}
+
+/// Asserts a 400 with the Engine.IO body for `code`.
+fn assert_refused(resp: &RawResponse, code: u8, message: &str, case: &str) {
+    assert_eq!(resp.status, 400, "{case}:\n{}", resp.head);
+    let v: Value = serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|e| panic!("{case}: {e}: {:?}", String::from_utf8_lossy(&resp.body)));
+    assert_eq!(v, json!({"code": code, "message": message}), "{case}");
+    assert!(resp.header("Sec-WebSocket-Accept").is_none(), "{case}");
+}
+
+/// The first server frame after a 101: its first byte (FIN, RSV bits,
+/// opcode) and payload; the connection stays open as long as `ws` lives.
+async fn first_frame(ws: &mut RawWs) -> (u8, Vec<u8>) {
+    ws.read_frame()
+        .await
+        .expect("the connection ended before the first frame")
 }
 
 fn target(path: &str) -> String {
@@ -244,7 +144,7 @@ async fn malformed_handshakes_are_refused_without_a_session() {
     for (case, headers) in &cases {
         for path in [SIO, ECHO] {
             let resp = request(&server, &target(path), &refs(headers)).await;
-            resp.assert_refused(3, "Bad request", case);
+            assert_refused(&resp, 3, "Bad request", case);
         }
         assert_eq!(server.registry.len(), 0, "{case}: a session was created");
     }
@@ -269,7 +169,7 @@ async fn plain_get_with_transport_websocket_is_400_code_3() {
 #[actix_web::test]
 async fn rfc_example_key_is_accepted_with_the_rfc_accept_value() {
     let server = common::spawn(common::settings(|_| {}));
-    let mut resp = request(&server, &target(SIO), &refs(&good(RFC_KEY))).await;
+    let resp = request(&server, &target(SIO), &refs(&good(RFC_KEY))).await;
     assert_eq!(resp.status, 101, "{}", resp.head);
     assert_eq!(resp.header("Sec-WebSocket-Accept"), Some(RFC_ACCEPT));
     assert!(resp.header("Upgrade").unwrap().eq_ignore_ascii_case("websocket"));
@@ -279,11 +179,10 @@ async fn rfc_example_key_is_accepted_with_the_rfc_accept_value() {
         .to_ascii_lowercase()
         .contains("upgrade"));
     assert_eq!(server.registry.len(), 1);
-    let (b0, payload) = resp.first_frame().await;
+    let mut ws = resp.into_ws();
+    let (b0, payload) = first_frame(&mut ws).await;
     assert_eq!(b0, 0x81, "a final, uncompressed text frame");
-    let text = String::from_utf8(payload).unwrap();
-    assert!(text.starts_with("0{"), "{text:?}");
-    let open: Value = serde_json::from_str(&text[1..]).unwrap();
+    let open = parse_open(&String::from_utf8(payload).unwrap());
     assert_eq!(open["upgrades"], json!([]));
     assert!(server.registry.get(open["sid"].as_str().unwrap()).is_some());
 }
@@ -324,14 +223,15 @@ async fn no_extension_is_negotiated_even_when_permessage_deflate_is_offered() {
         None,
         &["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"],
     );
-    let mut resp = request(&server, &target(SIO), &refs(&headers)).await;
+    let resp = request(&server, &target(SIO), &refs(&headers)).await;
     assert_eq!(resp.status, 101, "{}", resp.head);
     assert!(
         resp.headers_all("Sec-WebSocket-Extensions").is_empty(),
         "extension negotiated:\n{}",
         resp.head
     );
-    let (b0, _) = resp.first_frame().await;
+    let mut ws = resp.into_ws();
+    let (b0, _) = first_frame(&mut ws).await;
     assert_eq!(b0 & 0x70, 0, "RSV bits set on the first frame (compressed?)");
 }
 

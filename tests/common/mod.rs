@@ -1,5 +1,13 @@
-//! Shared by the integration tests: start a real roomcast on port 0.
+//! Shared by the integration tests: start a real roomcast on port 0, the
+//! endpoints and timing helpers; Engine.IO clients in `eio`, HTTP and
+//! WebSocket written by hand over TCP in `raw`.
 #![allow(dead_code)]
+
+pub mod eio;
+pub mod raw;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use roomcast::config::Settings;
 use roomcast::startup::Application;
@@ -66,5 +74,40 @@ pub fn spawn(settings: Settings) -> TestServer {
         registry,
         events,
         shutdown,
+    }
+}
+
+/// The echo endpoint: every message is sent back.
+pub const ECHO: &str = "/engine.io/";
+/// The Socket.IO endpoint; `server.registry` holds its sessions. The
+/// Engine.IO tests send it only Engine.IO-level input (what it makes of
+/// messages is the Socket.IO layer's business).
+pub const SIO: &str = "/socket.io/";
+/// Upper bound for anything that should happen "now".
+pub const SOON: Duration = Duration::from_secs(5);
+
+/// Heartbeat far away, for tests that are not about it.
+pub fn quiet(s: &mut Settings) {
+    s.engine.ping_interval_ms = 60_000;
+    s.engine.ping_timeout_ms = 60_000;
+}
+
+/// `fut`, which must complete within `SOON`.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(SOON, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits (bounded) until the Socket.IO endpoint has no session left.
+pub async fn registry_empties(server: &TestServer) {
+    let deadline = Instant::now() + SOON;
+    while !server.registry.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "session still registered: {}",
+            server.registry.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
