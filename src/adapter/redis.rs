@@ -195,6 +195,8 @@ async fn subscriber(
             for p in &patterns {
                 pubsub.psubscribe(p).await?;
             }
+            // A round trip proves the subscriptions are in place.
+            pubsub.ping::<redis::Value>().await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         match timeout(config.command_timeout, connect).await {
@@ -213,7 +215,7 @@ async fn subscriber(
                             None => break,
                         },
                         _ = ping.tick() => {
-                            if !matches!(timeout(config.command_timeout, sink.ping::<String>()).await, Ok(Ok(_))) {
+                            if !matches!(timeout(config.command_timeout, sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
                                 break;
                             }
                         }

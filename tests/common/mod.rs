@@ -24,6 +24,8 @@ pub struct TestServer {
     pub events: tokio::sync::broadcast::Receiver<roomcast::conn::events::SocketEvent>,
     /// Graceful shutdown.
     pub shutdown: roomcast::startup::Shutdown,
+    /// The cluster adapter's state.
+    pub cluster: std::sync::Arc<roomcast::adapter::AdapterStatus>,
 }
 
 impl TestServer {
@@ -67,6 +69,7 @@ pub fn spawn(settings: Settings) -> TestServer {
     let registry = app.registry.clone();
     let events = app.events();
     let shutdown = app.shutdown();
+    let cluster = app.cluster.clone();
     actix_web::rt::spawn(app.run_until_stopped());
     TestServer {
         port,
@@ -74,6 +77,7 @@ pub fn spawn(settings: Settings) -> TestServer {
         registry,
         events,
         shutdown,
+        cluster,
     }
 }
 

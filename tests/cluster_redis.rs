@@ -1,0 +1,208 @@
+//! Covers, with a private `redis-server` and two in-process nodes:
+//! - a publish on one node reaches the room's members on the other node
+//!   exactly once, and the publisher's own node does not deliver it twice
+//!   (a node ignores its own messages);
+//! - binary payloads cross nodes as binary;
+//! - Redis killed: both nodes keep serving their local clients, nobody is
+//!   disconnected, the adapter reports itself degraded; Redis restarted on
+//!   the same port: the nodes subscribe again by themselves and cross-node
+//!   delivery resumes.
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::eio::{next, open, send, Ws};
+use common::{within, TestServer, SIO, SOON};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A redis-server of its own on a free port, killed on drop.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not be started ({e}): install it (Debian: apt-get install redis-server)")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + SOON;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(redis: &PrivateRedis) -> TestServer {
+    let url = redis.url();
+    let server = common::spawn(common::settings(move |s| {
+        common::quiet(s);
+        s.redis.url = url;
+        s.redis.command_timeout_ms = 500;
+        s.redis.reconnect_max_ms = 200;
+    }));
+    server
+}
+
+async fn connected(server: &TestServer, want: bool) {
+    within("the adapter state", async {
+        while server.cluster.connected.load(Ordering::Relaxed) != want {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// A Socket.IO client in "/" over WebSocket.
+async fn client(server: &TestServer) -> Ws {
+    let (mut ws, _) = open(server, SIO).await;
+    send(&mut ws, "40").await;
+    let connected = text(&mut ws).await;
+    assert!(connected.starts_with("40{"), "{connected}");
+    ws
+}
+
+/// The next text frame that is not a ping (pings are answered).
+async fn text(ws: &mut Ws) -> String {
+    loop {
+        match next(ws).await {
+            Message::Text(t) if t.as_str() == "2" => send(ws, "3").await,
+            Message::Text(t) => return t.to_string(),
+            Message::Binary(b) => return format!("<binary {b:?}>"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn request(ws: &mut Ws, id: u32, event: &str, arg: serde_json::Value) -> String {
+    send(ws, format!("42{id}{}", serde_json::json!([event, arg]))).await;
+    let reply = text(ws).await;
+    assert!(reply.starts_with(&format!("43{id}")), "{reply}");
+    reply
+}
+
+async fn subscribe(ws: &mut Ws, room: &str) {
+    let reply = request(ws, 1, "subscribe", serde_json::json!({"room": room})).await;
+    assert_eq!(reply, r#"431[{"ok":true}]"#);
+}
+
+async fn publish(ws: &mut Ws, room: &str, data: serde_json::Value) {
+    request(
+        ws,
+        2,
+        "publish",
+        serde_json::json!({"room": room, "event": "chat", "data": data}),
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn publishes_cross_nodes_exactly_once() {
+    let redis = PrivateRedis::start();
+    let (n1, n2) = (node(&redis), node(&redis));
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    let (mut a, mut b) = (client(&n1).await, client(&n2).await);
+    subscribe(&mut a, "lobby").await;
+    subscribe(&mut b, "lobby").await;
+
+    publish(&mut a, "lobby", serde_json::json!({"n": 1})).await;
+    assert_eq!(text(&mut b).await, r#"42["chat",{"n":1}]"#);
+    // B answers; A's next frame is B's message, not a copy of its own.
+    publish(&mut b, "lobby", serde_json::json!({"n": 2})).await;
+    assert_eq!(text(&mut a).await, r#"42["chat",{"n":2}]"#);
+    // And B got nothing more than the one message.
+    publish(&mut a, "lobby", serde_json::json!({"n": 3})).await;
+    assert_eq!(text(&mut b).await, r#"42["chat",{"n":3}]"#);
+}
+
+#[actix_web::test]
+async fn binary_crosses_nodes_as_binary() {
+    let redis = PrivateRedis::start();
+    let (n1, n2) = (node(&redis), node(&redis));
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    let (mut a, mut b) = (client(&n1).await, client(&n2).await);
+    subscribe(&mut a, "files").await;
+    subscribe(&mut b, "files").await;
+    let event = r#"["publish",{"room":"files","event":"blob","data":{"_placeholder":true,"num":0}}]"#;
+    send(&mut a, format!("451-7{event}")).await;
+    send(&mut a, Message::binary(vec![9u8, 8, 7])).await;
+    assert_eq!(text(&mut b).await, r#"451-["blob",{"_placeholder":true,"num":0}]"#);
+    assert_eq!(text(&mut b).await, "<binary b\"\\t\\x08\\x07\">");
+}
+
+#[actix_web::test]
+async fn redis_outage_keeps_local_delivery_and_recovers() {
+    let mut redis = PrivateRedis::start();
+    let (n1, n2) = (node(&redis), node(&redis));
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    let (mut a, mut c, mut b) = (client(&n1).await, client(&n1).await, client(&n2).await);
+    for ws in [&mut a, &mut c, &mut b] {
+        subscribe(ws, "lobby").await;
+    }
+
+    redis.kill();
+    connected(&n1, false).await;
+    // Local delivery goes on; nobody is disconnected.
+    publish(&mut a, "lobby", serde_json::json!({"while": "down"})).await;
+    assert_eq!(text(&mut c).await, r#"42["chat",{"while":"down"}]"#);
+    assert_eq!(n1.registry.len(), 2);
+    assert_eq!(n2.registry.len(), 1);
+
+    redis.spawn();
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    publish(&mut a, "lobby", serde_json::json!({"after": "restart"})).await;
+    assert_eq!(text(&mut c).await, r#"42["chat",{"after":"restart"}]"#);
+    // B lost the message published during the outage (at most once) and
+    // gets the one after it.
+    assert_eq!(text(&mut b).await, r#"42["chat",{"after":"restart"}]"#);
+    assert!(
+        n1.cluster.lost.load(Ordering::Relaxed) >= 1,
+        "the lost broadcast is counted"
+    );
+}
