@@ -77,13 +77,12 @@ impl Drop for PrivateRedis {
 
 fn node(redis: &PrivateRedis) -> TestServer {
     let url = redis.url();
-    let server = common::spawn(common::settings(move |s| {
+    common::spawn(common::settings(move |s| {
         common::quiet(s);
         s.redis.url = url;
         s.redis.command_timeout_ms = 500;
         s.redis.reconnect_max_ms = 200;
-    }));
-    server
+    }))
 }
 
 async fn connected(server: &TestServer, want: bool) {

@@ -5,7 +5,8 @@
 //! on Redis:
 //! - the publisher drains a bounded queue, pipelining what is waiting into
 //!   one round trip with a timeout; while Redis is away it retries with
-//!   capped backoff and counts what it drops;
+//!   capped backoff, holding new broadcasts in the queue between attempts
+//!   and dropping (and counting) those of a failed attempt;
 //! - the subscriber holds a `PSUBSCRIBE {key}#{nsp}#*` connection per node,
 //!   pings it on an interval (a hung Redis looks like a dead one), and on
 //!   loss reconnects with capped backoff and subscribes again.
@@ -138,7 +139,10 @@ async fn publisher(
             }
         }
         let n = batch.len() as u64;
-        if conn.is_none() && Instant::now() >= retry_at {
+        if conn.is_none() {
+            // Wait out the backoff; what arrives meanwhile waits in the
+            // bounded queue (overflow is counted as lost by the actor).
+            tokio::time::sleep_until(retry_at).await;
             match timeout(config.command_timeout, client.get_multiplexed_async_connection()).await {
                 Ok(Ok(c)) => {
                     conn = Some(c);
