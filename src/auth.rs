@@ -95,15 +95,19 @@ impl Verifier {
                 let mut validation = Validation::new(algorithm);
                 validation.leeway = s.jwt_leeway_s;
                 validation.validate_nbf = true;
-                validation.set_required_spec_claims(&["exp"]);
+                // A configured `aud`/`iss` must also be present in the token.
+                let mut required = vec!["exp"];
                 if s.jwt_audience.is_empty() {
                     validation.validate_aud = false;
                 } else {
                     validation.set_audience(&[&s.jwt_audience]);
+                    required.push("aud");
                 }
                 if !s.jwt_issuer.is_empty() {
                     validation.set_issuer(&[&s.jwt_issuer]);
+                    required.push("iss");
                 }
+                validation.set_required_spec_claims(&required);
                 Some((key, validation))
             }
             other => return Err(format!("unsupported algorithm {other:?} (HS256, RS256 or ES256)")),
@@ -152,6 +156,15 @@ impl Verifier {
                     _ => INVALID,
                 })?;
                 let c = data.claims;
+                // RFC 7519 §4.1.4: expired from `exp` on (jsonwebtoken
+                // accepts the whole second of `exp`, so a token refused by
+                // the live expiry would connect again within that second).
+                if c.exp.saturating_add(validation.leeway) <= now_secs() {
+                    return Err(AuthError {
+                        code: "token_expired",
+                        message: "Token expired",
+                    });
+                }
                 Ok(Identity {
                     user: c.sub,
                     subscribe: patterns(&c.subscribe),
@@ -171,6 +184,13 @@ impl std::fmt::Debug for Verifier {
             .field("anonymous_namespaces", &self.anonymous_namespaces)
             .finish_non_exhaustive()
     }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 fn patterns(list: &[String]) -> Vec<WildMatch> {
@@ -233,6 +253,14 @@ mod tests {
         assert_eq!(
             check(token(json!({"aud": "other", "exp": now() + 60}), Algorithm::HS256)),
             "invalid_token"
+        );
+        assert_eq!(
+            check(token(json!({"exp": now() + 60}), Algorithm::HS256)),
+            "invalid_token"
+        );
+        assert_eq!(
+            check(token(json!({"aud": "roomcast", "exp": now()}), Algorithm::HS256)),
+            "token_expired"
         );
         assert_eq!(
             check(token(json!({"aud": "roomcast"}), Algorithm::HS256)),

@@ -140,6 +140,7 @@ impl Application {
             }
             app
         })
+        .on_connect(crate::transport::websocket::record_fd)
         .listen(listener)?
         // Signals are handled by `run_until_stopped`, which closes sessions
         // with "server shutting down" before the workers stop.

@@ -175,8 +175,15 @@ struct PublishBody {
     room: Option<String>,
     rooms: Option<Vec<String>>,
     event: String,
+    /// Present (`null` included) or absent.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Value>,
     except: Option<Vec<String>>,
+}
+
+/// Keeps an explicit `null` as `Some(Value::Null)` (serde reads it as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) -> Result<HttpResponse, ApiError> {

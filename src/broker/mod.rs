@@ -65,6 +65,8 @@ pub struct Deliver {
 pub struct Evict {
     /// Why, for the log and the audit log.
     pub detail: String,
+    /// Drop the socket at once (a slow consumer) instead of closing it.
+    pub abort: bool,
 }
 
 /// A namespace socket the broker can deliver to.
@@ -247,6 +249,7 @@ impl Broker {
                 member.evicted = true;
                 member.evict.do_send(Evict {
                     detail: "slow consumer: connection mailbox full".into(),
+                    abort: true,
                 });
                 false
             }
@@ -509,7 +512,10 @@ impl Handler<Kick> for Broker {
     fn handle(&mut self, msg: Kick, _: &mut Self::Context) -> bool {
         match self.members.get(&msg.socket_id) {
             Some(m) => {
-                m.evict.do_send(Evict { detail: msg.detail });
+                m.evict.do_send(Evict {
+                    detail: msg.detail,
+                    abort: false,
+                });
                 true
             }
             None => false,

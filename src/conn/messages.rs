@@ -29,6 +29,9 @@ pub trait FrameSink: Send {
     fn pong(&mut self, payload: Bytes);
     /// Writes a close frame after what is queued, then lets go of the socket.
     fn close(self: Box<Self>, code: u16);
+    /// Drops the connection at once, discarding what is queued (a client
+    /// that stopped reading would otherwise hold it forever).
+    fn abort(self: Box<Self>);
 }
 
 /// A WebSocket's write side, with the id that tells the active socket from

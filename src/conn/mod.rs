@@ -116,6 +116,8 @@ pub struct Connection {
     closed_by: Option<DisconnectReason>,
     /// The Socket.IO layer's state ([`App::SocketIo`] endpoints).
     sio: Option<SioState>,
+    /// The client stopped reading: drop the socket instead of closing it.
+    abort_transport: bool,
     span: tracing::Span,
 }
 
@@ -153,6 +155,7 @@ impl Connection {
             timer: None,
             closed_by: None,
             sio: shared.sio.as_ref().map(SioState::new),
+            abort_transport: false,
             span,
         };
         let addr = conn.start();
@@ -284,6 +287,7 @@ impl Connection {
                         DisconnectReason::ForcedClose,
                         "slow consumer: websocket write queue full",
                     );
+                    self.abort_transport = true;
                     self.close(cause, None, ctx);
                 }
             }
@@ -291,33 +295,28 @@ impl Connection {
         }
     }
 
-    /// Answers the pending GET with what is buffered. While polling is
-    /// read-only (upgrade probed) nothing but the noop from
-    /// [`Connection::hold_paused_poll`] goes out on it.
+    /// Answers the pending GET with what is buffered (or with the last
+    /// frame of a closing session). While polling is read-only (upgrade
+    /// probed) nothing but the noop from [`Connection::hold_paused_poll`]
+    /// goes out on it.
     fn flush_poll(&mut self) {
         if self.session.polling_paused() {
             return;
         }
-        let Some(reply) = self.poll.take() else {
-            return;
-        };
+        let Some(reply) = self.poll.take() else { return };
         if reply.is_closed() {
             return; // the client gave up on that GET; data stays buffered
         }
-        let frames = self.session.take_buffered();
-        if frames.is_empty() {
+        let Some(frames) = self.session.poll_payload() else {
             self.poll = Some(reply);
             return;
-        }
+        };
         tracing::debug!(parent: &self.span, frames = frames.len(), "poll answered with data");
-        match reply.send(Ok(encode_payload(&frames))) {
-            Ok(()) => {
-                if matches!(self.session.state(), State::Closing { .. }) {
-                    self.session.finish_close();
-                }
-            }
+        if let Err(Ok(_)) = reply.send(Ok(encode_payload(&frames))) {
             // The GET went away between the check and the send: keep order.
-            Err(_) => self.session.unshift(frames),
+            if self.session.is_live() {
+                self.session.unshift(frames);
+            }
         }
     }
 
@@ -383,16 +382,21 @@ impl Connection {
         cause: CloseCause,
         input: Option<&[u8]>,
         ws_code: Option<u16>,
-        _ctx: &mut Context<Self>,
+        ctx: &mut Context<Self>,
     ) {
-        if !self.session.is_live() {
+        if !self.session.is_live() || self.closed_by.is_some() {
             return;
         }
         let reason = cause.reason;
         self.closed_by = Some(reason);
         let transport = self.session.transport();
+        // A server-decided close delivers what was accepted for the client
+        // first; on WebSocket that means moving it to the socket now.
+        if reason.drains_first() && transport == TransportKind::WebSocket && !self.abort_transport {
+            self.flush(ctx);
+        }
         // 1. transport
-        match self.session.close(reason, Instant::now()) {
+        match self.session.close(&cause, Instant::now()) {
             CloseMode::Now => self.answer_poll(Ok(encode_payload(&[Frame::close()]))),
             CloseMode::Drain => self.flush_poll(),
         }
@@ -403,7 +407,11 @@ impl Connection {
             _ => close_code::NORMAL,
         });
         for writer in [self.ws.take(), self.probe.take()].into_iter().flatten() {
-            writer.sink.close(code);
+            if self.abort_transport {
+                writer.sink.abort();
+            } else {
+                writer.sink.close(code);
+            }
         }
         // 2. application: every namespace socket ends with this reason.
         self.sio_closed(reason);

@@ -598,6 +598,7 @@ impl Handler<Evict> for Connection {
 
     fn handle(&mut self, msg: Evict, ctx: &mut Self::Context) {
         let _enter = self.span.clone().entered();
+        self.abort_transport = msg.abort;
         self.close(CloseCause::new(DisconnectReason::ForcedClose, msg.detail), None, ctx);
         self.after(ctx);
     }

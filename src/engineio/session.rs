@@ -93,6 +93,9 @@ pub struct CloseCause {
     pub reason: DisconnectReason,
     /// A human-readable detail.
     pub detail: String,
+    /// End at once even where the reason would deliver buffered data first
+    /// (a limit breach: the client already got the error).
+    pub at_once: bool,
 }
 
 impl CloseCause {
@@ -101,7 +104,14 @@ impl CloseCause {
         Self {
             reason,
             detail: detail.into(),
+            at_once: false,
         }
+    }
+
+    /// The same cause, ending the session at once.
+    pub fn at_once(mut self) -> Self {
+        self.at_once = true;
+        self
     }
 }
 
@@ -144,6 +154,8 @@ pub struct Session {
     next_ping: Option<Instant>,
     /// When the outstanding ping times out.
     pong_deadline: Option<Instant>,
+    /// The frame that ends a closing polling session (close or noop).
+    last: Option<Frame>,
     limits: Limits,
 }
 
@@ -156,6 +168,7 @@ impl Session {
             buffer: VecDeque::new(),
             next_ping: Some(now + limits.ping_interval),
             pong_deadline: None,
+            last: None,
             limits,
         }
     }
@@ -289,38 +302,56 @@ impl Session {
         self.buffer = frames;
     }
 
-    /// Starts closing. On polling, the next GET ends the session (or the
-    /// deadline does): after a server-decided close it takes what is
-    /// buffered and the close packet; after the client's own close packet it
-    /// takes a noop (the client knows, and a GET racing the POST that
-    /// carried the close is answered cleanly). Every other close is at once.
-    pub fn close(&mut self, reason: DisconnectReason, now: Instant) -> CloseMode {
+    /// Starts closing. On polling the session ends with a last GET: after a
+    /// server-decided close, GETs first take what is buffered, then one
+    /// takes the close packet on its own (as the reference server sends it,
+    /// so a client handles every message before it learns of the close);
+    /// after the client's own close packet, the next GET takes a noop (a
+    /// GET racing the POST that carried the close is answered cleanly).
+    /// Every other close is at once.
+    pub fn close(&mut self, cause: &CloseCause, now: Instant) -> CloseMode {
+        let reason = cause.reason;
         if matches!(self.state, State::Closed | State::Closing { .. }) {
             return CloseMode::Now;
         }
         self.next_ping = None;
         self.pong_deadline = None;
         let polling = self.transport == TransportKind::Polling;
-        let last = if polling && reason.drains_first() && !self.buffer.is_empty() {
-            Frame::close()
+        self.last = if polling && reason.drains_first() && !cause.at_once {
+            Some(Frame::close())
         } else if polling && reason == DisconnectReason::TransportClose {
             self.buffer.clear();
-            Frame::noop()
+            Some(Frame::noop())
         } else {
             self.buffer.clear();
             self.state = State::Closed;
             return CloseMode::Now;
         };
-        self.buffer.push_back(last);
         self.state = State::Closing {
             deadline: now + self.limits.ping_timeout,
         };
         CloseMode::Drain
     }
 
-    /// Marks the session closed (after a drain completed or timed out).
+    /// What a polling GET takes now: the buffered frames, or, once they are
+    /// gone from a closing session, its last frame (which ends it). `None`:
+    /// nothing yet, the GET waits.
+    pub fn poll_payload(&mut self) -> Option<VecDeque<Frame>> {
+        if !self.buffer.is_empty() {
+            return Some(self.take_buffered());
+        }
+        if matches!(self.state, State::Closing { .. }) {
+            let last = self.last.take()?;
+            self.state = State::Closed;
+            return Some(VecDeque::from([last]));
+        }
+        None
+    }
+
+    /// Marks the session closed (after a drain timed out).
     pub fn finish_close(&mut self) {
         self.buffer.clear();
+        self.last = None;
         self.state = State::Closed;
     }
 
@@ -473,19 +504,26 @@ mod tests {
             s.push(Frame::message_text(&i.to_string())).unwrap();
         }
         assert_eq!(s.push(Frame::noop()).unwrap_err().reason, ForcedClose);
-        assert_eq!(s.close(ForcedClose, t0), CloseMode::Drain);
-        let drained = s.take_buffered();
-        assert_eq!(drained.len(), 5);
-        assert_eq!(drained.back(), Some(&Frame::close()));
+        assert_eq!(s.close(&CloseCause::new(ForcedClose, ""), t0), CloseMode::Drain);
+        // The data first, then the close packet in a response of its own.
+        assert_eq!(s.poll_payload().unwrap().len(), 4);
+        assert_eq!(s.poll_payload().unwrap(), [Frame::close()]);
+        assert_eq!(s.state(), State::Closed);
+        assert_eq!(s.poll_payload(), None);
+
+        // A server-decided close with nothing buffered still tells the client.
+        let mut s = Session::new(TransportKind::Polling, limits(), t0);
+        assert_eq!(s.close(&CloseCause::new(ServerShuttingDown, ""), t0), CloseMode::Drain);
+        assert_eq!(s.poll_payload().unwrap(), [Frame::close()]);
 
         let mut s = Session::new(TransportKind::Polling, limits(), t0);
         s.push(Frame::message_text("x")).unwrap();
-        assert_eq!(s.close(TransportClose, t0), CloseMode::Drain);
-        assert_eq!(s.take_buffered(), [Frame::noop()]);
+        assert_eq!(s.close(&CloseCause::new(TransportClose, ""), t0), CloseMode::Drain);
+        assert_eq!(s.poll_payload().unwrap(), [Frame::noop()]);
 
         let mut s = Session::new(TransportKind::Polling, limits(), t0);
         s.push(Frame::message_text("x")).unwrap();
-        assert_eq!(s.close(ParseError, t0), CloseMode::Now);
+        assert_eq!(s.close(&CloseCause::new(ParseError, ""), t0), CloseMode::Now);
         assert_eq!(s.state(), State::Closed);
         assert_eq!(s.buffered(), 0);
     }

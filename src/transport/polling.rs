@@ -72,7 +72,12 @@ pub async fn post(
     }
     let _release = Release(&entry);
 
-    let close = |reason, detail: String| entry.addr.do_send(CloseSession(CloseCause::new(reason, detail)));
+    // The client gets the error in the response: the session ends at once.
+    let close = |reason, detail: String| {
+        entry
+            .addr
+            .do_send(CloseSession(CloseCause::new(reason, detail).at_once()))
+    };
     if binary {
         close(
             DisconnectReason::ParseError,

@@ -66,7 +66,7 @@ pub fn accept(
     Some(Accepted {
         response,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        sink: Some(Box::new(ActixSink::new(session, backlog))),
+        sink: Some(Box::new(ActixSink::new(session, backlog, socket_handle(req)))),
         stream,
     })
 }
@@ -151,19 +151,47 @@ struct Backlog {
     close: Option<u16>,
 }
 
+/// The file descriptor of a connection's socket, recorded by
+/// [`record_fd`] when the connection is accepted.
+#[derive(Clone, Copy)]
+pub struct ConnFd(pub std::os::fd::RawFd);
+
+/// `HttpServer::on_connect` hook: records each connection's socket fd.
+pub fn record_fd(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsRawFd as _;
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        ext.insert(ConnFd(tcp.as_raw_fd()));
+    }
+}
+
+/// A second handle on the request's socket, to abort it later.
+fn socket_handle(req: &HttpRequest) -> Option<std::net::TcpStream> {
+    let fd = req.conn_data::<ConnFd>()?.0;
+    // SAFETY: the connection that owns `fd` is alive while its request is
+    // handled, so `fd` is an open socket here; the duplicate keeps the same
+    // socket (not the number) and is closed with the sink.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned().ok().map(std::net::TcpStream::from)
+}
+
 /// [`FrameSink`] over an `actix_ws::Session`.
 pub struct ActixSink {
     session: actix_ws::Session,
     backlog: Arc<Mutex<Backlog>>,
     limit: usize,
+    /// The socket itself, to abort a connection whose client stopped
+    /// reading: actix does not poll the response body while its write
+    /// buffer is full, so ending the body would not free it.
+    socket: Option<std::net::TcpStream>,
 }
 
 impl ActixSink {
-    fn new(session: actix_ws::Session, limit: usize) -> Self {
+    fn new(session: actix_ws::Session, limit: usize, socket: Option<std::net::TcpStream>) -> Self {
         Self {
             session,
             backlog: Arc::default(),
             limit,
+            socket,
         }
     }
 
@@ -242,6 +270,16 @@ impl FrameSink for ActixSink {
 
     fn pong(&mut self, payload: Bytes) {
         let _ = tokio::task::unconstrained(self.session.pong(&payload)).now_or_never();
+    }
+
+    fn abort(self: Box<Self>) {
+        if let Some(socket) = &self.socket {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        // unwrap: the lock is only held for queue operations.
+        let mut b = self.backlog.lock().unwrap();
+        b.frames.clear();
+        b.close = None;
     }
 
     fn close(self: Box<Self>, code: u16) {

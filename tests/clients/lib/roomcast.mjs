@@ -16,6 +16,19 @@ import { io as ioClient } from "socket.io-client";
 const here = dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = resolve(here, "..", "..", "..");
 export const CONFIG = resolve(here, "..", "roomcast-test.toml");
+// The pub/sub profile (pubsub, auth, api and slow_consumer tests).
+export const PUBSUB_CONFIG = resolve(here, "..", "roomcast-pubsub.toml");
+
+// Values of roomcast-pubsub.toml, for the tests that depend on them.
+export const PUBSUB = Object.freeze({
+  config: PUBSUB_CONFIG,
+  jwtSecret: "roomcast-pubsub-tests-secret-0123456789abcdef",
+  jwtAudience: "roomcast-tests",
+  apiKey: "roomcast-test-api-key-0123456789",
+  maxPerSocket: 5,
+  maxBufferedPackets: 128,
+  notifyNamespaces: ["/other", "/private"],
+});
 
 // Timings of roomcast-test.toml, for the assertions that depend on them.
 export const PING_INTERVAL_MS = 500;
@@ -46,13 +59,14 @@ process.on("exit", () => {
 });
 
 /**
- * Starts roomcast with tests/clients/roomcast-test.toml on `port` (0 = any
- * free port) and resolves once it logs that it listens.
+ * Starts roomcast with tests/clients/roomcast-test.toml (or the profile at
+ * `config`) on `port` (0 = any free port), with `env` added to the
+ * environment, and resolves once it logs that it listens.
  */
-export async function startRoomcast({ port = 0, startTimeoutMs = 10000 } = {}) {
-  const child = spawn(roomcastBin(), ["--config", CONFIG], {
+export async function startRoomcast({ port = 0, startTimeoutMs = 10000, config = CONFIG, env = {} } = {}) {
+  const child = spawn(roomcastBin(), ["--config", config], {
     cwd: REPO_ROOT,
-    env: { ...process.env, ROOMCAST__SERVER__PORT: String(port), NO_COLOR: "1", RUST_LOG: "info" },
+    env: { ...process.env, ROOMCAST__SERVER__PORT: String(port), NO_COLOR: "1", RUST_LOG: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   live.add(child);
@@ -68,6 +82,8 @@ export async function startRoomcast({ port = 0, startTimeoutMs = 10000 } = {}) {
   });
 
   let onLine = () => {};
+  // Pending server.waitForLog calls: { re, resolve }.
+  const logWaiters = new Set();
   const collect = (stream) => {
     let rest = "";
     stream.setEncoding("utf8");
@@ -78,6 +94,9 @@ export async function startRoomcast({ port = 0, startTimeoutMs = 10000 } = {}) {
         const line = raw.replace(ANSI, "");
         lines.push(line);
         onLine(line);
+        for (const waiter of logWaiters) {
+          if (waiter.re.test(line)) waiter.resolve(line);
+        }
       }
     });
   };
@@ -91,6 +110,31 @@ export async function startRoomcast({ port = 0, startTimeoutMs = 10000 } = {}) {
     url: "",
     exited: exitPromise,
     log: () => lines.join("\n"),
+    /** The log lines so far (stdout and stderr, without ANSI colours). */
+    lines: () => lines.slice(),
+    /**
+     * Resolves with the first log line (past or future) matching `re`, or
+     * rejects after `timeoutMs`.
+     */
+    waitForLog(re, timeoutMs = 3000) {
+      const found = lines.find((line) => re.test(line));
+      if (found !== undefined) return Promise.resolve(found);
+      return new Promise((resolveLine, rejectLine) => {
+        const waiter = {
+          re,
+          resolve: (line) => {
+            clearTimeout(timer);
+            logWaiters.delete(waiter);
+            resolveLine(line);
+          },
+        };
+        const timer = setTimeout(() => {
+          logWaiters.delete(waiter);
+          rejectLine(new Error(`timed out after ${timeoutMs} ms waiting for a log line matching ${re}`));
+        }, timeoutMs);
+        logWaiters.add(waiter);
+      });
+    },
     /** Sends a signal (SIGSTOP, SIGCONT, SIGKILL, ...) to the process. */
     signal(sig) {
       if (!exited) process.kill(child.pid, sig);
@@ -165,9 +209,9 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * factory; every socket made with it is closed and the process is killed at
  * the end, pass or fail. On failure the server log is added to the error.
  */
-export function serverTest(name, fn, { timeout = 20000 } = {}) {
+export function serverTest(name, fn, { timeout = 20000, config, env } = {}) {
   test(name, { timeout }, async (t) => {
-    const server = await startRoomcast();
+    const server = await startRoomcast({ config, env });
     const sockets = [];
     const ctx = {
       t,
@@ -229,4 +273,103 @@ export function connected(socket, timeoutMs = 3000) {
     socket.on("connect", onConnect);
     socket.on("connect_error", onError);
   });
+}
+
+/**
+ * Emits `event` with `arg` and resolves with the server's ack (the first
+ * argument), or rejects after `timeoutMs`.
+ */
+export function ack(socket, event, arg, timeoutMs = 3000) {
+  return socket.timeout(timeoutMs).emitWithAck(event, arg);
+}
+
+/**
+ * Resolves with the next `connect_error` of `socket` (an Error with
+ * `message` and `data`), or rejects if it connects instead or after
+ * `timeoutMs`.
+ */
+export function connectError(socket, timeoutMs = 3000) {
+  return new Promise((resolveErr, rejectErr) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      rejectErr(new Error(`no connect_error within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onConnect = () => {
+      cleanup();
+      rejectErr(new Error(`expected connect_error, but the socket connected (id ${socket.id})`));
+    };
+    const onError = (err) => {
+      cleanup();
+      resolveErr(err);
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off("connect", onConnect);
+      socket.off("connect_error", onError);
+    };
+    socket.on("connect", onConnect);
+    socket.on("connect_error", onError);
+  });
+}
+
+/**
+ * Counts the arguments of every `event` on `socket` into `list`, and lets a
+ * test wait until a predicate over the list holds.
+ *
+ *     const inbox = collect(socket, "msg");
+ *     await inbox.until((list) => list.length === 3, 3000, "3 messages");
+ */
+export function collect(socket, event) {
+  const list = [];
+  const waiters = new Set();
+  socket.on(event, (...args) => {
+    list.push(args.length <= 1 ? args[0] : args);
+    for (const w of waiters) w();
+  });
+  return {
+    list,
+    until(predicate, timeoutMs = 3000, what = `"${event}" condition`) {
+      if (predicate(list)) return Promise.resolve(list);
+      return new Promise((resolveUntil, rejectUntil) => {
+        const check = () => {
+          if (predicate(list)) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            resolveUntil(list);
+          }
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          rejectUntil(new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === "function" ? what() : what} (got ${list.length} "${event}")`));
+        }, timeoutMs);
+        waiters.add(check);
+      });
+    },
+  };
+}
+
+/**
+ * A request to roomcast's HTTP API (`path` under /api/v1) with Node's fetch.
+ * `key` defaults to PUBSUB.apiKey (null = no Authorization header);
+ * `authorization` sets that header verbatim. Resolves with
+ * `{ status, headers, text, json }` (`json` is undefined if the body is not
+ * JSON).
+ */
+export async function apiRequest(server, method, path, { body, key = PUBSUB.apiKey, authorization, headers = {}, rawBody } = {}) {
+  const h = { ...headers };
+  if (authorization !== undefined) h.authorization = authorization;
+  else if (key !== null) h.authorization = `Bearer ${key}`;
+  let payload;
+  if (rawBody !== undefined) payload = rawBody;
+  else if (body !== undefined) {
+    payload = JSON.stringify(body);
+    h["content-type"] ??= "application/json";
+  }
+  const res = await fetch(`${server.url}/api/v1${path}`, { method, headers: h, body: payload, signal: AbortSignal.timeout(5000) });
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {}
+  return { status: res.status, headers: res.headers, text, json };
 }

@@ -21,6 +21,11 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 CONFIG = os.path.abspath(os.path.join(HERE, "..", "roomcast-test.toml"))
+# The pub/sub profile (tests/clients/js/{pubsub,auth,api,slow_consumer}.test.mjs,
+# py/test_api_schema.py) and its values that tests depend on.
+PUBSUB_CONFIG = os.path.abspath(os.path.join(HERE, "..", "roomcast-pubsub.toml"))
+PUBSUB_API_KEY = "roomcast-test-api-key-0123456789"
+PUBSUB_NAMESPACES = ("/", "/private", "/other")
 
 # Timings of roomcast-test.toml.
 PING_INTERVAL_S = 0.5
@@ -41,12 +46,16 @@ def roomcast_bin():
 
 
 class Roomcast:
-    """A roomcast process; `url` is http://127.0.0.1:PORT once started."""
+    """A roomcast process; `url` is http://127.0.0.1:PORT once started.
 
-    def __init__(self, port=0, start_timeout=10.0):
-        env = dict(os.environ, ROOMCAST__SERVER__PORT=str(port), NO_COLOR="1", RUST_LOG="info")
+    `config` is the profile (roomcast-test.toml unless given); `env` is added
+    to the environment.
+    """
+
+    def __init__(self, port=0, start_timeout=10.0, config=CONFIG, env=None):
+        env = {**os.environ, "ROOMCAST__SERVER__PORT": str(port), "NO_COLOR": "1", "RUST_LOG": "info", **(env or {})}
         self.proc = subprocess.Popen(
-            [roomcast_bin(), "--config", CONFIG],
+            [roomcast_bin(), "--config", config],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
