@@ -314,6 +314,33 @@ mod tests {
     }
 
     #[test]
+    fn rs256_and_es256_verify_with_public_keys_and_refuse_other_keys() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for (alg, name) in [(Algorithm::RS256, "rs256"), (Algorithm::ES256, "es256")] {
+            let mut s = settings();
+            s.jwt_algorithm = format!("{alg:?}");
+            s.jwt_public_key_file = fixtures.join(format!("{name}-public.pem")).display().to_string();
+            let v = Verifier::from_settings(&s).unwrap();
+            let private = std::fs::read(fixtures.join(format!("{name}-private.pem"))).unwrap();
+            let key = match alg {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(&private).unwrap(),
+                _ => EncodingKey::from_ec_pem(&private).unwrap(),
+            };
+            let claims = json!({"sub": "ann", "aud": "roomcast", "exp": now() + 60, "subscribe": ["a"]});
+            let good = encode(&Header::new(alg), &claims, &key).unwrap();
+            let id = v.check("/", &json!({ "token": good })).unwrap();
+            assert_eq!(id.user.as_deref(), Some("ann"), "{name}");
+            // Signed with the HS256 secret instead: refused (algorithm pinned).
+            let hs = token(claims, Algorithm::HS256);
+            assert_eq!(
+                v.check("/", &json!({ "token": hs })).unwrap_err().code,
+                "invalid_token",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn settings_are_checked() {
         let mut s = settings();
         s.jwt_secret = "short".into();
