@@ -5,6 +5,8 @@
 
 pub mod eio;
 pub mod raw;
+#[cfg(unix)]
+pub mod suite;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,99 @@
+#!/usr/bin/env node
+// A Node.js Socket.IO node of a mixed cluster: socket.io 4.8 with the
+// official @socket.io/redis-adapter 8.x (classic pub/sub), speaking
+// roomcast's client protocol (docs/protocol.md) for the events the cluster
+// tests use: subscribe, unsubscribe, publish (acks as roomcast's) and a
+// node-local presence.
+//
+//   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
+//
+// Prints "READY <port> <adapter uid of />" once it listens and the adapter's
+// subscriptions are confirmed by Redis. SIGTERM/SIGINT close it cleanly.
+
+import { createServer } from "node:http";
+import { parseArgs } from "node:util";
+import { Server } from "socket.io";
+import { createClient } from "redis";
+import { createAdapter } from "@socket.io/redis-adapter";
+
+const { values: opts } = parseArgs({
+  options: {
+    redis: { type: "string", default: "redis://127.0.0.1:6379/" },
+    port: { type: "string", default: "0" },
+    key: { type: "string", default: "socket.io" },
+  },
+});
+
+const ROOM_RE = /^[A-Za-z0-9_\-.:@/#=+]{1,128}$/;
+const RESERVED = new Set(["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"]);
+const refuse = (code, message) => ({ ok: false, error: { code, message } });
+
+const pub = createClient({ url: opts.redis });
+const sub = pub.duplicate();
+pub.on("error", (e) => console.error("redis pub error:", e.message));
+sub.on("error", (e) => console.error("redis sub error:", e.message));
+await Promise.all([pub.connect(), sub.connect()]);
+
+const httpServer = createServer();
+const io = new Server(httpServer, { adapter: createAdapter(pub, sub, { key: opts.key }) });
+const nsp = io.of("/");
+
+nsp.on("connection", (socket) => {
+  console.error(`connect ${socket.id} (${socket.conn.transport.name})`);
+  socket.on("disconnect", (reason) => console.error(`disconnect ${socket.id}: ${reason}`));
+  const handle = (fn) => (arg, ack) => {
+    if (typeof ack !== "function") return;
+    if (!arg || typeof arg !== "object" || typeof arg.room !== "string") return ack(refuse("bad_request", "expected {room}"));
+    if (!ROOM_RE.test(arg.room)) return ack(refuse("invalid_room", "bad room name"));
+    ack(fn(arg));
+  };
+  socket.on("subscribe", handle(({ room }) => {
+    socket.join(room);
+    return { ok: true };
+  }));
+  socket.on("unsubscribe", handle(({ room }) => {
+    socket.leave(room);
+    return { ok: true };
+  }));
+  socket.on("publish", handle(({ room, event, data }) => {
+    if (typeof event !== "string" || !event || event.length > 128 || RESERVED.has(event)) {
+      return refuse("invalid_event", "bad event");
+    }
+    const members = nsp.adapter.rooms.get(room);
+    const recipients = members ? [...members].filter((id) => id !== socket.id).length : 0;
+    // Through the adapter: delivered here and PUBLISHed on Redis for the
+    // other nodes, with this socket's id in `except`.
+    socket.to(room).emit(event, data);
+    return { ok: true, recipients };
+  }));
+  // This node's members only (roomcast does not answer the adapter's
+  // request channel, so a cluster-wide fetchSockets would time out).
+  socket.on("presence", handle(({ room }) => {
+    const members = [...(nsp.adapter.rooms.get(room) ?? [])];
+    return { ok: true, room, count: members.length, members: members.map((id) => ({ id, user: null })) };
+  }));
+});
+
+// The adapter PSUBSCRIBEs and then SUBSCRIBEs on the sub connection; once
+// Redis counts a subscriber on this adapter's own response channel, both
+// are in place.
+const uid = nsp.adapter.uid;
+const ownChannel = `${opts.key}-response#/#${uid}#`;
+for (let i = 0; ; i++) {
+  const counts = await pub.pubSubNumSub(ownChannel);
+  if (counts[ownChannel] >= 1) break;
+  if (i > 200) throw new Error(`the adapter did not subscribe to ${ownChannel}`);
+  await new Promise((r) => setTimeout(r, 25));
+}
+
+httpServer.listen(Number(opts.port), "127.0.0.1", () => {
+  console.log(`READY ${httpServer.address().port} ${uid}`);
+});
+
+const stop = () => {
+  io.close(() => {
+    Promise.allSettled([pub.quit(), sub.quit()]).then(() => process.exit(0));
+  });
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);

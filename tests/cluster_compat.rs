@@ -1,0 +1,63 @@
+//! Covers: cluster compatibility of roomcast's Redis adapter with the
+//! official Socket.IO cluster software, end to end, with real processes (no
+//! mocks): tests/cluster/*.test.mjs, run with Node's test runner. Each test
+//! file starts a private `redis-server` on a free port and roomcast
+//! processes from ROOMCAST_BIN (this test's `CARGO_BIN_EXE_roomcast`) with
+//! tests/cluster/roomcast-cluster.toml:
+//! - three_nodes: three roomcast nodes, socket.io-client 4.8 clients over
+//!   WebSocket and long-polling; room publishes delivered exactly once on
+//!   every node, no leak to other rooms, HTTP API publishes, binary data;
+//! - emitter: `@socket.io/redis-emitter` 5.x emits to a room, several rooms,
+//!   everyone, with `except`, binary included;
+//! - mixed: a Node.js socket.io 4.8 server with `@socket.io/redis-adapter`
+//!   8.x and two roomcast nodes exchange publishes both ways;
+//! - redis_outage: Redis SIGKILLed, restarted on the same port, paused with
+//!   SIGSTOP and continued, under connected clients.
+//!
+//! This test asserts that the suite passes and prints its whole output
+//! (with the processes' logs of a failing test) when it does not. The Node
+//! packages are installed by scripts/test (`npm ci` in tests/cluster); when
+//! they, Node.js or redis-server are missing the test fails and says so.
+#![cfg(unix)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::suite::{find_on_path, node, run_suite, test_files};
+
+/// Longest the suite may run before it is killed (it normally takes ~15 s).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The npm packages the suite imports (tests/cluster/package.json).
+const PACKAGES: [&str; 5] = [
+    "socket.io-client",
+    "socket.io",
+    "@socket.io/redis-adapter",
+    "@socket.io/redis-emitter",
+    "redis",
+];
+
+fn cluster_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("cluster")
+}
+
+#[test]
+fn redis_cluster_suite() {
+    let dir = cluster_dir();
+    for package in PACKAGES {
+        assert!(
+            dir.join("node_modules").join(package).join("package.json").is_file(),
+            "tests/cluster/node_modules/{package} is missing: run scripts/test, which runs `npm ci` in tests/cluster"
+        );
+    }
+    assert!(
+        find_on_path("redis-server").is_some(),
+        "redis-server is not on PATH: the cluster tests start private Redis instances; install it (Debian: apt-get install redis-server)"
+    );
+    let mut cmd = Command::new(node());
+    cmd.arg("--test").arg("--test-reporter=spec").args(test_files(&dir));
+    run_suite("cluster suite (node --test tests/cluster)", cmd, &dir, SUITE_TIMEOUT);
+}
