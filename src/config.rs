@@ -73,6 +73,8 @@ pub struct RedisSettings {
     pub reconnect_max_ms: u64,
     /// Publish queue length.
     pub queue: usize,
+    /// Cluster-wide request timeout in ms.
+    pub requests_timeout_ms: u64,
 }
 
 /// `[rooms]`

@@ -10,7 +10,7 @@ use actix::Actor;
 use actix_web::dev::Server;
 use actix_web::{web, App as WebApp, HttpServer};
 
-use crate::adapter::redis::{RedisAdapter, RedisConfig};
+use crate::adapter::redis::{BrokerPorts, RedisAdapter, RedisConfig};
 use crate::adapter::AdapterStatus;
 use crate::api;
 use crate::audit::{AuditHandle, LogSink};
@@ -51,6 +51,7 @@ impl Application {
         })
         .start();
         let cluster = Arc::new(AdapterStatus::default());
+        let mut adapter_addr = None;
         if !settings.redis.url.is_empty() {
             let r = &settings.redis;
             let adapter = RedisAdapter::new(
@@ -61,12 +62,19 @@ impl Application {
                     command_timeout: Duration::from_millis(r.command_timeout_ms),
                     reconnect_max: Duration::from_millis(r.reconnect_max_ms),
                     queue: r.queue,
+                    requests_timeout: Duration::from_millis(r.requests_timeout_ms),
                 },
-                broker.clone().recipient(),
+                BrokerPorts {
+                    inbound: broker.clone().recipient(),
+                    sockets: broker.clone().recipient(),
+                    rooms: broker.clone().recipient(),
+                    ops: broker.clone().recipient(),
+                },
                 cluster.clone(),
             )
             .start();
-            broker.do_send(AttachCluster(adapter.recipient()));
+            broker.do_send(AttachCluster(adapter.clone().recipient()));
+            adapter_addr = Some(adapter);
         }
         let api = web::Data::new(api::ApiState {
             broker: broker.clone(),
@@ -74,6 +82,7 @@ impl Application {
             namespaces: settings.socketio.namespaces.clone(),
             max_room_len: settings.rooms.max_name_len,
             presence_limit: settings.rooms.presence_limit,
+            cluster: adapter_addr.clone(),
         });
         let max_payload = settings.engine.max_payload;
         let sio = SioConfig {
@@ -90,6 +99,7 @@ impl Application {
             broker: broker.clone(),
             max_room_len: settings.rooms.max_name_len,
             presence_limit: settings.rooms.presence_limit,
+            cluster: adapter_addr.clone(),
         };
         let endpoint = |app: App| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {

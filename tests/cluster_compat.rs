@@ -12,7 +12,10 @@
 //! - mixed: a Node.js socket.io 4.8 server with `@socket.io/redis-adapter`
 //!   8.x and two roomcast nodes exchange publishes both ways;
 //! - redis_outage: Redis SIGKILLed, restarted on the same port, paused with
-//!   SIGSTOP and continued, under connected clients.
+//!   SIGSTOP and continued, under connected clients;
+//! - requests: the adapter's request channel between a Node.js server and
+//!   roomcast (fetchSockets, allRooms, emitWithAck, serverSideEmitWithAck,
+//!   socketsJoin, disconnectSockets; roomcast's cluster-wide presence).
 //!
 //! This test asserts that the suite passes and prints its whole output
 //! (with the processes' logs of a failing test) when it does not. The Node

@@ -3,6 +3,8 @@
 //!   exactly once, and the publisher's own node does not deliver it twice
 //!   (a node ignores its own messages);
 //! - binary payloads cross nodes as binary;
+//! - presence counts and lists the members of every node; a socket on one
+//!   node is disconnected through another node's HTTP API;
 //! - Redis killed: both nodes keep serving their local clients, nobody is
 //!   disconnected, the adapter reports itself degraded; Redis restarted on
 //!   the same port: the nodes subscribe again by themselves and cross-node
@@ -82,8 +84,11 @@ fn node(redis: &PrivateRedis) -> TestServer {
         s.redis.url = url;
         s.redis.command_timeout_ms = 500;
         s.redis.reconnect_max_ms = 200;
+        s.api.keys = vec![API_KEY.into()];
     }))
 }
+
+const API_KEY: &str = "cluster-test-key-0123";
 
 async fn connected(server: &TestServer, want: bool) {
     within("the adapter state", async {
@@ -204,4 +209,64 @@ async fn redis_outage_keeps_local_delivery_and_recovers() {
         n1.cluster.lost.load(Ordering::Relaxed) >= 1,
         "the lost broadcast is counted"
     );
+}
+
+/// A Socket.IO client in "/" and its namespace socket id.
+async fn client_with_id(server: &TestServer) -> (Ws, String) {
+    let (mut ws, _) = open(server, SIO).await;
+    send(&mut ws, "40").await;
+    let connected = text(&mut ws).await;
+    let sid: serde_json::Value = serde_json::from_str(&connected[2..]).unwrap();
+    (ws, sid["sid"].as_str().unwrap().to_owned())
+}
+
+#[actix_web::test]
+async fn presence_and_api_disconnect_span_the_nodes() {
+    let redis = PrivateRedis::start();
+    let (n1, n2) = (node(&redis), node(&redis));
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    let ((mut a, a_id), (mut b, b_id)) = (client_with_id(&n1).await, client_with_id(&n2).await);
+    subscribe(&mut a, "lobby").await;
+    subscribe(&mut b, "lobby").await;
+
+    let reply = request(&mut a, 3, "presence", serde_json::json!({"room": "lobby"})).await;
+    let v: serde_json::Value = serde_json::from_str(&reply[3..]).unwrap();
+    assert_eq!(v[0]["count"], 2, "{reply}");
+    assert_eq!(v[0]["partial"], false, "{reply}");
+    let ids: Vec<&str> = v[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&a_id.as_str()) && ids.contains(&b_id.as_str()), "{reply}");
+
+    // B lives on node 2; node 1's API finds and disconnects it.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/sockets/{b_id}/disconnect", n1.http()))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let closed = within("B's connection to close", async {
+        loop {
+            match next(&mut b).await {
+                Message::Close(_) => return true,
+                Message::Text(t) if t.as_str() == "2" => send(&mut b, "3").await,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed);
+    // An id no node has is a 404.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/sockets/nobody/disconnect", n1.http()))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 }

@@ -10,9 +10,12 @@
 //! logged. Order is kept per publisher per connection.
 
 pub mod redis;
+pub mod requests;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use std::sync::Arc;
 
 use actix::prelude::*;
 
@@ -21,10 +24,73 @@ use actix::prelude::*;
 #[rtype(result = "()")]
 pub struct Outbound(pub wire::Broadcast);
 
-/// A broadcast from another node or an emitter, for the local broker.
+/// A broadcast from another node or an emitter, for the local broker; the
+/// result is the number of local recipients.
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
+#[rtype(result = "usize")]
 pub struct Inbound(pub wire::Broadcast);
+
+/// A local socket as other nodes see it (`fetchSockets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// Namespace socket id.
+    pub id: String,
+    /// Its rooms (not counting its own id).
+    pub rooms: Vec<String>,
+    /// Its user, if authenticated.
+    pub user: Option<String>,
+}
+
+/// The local sockets a selection matches (Socket.IO semantics: no rooms =
+/// the namespace; a socket id names that socket).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<SocketInfo>")]
+pub struct LocalSockets {
+    /// Namespace.
+    pub nsp: Arc<str>,
+    /// Rooms.
+    pub rooms: Vec<Arc<str>>,
+    /// Excluded rooms and sockets.
+    pub except: Vec<Arc<str>>,
+}
+
+/// Every room name of a namespace here, socket ids included (as Socket.IO
+/// servers list them).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<String>")]
+pub struct LocalRooms {
+    /// Namespace.
+    pub nsp: Arc<str>,
+}
+
+/// Another node asks the matched local sockets to join or leave rooms, or
+/// to disconnect.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RemoteOperation {
+    /// Namespace.
+    pub nsp: Arc<str>,
+    /// Selection: rooms.
+    pub rooms: Vec<Arc<str>>,
+    /// Selection: excluded rooms and sockets.
+    pub except: Vec<Arc<str>>,
+    /// What to do.
+    pub op: RemoteOp,
+}
+
+/// See [`RemoteOperation`].
+#[derive(Debug, Clone)]
+pub enum RemoteOp {
+    /// Join these rooms.
+    Join(Vec<Arc<str>>),
+    /// Leave these rooms.
+    Leave(Vec<Arc<str>>),
+    /// Disconnect: the whole connection when `close`, else the namespace.
+    Disconnect {
+        /// Close the underlying connection too.
+        close: bool,
+    },
+}
 
 /// What the adapter reports about itself.
 #[derive(Debug, Default)]

@@ -22,8 +22,15 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::requests::{self, kind, Request};
 use super::wire::{self, Broadcast};
-use super::{AdapterStatus, Inbound, Outbound};
+use super::{AdapterStatus, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, SocketInfo};
 
 /// Adapter settings.
 #[derive(Debug, Clone)]
@@ -40,6 +47,60 @@ pub struct RedisConfig {
     pub reconnect_max: Duration,
     /// Broadcasts waiting to be published; beyond it they are lost.
     pub queue: usize,
+    /// How long a cluster-wide request waits for the other nodes.
+    pub requests_timeout: Duration,
+}
+
+/// Where the adapter reaches the local broker.
+#[derive(Clone)]
+pub struct BrokerPorts {
+    /// Broadcasts from other nodes.
+    pub inbound: Recipient<Inbound>,
+    /// Local sockets for other nodes' fetches.
+    pub sockets: Recipient<LocalSockets>,
+    /// Local rooms for other nodes' room lists.
+    pub rooms: Recipient<LocalRooms>,
+    /// Joins, leaves and disconnects asked by other nodes.
+    pub ops: Recipient<RemoteOperation>,
+}
+
+/// A request of this node waiting for answers.
+struct Pending {
+    expected: usize,
+    answers: usize,
+    sockets: Vec<SocketInfo>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+type PendingMap = Arc<Mutex<HashMap<String, Pending>>>;
+
+/// The sockets of a selection on the other nodes.
+#[derive(Message)]
+#[rtype(result = "RemoteSockets")]
+pub struct FetchSockets {
+    /// Namespace.
+    pub nsp: String,
+    /// Rooms (empty = the namespace).
+    pub rooms: Vec<String>,
+}
+
+/// What the other nodes answered.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteSockets {
+    /// Their matching sockets.
+    pub sockets: Vec<SocketInfo>,
+    /// Some node did not answer in time (or Redis is away).
+    pub partial: bool,
+}
+
+/// Asks the other nodes to disconnect a socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DisconnectRemote {
+    /// Namespace.
+    pub nsp: String,
+    /// The socket id.
+    pub socket_id: String,
 }
 
 /// First pause after a failure; doubles up to `reconnect_max`.
@@ -53,20 +114,27 @@ const BATCH: usize = 256;
 pub struct RedisAdapter {
     config: RedisConfig,
     uid: String,
-    broker: Recipient<Inbound>,
+    broker: BrokerPorts,
     status: Arc<AdapterStatus>,
     queue: Option<mpsc::Sender<(String, Vec<u8>)>>,
+    client: Option<redis::Client>,
+    /// A command connection for NUMSUB, made on first use.
+    command: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    pending: PendingMap,
 }
 
 impl RedisAdapter {
     /// An adapter for `config` that delivers to `broker`.
-    pub fn new(config: RedisConfig, broker: Recipient<Inbound>, status: Arc<AdapterStatus>) -> Self {
+    pub fn new(config: RedisConfig, broker: BrokerPorts, status: Arc<AdapterStatus>) -> Self {
         Self {
             config,
             uid: crate::engineio::generate_sid(),
             broker,
             status,
             queue: None,
+            client: None,
+            command: Arc::default(),
+            pending: Arc::default(),
         }
     }
 }
@@ -86,20 +154,16 @@ impl Actor for RedisAdapter {
         let (tx, rx) = mpsc::channel(self.config.queue);
         self.queue = Some(tx);
         actix_rt::spawn(publisher(client.clone(), rx, self.config.clone(), self.status.clone()));
-        let patterns = self
-            .config
-            .namespaces
-            .iter()
-            .map(|n| wire::pattern(&self.config.key, n))
-            .collect();
-        actix_rt::spawn(subscriber(
-            client,
-            patterns,
-            self.uid.clone(),
-            self.broker.clone(),
-            self.config.clone(),
-            self.status.clone(),
-        ));
+        self.client = Some(client.clone());
+        let node = Node {
+            uid: self.uid.clone(),
+            broker: self.broker.clone(),
+            config: self.config.clone(),
+            status: self.status.clone(),
+            queue: tx_for(&self.queue),
+            pending: self.pending.clone(),
+        };
+        actix_rt::spawn(subscriber(client, node));
         tracing::info!(uid = %self.uid, url = %redact(&self.config.url), "redis adapter started");
     }
 }
@@ -183,14 +247,31 @@ async fn publisher(
     }
 }
 
-async fn subscriber(
-    client: redis::Client,
-    patterns: Vec<String>,
+/// What the subscriber task needs to act as a node of the cluster.
+#[derive(Clone)]
+struct Node {
     uid: String,
-    broker: Recipient<Inbound>,
+    broker: BrokerPorts,
     config: RedisConfig,
     status: Arc<AdapterStatus>,
-) {
+    queue: mpsc::Sender<(String, Vec<u8>)>,
+    pending: PendingMap,
+}
+
+fn tx_for(queue: &Option<mpsc::Sender<(String, Vec<u8>)>>) -> mpsc::Sender<(String, Vec<u8>)> {
+    // unwrap: set in `started` just before.
+    queue.clone().unwrap()
+}
+
+async fn subscriber(client: redis::Client, node: Node) {
+    let key = &node.config.key;
+    let patterns: Vec<String> = node.config.namespaces.iter().map(|n| wire::pattern(key, n)).collect();
+    let mut channels = Vec::new();
+    for nsp in &node.config.namespaces {
+        channels.push(requests::request_channel(key, nsp));
+        channels.push(requests::response_channel(key, nsp));
+    }
+    let (request_prefix, response_prefix) = (format!("{key}-request#"), format!("{key}-response#"));
     let mut backoff = BACKOFF_START;
     let mut failures = 0u64;
     loop {
@@ -199,13 +280,16 @@ async fn subscriber(
             for p in &patterns {
                 pubsub.psubscribe(p).await?;
             }
+            for c in &channels {
+                pubsub.subscribe(c).await?;
+            }
             // A round trip proves the subscriptions are in place.
             pubsub.ping::<redis::Value>().await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        match timeout(config.command_timeout, connect).await {
+        match timeout(node.config.command_timeout, connect).await {
             Ok(Ok(pubsub)) => {
-                status.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                node.status.connected.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(patterns = ?patterns, "redis adapter subscribed");
                 backoff = BACKOFF_START;
                 failures = 0;
@@ -215,17 +299,18 @@ async fn subscriber(
                 loop {
                     tokio::select! {
                         msg = stream.next() => match msg {
-                            Some(msg) => receive(msg.get_payload_bytes(), &uid, &broker, &status),
+                            Some(msg) => route(&node, &msg, &request_prefix, &response_prefix),
                             None => break,
                         },
                         _ = ping.tick() => {
-                            if !matches!(timeout(config.command_timeout, sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
+                            let pong = timeout(node.config.command_timeout, sink.ping::<redis::Value>()).await;
+                            if !matches!(pong, Ok(Ok(_))) {
                                 break;
                             }
                         }
                     }
                 }
-                status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                node.status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!("redis adapter lost its subscription: degraded, reconnecting");
             }
             failure => {
@@ -241,7 +326,118 @@ async fn subscriber(
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(config.reconnect_max);
+        backoff = (backoff * 2).min(node.config.reconnect_max);
+    }
+}
+
+/// A message on one of the subscriptions: a request, an answer to one of
+/// this node's requests, or a broadcast.
+fn route(node: &Node, msg: &redis::Msg, request_prefix: &str, response_prefix: &str) {
+    let channel = msg.get_channel_name();
+    let payload = msg.get_payload_bytes();
+    if let Some(rest) = channel.strip_prefix(request_prefix) {
+        let nsp = rest.strip_suffix('#').unwrap_or(rest).to_owned();
+        if let Some(request) = requests::decode(payload) {
+            actix_rt::spawn(answer(node.clone(), nsp, request));
+        }
+    } else if channel.starts_with(response_prefix) {
+        collect(&node.pending, payload);
+    } else {
+        receive(payload, &node.uid, &node.broker.inbound, &node.status);
+    }
+}
+
+/// Answers (or applies) a request of another node; see [`requests`].
+async fn answer(node: Node, nsp: String, r: Request) {
+    let own = r.uid.as_deref() == Some(node.uid.as_str());
+    let arcs = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
+    let nsp_arc: Arc<str> = nsp.as_str().into();
+    let reply = match r.kind {
+        kind::REMOTE_JOIN | kind::REMOTE_LEAVE | kind::REMOTE_DISCONNECT => {
+            let targets = arcs(&r.target_rooms);
+            let op = match r.kind {
+                kind::REMOTE_JOIN => RemoteOp::Join(targets),
+                kind::REMOTE_LEAVE => RemoteOp::Leave(targets),
+                _ => RemoteOp::Disconnect { close: r.close },
+            };
+            let _ = node.broker.ops.try_send(RemoteOperation {
+                nsp: nsp_arc,
+                rooms: arcs(&r.rooms),
+                except: arcs(&r.except),
+                op,
+            });
+            None
+        }
+        _ if own => None,
+        kind::SOCKETS | kind::REMOTE_FETCH => {
+            let local = LocalSockets {
+                nsp: nsp_arc,
+                rooms: arcs(&r.rooms),
+                except: arcs(&r.except),
+            };
+            let found = node.broker.sockets.send(local).await.unwrap_or_default();
+            let sockets: Vec<serde_json::Value> = if r.kind == kind::SOCKETS {
+                found.iter().map(|s| json!(s.id)).collect()
+            } else {
+                found
+                    .iter()
+                    .map(|s| requests::socket_entry(&s.id, &s.rooms, s.user.as_deref()))
+                    .collect()
+            };
+            Some(json!({"requestId": r.request_id, "sockets": sockets}))
+        }
+        kind::ALL_ROOMS => {
+            let rooms = node
+                .broker
+                .rooms
+                .send(LocalRooms { nsp: nsp_arc })
+                .await
+                .unwrap_or_default();
+            Some(json!({"requestId": r.request_id, "rooms": rooms}))
+        }
+        kind::SERVER_SIDE_EMIT => r
+            .request_id
+            .as_ref()
+            .map(|id| json!({"type": kind::SERVER_SIDE_EMIT, "requestId": id, "data": null})),
+        kind::BROADCAST => {
+            // Delivered without an ack id (acks are not relayed), so this
+            // node reports 0 clients and the requester waits for none.
+            if let Some(b) = r.broadcast {
+                let _ = node.broker.inbound.send(Inbound(b)).await;
+            }
+            Some(json!({"type": kind::BROADCAST_CLIENT_COUNT, "requestId": r.request_id, "clientCount": 0}))
+        }
+        _ => None,
+    };
+    if let (Some(reply), Some(_)) = (reply, r.request_id.as_ref()) {
+        let channel = requests::response_channel(&node.config.key, &nsp);
+        if node.queue.try_send((channel, reply.to_string().into_bytes())).is_err() {
+            AdapterStatus::add(&node.status.lost, 1);
+        }
+    }
+}
+
+/// Counts an answer to one of this node's requests.
+fn collect(pending: &PendingMap, payload: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return;
+    };
+    let Some(id) = v.get("requestId").and_then(|i| i.as_str()) else {
+        return;
+    };
+    // unwrap: the lock is only held for map operations.
+    let mut map = pending.lock().unwrap();
+    let Some(p) = map.get_mut(id) else { return };
+    for s in v.get("sockets").and_then(|s| s.as_array()).into_iter().flatten() {
+        if let Some((id, rooms, user)) = requests::parse_socket(s) {
+            p.sockets.push(SocketInfo { id, rooms, user });
+        }
+    }
+    p.answers += 1;
+    if p.answers >= p.expected {
+        if let Some(done) = p.done.take() {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -267,5 +463,98 @@ fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_owned(),
+    }
+}
+
+impl Handler<FetchSockets> for RedisAdapter {
+    type Result = ResponseFuture<RemoteSockets>;
+
+    fn handle(&mut self, msg: FetchSockets, _: &mut Self::Context) -> Self::Result {
+        let (Some(client), Some(queue)) = (self.client.clone(), self.queue.clone()) else {
+            return Box::pin(async { RemoteSockets::default() });
+        };
+        let command = self.command.clone();
+        let pending = self.pending.clone();
+        let uid = self.uid.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let channel = requests::request_channel(&config.key, &msg.nsp);
+            let Some(subscribers) = numsub(&client, &command, &channel, config.command_timeout).await else {
+                return RemoteSockets {
+                    sockets: vec![],
+                    partial: true,
+                };
+            };
+            // This node is one of the subscribers.
+            let expected = subscribers.saturating_sub(1);
+            if expected == 0 {
+                return RemoteSockets::default();
+            }
+            let request_id = crate::engineio::generate_sid();
+            let (done, finished) = oneshot::channel();
+            let entry = Pending {
+                expected,
+                answers: 0,
+                sockets: vec![],
+                done: Some(done),
+            };
+            // unwrap: the lock is only held for map operations.
+            pending.lock().unwrap().insert(request_id.clone(), entry);
+            let body = requests::fetch_request(&uid, &request_id, &msg.rooms, &[]);
+            let sent = queue.try_send((channel, body)).is_ok();
+            let complete = sent && matches!(timeout(config.requests_timeout, finished).await, Ok(Ok(())));
+            // unwrap: the lock is only held for map operations.
+            let p = pending.lock().unwrap().remove(&request_id);
+            RemoteSockets {
+                sockets: p.map(|p| p.sockets).unwrap_or_default(),
+                partial: !complete,
+            }
+        })
+    }
+}
+
+impl Handler<DisconnectRemote> for RedisAdapter {
+    type Result = ();
+
+    fn handle(&mut self, msg: DisconnectRemote, _: &mut Self::Context) {
+        let channel = requests::request_channel(&self.config.key, &msg.nsp);
+        let body = requests::disconnect_request(&self.uid, &[msg.socket_id], true);
+        if self.queue.as_ref().is_none_or(|q| q.try_send((channel, body)).is_err()) {
+            AdapterStatus::add(&self.status.lost, 1);
+        }
+    }
+}
+
+/// `PUBSUB NUMSUB channel` on the command connection (made on first use).
+async fn numsub(
+    client: &redis::Client,
+    command: &Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    channel: &str,
+    limit: Duration,
+) -> Option<usize> {
+    // unwrap: the lock is only held to clone or set the handle.
+    let cached = command.lock().unwrap().clone();
+    let mut conn = match cached {
+        Some(c) => c,
+        None => {
+            let c = timeout(limit, client.get_multiplexed_async_connection())
+                .await
+                .ok()?
+                .ok()?;
+            // unwrap: as above.
+            *command.lock().unwrap() = Some(c.clone());
+            c
+        }
+    };
+    let mut cmd = redis::cmd("PUBSUB");
+    cmd.arg("NUMSUB").arg(channel);
+    let query = cmd.query_async::<(String, usize)>(&mut conn);
+    match timeout(limit, query).await {
+        Ok(Ok((_, n))) => Some(n),
+        _ => {
+            // unwrap: as above.
+            *command.lock().unwrap() = None;
+            None
+        }
     }
 }

@@ -135,6 +135,30 @@ pub fn decode(mut bytes: &[u8]) -> Result<Broadcast, WireError> {
     })
 }
 
+/// Decodes a BROADCAST-with-ack request (type 7, a msgpack map
+/// `{uid, requestId, type, packet, opts}`): `(uid, requestId, broadcast)`.
+pub fn decode_ack_broadcast(mut bytes: &[u8]) -> Result<(String, String, Broadcast), WireError> {
+    let msg = rmpv::decode::read_value(&mut bytes).map_err(|e| WireError::Msgpack(e.to_string()))?;
+    let field = |k: &str| -> Option<Mp> {
+        msg.as_map()?
+            .iter()
+            .find(|(key, _)| key.as_str() == Some(k))
+            .map(|(_, v)| v.clone())
+    };
+    let text = |k: &str| field(k).and_then(|v| v.as_str().map(str::to_owned));
+    let uid = text("uid").ok_or(WireError::Shape("no uid"))?;
+    let request_id = text("requestId").ok_or(WireError::Shape("no requestId"))?;
+    let as_array = Mp::Array(vec![
+        Mp::from(uid.as_str()),
+        field("packet").ok_or(WireError::Shape("no packet"))?,
+        field("opts").unwrap_or(Mp::Map(vec![])),
+    ]);
+    let mut buf = Vec::new();
+    // unwrap: writing to a Vec cannot fail.
+    rmpv::encode::write_value(&mut buf, &as_array).unwrap();
+    Ok((uid, request_id, decode(&buf)?))
+}
+
 /// JSON with placeholders → msgpack with the attachments in place.
 fn to_msgpack(v: &Value, attachments: &[Bytes]) -> Mp {
     match v {

@@ -11,7 +11,8 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::broker::{encode_event, valid_event, valid_room, Broker, Kick, ListRooms, Members, Publish};
+use crate::adapter::redis::{DisconnectRemote, FetchSockets, RedisAdapter};
+use crate::broker::{encode_event, room_members, valid_event, valid_room, Broker, Kick, ListRooms, Publish};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub max_room_len: usize,
     /// Members listed per room.
     pub presence_limit: usize,
+    /// The cluster adapter, if any.
+    pub cluster: Option<Addr<RedisAdapter>>,
 }
 
 /// An API error: status, stable code, message.
@@ -263,24 +266,32 @@ async fn room(
     authorize(&req, &state)?;
     let nsp = namespace(&state, query.namespace.as_deref())?;
     let room = room_name(&state, &path)?;
-    let m = state
-        .broker
-        .send(Members {
-            nsp: nsp.clone(),
-            room: room.clone(),
-            limit: state.presence_limit,
-        })
-        .await
-        .map_err(|_| unavailable())?;
-    let members: Vec<Value> = m
-        .members
-        .iter()
-        .map(|(id, user)| json!({"id": &**id, "user": user.as_deref()}))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({"namespace": &*nsp, "room": &*room, "count": m.count, "members": members})))
+    let m = room_members(
+        &state.broker,
+        state.cluster.as_ref(),
+        nsp.clone(),
+        room.clone(),
+        state.presence_limit,
+    )
+    .await
+    .ok_or_else(unavailable)?;
+    let mut body = m.to_json();
+    body.insert("namespace".into(), json!(&*nsp));
+    body.insert("room".into(), json!(&*room));
+    Ok(HttpResponse::Ok().json(Value::Object(body)))
 }
 
-async fn disconnect(req: HttpRequest, state: Data, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+#[derive(Deserialize)]
+struct DisconnectQuery {
+    namespace: Option<String>,
+}
+
+async fn disconnect(
+    req: HttpRequest,
+    state: Data,
+    path: web::Path<String>,
+    query: web::Query<DisconnectQuery>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let found = state
         .broker
@@ -290,6 +301,9 @@ async fn disconnect(req: HttpRequest, state: Data, path: web::Path<String>) -> R
         })
         .await
         .map_err(|_| unavailable())?;
+    // Not here: ask the other nodes whether they have it, then ask them to
+    // disconnect it (a socket id is also the name of its own room).
+    let found = found || remote_disconnect(&state, query.namespace.as_deref(), &path).await?;
     if found {
         Ok(HttpResponse::Accepted().json(json!({"disconnected": true})))
     } else {
@@ -299,4 +313,24 @@ async fn disconnect(req: HttpRequest, state: Data, path: web::Path<String>) -> R
             "no socket with this id",
         ))
     }
+}
+
+async fn remote_disconnect(state: &ApiState, nsp: Option<&str>, id: &str) -> Result<bool, ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(false);
+    };
+    let nsp = namespace(state, nsp)?;
+    let fetch = FetchSockets {
+        nsp: nsp.to_string(),
+        rooms: vec![id.to_owned()],
+    };
+    let remote = cluster.send(fetch).await.unwrap_or_default();
+    if !remote.sockets.iter().any(|s| s.id == id) {
+        return Ok(false);
+    }
+    cluster.do_send(DisconnectRemote {
+        nsp: nsp.to_string(),
+        socket_id: id.to_owned(),
+    });
+    Ok(true)
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde_json::json;
 
-use crate::adapter::{wire, Inbound, Outbound};
+use crate::adapter::{wire, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, SocketInfo};
 use crate::engineio::Frame;
 use crate::socketio::packet::{encode, PacketType};
 
@@ -51,6 +51,77 @@ pub fn encode_event(nsp: &str, args: &serde_json::Value, attachments: &[bytes::B
         .collect()
 }
 
+/// The members of a room across the cluster: this node's (from the
+/// broker) and the other nodes' (a REMOTE_FETCH through the adapter).
+/// `None` when the broker is gone.
+pub async fn room_members(
+    broker: &Addr<Broker>,
+    cluster: Option<&Addr<crate::adapter::redis::RedisAdapter>>,
+    nsp: Arc<str>,
+    room: Arc<str>,
+    limit: usize,
+) -> Option<ClusterMembers> {
+    let local = broker
+        .send(Members {
+            nsp: nsp.clone(),
+            room: room.clone(),
+            limit,
+        })
+        .await
+        .ok()?;
+    let mut out = ClusterMembers {
+        count: local.count,
+        members: local
+            .members
+            .iter()
+            .map(|(id, u)| (id.to_string(), u.as_deref().map(str::to_owned)))
+            .collect(),
+        partial: None,
+    };
+    if let Some(cluster) = cluster {
+        let fetch = crate::adapter::redis::FetchSockets {
+            nsp: nsp.to_string(),
+            rooms: vec![room.to_string()],
+        };
+        let remote = cluster.send(fetch).await.unwrap_or_default();
+        out.partial = Some(remote.partial);
+        out.count += remote.sockets.len();
+        let room_left = limit.saturating_sub(out.members.len());
+        out.members
+            .extend(remote.sockets.into_iter().take(room_left).map(|s| (s.id, s.user)));
+    }
+    Some(out)
+}
+
+/// A room's members across the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMembers {
+    /// Members on every node that answered.
+    pub count: usize,
+    /// `(socket id, user)`, up to the limit: this node's first.
+    pub members: Vec<(String, Option<String>)>,
+    /// A node did not answer in time (`None` on a single node).
+    pub partial: Option<bool>,
+}
+
+impl ClusterMembers {
+    /// `{count, members:[{id, user}]}`, and `partial` in a cluster.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let members: Vec<_> = self
+            .members
+            .iter()
+            .map(|(id, user)| json!({"id": id, "user": user}))
+            .collect();
+        let mut out = serde_json::Map::new();
+        out.insert("count".into(), json!(self.count));
+        out.insert("members".into(), json!(members));
+        if let Some(partial) = self.partial {
+            out.insert("partial".into(), json!(partial));
+        }
+        out
+    }
+}
+
 /// Frames for one namespace socket's connection, shared by every recipient.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -67,6 +138,9 @@ pub struct Evict {
     pub detail: String,
     /// Drop the socket at once (a slow consumer) instead of closing it.
     pub abort: bool,
+    /// Only leave this namespace (server namespace disconnect) instead of
+    /// closing the connection.
+    pub namespace: Option<Arc<str>>,
 }
 
 /// A namespace socket the broker can deliver to.
@@ -250,6 +324,7 @@ impl Broker {
                 member.evict.do_send(Evict {
                     detail: "slow consumer: connection mailbox full".into(),
                     abort: true,
+                    namespace: None,
                 });
                 false
             }
@@ -315,6 +390,31 @@ impl Broker {
             }
         }
         targets
+    }
+
+    fn join(&mut self, socket_id: &Arc<str>, room: &Arc<str>) -> Result<(), JoinError> {
+        let max_per_socket = self.config.max_rooms_per_socket;
+        let max_rooms = self.config.max_rooms;
+        let member = self.members.get_mut(socket_id).ok_or(JoinError::UnknownSocket)?;
+        if member.rooms.contains(room) {
+            return Ok(());
+        }
+        if member.rooms.len() >= max_per_socket {
+            return Err(JoinError::TooManyRooms);
+        }
+        let nsp = member.nsp.clone();
+        let rooms = self.rooms.entry(nsp.clone()).or_default();
+        if !rooms.contains_key(room) && rooms.len() >= max_rooms {
+            return Err(JoinError::TooManyRoomsInTotal);
+        }
+        member.rooms.insert(room.clone());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let r = rooms.entry(room.clone()).or_default();
+        r.order.insert(seq, socket_id.clone());
+        r.seq.insert(socket_id.clone(), seq);
+        self.notify(&nsp, room, "presence:join", socket_id);
+        Ok(())
     }
 
     fn leave(&mut self, socket_id: &Arc<str>, room: &Arc<str>) -> bool {
@@ -389,28 +489,7 @@ impl Handler<Join> for Broker {
     type Result = Result<(), JoinError>;
 
     fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
-        let max_per_socket = self.config.max_rooms_per_socket;
-        let max_rooms = self.config.max_rooms;
-        let member = self.members.get_mut(&msg.socket_id).ok_or(JoinError::UnknownSocket)?;
-        if member.rooms.contains(&msg.room) {
-            return Ok(());
-        }
-        if member.rooms.len() >= max_per_socket {
-            return Err(JoinError::TooManyRooms);
-        }
-        let nsp = member.nsp.clone();
-        let rooms = self.rooms.entry(nsp.clone()).or_default();
-        if !rooms.contains_key(&msg.room) && rooms.len() >= max_rooms {
-            return Err(JoinError::TooManyRoomsInTotal);
-        }
-        member.rooms.insert(msg.room.clone());
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let room = rooms.entry(msg.room.clone()).or_default();
-        room.order.insert(seq, msg.socket_id.clone());
-        room.seq.insert(msg.socket_id.clone(), seq);
-        self.notify(&nsp, &msg.room, "presence:join", &msg.socket_id);
-        Ok(())
+        self.join(&msg.socket_id, &msg.room)
     }
 }
 
@@ -448,18 +527,87 @@ impl Handler<Publish> for Broker {
 }
 
 impl Handler<Inbound> for Broker {
-    type Result = ();
+    type Result = usize;
 
-    fn handle(&mut self, Inbound(b): Inbound, _: &mut Self::Context) {
+    fn handle(&mut self, Inbound(b): Inbound, _: &mut Self::Context) -> usize {
         let strings = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
         let nsp: Arc<str> = b.nsp.as_str().into();
         let targets = self.targets(&nsp, &strings(&b.rooms), &strings(&b.except), true);
         if targets.is_empty() {
-            return;
+            return 0;
         }
         let frames = encode_event(&nsp, &b.args, &b.attachments);
-        for id in &targets {
-            self.deliver(id, &frames);
+        targets.iter().filter(|id| self.deliver(id, &frames)).count()
+    }
+}
+
+impl Handler<LocalSockets> for Broker {
+    type Result = MessageResult<LocalSockets>;
+
+    fn handle(&mut self, msg: LocalSockets, _: &mut Self::Context) -> Self::Result {
+        let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, true);
+        let infos = targets
+            .iter()
+            .filter_map(|id| {
+                let m = self.members.get(id)?;
+                Some(SocketInfo {
+                    id: id.to_string(),
+                    rooms: m.rooms.iter().map(|r| r.to_string()).collect(),
+                    user: m.user.as_deref().map(str::to_owned),
+                })
+            })
+            .collect();
+        MessageResult(infos)
+    }
+}
+
+impl Handler<LocalRooms> for Broker {
+    type Result = MessageResult<LocalRooms>;
+
+    fn handle(&mut self, msg: LocalRooms, _: &mut Self::Context) -> Self::Result {
+        let mut names: Vec<String> = self
+            .rooms
+            .get(&msg.nsp)
+            .map(|r| r.keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        names.extend(
+            self.members
+                .iter()
+                .filter(|(_, m)| m.nsp == msg.nsp)
+                .map(|(id, _)| id.to_string()),
+        );
+        MessageResult(names)
+    }
+}
+
+impl Handler<RemoteOperation> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteOperation, _: &mut Self::Context) {
+        let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, true);
+        for id in targets {
+            match &msg.op {
+                RemoteOp::Join(rooms) => {
+                    for room in rooms {
+                        // Server-side: no permission check, caps still apply.
+                        let _ = self.join(&id, room);
+                    }
+                }
+                RemoteOp::Leave(rooms) => {
+                    for room in rooms {
+                        self.leave(&id, room);
+                    }
+                }
+                RemoteOp::Disconnect { close } => {
+                    if let Some(m) = self.members.get(&id) {
+                        m.evict.do_send(Evict {
+                            detail: "disconnected by another node of the cluster".into(),
+                            abort: false,
+                            namespace: (!close).then(|| m.nsp.clone()),
+                        });
+                    }
+                }
+            }
         }
     }
 }
@@ -515,6 +663,7 @@ impl Handler<Kick> for Broker {
                 m.evict.do_send(Evict {
                     detail: msg.detail,
                     abort: false,
+                    namespace: None,
                 });
                 true
             }

@@ -18,8 +18,7 @@ use super::events::SocketEvent;
 use super::Connection;
 use crate::auth::{Identity, Verifier};
 use crate::broker::{
-    self, valid_event, valid_room, Broker, Deliver, Evict, Join, JoinError, Leave, Members, Publish, Register,
-    Unregister,
+    self, valid_event, valid_room, Broker, Deliver, Evict, Join, JoinError, Leave, Publish, Register, Unregister,
 };
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
@@ -47,6 +46,8 @@ pub struct SioConfig {
     pub max_room_len: usize,
     /// Members listed by presence.
     pub presence_limit: usize,
+    /// The cluster adapter, for cluster-wide presence.
+    pub cluster: Option<Addr<crate::adapter::redis::RedisAdapter>>,
 }
 
 /// A namespace socket on this connection.
@@ -406,23 +407,20 @@ impl Connection {
             }
             "presence" => {
                 let limit = self.sio_config().presence_limit;
-                let request = broker.send(Members {
-                    nsp: nsp.clone(),
-                    room: room.clone(),
-                    limit,
-                });
-                ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
-                    if let Ok(m) = result {
-                        let members: Vec<Value> = m
-                            .members
-                            .iter()
-                            .map(|(id, user)| json!({"id": &**id, "user": user.as_deref()}))
-                            .collect();
-                        let reply = json!({"ok": true, "room": &*room, "count": m.count, "members": members});
-                        act.ack_ok(&nsp, ack, reply, ctx);
-                    }
-                    act.after(ctx);
-                }));
+                let cluster = self.sio_config().cluster.clone();
+                let (n, r) = (nsp.clone(), room.clone());
+                let request = async move { broker::room_members(&broker, cluster.as_ref(), n, r, limit).await };
+                ctx.spawn(
+                    actix::fut::wrap_future::<_, Self>(request).map(move |result, act, ctx| {
+                        if let Some(m) = result {
+                            let mut reply = m.to_json();
+                            reply.insert("ok".into(), json!(true));
+                            reply.insert("room".into(), json!(&*room));
+                            act.ack_ok(&nsp, ack, Value::Object(reply), ctx);
+                        }
+                        act.after(ctx);
+                    }),
+                );
             }
             _ if !may_publish => self.ack_error(&nsp, ack, "forbidden", "not allowed to publish to this room", ctx),
             _ => {
@@ -598,6 +596,11 @@ impl Handler<Evict> for Connection {
 
     fn handle(&mut self, msg: Evict, ctx: &mut Self::Context) {
         let _enter = self.span.clone().entered();
+        if let Some(nsp) = msg.namespace {
+            self.disconnect_namespace(&nsp, ctx);
+            self.after(ctx);
+            return;
+        }
         self.abort_transport = msg.abort;
         self.close(CloseCause::new(DisconnectReason::ForcedClose, msg.detail), None, ctx);
         self.after(ctx);

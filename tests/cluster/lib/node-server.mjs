@@ -66,11 +66,30 @@ nsp.on("connection", (socket) => {
     socket.to(room).emit(event, data);
     return { ok: true, recipients };
   }));
-  // This node's members only (roomcast does not answer the adapter's
-  // request channel, so a cluster-wide fetchSockets would time out).
-  socket.on("presence", handle(({ room }) => {
-    const members = [...(nsp.adapter.rooms.get(room) ?? [])];
-    return { ok: true, room, count: members.length, members: members.map((id) => ({ id, user: null })) };
+  // Cluster-wide through the adapter's requests, which roomcast answers.
+  const cluster = (fn) => async (arg, ack) => {
+    if (typeof ack !== "function") return;
+    const started = Date.now();
+    try {
+      ack({ ok: true, ms: Date.now() - started, ...(await fn(arg ?? {})), ms: Date.now() - started });
+    } catch (err) {
+      ack({ ok: false, error: String(err?.message ?? err), ms: Date.now() - started });
+    }
+  };
+  socket.on("presence", cluster(async ({ room }) => {
+    const sockets = await nsp.in(room).fetchSockets();
+    return { room, count: sockets.length, members: sockets.map((s) => ({ id: s.id, user: s.data?.user ?? null })) };
+  }));
+  socket.on("all-rooms", cluster(async () => ({ rooms: [...(await nsp.adapter.allRooms())] })));
+  socket.on("ask-all", cluster(async ({ room }) => ({ replies: await nsp.to(room).timeout(1500).emitWithAck("ask", 1) })));
+  socket.on("server-side-emit", cluster(async () => ({ responses: await nsp.serverSideEmitWithAck("hello") })));
+  socket.on("sockets-join", cluster(async ({ target, room }) => {
+    nsp.in(target).socketsJoin(room);
+    return {};
+  }));
+  socket.on("disconnect-sockets", cluster(async ({ target }) => {
+    nsp.in(target).disconnectSockets(true);
+    return {};
   }));
 });
 
