@@ -5,6 +5,8 @@
 //! - binary payloads cross nodes as binary;
 //! - presence counts and lists the members of every node; a socket on one
 //!   node is disconnected through another node's HTTP API;
+//! - the HTTP API's room list counts every node's members, and makes a
+//!   socket on another node join and leave a room;
 //! - Redis killed: both nodes keep serving their local clients, nobody is
 //!   disconnected, the adapter reports itself degraded; Redis restarted on
 //!   the same port: the nodes subscribe again by themselves and cross-node
@@ -269,4 +271,90 @@ async fn presence_and_api_disconnect_span_the_nodes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+}
+
+async fn api(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}/api/v1{path}", server.http()))
+        .bearer_auth(API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[actix_web::test]
+async fn api_room_list_and_membership_span_the_nodes() {
+    let redis = PrivateRedis::start();
+    let (n1, n2) = (node(&redis), node(&redis));
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    let ((mut a, _), (mut b, b_id)) = (client_with_id(&n1).await, client_with_id(&n2).await);
+    subscribe(&mut a, "lobby").await;
+    subscribe(&mut b, "lobby").await;
+
+    let (status, rooms) = api(&n1, reqwest::Method::GET, "/rooms", serde_json::json!(null)).await;
+    assert_eq!(status, 200);
+    assert_eq!(rooms["partial"], false, "{rooms}");
+    assert_eq!(
+        rooms["rooms"],
+        serde_json::json!([{"name": "lobby", "members": 2}]),
+        "{rooms}"
+    );
+
+    // Node 1 makes B (on node 2) join "vip"; a publish to "vip" reaches B.
+    let (status, _) = api(
+        &n1,
+        reqwest::Method::POST,
+        &format!("/sockets/{b_id}/join"),
+        serde_json::json!({"room": "vip"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    within("B in vip", async {
+        loop {
+            let (_, r) = api(&n1, reqwest::Method::GET, "/rooms/vip", serde_json::json!(null)).await;
+            if r["count"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    publish(&mut a, "vip", serde_json::json!({"to": "vip"})).await;
+    assert_eq!(text(&mut b).await, r#"42["chat",{"to":"vip"}]"#);
+    // And leave it again.
+    let (status, _) = api(
+        &n1,
+        reqwest::Method::POST,
+        &format!("/sockets/{b_id}/leave"),
+        serde_json::json!({"room": "vip"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    within("B out of vip", async {
+        loop {
+            let (_, r) = api(&n1, reqwest::Method::GET, "/rooms/vip", serde_json::json!(null)).await;
+            if r["count"] == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, _) = api(
+        &n1,
+        reqwest::Method::POST,
+        "/sockets/nobody/join",
+        serde_json::json!({"room": "vip"}),
+    )
+    .await;
+    assert_eq!(status, 404);
 }

@@ -525,6 +525,32 @@ impl Handler<DisconnectRemote> for RedisAdapter {
     }
 }
 
+/// Asks the other nodes to make a socket join or leave a room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MembershipRemote {
+    /// Namespace.
+    pub nsp: String,
+    /// The socket id.
+    pub socket_id: String,
+    /// The room.
+    pub room: String,
+    /// Join (or leave).
+    pub join: bool,
+}
+
+impl Handler<MembershipRemote> for RedisAdapter {
+    type Result = ();
+
+    fn handle(&mut self, msg: MembershipRemote, _: &mut Self::Context) {
+        let channel = requests::request_channel(&self.config.key, &msg.nsp);
+        let body = requests::membership_request(&self.uid, &[msg.socket_id], &[msg.room], msg.join);
+        if self.queue.as_ref().is_none_or(|q| q.try_send((channel, body)).is_err()) {
+            AdapterStatus::add(&self.status.lost, 1);
+        }
+    }
+}
+
 /// `PUBSUB NUMSUB channel` on the command connection (made on first use).
 async fn numsub(
     client: &redis::Client,

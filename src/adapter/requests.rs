@@ -134,6 +134,14 @@ pub fn disconnect_request(uid: &str, rooms: &[String], close: bool) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A REMOTE_JOIN (`join`) or REMOTE_LEAVE request for the sockets `selection`.
+pub fn membership_request(uid: &str, selection: &[String], rooms: &[String], join: bool) -> Vec<u8> {
+    let kind = if join { kind::REMOTE_JOIN } else { kind::REMOTE_LEAVE };
+    json!({"uid": uid, "type": kind, "opts": {"rooms": selection, "except": []}, "rooms": rooms})
+        .to_string()
+        .into_bytes()
+}
+
 /// One socket in a REMOTE_FETCH answer.
 pub fn socket_entry(id: &str, rooms: &[String], user: Option<&str>) -> Value {
     let mut all = vec![id.to_owned()];

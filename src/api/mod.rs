@@ -11,8 +11,11 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::adapter::redis::{DisconnectRemote, FetchSockets, RedisAdapter};
-use crate::broker::{encode_event, room_members, valid_event, valid_room, Broker, Kick, ListRooms, Publish};
+use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, RedisAdapter};
+use crate::adapter::LocalSockets;
+use crate::broker::{
+    encode_event, room_members, valid_event, valid_room, Broker, Join, JoinError, Kick, Leave, ListRooms, Publish,
+};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -97,6 +100,8 @@ pub fn scope(state: Data, max_payload: usize) -> actix_web::Scope {
         .route("/rooms", web::get().to(rooms))
         .route("/rooms/{room}", web::get().to(room))
         .route("/sockets/{id}/disconnect", web::post().to(disconnect))
+        .route("/sockets/{id}/join", web::post().to(join))
+        .route("/sockets/{id}/leave", web::post().to(leave))
         .default_service(web::to(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint or method").error_response()
         }))
@@ -245,16 +250,33 @@ struct NamespaceQuery {
 async fn rooms(req: HttpRequest, state: Data, query: web::Query<NamespaceQuery>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let nsp = namespace(&state, query.namespace.as_deref())?;
-    let rooms = state
+    let local = state
         .broker
         .send(ListRooms { nsp: nsp.clone() })
         .await
         .map_err(|_| unavailable())?;
-    let rooms: Vec<Value> = rooms
+    let mut counts: std::collections::BTreeMap<String, usize> =
+        local.iter().map(|(name, n)| (name.to_string(), *n)).collect();
+    let mut body = serde_json::Map::new();
+    if let Some(cluster) = &state.cluster {
+        // Every socket of the other nodes with its rooms, counted per room.
+        let fetch = FetchSockets {
+            nsp: nsp.to_string(),
+            rooms: vec![],
+        };
+        let remote = cluster.send(fetch).await.unwrap_or_default();
+        for room in remote.sockets.iter().flat_map(|s| s.rooms.iter()) {
+            *counts.entry(room.clone()).or_default() += 1;
+        }
+        body.insert("partial".into(), json!(remote.partial));
+    }
+    let rooms: Vec<Value> = counts
         .iter()
-        .map(|(name, members)| json!({"name": &**name, "members": members}))
+        .map(|(name, n)| json!({"name": name, "members": n}))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"namespace": &*nsp, "rooms": rooms})))
+    body.insert("namespace".into(), json!(&*nsp));
+    body.insert("rooms".into(), json!(rooms));
+    Ok(HttpResponse::Ok().json(Value::Object(body)))
 }
 
 async fn room(
@@ -333,4 +355,99 @@ async fn remote_disconnect(state: &ApiState, nsp: Option<&str>, id: &str) -> Res
         socket_id: id.to_owned(),
     });
     Ok(true)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipBody {
+    namespace: Option<String>,
+    room: String,
+}
+
+async fn join(
+    req: HttpRequest,
+    state: Data,
+    path: web::Path<String>,
+    body: web::Json<MembershipBody>,
+) -> Result<HttpResponse, ApiError> {
+    membership(req, state, path, body, true).await
+}
+
+async fn leave(
+    req: HttpRequest,
+    state: Data,
+    path: web::Path<String>,
+    body: web::Json<MembershipBody>,
+) -> Result<HttpResponse, ApiError> {
+    membership(req, state, path, body, false).await
+}
+
+/// Makes a socket join or leave a room, here or on the node that has it.
+async fn membership(
+    req: HttpRequest,
+    state: Data,
+    path: web::Path<String>,
+    body: web::Json<MembershipBody>,
+    join: bool,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let nsp = namespace(&state, body.namespace.as_deref())?;
+    let room = room_name(&state, &body.room)?;
+    let socket_id: Arc<str> = path.as_str().into();
+    let here = LocalSockets {
+        nsp: nsp.clone(),
+        rooms: vec![socket_id.clone()],
+        except: vec![],
+    };
+    let local = !state.broker.send(here).await.map_err(|_| unavailable())?.is_empty();
+    if local && join {
+        let joined = state.broker.send(Join {
+            socket_id: socket_id.clone(),
+            room: room.clone(),
+        });
+        if let Err(JoinError::TooManyRooms | JoinError::TooManyRoomsInTotal) =
+            joined.await.map_err(|_| unavailable())?
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "room_limit",
+                "a room limit was reached",
+            ));
+        }
+    } else if local {
+        let left = state.broker.send(Leave {
+            socket_id: socket_id.clone(),
+            room: room.clone(),
+        });
+        left.await.map_err(|_| unavailable())?;
+    }
+    let found = local || remote_membership(&state, &nsp, &socket_id, &room, join).await;
+    if found {
+        Ok(HttpResponse::Accepted().json(json!({"ok": true})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no socket with this id",
+        ))
+    }
+}
+
+async fn remote_membership(state: &ApiState, nsp: &str, id: &str, room: &str, join: bool) -> bool {
+    let Some(cluster) = &state.cluster else { return false };
+    let fetch = FetchSockets {
+        nsp: nsp.to_owned(),
+        rooms: vec![id.to_owned()],
+    };
+    let remote = cluster.send(fetch).await.unwrap_or_default();
+    if !remote.sockets.iter().any(|s| s.id == id) {
+        return false;
+    }
+    cluster.do_send(MembershipRemote {
+        nsp: nsp.to_owned(),
+        socket_id: id.to_owned(),
+        room: room.to_owned(),
+        join,
+    });
+    true
 }
