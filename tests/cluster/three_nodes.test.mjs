@@ -6,11 +6,13 @@
 //   members get none of it;
 // - an HTTP API publish on node A reaches the room's members on A, B and C
 //   exactly once (`except` with a socket id of another node is honoured);
-// - binary data crosses nodes as binary, nested or as the whole payload.
+// - binary data crosses nodes as binary, nested or as the whole payload;
+// - presence (from any node) and GET /api/v1/rooms/{room} count the members
+//   of all three nodes.
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Cluster, binaryBytes, countsFrom, onceEach, publish, uniq } from "./lib/cluster.mjs";
+import { API_KEY, Cluster, ack, binaryBytes, countsFrom, onceEach, publish, uniq } from "./lib/cluster.mjs";
 
 const ROOM = "chat:lobby";
 const OTHER = "chat:other";
@@ -166,6 +168,23 @@ describe("three roomcast nodes on one Redis", { timeout: 60_000 }, () => {
     "nobody was disconnected",
     cluster.wrap(async () => {
       assert.deepEqual(cluster.disconnected(), []);
+    }),
+  );
+  it(
+    "presence and the API count the members of all three nodes",
+    cluster.wrap(async () => {
+      const ids = members.map((s) => s.id).sort();
+      for (const from of [byLabel("A-ws"), byLabel("B-poll"), byLabel("C-ws")]) {
+        const reply = await ack(from, "presence", { room: ROOM }, 4000);
+        assert.equal(reply.ok, true, JSON.stringify(reply));
+        assert.equal(reply.count, members.length, `${from.label}: ${JSON.stringify(reply)}`);
+        assert.equal(reply.partial, false, JSON.stringify(reply));
+        assert.deepEqual(reply.members.map((m) => m.id).sort(), ids, `${from.label}: members`);
+      }
+      const res = await fetch(`${B.url}/api/v1/rooms/${encodeURIComponent(ROOM)}`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      const body = await res.json();
+      assert.equal(res.status, 200, JSON.stringify(body));
+      assert.equal(body.count, members.length, JSON.stringify(body));
     }),
   );
 });
