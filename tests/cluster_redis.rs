@@ -290,6 +290,27 @@ async fn api(
     (status, resp.json().await.unwrap_or_default())
 }
 
+/// Waits until the API reports `count` members in `room` (the join or leave
+/// travels through Redis to the node that has the socket).
+async fn room_count_becomes(server: &TestServer, room: &str, count: u64) {
+    within("the room's member count", async {
+        loop {
+            let (_, r) = api(
+                server,
+                reqwest::Method::GET,
+                &format!("/rooms/{room}"),
+                serde_json::json!(null),
+            )
+            .await;
+            if r["count"] == count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[actix_web::test]
 async fn api_room_list_and_membership_span_the_nodes() {
     let redis = PrivateRedis::start();
@@ -318,16 +339,7 @@ async fn api_room_list_and_membership_span_the_nodes() {
     )
     .await;
     assert_eq!(status, 202);
-    within("B in vip", async {
-        loop {
-            let (_, r) = api(&n1, reqwest::Method::GET, "/rooms/vip", serde_json::json!(null)).await;
-            if r["count"] == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    room_count_becomes(&n1, "vip", 1).await;
     publish(&mut a, "vip", serde_json::json!({"to": "vip"})).await;
     assert_eq!(text(&mut b).await, r#"42["chat",{"to":"vip"}]"#);
     // And leave it again.
@@ -339,16 +351,7 @@ async fn api_room_list_and_membership_span_the_nodes() {
     )
     .await;
     assert_eq!(status, 202);
-    within("B out of vip", async {
-        loop {
-            let (_, r) = api(&n1, reqwest::Method::GET, "/rooms/vip", serde_json::json!(null)).await;
-            if r["count"] == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    room_count_becomes(&n1, "vip", 0).await;
     let (status, _) = api(
         &n1,
         reqwest::Method::POST,
