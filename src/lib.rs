@@ -6,22 +6,35 @@
 //! HTTP request ──▶ http (RequestInfo::parse, one match to a transport, errors → JSON)
 //!              ──▶ transport::{polling, websocket}   (bytes in/out; actix-ws lives here)
 //!              ──▶ conn::Connection actor            (one per Engine.IO session: life cycle,
-//!                     │  engineio::Session (sans-IO)   heartbeat, single close path)
+//!                     │  engineio::Session (sans-IO)   heartbeat, Socket.IO namespaces, acks,
+//!                     │  socketio::Decoder (sans-IO)   the pub/sub protocol, single close path)
 //!                     ▼
-//!              audit (forced closes and parse errors), tracing
+//!              broker::Broker actor                  (rooms → members; fan-out of frames
+//!                     │                               encoded once; presence; slow consumers)
+//!              adapter::redis::RedisAdapter          (other nodes: @socket.io/redis-adapter
+//!                                                     wire format, requests with timeouts)
+//! api (/api/v1) ──▶ broker, adapter                  (backends: publish, rooms, kick)
+//!
+//! side sinks: audit (forced closes and parse errors), tracing.
 //! ```
 //!
-//! - [`engineio`]: packets, polling payloads, the session state machine; pure.
+//! - [`engineio`], [`socketio`]: the protocols, pure (no actix, tokio, redis).
 //! - [`reason`]: close reasons with Socket.IO's exact strings.
 //! - [`http`]: request parsing, dispatch, Engine.IO HTTP errors.
 //! - [`transport`]: long-polling and WebSocket plumbing.
-//! - [`conn`]: the connection actor and the messages transports send it.
+//! - [`conn`]: the connection actor, the messages transports send it, the
+//!   Socket.IO layer and the `SocketEvent` stream.
+//! - [`auth`]: JWT verification and room permissions.
+//! - [`broker`]: rooms and fan-out.
+//! - [`adapter`]: the cluster (Redis) adapter and its wire format.
+//! - [`api`]: the HTTP API for backends.
 //! - [`audit`]: the audit sink.
 //! - [`config`]: typed settings; [`telemetry`]: logging;
 //!   [`startup`]: the composition root.
 //!
-//! Imports point downstream only (http → transport → conn → audit); things
-//! travelling back up go through actix messages defined downstream.
+//! Imports point downstream only (http → transport → conn → broker →
+//! adapter; api → broker, adapter); messages travelling back up are defined
+//! downstream and reach their actor through a `Recipient`.
 
 #![warn(missing_docs)]
 
