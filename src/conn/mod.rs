@@ -7,7 +7,7 @@
 //! [`messages`]; it never awaits a socket: WebSocket writers have bounded
 //! queues it `try_send`s into, polling GETs get a oneshot reply.
 //!
-//! Every handler ends in [`Connection::after`], which writes what the session
+//! Every handler ends in `Connection::after`, which writes what the session
 //! buffered and re-arms the single timer at the session's next deadline.
 //! Every end goes through [`Connection::close`].
 
