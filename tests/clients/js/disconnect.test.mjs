@@ -50,6 +50,16 @@ async function roundTrip(socket, value) {
   assert.deepEqual(await once(socket, "message-back"), [value]);
 }
 
+/** Starts a new roomcast on the killed server's port and checks the client
+ * reconnects to it by itself and works. */
+async function reconnectsToReplacement(ctx, socket, seen) {
+  const replacement = await startRoomcast({ port: ctx.server.port });
+  (ctx.extraServers ??= []).push(replacement);
+  await once(socket, "connect", 5000);
+  assert.equal(seen.connects, 2);
+  await roundTrip(socket, "new server");
+}
+
 for (const transports of [["websocket"], ["polling"]]) {
   const tag = transports[0];
 
@@ -172,11 +182,7 @@ serverTest(`websocket: "transport close" (server SIGKILLed) → reconnects to a 
   assert.equal(reason, "transport close");
   assert.equal(socket.active, true);
 
-  const replacement = await startRoomcast({ port: server.port });
-  (ctx.extraServers ??= []).push(replacement);
-  await once(socket, "connect", 5000);
-  assert.equal(seen.connects, 2);
-  await roundTrip(socket, "new server");
+  await reconnectsToReplacement(ctx, socket, seen);
 });
 
 serverTest(`polling: "transport error" (server SIGKILLed during a long-poll) → reconnects to a new server on the same port`, async (ctx) => {
@@ -204,9 +210,5 @@ serverTest(`polling: "transport error" (server SIGKILLed during a long-poll) →
   assert.equal(errors.length, 1);
   assert.equal(socket.active, true);
 
-  const replacement = await startRoomcast({ port: server.port });
-  (ctx.extraServers ??= []).push(replacement);
-  await once(socket, "connect", 5000);
-  assert.equal(seen.connects, 2);
-  await roundTrip(socket, "new server");
+  await reconnectsToReplacement(ctx, socket, seen);
 });

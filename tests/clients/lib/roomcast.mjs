@@ -249,21 +249,23 @@ export function serverTest(name, fn, { timeout = 20000, config, env } = {}) {
   });
 }
 
-/** Resolves once `socket` is connected (or rejects on timeout / connect_error). */
-export function connected(socket, timeoutMs = 3000) {
-  if (socket.connected) return Promise.resolve();
-  return new Promise((resolveConn, rejectConn) => {
+/**
+ * Waits for `socket` to connect or be refused: resolves with
+ * `{ connected: true }` or `{ error }`, rejects after `timeoutMs`.
+ */
+function connectOutcome(socket, timeoutMs) {
+  return new Promise((resolveOutcome, rejectOutcome) => {
     const timer = setTimeout(() => {
       cleanup();
-      rejectConn(new Error(`socket did not connect within ${timeoutMs} ms`));
+      rejectOutcome(new Error(`neither connect nor connect_error within ${timeoutMs} ms`));
     }, timeoutMs);
     const onConnect = () => {
       cleanup();
-      resolveConn();
+      resolveOutcome({ connected: true });
     };
-    const onError = (err) => {
+    const onError = (error) => {
       cleanup();
-      rejectConn(new Error(`connect_error: ${err?.message}`));
+      resolveOutcome({ error });
     };
     const cleanup = () => {
       clearTimeout(timer);
@@ -273,6 +275,15 @@ export function connected(socket, timeoutMs = 3000) {
     socket.on("connect", onConnect);
     socket.on("connect_error", onError);
   });
+}
+
+/** Resolves once `socket` is connected (or rejects on timeout / connect_error). */
+export async function connected(socket, timeoutMs = 3000) {
+  if (socket.connected) return;
+  const outcome = await connectOutcome(socket, timeoutMs).catch(() => {
+    throw new Error(`socket did not connect within ${timeoutMs} ms`);
+  });
+  if (outcome.error) throw new Error(`connect_error: ${outcome.error?.message}`);
 }
 
 /**
@@ -288,28 +299,12 @@ export function ack(socket, event, arg, timeoutMs = 3000) {
  * `message` and `data`), or rejects if it connects instead or after
  * `timeoutMs`.
  */
-export function connectError(socket, timeoutMs = 3000) {
-  return new Promise((resolveErr, rejectErr) => {
-    const timer = setTimeout(() => {
-      cleanup();
-      rejectErr(new Error(`no connect_error within ${timeoutMs} ms`));
-    }, timeoutMs);
-    const onConnect = () => {
-      cleanup();
-      rejectErr(new Error(`expected connect_error, but the socket connected (id ${socket.id})`));
-    };
-    const onError = (err) => {
-      cleanup();
-      resolveErr(err);
-    };
-    const cleanup = () => {
-      clearTimeout(timer);
-      socket.off("connect", onConnect);
-      socket.off("connect_error", onError);
-    };
-    socket.on("connect", onConnect);
-    socket.on("connect_error", onError);
+export async function connectError(socket, timeoutMs = 3000) {
+  const outcome = await connectOutcome(socket, timeoutMs).catch(() => {
+    throw new Error(`no connect_error within ${timeoutMs} ms`);
   });
+  if (outcome.connected) throw new Error(`expected connect_error, but the socket connected (id ${socket.id})`);
+  return outcome.error;
 }
 
 /**

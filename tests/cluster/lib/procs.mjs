@@ -24,15 +24,19 @@ const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
 const LISTENING = /roomcast listening on http:\/\/127\.0\.0\.1:(\d+)\/socket\.io\//;
 
 const live = new Set();
+
+/** SIGKILLs a child, continuing it first (a stopped process must not linger). */
+function forceKill(child) {
+  try {
+    process.kill(child.pid, "SIGCONT");
+  } catch {}
+  try {
+    child.kill("SIGKILL");
+  } catch {}
+}
+
 process.on("exit", () => {
-  for (const child of live) {
-    try {
-      process.kill(child.pid, "SIGCONT");
-    } catch {}
-    try {
-      child.kill("SIGKILL");
-    } catch {}
-  }
+  for (const child of live) forceKill(child);
 });
 // A test file ended by a signal (the runner's timeout, Ctrl-C) still takes
 // its processes down, through the "exit" handler above.
@@ -138,14 +142,7 @@ function spawnLogged(name, cmd, args, options) {
     },
     /** SIGKILLs the process (continuing it first if stopped) and waits for its end. */
     async kill() {
-      if (!exited) {
-        try {
-          process.kill(child.pid, "SIGCONT");
-        } catch {}
-        try {
-          child.kill("SIGKILL");
-        } catch {}
-      }
+      if (!exited) forceKill(child);
       await exitPromise;
     },
   };
