@@ -75,6 +75,32 @@ pub struct RedisSettings {
     pub queue: usize,
     /// Cluster-wide request timeout in ms.
     pub requests_timeout_ms: u64,
+    /// `classic` (PUBLISH/PSUBSCRIBE) or `sharded` (Redis 7 SPUBLISH/SSUBSCRIBE).
+    pub mode: RedisMode,
+    /// Sharded mode: `dynamic` (a channel per public room) or `static`.
+    pub subscription_mode: SubscriptionMode,
+    /// Sharded mode: `url` is a seed node of a Redis Cluster.
+    pub cluster: bool,
+}
+
+/// `redis.mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// The official adapter's `createAdapter` (and the emitter).
+    Classic,
+    /// The official adapter's `createShardedAdapter`.
+    Sharded,
+}
+
+/// `redis.subscription_mode` (the sharded adapter's `subscriptionMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionMode {
+    /// Two channels per namespace.
+    Static,
+    /// Two channels per namespace plus one per public room.
+    Dynamic,
 }
 
 /// `[rooms]`
@@ -352,6 +378,12 @@ impl Settings {
             return Err(invalid(
                 "redis.command_timeout_ms",
                 "timeouts and queue must be at least 1",
+            ));
+        }
+        if self.redis.cluster && self.redis.mode != RedisMode::Sharded {
+            return Err(invalid(
+                "redis.cluster",
+                "a Redis Cluster needs redis.mode = \"sharded\" (classic pub/sub does not shard)",
             ));
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {

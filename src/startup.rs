@@ -10,13 +10,13 @@ use actix::Actor;
 use actix_web::dev::Server;
 use actix_web::{web, App as WebApp, HttpServer};
 
-use crate::adapter::redis::{BrokerPorts, RedisAdapter, RedisConfig};
+use crate::adapter::redis::{BrokerPorts, Mode, RedisAdapter, RedisConfig};
 use crate::adapter::AdapterStatus;
 use crate::api;
 use crate::audit::{AuditHandle, LogSink};
 use crate::auth::Verifier;
 use crate::broker::{AttachCluster, Broker, BrokerConfig};
-use crate::config::Settings;
+use crate::config::{RedisMode, Settings, SubscriptionMode};
 use crate::conn::events::SocketEvent;
 use crate::conn::{App, EngineShared, Registry, SioConfig};
 use crate::engineio::TransportKind;
@@ -63,6 +63,13 @@ impl Application {
                     reconnect_max: Duration::from_millis(r.reconnect_max_ms),
                     queue: r.queue,
                     requests_timeout: Duration::from_millis(r.requests_timeout_ms),
+                    mode: match r.mode {
+                        RedisMode::Classic => Mode::Classic,
+                        RedisMode::Sharded => Mode::Sharded {
+                            dynamic: r.subscription_mode == SubscriptionMode::Dynamic,
+                            cluster: r.cluster,
+                        },
+                    },
                 },
                 BrokerPorts {
                     inbound: broker.clone().recipient(),
@@ -71,9 +78,13 @@ impl Application {
                     ops: broker.clone().recipient(),
                 },
                 cluster.clone(),
-            )
-            .start();
-            broker.do_send(AttachCluster(adapter.clone().recipient()));
+            );
+            let rooms = adapter.room_watch();
+            let adapter = adapter.start();
+            broker.do_send(AttachCluster {
+                adapter: adapter.clone().recipient(),
+                rooms,
+            });
             adapter_addr = Some(adapter);
         }
         let api = web::Data::new(api::ApiState {

@@ -1,21 +1,25 @@
 //! Links the local broker to the other nodes of a cluster.
 //!
-//! [`redis::RedisAdapter`] speaks the wire format of the official
-//! `@socket.io/redis-adapter` 8.x / `@socket.io/redis-emitter` 5.x
-//! ([`wire`]), so roomcast nodes, Node.js Socket.IO servers with that
-//! adapter, and backends using the emitter share broadcasts.
+//! [`redis::RedisAdapter`] speaks the wire formats of the official
+//! `@socket.io/redis-adapter` 8.x: the classic one, shared with
+//! `@socket.io/redis-emitter` 5.x ([`wire`], [`requests`]), and the sharded
+//! one of Redis 7 sharded pub/sub, for Redis Cluster ([`sharded`]). So
+//! roomcast nodes, Node.js Socket.IO servers with that adapter, and backends
+//! using the emitter share broadcasts.
 //!
 //! Delivery across nodes is at most once (Redis pub/sub): a message published
 //! while a node is disconnected from Redis is lost for that node, counted and
 //! logged. Order is kept per publisher per connection.
 
+mod link;
 pub mod redis;
 pub mod requests;
+pub mod sharded;
 pub mod wire;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
@@ -115,5 +119,41 @@ impl AdapterStatus {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The public rooms this node has members in, for the sharded adapter's
+/// per-room channels (its dynamic mode). The broker updates it as rooms
+/// appear and vanish; the adapter's subscriber follows it. A set and a
+/// wake-up rather than messages: nothing can be lost to a full mailbox, and
+/// its size is bounded by the rooms that exist.
+#[derive(Debug, Default)]
+pub struct RoomWatch {
+    rooms: Mutex<HashSet<(Arc<str>, Arc<str>)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl RoomWatch {
+    /// Records that `room` of `nsp` exists here (or no longer does).
+    pub fn set(&self, nsp: &Arc<str>, room: &Arc<str>, exists: bool) {
+        let key = (nsp.clone(), room.clone());
+        // unwrap: the lock is only held for set operations.
+        let mut rooms = self.rooms.lock().unwrap();
+        let changed = if exists { rooms.insert(key) } else { rooms.remove(&key) };
+        drop(rooms);
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The rooms now: `(namespace, room)`.
+    pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        // unwrap: as above.
+        self.rooms.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Resolves after the next change (or at once if one is unseen).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 }

@@ -7,7 +7,10 @@
 //!   one round trip with a timeout; while Redis is away it retries with
 //!   capped backoff, holding new broadcasts in the queue between attempts
 //!   and dropping (and counting) those of a failed attempt;
-//! - the subscriber holds a `PSUBSCRIBE {key}#{nsp}#*` connection per node,
+//! - the subscriber holds one subscription connection per node (classic:
+//!   `PSUBSCRIBE {key}#{nsp}#*` plus the request and response channels;
+//!   sharded: `SSUBSCRIBE` on the namespace's channel, this node's answer
+//!   channel and, in dynamic mode, one channel per local public room),
 //!   pings it on an interval (a hung Redis looks like a dead one), and on
 //!   loss reconnects with capped backoff and subscribes again.
 //!
@@ -22,15 +25,34 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use super::link::{self, Conn, Connector};
 use super::requests::{self, kind, Request};
+use super::sharded::{self, Message as ShardMessage};
 use super::wire::{self, Broadcast};
-use super::{AdapterStatus, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, SocketInfo};
+use super::{
+    AdapterStatus, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo,
+};
+
+/// Which of the official adapter's protocols the cluster speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `createAdapter`: PUBLISH / PSUBSCRIBE, shared with the emitter.
+    Classic,
+    /// `createShardedAdapter`: Redis 7 SPUBLISH / SSUBSCRIBE.
+    Sharded {
+        /// A channel per public room (the adapter's `subscriptionMode:
+        /// "dynamic"`, its default) rather than one per namespace ("static").
+        dynamic: bool,
+        /// `url` is a seed node of a Redis Cluster.
+        cluster: bool,
+    },
+}
 
 /// Adapter settings.
 #[derive(Debug, Clone)]
@@ -49,6 +71,115 @@ pub struct RedisConfig {
     pub queue: usize,
     /// How long a cluster-wide request waits for the other nodes.
     pub requests_timeout: Duration,
+    /// The protocol.
+    pub mode: Mode,
+}
+
+/// An answer to another node's request, before it is encoded.
+enum Reply {
+    /// Socket ids (classic SOCKETS).
+    SocketIds(Vec<serde_json::Value>),
+    /// Socket entries (fetchSockets).
+    Sockets(Vec<serde_json::Value>),
+    /// Room names (classic ALL_ROOMS).
+    Rooms(Vec<String>),
+    /// A server-side emit with ack: nobody listens here.
+    EmitAck,
+    /// A broadcast with ack: delivered, but no acks will come.
+    ClientCount,
+}
+
+impl RedisConfig {
+    fn sharded(&self) -> bool {
+        matches!(self.mode, Mode::Sharded { .. })
+    }
+
+    /// The channel and the bytes of a broadcast.
+    fn broadcast(&self, b: &Broadcast) -> (String, Vec<u8>) {
+        match self.mode {
+            Mode::Classic => (wire::channel(&self.key, &b.nsp, &b.rooms), wire::encode(b)),
+            Mode::Sharded { dynamic, .. } => (
+                sharded::broadcast_channel(&self.key, b, dynamic),
+                sharded::encode_broadcast(b),
+            ),
+        }
+    }
+
+    /// Where requests of a namespace go (and whose subscribers are counted).
+    fn request_channel(&self, nsp: &str) -> String {
+        match self.mode {
+            Mode::Classic => requests::request_channel(&self.key, nsp),
+            Mode::Sharded { .. } => sharded::main_channel(&self.key, nsp),
+        }
+    }
+
+    fn fetch_request(&self, uid: &str, nsp: &str, request_id: &str, rooms: &[String]) -> (String, Vec<u8>) {
+        let body = match self.mode {
+            Mode::Classic => requests::fetch_request(uid, request_id, rooms, &[]),
+            Mode::Sharded { .. } => sharded::fetch_request(uid, nsp, request_id, rooms, &[]),
+        };
+        (self.request_channel(nsp), body)
+    }
+
+    fn disconnect_request(&self, uid: &str, nsp: &str, socket_id: String) -> (String, Vec<u8>) {
+        let body = match self.mode {
+            Mode::Classic => requests::disconnect_request(uid, &[socket_id], true),
+            Mode::Sharded { .. } => sharded::disconnect_request(uid, nsp, &[socket_id], true),
+        };
+        (self.request_channel(nsp), body)
+    }
+
+    fn membership_request(&self, uid: &str, msg: MembershipRemote) -> (String, Vec<u8>) {
+        let (selection, rooms) = ([msg.socket_id], [msg.room]);
+        let body = match self.mode {
+            Mode::Classic => requests::membership_request(uid, &selection, &rooms, msg.join),
+            Mode::Sharded { .. } => sharded::membership_request(uid, &msg.nsp, &selection, &rooms, msg.join),
+        };
+        (self.request_channel(&msg.nsp), body)
+    }
+
+    /// The channel and bytes of an answer to `requester`'s request.
+    fn reply(&self, uid: &str, nsp: &str, requester: &str, request_id: &str, reply: Reply) -> Option<(String, Vec<u8>)> {
+        if let Mode::Classic = self.mode {
+            let body = match reply {
+                Reply::SocketIds(sockets) | Reply::Sockets(sockets) => json!({"requestId": request_id, "sockets": sockets}),
+                Reply::Rooms(rooms) => json!({"requestId": request_id, "rooms": rooms}),
+                Reply::EmitAck => json!({"type": kind::SERVER_SIDE_EMIT, "requestId": request_id, "data": null}),
+                Reply::ClientCount => {
+                    json!({"type": kind::BROADCAST_CLIENT_COUNT, "requestId": request_id, "clientCount": 0})
+                }
+            };
+            return Some((requests::response_channel(&self.key, nsp), body.to_string().into_bytes()));
+        }
+        let (t, data) = match reply {
+            Reply::Sockets(sockets) => (
+                sharded::kind::FETCH_SOCKETS_RESPONSE,
+                json!({"requestId": request_id, "sockets": sockets}),
+            ),
+            Reply::EmitAck => (
+                sharded::kind::SERVER_SIDE_EMIT_RESPONSE,
+                json!({"requestId": request_id, "packet": null}),
+            ),
+            Reply::ClientCount => (
+                sharded::kind::BROADCAST_CLIENT_COUNT,
+                json!({"requestId": request_id, "clientCount": 0}),
+            ),
+            Reply::SocketIds(_) | Reply::Rooms(_) => return None,
+        };
+        Some((
+            sharded::response_channel(&self.key, nsp, requester),
+            sharded::encode(t, uid, nsp, data),
+        ))
+    }
+
+    /// `PUBSUB NUMSUB` (classic) or `SHARDNUMSUB` (sharded) of the request
+    /// channel: the nodes of the cluster, this one included.
+    fn count_command(&self, nsp: &str) -> (redis::Cmd, String) {
+        let channel = self.request_channel(nsp);
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg(if self.sharded() { "SHARDNUMSUB" } else { "NUMSUB" }).arg(&channel);
+        (cmd, channel)
+    }
 }
 
 /// Where the adapter reaches the local broker.
@@ -117,10 +248,11 @@ pub struct RedisAdapter {
     broker: BrokerPorts,
     status: Arc<AdapterStatus>,
     queue: Option<mpsc::Sender<(String, Vec<u8>)>>,
-    client: Option<redis::Client>,
-    /// A command connection for NUMSUB, made on first use.
-    command: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    connector: Option<Connector>,
+    /// A command connection for the subscriber counts, made on first use.
+    command: Arc<Mutex<Option<Conn>>>,
     pending: PendingMap,
+    rooms: Arc<RoomWatch>,
 }
 
 impl RedisAdapter {
@@ -132,10 +264,17 @@ impl RedisAdapter {
             broker,
             status,
             queue: None,
-            client: None,
+            connector: None,
             command: Arc::default(),
             pending: Arc::default(),
+            rooms: Arc::default(),
         }
+    }
+
+    /// The room set the broker must keep up to date: only the sharded
+    /// protocol in dynamic mode subscribes per room.
+    pub fn room_watch(&self) -> Option<Arc<RoomWatch>> {
+        matches!(self.config.mode, Mode::Sharded { dynamic: true, .. }).then(|| self.rooms.clone())
     }
 }
 
@@ -144,7 +283,8 @@ impl Actor for RedisAdapter {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.config.queue);
-        let client = match redis::Client::open(self.config.url.as_str()) {
+        let cluster = matches!(self.config.mode, Mode::Sharded { cluster: true, .. });
+        let connector = match Connector::open(&self.config.url, cluster) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("redis adapter: bad url: {e}");
@@ -153,8 +293,8 @@ impl Actor for RedisAdapter {
         };
         let (tx, rx) = mpsc::channel(self.config.queue);
         self.queue = Some(tx);
-        actix_rt::spawn(publisher(client.clone(), rx, self.config.clone(), self.status.clone()));
-        self.client = Some(client.clone());
+        actix_rt::spawn(publisher(connector.clone(), rx, self.config.clone(), self.status.clone()));
+        self.connector = Some(connector.clone());
         let node = Node {
             uid: self.uid.clone(),
             broker: self.broker.clone(),
@@ -163,8 +303,11 @@ impl Actor for RedisAdapter {
             queue: tx_for(&self.queue),
             pending: self.pending.clone(),
         };
-        actix_rt::spawn(subscriber(client, node));
-        tracing::info!(uid = %self.uid, url = %redact(&self.config.url), "redis adapter started");
+        match connector {
+            Connector::Single(client) if !self.config.sharded() => actix_rt::spawn(subscriber(client, node)),
+            _ => actix_rt::spawn(shard_subscriber(connector, node, self.rooms.clone())),
+        };
+        tracing::info!(uid = %self.uid, url = %redact(&self.config.url), mode = ?self.config.mode, "redis adapter started");
     }
 }
 
@@ -173,11 +316,10 @@ impl Handler<Outbound> for RedisAdapter {
 
     fn handle(&mut self, Outbound(mut b): Outbound, _: &mut Self::Context) {
         b.uid.clone_from(&self.uid);
-        let channel = wire::channel(&self.config.key, &b.nsp, &b.rooms);
         let sent = self
             .queue
             .as_ref()
-            .is_some_and(|q| q.try_send((channel, wire::encode(&b))).is_ok());
+            .is_some_and(|q| q.try_send(self.config.broadcast(&b)).is_ok());
         if !sent {
             AdapterStatus::add(&self.status.lost, 1);
             tracing::warn!("redis adapter: publish queue full or closed, a cross-node broadcast was lost");
@@ -186,12 +328,12 @@ impl Handler<Outbound> for RedisAdapter {
 }
 
 async fn publisher(
-    client: redis::Client,
+    connector: Connector,
     mut rx: mpsc::Receiver<(String, Vec<u8>)>,
     config: RedisConfig,
     status: Arc<AdapterStatus>,
 ) {
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut conn: Option<Conn> = None;
     let mut backoff = BACKOFF_START;
     let mut retry_at = Instant::now();
     while let Some(first) = rx.recv().await {
@@ -207,7 +349,7 @@ async fn publisher(
             // Wait out the backoff; what arrives meanwhile waits in the
             // bounded queue (overflow is counted as lost by the actor).
             tokio::time::sleep_until(retry_at).await;
-            match timeout(config.command_timeout, client.get_multiplexed_async_connection()).await {
+            match timeout(config.command_timeout, connector.command(config.command_timeout)).await {
                 Ok(Ok(c)) => {
                     conn = Some(c);
                     backoff = BACKOFF_START;
@@ -223,28 +365,56 @@ async fn publisher(
             tracing::warn!(lost = n, "redis adapter: Redis unreachable, cross-node broadcasts lost");
             continue;
         };
+        let failed = match timeout(config.command_timeout, publish(c, &batch, config.sharded())).await {
+            Ok(Ok(0)) => {
+                AdapterStatus::add(&status.published, n);
+                continue;
+            }
+            Ok(Ok(failed)) => {
+                AdapterStatus::add(&status.published, n - failed);
+                (failed, "some were refused".to_owned())
+            }
+            Ok(Err(e)) => (n, e.to_string()),
+            Err(_) => (n, "timed out".to_owned()),
+        };
+        AdapterStatus::add(&status.lost, failed.0);
+        tracing::warn!(
+            lost = failed.0,
+            "redis adapter: publish failed ({}), cross-node broadcasts lost",
+            failed.1
+        );
+        conn = None;
+        retry_at = Instant::now() + backoff;
+        backoff = (backoff * 2).min(config.reconnect_max);
+    }
+}
+
+/// Publishes a batch in one round trip; the number that failed.
+///
+/// Classic: one pipeline of PUBLISH. Sharded: the SPUBLISH commands are
+/// sent together but each on its own, since on a Redis Cluster their
+/// channels live on different shards; they leave in queue order, and each
+/// shard keeps the order of its channels.
+async fn publish(conn: &mut Conn, batch: &[(String, Vec<u8>)], sharded: bool) -> redis::RedisResult<u64> {
+    if !sharded {
         let mut pipe = redis::pipe();
-        for (channel, bytes) in &batch {
+        for (channel, bytes) in batch {
             pipe.publish(channel, bytes.as_slice()).ignore();
         }
-        match timeout(config.command_timeout, pipe.query_async::<()>(c)).await {
-            Ok(Ok(())) => AdapterStatus::add(&status.published, n),
-            failure => {
-                let why = match failure {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_owned(),
-                };
-                AdapterStatus::add(&status.lost, n);
-                tracing::warn!(
-                    lost = n,
-                    "redis adapter: publish failed ({why}), cross-node broadcasts lost"
-                );
-                conn = None;
-                retry_at = Instant::now() + backoff;
-                backoff = (backoff * 2).min(config.reconnect_max);
-            }
-        }
+        return pipe.query_async::<()>(conn).await.map(|()| 0);
     }
+    let sends = batch.iter().map(|(channel, bytes)| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("SPUBLISH")
+                .arg(channel)
+                .arg(bytes.as_slice())
+                .query_async::<redis::Value>(&mut c)
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    Ok(results.iter().filter(|r| r.is_err()).count() as u64)
 }
 
 /// What the subscriber task needs to act as a node of the cluster.
@@ -341,13 +511,153 @@ fn route(node: &Node, msg: &redis::Msg, request_prefix: &str, response_prefix: &
             actix_rt::spawn(answer(node.clone(), nsp, request));
         }
     } else if channel.starts_with(response_prefix) {
-        collect(&node.pending, payload);
+        if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(payload) {
+            collect(&node.pending, &answer);
+        }
     } else {
         receive(payload, &node.uid, &node.broker.inbound, &node.status);
     }
 }
 
-/// Answers (or applies) a request of another node; see [`requests`].
+/// Pushes waiting for the sharded subscriber; beyond it they are lost
+/// (counted) rather than held without bound.
+const PUSH_QUEUE: usize = 4096;
+
+/// The sharded subscriber: SSUBSCRIBE on every namespace's channel and this
+/// node's answer channel, plus (dynamic mode) the channels of the public
+/// rooms in `rooms`, followed as they change. On a Redis Cluster each
+/// channel is subscribed on the shard that owns it.
+async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch>) {
+    let key = node.config.key.clone();
+    let dynamic = matches!(node.config.mode, Mode::Sharded { dynamic: true, .. });
+    let mut fixed = Vec::new();
+    for nsp in &node.config.namespaces {
+        fixed.push(sharded::main_channel(&key, nsp));
+        fixed.push(sharded::response_channel(&key, nsp, &node.uid));
+    }
+    let limit = node.config.command_timeout;
+    let mut backoff = BACKOFF_START;
+    let mut failures = 0u64;
+    loop {
+        let (tx, mut pushes) = mpsc::channel::<redis::PushInfo>(PUSH_QUEUE);
+        let status = node.status.clone();
+        let sender = move |push: redis::PushInfo| {
+            if tx.try_send(push).is_err() {
+                AdapterStatus::add(&status.lost, 1);
+            }
+            Ok::<(), ()>(())
+        };
+        let connect = async {
+            let mut conn = connector.connect(limit, Some(sender)).await?;
+            for channel in &fixed {
+                redis::cmd("SSUBSCRIBE").arg(channel).exec_async(&mut conn).await?;
+            }
+            Ok::<_, redis::RedisError>(conn)
+        };
+        match timeout(limit, connect).await {
+            Ok(Ok(mut conn)) => {
+                let mut subscribed = HashSet::new();
+                if !dynamic || follow_rooms(&mut conn, &key, &rooms, &mut subscribed, limit).await {
+                    node.status.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(channels = fixed.len() + subscribed.len(), "redis adapter subscribed (sharded)");
+                    backoff = BACKOFF_START;
+                    failures = 0;
+                    let mut ping = tokio::time::interval(PING_EVERY);
+                    ping.tick().await;
+                    loop {
+                        tokio::select! {
+                            push = pushes.recv() => match push {
+                                Some(p) if p.kind == redis::PushKind::SMessage => route_sharded(&node, &p.data),
+                                Some(p) if p.kind == redis::PushKind::Disconnection => break,
+                                Some(_) => {}
+                                None => break,
+                            },
+                            () = rooms.changed(), if dynamic => {
+                                if !follow_rooms(&mut conn, &key, &rooms, &mut subscribed, limit).await {
+                                    break;
+                                }
+                            }
+                            _ = ping.tick() => {
+                                let pong = timeout(limit, redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await;
+                                if !matches!(pong, Ok(Ok(_))) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    node.status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!("redis adapter lost its subscription: degraded, reconnecting");
+                }
+            }
+            failure => {
+                failures += 1;
+                // Every attempt while it lasts would flood the log.
+                if failures.is_power_of_two() {
+                    let why = match failure {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    tracing::warn!(attempts = failures, "redis adapter cannot subscribe: {why}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(node.config.reconnect_max);
+    }
+}
+
+/// Brings the room subscriptions in line with the rooms this node has;
+/// false when Redis failed (the connection is then dropped and remade).
+async fn follow_rooms(
+    conn: &mut Conn,
+    key: &str,
+    rooms: &RoomWatch,
+    subscribed: &mut HashSet<String>,
+    limit: Duration,
+) -> bool {
+    let wanted: HashSet<String> = rooms
+        .snapshot()
+        .iter()
+        .map(|(nsp, room)| sharded::room_channel(key, nsp, room))
+        .collect();
+    let add: Vec<String> = wanted.difference(subscribed).cloned().collect();
+    let remove: Vec<String> = subscribed.difference(&wanted).cloned().collect();
+    for (command, channels) in [("SSUBSCRIBE", add), ("SUNSUBSCRIBE", remove)] {
+        for channel in channels {
+            // One channel per command: on a cluster they live on different shards.
+            let done = timeout(limit, redis::cmd(command).arg(&channel).exec_async(conn)).await;
+            if !matches!(done, Ok(Ok(()))) {
+                return false;
+            }
+            if command == "SSUBSCRIBE" {
+                subscribed.insert(channel);
+            } else {
+                subscribed.remove(&channel);
+            }
+        }
+    }
+    true
+}
+
+/// An `smessage` push: `[channel, payload]`.
+fn route_sharded(node: &Node, data: &[redis::Value]) {
+    let Some(redis::Value::BulkString(payload)) = data.get(1) else {
+        return;
+    };
+    match sharded::decode(payload) {
+        Ok((uid, ..)) if uid == node.uid => {}
+        Ok((_, _, ShardMessage::Broadcast(b))) => deliver(b, &node.broker.inbound, &node.status),
+        Ok((_, nsp, ShardMessage::Request(r))) => {
+            actix_rt::spawn(answer(node.clone(), nsp, r));
+        }
+        Ok((_, _, ShardMessage::Response(answer))) => collect(&node.pending, &answer),
+        Ok((_, _, ShardMessage::Ignored)) => {}
+        Err(e) => malformed(&node.status, &e),
+    }
+}
+
+/// Answers (or applies) a request of another node; see [`requests`] and
+/// [`sharded`].
 async fn answer(node: Node, nsp: String, r: Request) {
     let own = r.uid.as_deref() == Some(node.uid.as_str());
     let arcs = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
@@ -376,15 +686,16 @@ async fn answer(node: Node, nsp: String, r: Request) {
                 except: arcs(&r.except),
             };
             let found = node.broker.sockets.send(local).await.unwrap_or_default();
-            let sockets: Vec<serde_json::Value> = if r.kind == kind::SOCKETS {
-                found.iter().map(|s| json!(s.id)).collect()
+            Some(if r.kind == kind::SOCKETS {
+                Reply::SocketIds(found.iter().map(|s| json!(s.id)).collect())
             } else {
-                found
-                    .iter()
-                    .map(|s| requests::socket_entry(&s.id, &s.rooms, s.user.as_deref()))
-                    .collect()
-            };
-            Some(json!({"requestId": r.request_id, "sockets": sockets}))
+                Reply::Sockets(
+                    found
+                        .iter()
+                        .map(|s| requests::socket_entry(&s.id, &s.rooms, s.user.as_deref()))
+                        .collect(),
+                )
+            })
         }
         kind::ALL_ROOMS => {
             let rooms = node
@@ -393,42 +704,39 @@ async fn answer(node: Node, nsp: String, r: Request) {
                 .send(LocalRooms { nsp: nsp_arc })
                 .await
                 .unwrap_or_default();
-            Some(json!({"requestId": r.request_id, "rooms": rooms}))
+            Some(Reply::Rooms(rooms))
         }
-        kind::SERVER_SIDE_EMIT => r
-            .request_id
-            .as_ref()
-            .map(|id| json!({"type": kind::SERVER_SIDE_EMIT, "requestId": id, "data": null})),
+        kind::SERVER_SIDE_EMIT => Some(Reply::EmitAck),
         kind::BROADCAST => {
             // Delivered without an ack id (acks are not relayed), so this
             // node reports 0 clients and the requester waits for none.
             if let Some(b) = r.broadcast {
                 let _ = node.broker.inbound.send(Inbound(b)).await;
             }
-            Some(json!({"type": kind::BROADCAST_CLIENT_COUNT, "requestId": r.request_id, "clientCount": 0}))
+            Some(Reply::ClientCount)
         }
         _ => None,
     };
-    if let (Some(reply), Some(_)) = (reply, r.request_id.as_ref()) {
-        let channel = requests::response_channel(&node.config.key, &nsp);
-        if node.queue.try_send((channel, reply.to_string().into_bytes())).is_err() {
+    let (Some(reply), Some(request_id)) = (reply, r.request_id.as_deref()) else {
+        return;
+    };
+    let requester = r.uid.as_deref().unwrap_or_default();
+    if let Some(message) = node.config.reply(&node.uid, &nsp, requester, request_id, reply) {
+        if node.queue.try_send(message).is_err() {
             AdapterStatus::add(&node.status.lost, 1);
         }
     }
 }
 
-/// Counts an answer to one of this node's requests.
-fn collect(pending: &PendingMap, payload: &[u8]) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return;
-    };
-    let Some(id) = v.get("requestId").and_then(|i| i.as_str()) else {
+/// Counts an answer to one of this node's requests (`{requestId, sockets?}`).
+fn collect(pending: &PendingMap, answer: &serde_json::Value) {
+    let Some(id) = answer.get("requestId").and_then(|i| i.as_str()) else {
         return;
     };
     // unwrap: the lock is only held for map operations.
     let mut map = pending.lock().unwrap();
     let Some(p) = map.get_mut(id) else { return };
-    for s in v.get("sockets").and_then(|s| s.as_array()).into_iter().flatten() {
+    for s in answer.get("sockets").and_then(|s| s.as_array()).into_iter().flatten() {
         if let Some((id, rooms, user)) = requests::parse_socket(s) {
             p.sockets.push(SocketInfo { id, rooms, user });
         }
@@ -444,18 +752,23 @@ fn collect(pending: &PendingMap, payload: &[u8]) {
 fn receive(payload: &[u8], uid: &str, broker: &Recipient<Inbound>, status: &AdapterStatus) {
     match wire::decode(payload) {
         Ok(Broadcast { uid: sender, .. }) if sender == uid => {}
-        Ok(b) => {
-            AdapterStatus::add(&status.received, 1);
-            if broker.try_send(Inbound(b)).is_err() {
-                AdapterStatus::add(&status.lost, 1);
-                tracing::warn!("redis adapter: broker mailbox full, a cross-node broadcast was lost");
-            }
-        }
-        Err(e) => {
-            AdapterStatus::add(&status.malformed, 1);
-            tracing::debug!("redis adapter: ignored a message: {e}");
-        }
+        Ok(b) => deliver(b, broker, status),
+        Err(e) => malformed(status, &e),
     }
+}
+
+/// Hands another node's broadcast to the broker.
+fn deliver(b: Broadcast, broker: &Recipient<Inbound>, status: &AdapterStatus) {
+    AdapterStatus::add(&status.received, 1);
+    if broker.try_send(Inbound(b)).is_err() {
+        AdapterStatus::add(&status.lost, 1);
+        tracing::warn!("redis adapter: broker mailbox full, a cross-node broadcast was lost");
+    }
+}
+
+fn malformed(status: &AdapterStatus, e: &wire::WireError) {
+    AdapterStatus::add(&status.malformed, 1);
+    tracing::debug!("redis adapter: ignored a message: {e}");
 }
 
 /// The URL without its password, for logs.
@@ -470,7 +783,7 @@ impl Handler<FetchSockets> for RedisAdapter {
     type Result = ResponseFuture<RemoteSockets>;
 
     fn handle(&mut self, msg: FetchSockets, _: &mut Self::Context) -> Self::Result {
-        let (Some(client), Some(queue)) = (self.client.clone(), self.queue.clone()) else {
+        let (Some(connector), Some(queue)) = (self.connector.clone(), self.queue.clone()) else {
             return Box::pin(async { RemoteSockets::default() });
         };
         let command = self.command.clone();
@@ -478,8 +791,7 @@ impl Handler<FetchSockets> for RedisAdapter {
         let uid = self.uid.clone();
         let config = self.config.clone();
         Box::pin(async move {
-            let channel = requests::request_channel(&config.key, &msg.nsp);
-            let Some(subscribers) = numsub(&client, &command, &channel, config.command_timeout).await else {
+            let Some(subscribers) = count_nodes(&connector, &command, &config, &msg.nsp).await else {
                 return RemoteSockets {
                     sockets: vec![],
                     partial: true,
@@ -500,8 +812,8 @@ impl Handler<FetchSockets> for RedisAdapter {
             };
             // unwrap: the lock is only held for map operations.
             pending.lock().unwrap().insert(request_id.clone(), entry);
-            let body = requests::fetch_request(&uid, &request_id, &msg.rooms, &[]);
-            let sent = queue.try_send((channel, body)).is_ok();
+            let request = config.fetch_request(&uid, &msg.nsp, &request_id, &msg.rooms);
+            let sent = queue.try_send(request).is_ok();
             let complete = sent && matches!(timeout(config.requests_timeout, finished).await, Ok(Ok(())));
             // unwrap: the lock is only held for map operations.
             let p = pending.lock().unwrap().remove(&request_id);
@@ -513,15 +825,20 @@ impl Handler<FetchSockets> for RedisAdapter {
     }
 }
 
+impl RedisAdapter {
+    /// Queues a request that needs no answer.
+    fn request(&self, message: (String, Vec<u8>)) {
+        if self.queue.as_ref().is_none_or(|q| q.try_send(message).is_err()) {
+            AdapterStatus::add(&self.status.lost, 1);
+        }
+    }
+}
+
 impl Handler<DisconnectRemote> for RedisAdapter {
     type Result = ();
 
     fn handle(&mut self, msg: DisconnectRemote, _: &mut Self::Context) {
-        let channel = requests::request_channel(&self.config.key, &msg.nsp);
-        let body = requests::disconnect_request(&self.uid, &[msg.socket_id], true);
-        if self.queue.as_ref().is_none_or(|q| q.try_send((channel, body)).is_err()) {
-            AdapterStatus::add(&self.status.lost, 1);
-        }
+        self.request(self.config.disconnect_request(&self.uid, &msg.nsp, msg.socket_id));
     }
 }
 
@@ -543,40 +860,33 @@ impl Handler<MembershipRemote> for RedisAdapter {
     type Result = ();
 
     fn handle(&mut self, msg: MembershipRemote, _: &mut Self::Context) {
-        let channel = requests::request_channel(&self.config.key, &msg.nsp);
-        let body = requests::membership_request(&self.uid, &[msg.socket_id], &[msg.room], msg.join);
-        if self.queue.as_ref().is_none_or(|q| q.try_send((channel, body)).is_err()) {
-            AdapterStatus::add(&self.status.lost, 1);
-        }
+        self.request(self.config.membership_request(&self.uid, msg));
     }
 }
 
-/// `PUBSUB NUMSUB channel` on the command connection (made on first use).
-async fn numsub(
-    client: &redis::Client,
-    command: &Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
-    channel: &str,
-    limit: Duration,
+/// The nodes subscribed to a namespace's request channel, counted on the
+/// command connection (made on first use).
+async fn count_nodes(
+    connector: &Connector,
+    command: &Arc<Mutex<Option<Conn>>>,
+    config: &RedisConfig,
+    nsp: &str,
 ) -> Option<usize> {
+    let limit = config.command_timeout;
     // unwrap: the lock is only held to clone or set the handle.
     let cached = command.lock().unwrap().clone();
     let mut conn = match cached {
         Some(c) => c,
         None => {
-            let c = timeout(limit, client.get_multiplexed_async_connection())
-                .await
-                .ok()?
-                .ok()?;
+            let c = timeout(limit, connector.command(limit)).await.ok()?.ok()?;
             // unwrap: as above.
             *command.lock().unwrap() = Some(c.clone());
             c
         }
     };
-    let mut cmd = redis::cmd("PUBSUB");
-    cmd.arg("NUMSUB").arg(channel);
-    let query = cmd.query_async::<(String, usize)>(&mut conn);
-    match timeout(limit, query).await {
-        Ok(Ok((_, n))) => Some(n),
+    let (cmd, channel) = config.count_command(nsp);
+    match timeout(limit, cmd.query_async::<redis::Value>(&mut conn)).await {
+        Ok(Ok(v)) => link::subscriber_count(&v, &channel),
         _ => {
             // unwrap: as above.
             *command.lock().unwrap() = None;

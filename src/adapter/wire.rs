@@ -49,6 +49,9 @@ pub enum WireError {
     /// Not msgpack.
     #[error("not msgpack: {0}")]
     Msgpack(String),
+    /// Not JSON.
+    #[error("not JSON: {0}")]
+    Json(String),
     /// msgpack of another shape.
     #[error("unexpected message shape: {0}")]
     Shape(&'static str),
@@ -160,7 +163,7 @@ pub fn decode_ack_broadcast(mut bytes: &[u8]) -> Result<(String, String, Broadca
 }
 
 /// JSON with placeholders → msgpack with the attachments in place.
-fn to_msgpack(v: &Value, attachments: &[Bytes]) -> Mp {
+pub(crate) fn to_msgpack(v: &Value, attachments: &[Bytes]) -> Mp {
     match v {
         Value::Null => Mp::Nil,
         Value::Bool(b) => Mp::Boolean(*b),
@@ -196,7 +199,7 @@ fn to_msgpack(v: &Value, attachments: &[Bytes]) -> Mp {
 
 /// msgpack → JSON, binary values replaced by placeholders (numbered in
 /// depth-first order) and collected.
-fn from_msgpack(v: &Mp, attachments: &mut Vec<Bytes>) -> Value {
+pub(crate) fn from_msgpack(v: &Mp, attachments: &mut Vec<Bytes>) -> Value {
     match v {
         Mp::Nil => Value::Null,
         Mp::Boolean(b) => Value::Bool(*b),

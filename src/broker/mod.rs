@@ -19,7 +19,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde_json::json;
 
-use crate::adapter::{wire, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, SocketInfo};
+use crate::adapter::{
+    wire, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo,
+};
 use crate::engineio::Frame;
 use crate::socketio::packet::{encode, PacketType};
 
@@ -219,7 +221,12 @@ pub struct Publish {
 /// Connects the broker to the cluster adapter.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AttachCluster(pub Recipient<Outbound>);
+pub struct AttachCluster {
+    /// Where this node's broadcasts go.
+    pub adapter: Recipient<Outbound>,
+    /// The room set to keep up to date, when the adapter subscribes per room.
+    pub rooms: Option<Arc<RoomWatch>>,
+}
 
 /// Members of a room.
 #[derive(Message)]
@@ -293,6 +300,8 @@ pub struct Broker {
     config: BrokerConfig,
     /// The other nodes (a Redis adapter), if any.
     cluster: Option<Recipient<Outbound>>,
+    /// The adapter's view of which rooms exist here (sharded, dynamic).
+    room_watch: Option<Arc<RoomWatch>>,
     members: HashMap<Arc<str>, Member>,
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, Room>>,
     next_seq: u64,
@@ -304,6 +313,7 @@ impl Broker {
         Self {
             config,
             cluster: None,
+            room_watch: None,
             members: HashMap::new(),
             rooms: HashMap::new(),
             next_seq: 0,
@@ -408,6 +418,9 @@ impl Broker {
             return Err(JoinError::TooManyRoomsInTotal);
         }
         member.rooms.insert(room.clone());
+        if let (Some(watch), false) = (&self.room_watch, rooms.contains_key(room)) {
+            watch.set(&nsp, room, true);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let r = rooms.entry(room.clone()).or_default();
@@ -432,6 +445,9 @@ impl Broker {
                 }
                 if r.order.is_empty() {
                     rooms.remove(room);
+                    if let Some(watch) = &self.room_watch {
+                        watch.set(&nsp, room, false);
+                    }
                 }
             }
             if rooms.is_empty() {
@@ -616,7 +632,15 @@ impl Handler<AttachCluster> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: AttachCluster, _: &mut Self::Context) {
-        self.cluster = Some(msg.0);
+        self.cluster = Some(msg.adapter);
+        self.room_watch = msg.rooms;
+        if let Some(watch) = &self.room_watch {
+            for (nsp, rooms) in &self.rooms {
+                for room in rooms.keys() {
+                    watch.set(nsp, room, true);
+                }
+            }
+        }
     }
 }
 
