@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::eio::{next, open, send, Ws};
 use common::{within, TestServer, SIO, SOON};
+use roomcast::config::{RedisMode, SubscriptionMode};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A redis-server of its own on a free port, killed on drop.
@@ -79,11 +80,59 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn node(redis: &PrivateRedis) -> TestServer {
-    let url = redis.url();
+/// The adapter protocol a test's nodes speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Classic,
+    /// Sharded pub/sub on one Redis server, one channel per public room.
+    Sharded,
+    /// Sharded pub/sub, one channel per namespace.
+    ShardedStatic,
+}
+
+/// Runs a scenario once per protocol, each as its own test.
+macro_rules! in_every_mode {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[actix_web::test]
+            async fn classic() {
+                super::$scenario(super::Proto::Classic).await
+            }
+            #[actix_web::test]
+            async fn sharded() {
+                super::$scenario(super::Proto::Sharded).await
+            }
+            #[actix_web::test]
+            async fn sharded_static() {
+                super::$scenario(super::Proto::ShardedStatic).await
+            }
+        }
+    )*};
+}
+
+in_every_mode!(
+    publishes_cross_nodes_exactly_once,
+    binary_crosses_nodes_as_binary,
+    redis_outage_keeps_local_delivery_and_recovers,
+    presence_and_api_disconnect_span_the_nodes,
+    api_room_list_and_membership_span_the_nodes,
+);
+
+fn node(redis: &PrivateRedis, proto: Proto) -> TestServer {
+    node_at(redis.url(), proto, false)
+}
+
+fn node_at(url: String, proto: Proto, cluster: bool) -> TestServer {
     common::spawn(common::settings(move |s| {
         common::quiet(s);
         s.redis.url = url;
+        s.redis.cluster = cluster;
+        if proto != Proto::Classic {
+            s.redis.mode = RedisMode::Sharded;
+        }
+        if proto == Proto::ShardedStatic {
+            s.redis.subscription_mode = SubscriptionMode::Static;
+        }
         s.redis.command_timeout_ms = 500;
         s.redis.reconnect_max_ms = 200;
         s.api.keys = vec![API_KEY.into()];
@@ -144,10 +193,9 @@ async fn publish(ws: &mut Ws, room: &str, data: serde_json::Value) {
     .await;
 }
 
-#[actix_web::test]
-async fn publishes_cross_nodes_exactly_once() {
+async fn publishes_cross_nodes_exactly_once(proto: Proto) {
     let redis = PrivateRedis::start();
-    let (n1, n2) = (node(&redis), node(&redis));
+    let (n1, n2) = (node(&redis, proto), node(&redis, proto));
     connected(&n1, true).await;
     connected(&n2, true).await;
     let (mut a, mut b) = (client(&n1).await, client(&n2).await);
@@ -164,10 +212,9 @@ async fn publishes_cross_nodes_exactly_once() {
     assert_eq!(text(&mut b).await, r#"42["chat",{"n":3}]"#);
 }
 
-#[actix_web::test]
-async fn binary_crosses_nodes_as_binary() {
+async fn binary_crosses_nodes_as_binary(proto: Proto) {
     let redis = PrivateRedis::start();
-    let (n1, n2) = (node(&redis), node(&redis));
+    let (n1, n2) = (node(&redis, proto), node(&redis, proto));
     connected(&n1, true).await;
     connected(&n2, true).await;
     let (mut a, mut b) = (client(&n1).await, client(&n2).await);
@@ -180,10 +227,9 @@ async fn binary_crosses_nodes_as_binary() {
     assert_eq!(text(&mut b).await, "<binary b\"\\t\\x08\\x07\">");
 }
 
-#[actix_web::test]
-async fn redis_outage_keeps_local_delivery_and_recovers() {
+async fn redis_outage_keeps_local_delivery_and_recovers(proto: Proto) {
     let mut redis = PrivateRedis::start();
-    let (n1, n2) = (node(&redis), node(&redis));
+    let (n1, n2) = (node(&redis, proto), node(&redis, proto));
     connected(&n1, true).await;
     connected(&n2, true).await;
     let (mut a, mut c, mut b) = (client(&n1).await, client(&n1).await, client(&n2).await);
@@ -222,10 +268,9 @@ async fn client_with_id(server: &TestServer) -> (Ws, String) {
     (ws, sid["sid"].as_str().unwrap().to_owned())
 }
 
-#[actix_web::test]
-async fn presence_and_api_disconnect_span_the_nodes() {
+async fn presence_and_api_disconnect_span_the_nodes(proto: Proto) {
     let redis = PrivateRedis::start();
-    let (n1, n2) = (node(&redis), node(&redis));
+    let (n1, n2) = (node(&redis, proto), node(&redis, proto));
     connected(&n1, true).await;
     connected(&n2, true).await;
     let ((mut a, a_id), (mut b, b_id)) = (client_with_id(&n1).await, client_with_id(&n2).await);
@@ -311,10 +356,9 @@ async fn room_count_becomes(server: &TestServer, room: &str, count: u64) {
     .await;
 }
 
-#[actix_web::test]
-async fn api_room_list_and_membership_span_the_nodes() {
+async fn api_room_list_and_membership_span_the_nodes(proto: Proto) {
     let redis = PrivateRedis::start();
-    let (n1, n2) = (node(&redis), node(&redis));
+    let (n1, n2) = (node(&redis, proto), node(&redis, proto));
     connected(&n1, true).await;
     connected(&n2, true).await;
     let ((mut a, _), (mut b, b_id)) = (client_with_id(&n1).await, client_with_id(&n2).await);
@@ -360,4 +404,68 @@ async fn api_room_list_and_membership_span_the_nodes() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// The sharded channels Redis has subscribers for.
+async fn shard_channels(url: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("SHARDCHANNELS")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    channels.sort();
+    channels
+}
+
+/// Waits until Redis has subscribers for `present` and none for `absent`.
+async fn shard_channels_become(url: &str, present: &[&str], absent: &[&str]) {
+    within("the sharded subscriptions", async {
+        loop {
+            let now = shard_channels(url).await;
+            let has = |c: &&str| now.iter().any(|n| n == c);
+            if present.iter().all(has) && !absent.iter().any(has) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn sharded_dynamic_mode_follows_the_rooms_and_spares_the_nodes_without_them() {
+    let redis = PrivateRedis::start();
+    let (n1, n2) = (node(&redis, Proto::Sharded), node(&redis, Proto::Sharded));
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    let (mut a, mut c, mut b) = (client(&n1).await, client(&n1).await, client(&n2).await);
+    subscribe(&mut a, "lobby").await;
+    subscribe(&mut c, "lobby").await;
+    subscribe(&mut b, "other").await;
+    // The room channels exist while the rooms do.
+    let (main, lobby, other) = ("socket.io#/#", "socket.io#/#lobby#", "socket.io#/#other#");
+    shard_channels_become(&redis.url(), &[main, lobby, other], &[]).await;
+
+    // A publish to "lobby" goes to the room's channel: node 2, without
+    // the room, does not even receive it.
+    publish(&mut a, "lobby", serde_json::json!({"n": 1})).await;
+    assert_eq!(text(&mut c).await, r#"42["chat",{"n":1}]"#);
+    let (status, _) = api(
+        &n1,
+        reqwest::Method::POST,
+        "/publish",
+        serde_json::json!({"room": "other", "event": "chat", "data": {"n": 2}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Same publisher connection, so "lobby" would have arrived first.
+    assert_eq!(text(&mut b).await, r#"42["chat",{"n":2}]"#);
+    assert_eq!(n2.cluster.received.load(Ordering::Relaxed), 1, "node 2 received only the broadcast to its room");
+
+    // The last member leaves: the channel goes.
+    request(&mut a, 4, "unsubscribe", serde_json::json!({"room": "lobby"})).await;
+    request(&mut c, 4, "unsubscribe", serde_json::json!({"room": "lobby"})).await;
+    shard_channels_become(&redis.url(), &[main, other], &[lobby]).await;
 }
