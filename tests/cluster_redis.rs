@@ -469,3 +469,154 @@ async fn sharded_dynamic_mode_follows_the_rooms_and_spares_the_nodes_without_the
     request(&mut c, 4, "unsubscribe", serde_json::json!({"room": "lobby"})).await;
     shard_channels_become(&redis.url(), &[main, other], &[lobby]).await;
 }
+
+/// A Redis Cluster of its own: three masters on free ports (each with its
+/// bus port free too), in a temporary directory; killed on drop.
+struct PrivateCluster {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateCluster {
+    fn start() -> PrivateCluster {
+        let dir = std::env::temp_dir().join(format!("roomcast-redis-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let bus_free = port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+            if bus_free && !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let mut cluster = PrivateCluster {
+            ports: ports.clone(),
+            children: vec![],
+            dir: dir.clone(),
+        };
+        for port in &ports {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("redis-server could not be started ({e}): install it (Debian: apt-get install redis-server)")
+                });
+            cluster.children.push(child);
+        }
+        for port in &ports {
+            let deadline = std::time::Instant::now() + SOON;
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("redis-cli could not be run ({e}): install it (Debian: apt-get install redis-tools)"));
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Every node reports `cluster_state:ok`.
+    fn wait_ok(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for port in &self.ports {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the Redis Cluster did not become ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn seed(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.ports[0])
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[actix_web::test]
+async fn sharded_mode_spans_the_shards_of_a_redis_cluster() {
+    let cluster = PrivateCluster::start();
+    let (n1, n2) = (
+        node_at(cluster.seed(), Proto::Sharded, true),
+        node_at(cluster.seed(), Proto::Sharded, true),
+    );
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    // Enough rooms that their channels fall on every shard.
+    let rooms: Vec<String> = (0..8).map(|i| format!("room-{i}")).collect();
+    let ((mut a, _), (mut b, b_id)) = (client_with_id(&n1).await, client_with_id(&n2).await);
+    for room in &rooms {
+        subscribe(&mut a, room).await;
+        subscribe(&mut b, room).await;
+    }
+    // Each shard holds the channels of its slots.
+    within("room channels on every shard", async {
+        loop {
+            let mut shards_with_rooms = 0;
+            for port in &cluster.ports {
+                let channels = shard_channels(&format!("redis://127.0.0.1:{port}/")).await;
+                if channels.iter().any(|c| c.contains("#room-")) {
+                    shards_with_rooms += 1;
+                }
+            }
+            if shards_with_rooms == cluster.ports.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    for (i, room) in rooms.iter().enumerate() {
+        publish(&mut a, room, serde_json::json!({"i": i})).await;
+        assert_eq!(text(&mut b).await, format!(r#"42["chat",{{"i":{i}}}]"#));
+    }
+    publish(&mut b, "room-0", serde_json::json!("back")).await;
+    assert_eq!(text(&mut a).await, r#"42["chat","back"]"#);
+
+    // Requests: presence counts both nodes (SHARDNUMSUB on the owning shard,
+    // answers on node 1's own channel), and node 1 disconnects B.
+    let reply = request(&mut a, 3, "presence", serde_json::json!({"room": "room-3"})).await;
+    let v: serde_json::Value = serde_json::from_str(&reply[3..]).unwrap();
+    assert_eq!((v[0]["count"].as_u64(), v[0]["partial"].as_bool()), (Some(2), Some(false)), "{reply}");
+    let (status, _) = api(
+        &n1,
+        reqwest::Method::POST,
+        &format!("/sockets/{b_id}/disconnect"),
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, 202);
+    within("B's connection to close", async {
+        while !matches!(next(&mut b).await, Message::Close(_)) {}
+    })
+    .await;
+}
