@@ -10,12 +10,14 @@
 //! - emitter: `@socket.io/redis-emitter` 5.x emits to a room, several rooms,
 //!   everyone, with `except`, binary included;
 //! - mixed: a Node.js socket.io 4.8 server with `@socket.io/redis-adapter`
-//!   8.x and two roomcast nodes exchange publishes both ways;
+//!   8.x and two roomcast nodes exchange publishes both ways, with the
+//!   classic adapter and with the sharded one (dynamic and static);
 //! - redis_outage: Redis SIGKILLed, restarted on the same port, paused with
 //!   SIGSTOP and continued, under connected clients;
-//! - requests: the adapter's request channel between a Node.js server and
-//!   roomcast (fetchSockets, allRooms, emitWithAck, serverSideEmitWithAck,
-//!   socketsJoin, disconnectSockets; roomcast's cluster-wide presence).
+//! - requests: the adapter's requests between a Node.js server and roomcast
+//!   (fetchSockets, allRooms, emitWithAck, serverSideEmitWithAck,
+//!   socketsJoin, disconnectSockets; roomcast's cluster-wide presence), in
+//!   the classic and both sharded modes.
 //!
 //! This test asserts that the suite passes and prints its whole output
 //! (with the processes' logs of a failing test) when it does not. The Node

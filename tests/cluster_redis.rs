@@ -462,7 +462,11 @@ async fn sharded_dynamic_mode_follows_the_rooms_and_spares_the_nodes_without_the
     assert_eq!(status, 202);
     // Same publisher connection, so "lobby" would have arrived first.
     assert_eq!(text(&mut b).await, r#"42["chat",{"n":2}]"#);
-    assert_eq!(n2.cluster.received.load(Ordering::Relaxed), 1, "node 2 received only the broadcast to its room");
+    assert_eq!(
+        n2.cluster.received.load(Ordering::Relaxed),
+        1,
+        "node 2 received only the broadcast to its room"
+    );
 
     // The last member leaves: the channel goes.
     request(&mut a, 4, "unsubscribe", serde_json::json!({"room": "lobby"})).await;
@@ -497,8 +501,22 @@ impl PrivateCluster {
         };
         for port in &ports {
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ])
                 .arg("--dir")
                 .arg(&dir)
                 .stdout(Stdio::null())
@@ -522,7 +540,9 @@ impl PrivateCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
-            .unwrap_or_else(|e| panic!("redis-cli could not be run ({e}): install it (Debian: apt-get install redis-tools)"));
+            .unwrap_or_else(|e| {
+                panic!("redis-cli could not be run ({e}): install it (Debian: apt-get install redis-tools)")
+            });
         assert!(created.success(), "redis-cli --cluster create failed");
         cluster.wait_ok();
         cluster
@@ -540,7 +560,10 @@ impl PrivateCluster {
                 if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
                     break;
                 }
-                assert!(std::time::Instant::now() < deadline, "the Redis Cluster did not become ready");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the Redis Cluster did not become ready"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -606,7 +629,11 @@ async fn sharded_mode_spans_the_shards_of_a_redis_cluster() {
     // answers on node 1's own channel), and node 1 disconnects B.
     let reply = request(&mut a, 3, "presence", serde_json::json!({"room": "room-3"})).await;
     let v: serde_json::Value = serde_json::from_str(&reply[3..]).unwrap();
-    assert_eq!((v[0]["count"].as_u64(), v[0]["partial"].as_bool()), (Some(2), Some(false)), "{reply}");
+    assert_eq!(
+        (v[0]["count"].as_u64(), v[0]["partial"].as_bool()),
+        (Some(2), Some(false)),
+        "{reply}"
+    );
     let (status, _) = api(
         &n1,
         reqwest::Method::POST,

@@ -86,7 +86,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
@@ -131,9 +136,18 @@ mod tests {
     #[test]
     fn counts_are_read_from_arrays_and_maps() {
         let ch = || Value::BulkString(b"socket.io#/#".to_vec());
-        assert_eq!(subscriber_count(&Value::Array(vec![ch(), Value::Int(3)]), "socket.io#/#"), Some(3));
-        assert_eq!(subscriber_count(&Value::Map(vec![(ch(), Value::Int(2))]), "socket.io#/#"), Some(2));
-        assert_eq!(subscriber_count(&Value::Array(vec![ch(), Value::Int(1)]), "other"), None);
+        assert_eq!(
+            subscriber_count(&Value::Array(vec![ch(), Value::Int(3)]), "socket.io#/#"),
+            Some(3)
+        );
+        assert_eq!(
+            subscriber_count(&Value::Map(vec![(ch(), Value::Int(2))]), "socket.io#/#"),
+            Some(2)
+        );
+        assert_eq!(
+            subscriber_count(&Value::Array(vec![ch(), Value::Int(1)]), "other"),
+            None
+        );
         assert_eq!(subscriber_count(&Value::Nil, "socket.io#/#"), None);
     }
 }

@@ -139,17 +139,29 @@ impl RedisConfig {
     }
 
     /// The channel and bytes of an answer to `requester`'s request.
-    fn reply(&self, uid: &str, nsp: &str, requester: &str, request_id: &str, reply: Reply) -> Option<(String, Vec<u8>)> {
+    fn reply(
+        &self,
+        uid: &str,
+        nsp: &str,
+        requester: &str,
+        request_id: &str,
+        reply: Reply,
+    ) -> Option<(String, Vec<u8>)> {
         if let Mode::Classic = self.mode {
             let body = match reply {
-                Reply::SocketIds(sockets) | Reply::Sockets(sockets) => json!({"requestId": request_id, "sockets": sockets}),
+                Reply::SocketIds(sockets) | Reply::Sockets(sockets) => {
+                    json!({"requestId": request_id, "sockets": sockets})
+                }
                 Reply::Rooms(rooms) => json!({"requestId": request_id, "rooms": rooms}),
                 Reply::EmitAck => json!({"type": kind::SERVER_SIDE_EMIT, "requestId": request_id, "data": null}),
                 Reply::ClientCount => {
                     json!({"type": kind::BROADCAST_CLIENT_COUNT, "requestId": request_id, "clientCount": 0})
                 }
             };
-            return Some((requests::response_channel(&self.key, nsp), body.to_string().into_bytes()));
+            return Some((
+                requests::response_channel(&self.key, nsp),
+                body.to_string().into_bytes(),
+            ));
         }
         let (t, data) = match reply {
             Reply::Sockets(sockets) => (
@@ -177,7 +189,8 @@ impl RedisConfig {
     fn count_command(&self, nsp: &str) -> (redis::Cmd, String) {
         let channel = self.request_channel(nsp);
         let mut cmd = redis::cmd("PUBSUB");
-        cmd.arg(if self.sharded() { "SHARDNUMSUB" } else { "NUMSUB" }).arg(&channel);
+        cmd.arg(if self.sharded() { "SHARDNUMSUB" } else { "NUMSUB" })
+            .arg(&channel);
         (cmd, channel)
     }
 }
@@ -293,7 +306,12 @@ impl Actor for RedisAdapter {
         };
         let (tx, rx) = mpsc::channel(self.config.queue);
         self.queue = Some(tx);
-        actix_rt::spawn(publisher(connector.clone(), rx, self.config.clone(), self.status.clone()));
+        actix_rt::spawn(publisher(
+            connector.clone(),
+            rx,
+            self.config.clone(),
+            self.status.clone(),
+        ));
         self.connector = Some(connector.clone());
         let node = Node {
             uid: self.uid.clone(),
@@ -559,7 +577,10 @@ async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch
                 let mut subscribed = HashSet::new();
                 if !dynamic || follow_rooms(&mut conn, &key, &rooms, &mut subscribed, limit).await {
                     node.status.connected.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(channels = fixed.len() + subscribed.len(), "redis adapter subscribed (sharded)");
+                    tracing::info!(
+                        channels = fixed.len() + subscribed.len(),
+                        "redis adapter subscribed (sharded)"
+                    );
                     backoff = BACKOFF_START;
                     failures = 0;
                     let mut ping = tokio::time::interval(PING_EVERY);

@@ -27,7 +27,6 @@
 //! {key}#{nsp}#` (itself included). The sharded protocol has no room-list
 //! request and the Redis emitter does not speak it.
 
-use bytes::Bytes;
 use rmpv::Value as Mp;
 use serde_json::{json, Value};
 
@@ -194,7 +193,7 @@ pub fn decode(payload: &[u8]) -> Result<(String, String, Message), WireError> {
                 uid: uid.clone(),
                 nsp: nsp.clone(),
                 args,
-                attachments: attachments.into_iter().map(Bytes::from).collect(),
+                attachments,
                 rooms: strings(&data["opts"]["rooms"]),
                 except: strings(&data["opts"]["except"]),
             };
@@ -236,6 +235,7 @@ fn field<'a>(mut v: &'a Mp, path: &[&str]) -> Option<&'a Mp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn sample(attachments: Vec<Bytes>) -> Broadcast {
         let blob = if attachments.is_empty() {
@@ -275,17 +275,27 @@ mod tests {
         let (uid, _, Message::Broadcast(b)) = decode(broadcast).unwrap() else {
             panic!("not a broadcast")
         };
-        assert_eq!((uid.as_str(), b.rooms, b.args), ("5f0d3c1b2a4e6f70", vec!["room1".to_owned()], json!(["hello", "world"])));
-        let fetch = br#"{"type":7,"data":{"opts":{"rooms":["room1"],"except":[]},"requestId":"abc"},"uid":"u1","nsp":"/"}"#;
+        assert_eq!(
+            (uid.as_str(), b.rooms, b.args),
+            ("5f0d3c1b2a4e6f70", vec!["room1".to_owned()], json!(["hello", "world"]))
+        );
+        let fetch =
+            br#"{"type":7,"data":{"opts":{"rooms":["room1"],"except":[]},"requestId":"abc"},"uid":"u1","nsp":"/"}"#;
         let (_, _, Message::Request(r)) = decode(fetch).unwrap() else {
             panic!("not a request")
         };
-        assert_eq!((r.kind, r.request_id.as_deref()), (requests::kind::REMOTE_FETCH, Some("abc")));
+        assert_eq!(
+            (r.kind, r.request_id.as_deref()),
+            (requests::kind::REMOTE_FETCH, Some("abc"))
+        );
         let join = br#"{"type":4,"data":{"opts":{"rooms":["a"],"except":["b"]},"rooms":["c"]},"uid":"u1","nsp":"/"}"#;
         let (_, _, Message::Request(r)) = decode(join).unwrap() else {
             panic!("not a request")
         };
-        assert_eq!((r.rooms, r.except, r.target_rooms), (vec!["a".to_owned()], vec!["b".to_owned()], vec!["c".to_owned()]));
+        assert_eq!(
+            (r.rooms, r.except, r.target_rooms),
+            (vec!["a".to_owned()], vec!["b".to_owned()], vec!["c".to_owned()])
+        );
         let ack = br#"{"type":3,"data":{"packet":{"type":2,"data":["q"],"nsp":"/"},"requestId":"r1","opts":{"rooms":[],"except":[],"flags":{"timeout":1000}}},"uid":"u1","nsp":"/"}"#;
         let (_, _, Message::Request(r)) = decode(ack).unwrap() else {
             panic!("not a request")
@@ -308,7 +318,14 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in [&b""[..], b"{", b"{}", &[0xc1], br#"{"type":3,"uid":"u","data":{}}"#, br#"{"type":99,"uid":"u"}"#] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{}",
+            &[0xc1],
+            br#"{"type":3,"uid":"u","data":{}}"#,
+            br#"{"type":99,"uid":"u"}"#,
+        ] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,6 +1,8 @@
 // A mixed cluster on one private Redis: a Node.js socket.io 4.8 server with
 // the official @socket.io/redis-adapter 8.x (lib/node-server.mjs, speaking
-// roomcast's client protocol) and two roomcast nodes. socket.io-client 4.8
+// roomcast's client protocol) and two roomcast nodes, in each protocol: the
+// classic adapter, and the sharded adapter (Redis 7 sharded pub/sub) with
+// dynamic and with static subscriptions. socket.io-client 4.8
 // clients on all three servers share a room:
 // - a publish by a client of the Node server reaches the roomcast nodes'
 //   members (and the Node server's other member) exactly once;
@@ -11,12 +13,12 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Cluster, binaryBytes, countsFrom, onceEach, publish, uniq } from "./lib/cluster.mjs";
+import { Cluster, MODES, binaryBytes, countsFrom, onceEach, publish, uniq } from "./lib/cluster.mjs";
 
 const ROOM = "mix:room";
 
-describe("mixed cluster: Node socket.io + @socket.io/redis-adapter and two roomcast nodes", { timeout: 60_000 }, () => {
-  const cluster = new Cluster("mixed");
+for (const mode of MODES) describe(`mixed cluster: Node socket.io + @socket.io/redis-adapter and two roomcast nodes (${mode})`, { timeout: 60_000 }, () => {
+  const cluster = new Cluster(`mixed-${mode}`, { mode });
   let N, R1, R2;
   let members = [];
   let outsider;

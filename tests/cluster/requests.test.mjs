@@ -1,10 +1,13 @@
-// The request/response channel of @socket.io/redis-adapter 8.x between a
-// Node.js socket.io 4.8 server (lib/node-server.mjs) and a roomcast node on
-// one private Redis. roomcast subscribes to the request channel, so Node
-// counts it (PUBSUB NUMSUB) and waits for its answers:
+// The requests of @socket.io/redis-adapter 8.x between a Node.js socket.io
+// 4.8 server (lib/node-server.mjs) and a roomcast node on one private Redis,
+// in each protocol (classic; sharded, dynamic and static). roomcast
+// subscribes to the request channel (classic) or the namespace's sharded
+// channel, so Node counts it (PUBSUB NUMSUB / SHARDNUMSUB) and waits for its
+// answers:
 // - fetchSockets on the Node server lists roomcast's members of the room, and
 //   completes without waiting for its timeout;
-// - allRooms includes roomcast's rooms;
+// - allRooms includes roomcast's rooms (classic: the sharded protocol has no
+//   room-list request);
 // - emitWithAck to a room reaches roomcast's member and completes;
 // - serverSideEmitWithAck completes (roomcast answers with null);
 // - socketsJoin and disconnectSockets from Node act on a roomcast socket;
@@ -13,12 +16,12 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Cluster, ack, within } from "./lib/cluster.mjs";
+import { Cluster, MODES, ack, within } from "./lib/cluster.mjs";
 
 const ROOM = "req:lobby";
 
-describe("adapter requests between Node socket.io and roomcast", { timeout: 60_000 }, () => {
-  const cluster = new Cluster("requests");
+for (const mode of MODES) describe(`adapter requests between Node socket.io and roomcast (${mode})`, { timeout: 60_000 }, () => {
+  const cluster = new Cluster(`requests-${mode}`, { mode });
   let N, R;
   let onNode, onRoomcast;
 
@@ -40,7 +43,8 @@ describe("adapter requests between Node socket.io and roomcast", { timeout: 60_0
     assert.ok(reply.ms < 1000, `took ${reply.ms} ms`);
   }));
 
-  it("allRooms on Node includes roomcast's rooms", cluster.wrap(async () => {
+  // The sharded protocol has no room-list request: Node's allRooms is local there.
+  if (mode === "classic") it("allRooms on Node includes roomcast's rooms", cluster.wrap(async () => {
     const reply = await ack(onNode, "all-rooms", {}, 4000);
     assert.equal(reply.ok, true, JSON.stringify(reply));
     assert.ok(reply.rooms.includes(ROOM), JSON.stringify(reply));

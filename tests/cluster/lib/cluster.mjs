@@ -103,9 +103,18 @@ export function binaryBytes(value, what) {
   assert.fail(`${what} did not arrive as binary: ${JSON.stringify(value)?.slice(0, 200)}`);
 }
 
+/**
+ * The adapter protocols a cluster can speak: the classic one, and the
+ * sharded one (Redis 7 sharded pub/sub) in its two subscription modes.
+ */
+export const MODES = ["classic", "dynamic", "static"];
+
 export class Cluster {
-  constructor(name) {
+  /** `mode`: one of MODES; every node of the cluster speaks it. */
+  constructor(name, { mode = "classic" } = {}) {
+    assert.ok(MODES.includes(mode), `unknown mode ${mode}`);
     this.name = name;
+    this.mode = mode;
     this.redis = null;
     this.nodes = {};
     this.sockets = [];
@@ -120,14 +129,16 @@ export class Cluster {
 
   /** Starts roomcast nodes named `names`, in parallel. */
   async startRoomcast(...names) {
-    const nodes = await Promise.all(names.map((n) => startRoomcast(n, this.redis.url)));
+    const env =
+      this.mode === "classic" ? {} : { ROOMCAST__REDIS__MODE: "sharded", ROOMCAST__REDIS__SUBSCRIPTION_MODE: this.mode };
+    const nodes = await Promise.all(names.map((n) => startRoomcast(n, this.redis.url, { env })));
     for (const node of nodes) this.nodes[node.name] = node;
     return nodes;
   }
 
   /** Starts a Node.js socket.io server with @socket.io/redis-adapter. */
   async startNodeServer(name) {
-    const node = await startNodeServer(name, this.redis.url);
+    const node = await startNodeServer(name, this.redis.url, { sharded: this.mode === "classic" ? undefined : this.mode });
     this.nodes[name] = node;
     return node;
   }

@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // A Node.js Socket.IO node of a mixed cluster: socket.io 4.8 with the
-// official @socket.io/redis-adapter 8.x (classic pub/sub), speaking
+// official @socket.io/redis-adapter 8.x (classic pub/sub, or with
+// --sharded the sharded adapter on Redis 7 sharded pub/sub), speaking
 // roomcast's client protocol (docs/protocol.md) for the events the cluster
 // tests use: subscribe, unsubscribe, publish (acks as roomcast's) and a
 // node-local presence.
 //
 //   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
+//                            [--sharded dynamic|static]
 //
 // Prints "READY <port> <adapter uid of />" once it listens and the adapter's
 // subscriptions are confirmed by Redis. SIGTERM/SIGINT close it cleanly.
@@ -14,13 +16,14 @@ import { createServer } from "node:http";
 import { parseArgs } from "node:util";
 import { Server } from "socket.io";
 import { createClient } from "redis";
-import { createAdapter } from "@socket.io/redis-adapter";
+import { createAdapter, createShardedAdapter } from "@socket.io/redis-adapter";
 
 const { values: opts } = parseArgs({
   options: {
     redis: { type: "string", default: "redis://127.0.0.1:6379/" },
     port: { type: "string", default: "0" },
     key: { type: "string", default: "socket.io" },
+    sharded: { type: "string" },
   },
 });
 
@@ -35,7 +38,10 @@ sub.on("error", (e) => console.error("redis sub error:", e.message));
 await Promise.all([pub.connect(), sub.connect()]);
 
 const httpServer = createServer();
-const io = new Server(httpServer, { adapter: createAdapter(pub, sub, { key: opts.key }) });
+const adapter = opts.sharded
+  ? createShardedAdapter(pub, sub, { channelPrefix: opts.key, subscriptionMode: opts.sharded })
+  : createAdapter(pub, sub, { key: opts.key });
+const io = new Server(httpServer, { adapter });
 const nsp = io.of("/");
 
 nsp.on("connection", (socket) => {
@@ -93,14 +99,17 @@ nsp.on("connection", (socket) => {
   }));
 });
 
-// The adapter PSUBSCRIBEs and then SUBSCRIBEs on the sub connection; once
-// Redis counts a subscriber on this adapter's own response channel, both
-// are in place.
+// The adapter subscribes on the sub connection, its own response channel
+// last; once Redis counts a subscriber there, all are in place.
 const uid = nsp.adapter.uid;
-const ownChannel = `${opts.key}-response#/#${uid}#`;
+const ownChannel = opts.sharded ? `${opts.key}#/#${uid}#` : `${opts.key}-response#/#${uid}#`;
+const subscribers = async () => {
+  if (!opts.sharded) return (await pub.pubSubNumSub(ownChannel))[ownChannel];
+  const [, n] = await pub.sendCommand(["PUBSUB", "SHARDNUMSUB", ownChannel]);
+  return Number(n);
+};
 for (let i = 0; ; i++) {
-  const counts = await pub.pubSubNumSub(ownChannel);
-  if (counts[ownChannel] >= 1) break;
+  if ((await subscribers()) >= 1) break;
   if (i > 200) throw new Error(`the adapter did not subscribe to ${ownChannel}`);
   await new Promise((r) => setTimeout(r, 25));
 }

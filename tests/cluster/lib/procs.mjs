@@ -261,8 +261,9 @@ export async function startRoomcast(name, redisUrl, { env = {}, timeoutMs = 1000
  * (lib/node-server.mjs) on a free port. Resolves once it listens and its
  * adapter's subscriptions are in place.
  */
-export async function startNodeServer(name, redisUrl, { timeoutMs = 10000 } = {}) {
-  const proc = spawnLogged(`node socket.io server ${name}`, process.execPath, [resolve(here, "node-server.mjs"), "--redis", redisUrl, "--port", "0"], {
+export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded } = {}) {
+  const args = [resolve(here, "node-server.mjs"), "--redis", redisUrl, "--port", "0", ...(sharded ? ["--sharded", sharded] : [])];
+  const proc = spawnLogged(`node socket.io server ${name}`, process.execPath, args, {
     cwd: CLUSTER_DIR,
     env: { ...process.env, NO_COLOR: "1" },
   });
