@@ -443,6 +443,13 @@ mod tests {
         let msg = s.validate().unwrap_err().to_string();
         assert!(msg.contains("engine.transports"), "{msg}");
 
+        let mut s = Settings::defaults();
+        s.redis.cluster = true;
+        let msg = s.validate().unwrap_err().to_string();
+        assert!(msg.contains("redis.cluster") && msg.contains("sharded"), "{msg}");
+        s.redis.mode = RedisMode::Sharded;
+        assert!(s.validate().is_ok());
+
         let cfg = config::Config::builder()
             .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
             .set_override("engine.ping_interval_ms", "soon")
