@@ -38,28 +38,8 @@ impl PrivateRedis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server could not be started ({e}): install it (Debian: apt-get install redis-server)")
-            });
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + SOON;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = Some(redis_server(self.port, &[]));
+        await_listening(self.port);
     }
 
     fn kill(&mut self) {
@@ -117,6 +97,35 @@ in_every_mode!(
     presence_and_api_disconnect_span_the_nodes,
     api_room_list_and_membership_span_the_nodes,
 );
+
+/// A redis-server on `port` that keeps nothing on disk, with `extra` arguments.
+fn redis_server(port: u16, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("redis-server could not be started ({e}): install it (Debian: apt-get install redis-server)")
+        })
+}
+
+fn await_listening(port: u16) {
+    let deadline = std::time::Instant::now() + SOON;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 fn node(redis: &PrivateRedis, proto: Proto) -> TestServer {
     node_at(redis.url(), proto, false)
@@ -500,39 +509,12 @@ impl PrivateCluster {
             dir: dir.clone(),
         };
         for port in &ports {
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                ])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("redis-server could not be started ({e}): install it (Debian: apt-get install redis-server)")
-                });
-            cluster.children.push(child);
+            let conf = format!("nodes-{port}.conf");
+            let dir = dir.to_str().unwrap();
+            let cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--dir", dir];
+            cluster.children.push(redis_server(*port, &cluster_args));
         }
-        for port in &ports {
-            let deadline = std::time::Instant::now() + SOON;
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        ports.iter().for_each(|p| await_listening(*p));
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])

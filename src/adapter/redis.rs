@@ -451,6 +451,48 @@ fn tx_for(queue: &Option<mpsc::Sender<(String, Vec<u8>)>>) -> mpsc::Sender<(Stri
     queue.clone().unwrap()
 }
 
+/// A subscriber's reconnection: capped exponential backoff, and a log line
+/// at the 1st, 2nd, 4th, 8th… failure in a row (every attempt while an
+/// outage lasts would flood the log).
+struct Reconnect {
+    backoff: Duration,
+    max: Duration,
+    failures: u64,
+}
+
+impl Reconnect {
+    fn new(max: Duration) -> Self {
+        Self {
+            backoff: BACKOFF_START,
+            max,
+            failures: 0,
+        }
+    }
+
+    fn connected(&mut self) {
+        self.backoff = BACKOFF_START;
+        self.failures = 0;
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.failures += 1;
+        if self.failures.is_power_of_two() {
+            tracing::warn!(attempts = self.failures, "redis adapter cannot subscribe: {why}");
+        }
+    }
+
+    /// The subscription was lost: the node is degraded until it is back.
+    fn lost(&self, status: &AdapterStatus) {
+        status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!("redis adapter lost its subscription: degraded, reconnecting");
+    }
+
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(self.max);
+    }
+}
+
 async fn subscriber(client: redis::Client, node: Node) {
     let key = &node.config.key;
     let patterns: Vec<String> = node.config.namespaces.iter().map(|n| wire::pattern(key, n)).collect();
@@ -460,8 +502,7 @@ async fn subscriber(client: redis::Client, node: Node) {
         channels.push(requests::response_channel(key, nsp));
     }
     let (request_prefix, response_prefix) = (format!("{key}-request#"), format!("{key}-response#"));
-    let mut backoff = BACKOFF_START;
-    let mut failures = 0u64;
+    let mut retry = Reconnect::new(node.config.reconnect_max);
     loop {
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -479,8 +520,7 @@ async fn subscriber(client: redis::Client, node: Node) {
             Ok(Ok(pubsub)) => {
                 node.status.connected.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(patterns = ?patterns, "redis adapter subscribed");
-                backoff = BACKOFF_START;
-                failures = 0;
+                retry.connected();
                 let (mut sink, mut stream) = pubsub.split();
                 let mut ping = tokio::time::interval(PING_EVERY);
                 ping.tick().await;
@@ -498,23 +538,12 @@ async fn subscriber(client: redis::Client, node: Node) {
                         }
                     }
                 }
-                node.status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!("redis adapter lost its subscription: degraded, reconnecting");
+                retry.lost(&node.status);
             }
-            failure => {
-                failures += 1;
-                // Every attempt while it lasts would flood the log.
-                if failures.is_power_of_two() {
-                    let why = match failure {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".to_owned(),
-                    };
-                    tracing::warn!(attempts = failures, "redis adapter cannot subscribe: {why}");
-                }
-            }
+            Ok(Err(e)) => retry.failed(&e.to_string()),
+            Err(_) => retry.failed("timed out"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(node.config.reconnect_max);
+        retry.pause().await;
     }
 }
 
@@ -554,8 +583,7 @@ async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch
         fixed.push(sharded::response_channel(&key, nsp, &node.uid));
     }
     let limit = node.config.command_timeout;
-    let mut backoff = BACKOFF_START;
-    let mut failures = 0u64;
+    let mut retry = Reconnect::new(node.config.reconnect_max);
     loop {
         let (tx, mut pushes) = mpsc::channel::<redis::PushInfo>(PUSH_QUEUE);
         let status = node.status.clone();
@@ -581,8 +609,7 @@ async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch
                         channels = fixed.len() + subscribed.len(),
                         "redis adapter subscribed (sharded)"
                     );
-                    backoff = BACKOFF_START;
-                    failures = 0;
+                    retry.connected();
                     let mut ping = tokio::time::interval(PING_EVERY);
                     ping.tick().await;
                     loop {
@@ -606,24 +633,13 @@ async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch
                             }
                         }
                     }
-                    node.status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!("redis adapter lost its subscription: degraded, reconnecting");
+                    retry.lost(&node.status);
                 }
             }
-            failure => {
-                failures += 1;
-                // Every attempt while it lasts would flood the log.
-                if failures.is_power_of_two() {
-                    let why = match failure {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".to_owned(),
-                    };
-                    tracing::warn!(attempts = failures, "redis adapter cannot subscribe: {why}");
-                }
-            }
+            Ok(Err(e)) => retry.failed(&e.to_string()),
+            Err(_) => retry.failed("timed out"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(node.config.reconnect_max);
+        retry.pause().await;
     }
 }
 
