@@ -1,0 +1,226 @@
+//! roomcast-bench: a load generator for Socket.IO servers that speak
+//! roomcast's application protocol (`docs/protocol.md`: `subscribe`,
+//! `publish` with acks) over Engine.IO v4 / Socket.IO v5 WebSockets.
+//!
+//! ```text
+//! roomcast-bench connect --url http://127.0.0.1:3000 -n 10000 --server-pid PID
+//! roomcast-bench fanout  --url … --rooms 1 --subscribers 1000 --publishers 1 --rate 100
+//! roomcast-bench max     --url … --rooms 1000 --subscribers 10 --publishers 100
+//! roomcast-bench fanout  --url http://A --url http://B …   (cluster: subscribers on both)
+//! ```
+//!
+//! Every run is bounded in time and count. It prints a table, then one
+//! JSON line with every figure (the last line of its output).
+
+mod client;
+mod scenarios;
+mod stats;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use scenarios::{Fleet, Shape, MAX_STEPS};
+
+#[derive(Parser)]
+#[command(name = "roomcast-bench", about = "Load generator for Socket.IO pub/sub servers")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Server URL (repeat for a cluster: subscribers are spread over them).
+    #[arg(long, required = true)]
+    url: Vec<String>,
+    /// The server's pid, for its memory and CPU time (from /proc).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A name for the server in the output.
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Loopback source addresses to spread connections over (127.0.0.1…N);
+    /// 0 = one per 20,000 connections.
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
+}
+
+#[derive(Args, Clone, Copy)]
+struct FanoutShape {
+    /// Rooms.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Subscribers per room.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Publishing sessions (not subscribed).
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Seconds of publishing per step.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Longest wait for the deliveries after the last publish, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    drain: f64,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N idle sessions: handshakes per second, handshake latency, server
+    /// memory and CPU per session.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Sessions.
+        #[arg(short, long, default_value_t = 10_000)]
+        n: usize,
+    },
+    /// Publishes at a fixed total rate: deliveries per second, loss,
+    /// latency, server CPU per million deliveries.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        shape: FanoutShape,
+        /// Publishes per second, all publishers together.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+    },
+    /// Steps the publish rate up to the highest whose p99 and loss stay
+    /// within bounds.
+    Max {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        shape: FanoutShape,
+        /// First rate (publishes per second).
+        #[arg(long, default_value_t = 20.0)]
+        start_rate: f64,
+        /// Rate multiplier per step.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Highest acceptable p99 latency, ms.
+        #[arg(long, default_value_t = 50.0)]
+        p99_ms: f64,
+        /// Highest acceptable loss (0.001 = 0.1 %).
+        #[arg(long, default_value_t = 0.001)]
+        max_loss: f64,
+    },
+}
+
+fn targets(common: &Common, sessions: usize) -> Result<Vec<client::Target>> {
+    let sources = if common.sources == 0 {
+        sessions.div_ceil(20_000).max(1)
+    } else {
+        common.sources
+    };
+    common.url.iter().map(|u| client::Target::parse(u, sources)).collect()
+}
+
+/// Raises the soft limit of open files to the hard limit.
+fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("roomcast-bench: could not raise the open-file limit: {e}");
+    }
+}
+
+fn print(label: &str, result: &Value) {
+    println!("{:<28} {}", "server", label);
+    if let Value::Object(map) = result {
+        for (k, v) in map {
+            let shown = match v {
+                Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or_default()),
+                other => other.to_string(),
+            };
+            println!("{k:<28} {shown}");
+        }
+    }
+    println!("{}", json!({"server": label, "result": result}));
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    raise_fd_limit();
+    let cli = Cli::parse();
+    let (label, result) = match cli.scenario {
+        Scenario::Connect { common, n } => {
+            let t = targets(&common, n)?;
+            let r = scenarios::connect(&t, n, common.concurrency, common.server_pid).await?;
+            (common.label, r)
+        }
+        Scenario::Fanout { common, shape, rate } => {
+            let fleet = start(&common, shape).await?;
+            let step = fleet.step(0, rate, secs(shape.duration), secs(shape.drain)).await?;
+            fleet.stop().await;
+            let mut r = step.to_json();
+            r["scenario"] = json!("fanout");
+            r["shape"] = shape_json(shape, common.url.len());
+            (common.label, r)
+        }
+        Scenario::Max {
+            common,
+            shape,
+            start_rate,
+            factor,
+            p99_ms,
+            max_loss,
+        } => {
+            let fleet = start(&common, shape).await?;
+            let mut rate = start_rate;
+            let mut best: Option<scenarios::Step> = None;
+            let mut steps = Vec::new();
+            for i in 0..MAX_STEPS {
+                let step = fleet.step(i, rate, secs(shape.duration), secs(shape.drain)).await?;
+                let ok = step.p99_ms <= p99_ms && step.loss() <= max_loss;
+                eprintln!(
+                    "step {i}: rate {rate:.0}/s, {:.0} deliveries/s, p99 {:.1} ms, loss {:.4} {}",
+                    step.deliveries_per_s(),
+                    step.p99_ms,
+                    step.loss(),
+                    if ok { "ok" } else { "over" }
+                );
+                steps.push(step.to_json());
+                if !ok {
+                    break;
+                }
+                best = Some(step);
+                rate *= factor;
+            }
+            fleet.stop().await;
+            let mut r = best.map(|b| b.to_json()).unwrap_or_else(|| json!({"deliveries_per_s": 0}));
+            r["scenario"] = json!("max");
+            r["shape"] = shape_json(shape, common.url.len());
+            r["steps"] = json!(steps);
+            (common.label, r)
+        }
+    };
+    print(&label, &result);
+    Ok(())
+}
+
+async fn start(common: &Common, shape: FanoutShape) -> Result<Fleet> {
+    let sessions = shape.rooms * shape.subscribers + shape.publishers;
+    let t = targets(common, sessions)?;
+    let s = Shape {
+        rooms: shape.rooms,
+        subscribers: shape.subscribers,
+        publishers: shape.publishers,
+    };
+    Fleet::start(&t, s, common.concurrency, common.server_pid)
+        .await
+        .context("connecting the subscribers and publishers")
+}
+
+fn shape_json(shape: FanoutShape, nodes: usize) -> Value {
+    json!({"rooms": shape.rooms, "subscribers": shape.subscribers, "publishers": shape.publishers, "nodes": nodes})
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}

@@ -1,0 +1,300 @@
+//! The scenarios: `connect` (idle sessions) and fan-out at a rate, stepped
+//! by `max` to the highest rate that keeps p99 and loss within bounds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Mutex, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Rx, Session, Target, Tx};
+use crate::stats::{quantiles_ms, read_proc, Latencies};
+
+/// Most steps a `max` run may take (delivery counters are kept per step).
+pub const MAX_STEPS: usize = 40;
+
+/// Microseconds since the first call: the clock of publish timestamps.
+fn now_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Keeps a session alive (answering pings) until `stop` changes; each text
+/// frame other than a ping goes to `on_frame`.
+async fn hold(mut rx: Rx, tx: Arc<Mutex<Tx>>, mut stop: watch::Receiver<bool>, mut on_frame: impl FnMut(&str)) {
+    loop {
+        tokio::select! {
+            frame = rx.next() => match frame {
+                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                    let _ = tx.lock().await.send(Message::text("3")).await;
+                }
+                Some(Ok(Message::Text(t))) => on_frame(t.as_str()),
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Opens `n` sessions, at most `concurrency` handshakes at a time, the
+/// `i`th on `targets[i % len]`; `setup` runs on each before it counts.
+async fn open_many<F, Fut>(targets: &[Target], n: usize, concurrency: usize, setup: F) -> Result<Vec<(Session, usize)>>
+where
+    F: Fn(Session, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Session>> + Send,
+{
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let target = targets[i % targets.len()].clone();
+        let gate = gate.clone();
+        let setup = setup.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let s = client::connect(&target, i).await?;
+            Ok::<_, anyhow::Error>((setup(s, i).await?, i))
+        }));
+    }
+    let mut sessions = Vec::with_capacity(n);
+    let mut failures = Vec::new();
+    for t in tasks {
+        match t.await? {
+            Ok(s) => sessions.push(s),
+            Err(e) => failures.push(e),
+        }
+    }
+    if let Some(first) = failures.first() {
+        bail!("{} of {n} sessions failed; first: {first:#}", failures.len());
+    }
+    Ok(sessions)
+}
+
+/// `connect`: `n` idle sessions.
+pub async fn connect(targets: &[Target], n: usize, concurrency: usize, pid: Option<u32>) -> Result<Value> {
+    let before = read_proc(pid)?;
+    let started = Instant::now();
+    let sessions = open_many(targets, n, concurrency, |s, _| async { Ok(s) }).await?;
+    let elapsed = started.elapsed();
+    let mut handshakes = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for (s, _) in &sessions {
+        handshakes.saturating_record(s.handshake.as_micros() as u64);
+    }
+    // Let the server finish what the last handshakes started, then read it
+    // while every session is still open.
+    let (stop_tx, stop) = watch::channel(false);
+    let mut holders = Vec::new();
+    for (s, _) in sessions {
+        let tx = Arc::new(Mutex::new(s.tx));
+        holders.push(tokio::spawn(hold(s.rx, tx, stop.clone(), |_| {})));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = read_proc(pid)?;
+    let (p50, p99, max) = quantiles_ms(&handshakes);
+    let mut out = json!({
+        "scenario": "connect",
+        "sessions": n,
+        "sessions_per_s": n as f64 / elapsed.as_secs_f64(),
+        "handshake_p50_ms": p50,
+        "handshake_p99_ms": p99,
+        "handshake_max_ms": max,
+    });
+    if let (Some(b), Some(a)) = (before, after) {
+        out["rss_per_session_kib"] = json!((a.rss.saturating_sub(b.rss)) as f64 / 1024.0 / n as f64);
+        out["server_cpu_us_per_handshake"] = json!((a.cpu.saturating_sub(b.cpu)).as_micros() as f64 / n as f64);
+        out["server_rss_mib"] = json!(a.rss as f64 / 1024.0 / 1024.0);
+    }
+    let _ = stop_tx.send(true);
+    for h in holders {
+        let _ = h.await;
+    }
+    Ok(out)
+}
+
+/// A fan-out shape: `rooms` × `subscribers` per room, `publishers` extra
+/// sessions publishing into the rooms in turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub rooms: usize,
+    pub subscribers: usize,
+    pub publishers: usize,
+}
+
+/// Connected subscribers and publishers, reused across steps.
+pub struct Fleet {
+    shape: Shape,
+    delivered: Arc<Vec<AtomicU64>>,
+    latencies: Arc<Latencies>,
+    publishers: Vec<Arc<Mutex<Tx>>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pid: Option<u32>,
+}
+
+/// One step's figures.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub rate: f64,
+    pub published: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub server_cpu_s: Option<f64>,
+}
+
+impl Step {
+    pub fn loss(&self) -> f64 {
+        if self.expected == 0 {
+            return 0.0;
+        }
+        1.0 - (self.delivered.min(self.expected) as f64 / self.expected as f64)
+    }
+
+    pub fn deliveries_per_s(&self) -> f64 {
+        self.delivered as f64 / self.seconds
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "rate": self.rate,
+            "published": self.published,
+            "expected": self.expected,
+            "delivered": self.delivered,
+            "deliveries_per_s": self.deliveries_per_s(),
+            "loss": self.loss(),
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "max_ms": self.max_ms,
+        });
+        if let Some(cpu) = self.server_cpu_s {
+            v["server_cpu_s"] = json!(cpu);
+            if self.delivered > 0 {
+                v["server_cpu_s_per_million"] = json!(cpu / (self.delivered as f64 / 1e6));
+            }
+        }
+        v
+    }
+}
+
+impl Fleet {
+    /// Connects and subscribes everyone: subscriber `i` joins room
+    /// `i % rooms` on `targets[i % len]`; publishers go to `targets[0]`.
+    pub async fn start(targets: &[Target], shape: Shape, concurrency: usize, pid: Option<u32>) -> Result<Fleet> {
+        let delivered: Arc<Vec<AtomicU64>> = Arc::new((0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect());
+        let latencies = Arc::new(Latencies::new(64));
+        let (stop, stop_rx) = watch::channel(false);
+        let rooms = shape.rooms;
+        let subs = open_many(targets, rooms * shape.subscribers, concurrency, move |mut s, i| async move {
+            client::subscribe(&mut s, &format!("bench-{}", i % rooms)).await?;
+            Ok(s)
+        })
+        .await?;
+        let mut tasks = Vec::new();
+        for (s, i) in subs {
+            let (delivered, latencies) = (delivered.clone(), latencies.clone());
+            let tx = Arc::new(Mutex::new(s.tx));
+            tasks.push(tokio::spawn(hold(s.rx, tx, stop_rx.clone(), move |frame| {
+                if let Some((sent, step)) = client::parse_delivery(frame) {
+                    latencies.record(i, now_us().saturating_sub(sent));
+                    if let Some(c) = delivered.get(step) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })));
+        }
+        let pubs = open_many(&targets[..1], shape.publishers, concurrency, |s, _| async { Ok(s) }).await?;
+        let mut publishers = Vec::new();
+        for (s, _) in pubs {
+            let tx = Arc::new(Mutex::new(s.tx));
+            // Acks are read (and dropped) so the publisher never stops reading.
+            tasks.push(tokio::spawn(hold(s.rx, tx.clone(), stop_rx.clone(), |_| {})));
+            publishers.push(tx);
+        }
+        Ok(Fleet {
+            shape,
+            delivered,
+            latencies,
+            publishers,
+            stop,
+            tasks,
+            pid,
+        })
+    }
+
+    /// Publishes at `rate` messages/s in total for `duration`, then waits
+    /// (up to `drain`) for the deliveries.
+    pub async fn step(&self, step: usize, rate: f64, duration: Duration, drain: Duration) -> Result<Step> {
+        let _ = self.latencies.take();
+        let before = read_proc(self.pid)?;
+        let per_publisher = rate / self.shape.publishers as f64;
+        let (rooms, publishers) = (self.shape.rooms, self.shape.publishers);
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for (p, tx) in self.publishers.iter().enumerate() {
+            let tx = tx.clone();
+            senders.push(tokio::spawn(async move {
+                let begin = Instant::now();
+                let mut sent = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                while begin.elapsed() < duration {
+                    tick.tick().await;
+                    let due = (begin.elapsed().min(duration).as_secs_f64() * per_publisher) as u64;
+                    if due <= sent {
+                        continue;
+                    }
+                    let mut tx = tx.lock().await;
+                    while sent < due {
+                        let room = (p + sent as usize * publishers) % rooms;
+                        let frame = client::publish_frame(sent + 10, &format!("bench-{room}"), now_us(), step);
+                        tx.feed(Message::text(frame)).await?;
+                        sent += 1;
+                    }
+                    tx.flush().await?;
+                }
+                Ok::<u64, anyhow::Error>(sent)
+            }));
+        }
+        let mut published = 0;
+        for s in senders {
+            published += s.await??;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let expected = published * self.shape.subscribers as u64;
+        let deadline = Instant::now() + drain;
+        while self.delivered[step].load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after = read_proc(self.pid)?;
+        let h = self.latencies.take();
+        let (p50_ms, p99_ms, max_ms) = quantiles_ms(&h);
+        Ok(Step {
+            rate,
+            published,
+            expected,
+            delivered: self.delivered[step].load(Ordering::Relaxed),
+            seconds,
+            p50_ms,
+            p99_ms,
+            max_ms,
+            server_cpu_s: match (before, after) {
+                (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu).as_secs_f64()),
+                _ => None,
+            },
+        })
+    }
+
+    /// Closes every session.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Server readings from `/proc` and latency histograms.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use hdrhistogram::Histogram;
+
+/// Clock ticks per second of `/proc/<pid>/stat` (Linux fixes USER_HZ at 100).
+const USER_HZ: u64 = 100;
+
+/// A reading of the server process (and its threads).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcReading {
+    /// Resident set size, bytes.
+    pub rss: u64,
+    /// User + system CPU time.
+    pub cpu: Duration,
+}
+
+/// Reads `/proc/<pid>`; `None` without a pid.
+pub fn read_proc(pid: Option<u32>) -> Result<Option<ProcReading>> {
+    let Some(pid) = pid else { return Ok(None) };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("server pid {pid}"))?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime is the
+    // 14th field of the line, stime the 15th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(Some(ProcReading {
+        rss: rss_kib * 1024,
+        cpu: Duration::from_micros(ticks * 1_000_000 / USER_HZ),
+    }))
+}
+
+/// A latency histogram in microseconds, shared by many tasks.
+pub struct Latencies {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Latencies {
+    /// Up to 60 s at 3 significant digits.
+    pub fn new(shards: usize) -> Self {
+        let h = || Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
+        Self {
+            shards: (0..shards.max(1)).map(|_| h()).collect(),
+        }
+    }
+
+    /// Records `us` in shard `key % shards`.
+    pub fn record(&self, key: usize, us: u64) {
+        // unwrap: the lock is only held to record.
+        let mut h = self.shards[key % self.shards.len()].lock().unwrap();
+        h.saturating_record(us.max(1));
+    }
+
+    /// All shards merged (and cleared).
+    pub fn take(&self) -> Histogram<u64> {
+        let mut all = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        for shard in &self.shards {
+            // unwrap: as above.
+            let mut h = shard.lock().unwrap();
+            all.add(&*h).expect("same bounds");
+            h.reset();
+        }
+        all
+    }
+}
+
+/// p50 / p99 / max of a histogram, in milliseconds.
+pub fn quantiles_ms(h: &Histogram<u64>) -> (f64, f64, f64) {
+    if h.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    (
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+    )
+}
