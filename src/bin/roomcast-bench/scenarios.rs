@@ -147,6 +147,8 @@ pub struct Step {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub server_cpu_s: Option<f64>,
+    /// The server's resident memory after the step, MiB.
+    pub server_rss_mib: Option<f64>,
 }
 
 impl Step {
@@ -173,6 +175,9 @@ impl Step {
             "p99_ms": self.p99_ms,
             "max_ms": self.max_ms,
         });
+        if let Some(rss) = self.server_rss_mib {
+            v["server_rss_mib"] = json!(rss);
+        }
         if let Some(cpu) = self.server_cpu_s {
             v["server_cpu_s"] = json!(cpu);
             if self.delivered > 0 {
@@ -287,6 +292,7 @@ impl Fleet {
                 (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu).as_secs_f64()),
                 _ => None,
             },
+            server_rss_mib: after.map(|a| a.rss as f64 / 1024.0 / 1024.0),
         })
     }
 
