@@ -193,7 +193,9 @@ async fn main() -> Result<()> {
                 rate *= factor;
             }
             fleet.stop().await;
-            let mut r = best.map(|b| b.to_json()).unwrap_or_else(|| json!({"deliveries_per_s": 0}));
+            let mut r = best
+                .map(|b| b.to_json())
+                .unwrap_or_else(|| json!({"deliveries_per_s": 0}));
             r["scenario"] = json!("max");
             r["shape"] = shape_json(shape, common.url.len());
             r["steps"] = json!(steps);

@@ -196,10 +196,15 @@ impl Fleet {
         let latencies = Arc::new(Latencies::new(64));
         let (stop, stop_rx) = watch::channel(false);
         let rooms = shape.rooms;
-        let subs = open_many(targets, rooms * shape.subscribers, concurrency, move |mut s, i| async move {
-            client::subscribe(&mut s, &format!("bench-{}", i % rooms)).await?;
-            Ok(s)
-        })
+        let subs = open_many(
+            targets,
+            rooms * shape.subscribers,
+            concurrency,
+            move |mut s, i| async move {
+                client::subscribe(&mut s, &format!("bench-{}", i % rooms)).await?;
+                Ok(s)
+            },
+        )
         .await?;
         let mut tasks = Vec::new();
         for (s, i) in subs {

@@ -81,9 +81,5 @@ pub fn quantiles_ms(h: &Histogram<u64>) -> (f64, f64, f64) {
         return (0.0, 0.0, 0.0);
     }
     let ms = |us: u64| us as f64 / 1000.0;
-    (
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.max()),
-    )
+    (ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)), ms(h.max()))
 }

@@ -1,0 +1,74 @@
+//! Covers roomcast-bench, the load generator, against a real server: its
+//! `connect` scenario opens every session it was asked for and reads the
+//! server's memory and CPU from /proc; its `fanout` scenario counts every
+//! delivery (no loss at a low rate) and reports latency figures. No figure
+//! is asserted beyond what must hold on any machine.
+mod common;
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+        .args(args)
+        .output()
+        .expect("roomcast-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "roomcast-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("a JSON line");
+    let v: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    v["result"].clone()
+}
+
+#[actix_web::test]
+async fn connect_and_fanout_scenarios_measure_a_real_server() {
+    let server = common::spawn(common::settings(common::quiet));
+    let url = server.http();
+    let pid = std::process::id().to_string();
+    let r = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let pid = pid.clone();
+        move || bench(&["connect", "--url", &url, "-n", "60", "--server-pid", &pid])
+    })
+    .await
+    .unwrap();
+    assert_eq!(r["sessions"], 60, "{r}");
+    assert!(r["sessions_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["handshake_p99_ms"].as_f64().unwrap() >= r["handshake_p50_ms"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert!(r["server_rss_mib"].as_f64().unwrap() > 0.0, "{r}");
+
+    let args = [
+        "fanout",
+        "--url",
+        &url,
+        "--rooms",
+        "3",
+        "--subscribers",
+        "4",
+        "--publishers",
+        "2",
+        "--rate",
+        "60",
+        "--duration",
+        "1",
+        "--drain",
+        "10",
+    ];
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let r = tokio::task::spawn_blocking(move || bench(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .unwrap();
+    let published = r["published"].as_u64().unwrap();
+    assert!(published >= 50, "{r}");
+    // Every publish reaches the 4 members of its room, exactly once.
+    assert_eq!(r["expected"].as_u64(), Some(published * 4), "{r}");
+    assert_eq!(r["delivered"], r["expected"], "{r}");
+    assert_eq!(r["loss"], 0.0, "{r}");
+    assert!(r["max_ms"].as_f64().unwrap() >= r["p99_ms"].as_f64().unwrap(), "{r}");
+}
