@@ -47,6 +47,7 @@ pub mod config;
 pub mod conn;
 pub mod engineio;
 pub mod http;
+pub mod metrics;
 pub mod reason;
 pub mod socketio;
 pub mod startup;
