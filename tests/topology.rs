@@ -12,7 +12,8 @@
 //!   `cargo test --test topology -- --nocapture`).
 //!
 //! The run dir is stopped with `scripts/cluster stop` afterwards whatever
-//! happened (PostgreSQL runs detached from the test's process group).
+//! happened (PostgreSQL runs detached from the test's process group), and
+//! removed unless the test failed (its logs are there).
 //! Prerequisites missing (HAProxy, redis-server, PostgreSQL, Node.js and the
 //! packages of tests/cluster) fail the test with how to install them;
 //! scripts/test installs them.
@@ -42,6 +43,10 @@ impl Drop for StopOnDrop {
             .arg("stop")
             .env("ROOMCAST_CLUSTER_DIR", &self.0)
             .status();
+        // Logs and the database stay for a look after a failure.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
