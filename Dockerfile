@@ -20,7 +20,7 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin roomcast
 COPY --from=build /usr/local/bin/roomcast /usr/local/bin/roomcast
 # bash and its /dev/tcp: no HTTP client is installed just for the check.
-COPY deploy/healthcheck /usr/local/bin/roomcast-healthcheck
+COPY --chmod=755 deploy/healthcheck /usr/local/bin/roomcast-healthcheck
 USER roomcast
 ENV ROOMCAST__SERVER__HOST=0.0.0.0 \
     ROOMCAST__SERVER__PORT=3000 \

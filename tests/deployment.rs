@@ -436,14 +436,17 @@ async fn every_healthcheck_probes_one_real_route() {
     let healthcheck = repo().join("deploy/healthcheck");
     // The image runs deploy/healthcheck as its HEALTHCHECK.
     let runtime = dockerfile_stages().pop().expect("a stage");
-    let copies = dockerfile_instruction(&runtime, "COPY");
-    let installed = copies
+    let installed = dockerfile_instruction(&runtime, "COPY")
         .iter()
-        .find_map(|c| c.strip_prefix("deploy/healthcheck "))
+        .find_map(|c| {
+            // COPY [--flag=...] SOURCE DEST
+            let words: Vec<&str> = c.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+            (words.first() == Some(&"deploy/healthcheck")).then(|| words[words.len() - 1].to_string())
+        })
         .expect("the Dockerfile copies deploy/healthcheck into the image");
     let check = dockerfile_instruction(&runtime, "HEALTHCHECK");
     assert_eq!(check.len(), 1, "one HEALTHCHECK");
-    let program = Path::new(installed.trim()).file_name().expect("a file name").to_string_lossy().to_string();
+    let program = Path::new(&installed).file_name().expect("a file name").to_string_lossy().to_string();
     assert!(check[0].contains(&format!("CMD [\"{program}\"]")), "HEALTHCHECK runs {program}: {}", check[0]);
     assert!(
         read("deploy/healthcheck").contains("${ROOMCAST__SERVER__PORT:-3000}")
