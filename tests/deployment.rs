@@ -195,14 +195,31 @@ fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
     let mut env = dockerfile_runtime_env();
     env.extend(environment(node));
     for var in env.keys().filter(|k| k.starts_with("ROOMCAST")) {
-        assert!(var.starts_with("ROOMCAST__"), "{var}: roomcast reads ROOMCAST__<SECTION>__<KEY>");
+        assert!(
+            var.starts_with("ROOMCAST__"),
+            "{var}: roomcast reads ROOMCAST__<SECTION>__<KEY>"
+        );
         assert_real_key(var, &format!("the {name} service or the Dockerfile"));
     }
-    let settings = Settings::load_with_env(None, Some(env.clone()))
-        .unwrap_or_else(|e| panic!("the {name} service's environment: {e}: {:?}", std::error::Error::source(&e)));
-    assert_eq!(settings.server.port, exposed_port(), "ROOMCAST__SERVER__PORT vs the Dockerfile's EXPOSE");
-    assert_eq!(settings.server.host, "0.0.0.0", "a node in a container listens on every interface");
-    assert!(!settings.api.keys.is_empty(), "the API has a key (else it refuses every request)");
+    let settings = Settings::load_with_env(None, Some(env.clone())).unwrap_or_else(|e| {
+        panic!(
+            "the {name} service's environment: {e}: {:?}",
+            std::error::Error::source(&e)
+        )
+    });
+    assert_eq!(
+        settings.server.port,
+        exposed_port(),
+        "ROOMCAST__SERVER__PORT vs the Dockerfile's EXPOSE"
+    );
+    assert_eq!(
+        settings.server.host, "0.0.0.0",
+        "a node in a container listens on every interface"
+    );
+    assert!(
+        !settings.api.keys.is_empty(),
+        "the API has a key (else it refuses every request)"
+    );
 
     // Its Redis is a compose service on Redis's port.
     let url = &settings.redis.url;
@@ -220,9 +237,19 @@ fn the_node_service_scales_and_everything_waits_for_healthy_dependencies() {
     let compose = compose();
     let (name, node) = node_service(&compose);
     assert_eq!(node["build"].as_str(), Some("."), "{name} is built from ./Dockerfile");
-    assert!(node.get("ports").is_none(), "{name} publishes no port (replicas would collide; the balancer is the way in)");
-    assert!(node.get("container_name").is_none(), "{name} has no container_name (it would stop --scale)");
-    assert_eq!(node["deploy"]["replicas"].as_u64(), Some(3), "{name} runs three replicas");
+    assert!(
+        node.get("ports").is_none(),
+        "{name} publishes no port (replicas would collide; the balancer is the way in)"
+    );
+    assert!(
+        node.get("container_name").is_none(),
+        "{name} has no container_name (it would stop --scale)"
+    );
+    assert_eq!(
+        node["deploy"]["replicas"].as_u64(),
+        Some(3),
+        "{name} runs three replicas"
+    );
 
     let services = compose["services"].as_mapping().expect("services");
     let has_healthcheck = |service: &str| {
@@ -235,9 +262,19 @@ fn the_node_service_scales_and_everything_waits_for_healthy_dependencies() {
         let Some(deps) = s.get("depends_on") else { continue };
         for (dep, how) in deps.as_mapping().expect("depends_on is a map with conditions") {
             let dep = dep.as_str().expect("service name");
-            assert!(services.contains_key(dep), "{who} depends on {dep}, which is no service");
-            assert_eq!(how["condition"].as_str(), Some("service_healthy"), "{who} waits until {dep} is healthy");
-            assert!(has_healthcheck(dep), "{who} waits for {dep}'s health, but {dep} has no healthcheck");
+            assert!(
+                services.contains_key(dep),
+                "{who} depends on {dep}, which is no service"
+            );
+            assert_eq!(
+                how["condition"].as_str(),
+                Some("service_healthy"),
+                "{who} waits until {dep} is healthy"
+            );
+            assert!(
+                has_healthcheck(dep),
+                "{who} waits for {dep}'s health, but {dep} has no healthcheck"
+            );
             waited_for.insert(dep.to_string());
         }
     }
@@ -246,7 +283,10 @@ fn the_node_service_scales_and_everything_waits_for_healthy_dependencies() {
     }
     // Configuration only through the environment: no config file mounted
     // into the nodes, no command-line profile.
-    assert!(node.get("volumes").is_none() && node.get("command").is_none(), "{name}: environment only");
+    assert!(
+        node.get("volumes").is_none() && node.get("command").is_none(),
+        "{name}: environment only"
+    );
 }
 
 /// The lines of deploy/haproxy.cfg HAProxy reads when exactly `defined` are
@@ -306,8 +346,9 @@ fn script_balancer_env() -> HashMap<String, String> {
 }
 
 fn haproxy_accepts(env: &HashMap<String, String>, what: &str) {
-    let haproxy = common::suite::find_on_path("haproxy")
-        .unwrap_or_else(|| panic!("haproxy is not on PATH: install HAProxy 2.6+ (Debian: apt-get install haproxy); scripts/test does"));
+    let haproxy = common::suite::find_on_path("haproxy").unwrap_or_else(|| {
+        panic!("haproxy is not on PATH: install HAProxy 2.6+ (Debian: apt-get install haproxy); scripts/test does")
+    });
     let out = Command::new(haproxy)
         .args(["-c", "-q", "-f"])
         .arg(repo().join("deploy/haproxy.cfg"))
@@ -330,25 +371,54 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
     let lb = service(&compose, "lb");
     let env = environment(lb);
 
-    let volumes: Vec<&str> = lb["volumes"].as_sequence().expect("lb volumes").iter().filter_map(Value::as_str).collect();
+    let volumes: Vec<&str> = lb["volumes"]
+        .as_sequence()
+        .expect("lb volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(
         volumes.contains(&"./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"),
         "lb runs deploy/haproxy.cfg: {volumes:?}"
     );
-    assert!(lb["image"].as_str().is_some_and(|i| i.starts_with("haproxy:")), "lb is HAProxy");
+    assert!(
+        lb["image"].as_str().is_some_and(|i| i.starts_with("haproxy:")),
+        "lb is HAProxy"
+    );
 
     // Compose: every variable read is set, and they point at the nodes.
     let defined: BTreeSet<String> = env.keys().cloned().collect();
     let needed = balancer_variables(&active_balancer_lines(&defined));
     let missing: Vec<_> = needed.difference(&defined).collect();
-    assert!(missing.is_empty(), "deploy/haproxy.cfg reads {missing:?}, which lb's environment does not set");
-    assert!(needed.contains("ROOMCAST_NODES_DNS"), "compose takes the server-template branch: {needed:?}");
-    assert_eq!(env["ROOMCAST_NODES_DNS"], node_name, "the balancer resolves the node service's name");
+    assert!(
+        missing.is_empty(),
+        "deploy/haproxy.cfg reads {missing:?}, which lb's environment does not set"
+    );
+    assert!(
+        needed.contains("ROOMCAST_NODES_DNS"),
+        "compose takes the server-template branch: {needed:?}"
+    );
+    assert_eq!(
+        env["ROOMCAST_NODES_DNS"], node_name,
+        "the balancer resolves the node service's name"
+    );
     let node_port = environment(node)["ROOMCAST__SERVER__PORT"].clone();
-    assert_eq!(env["ROOMCAST_NODES_PORT"], node_port, "the balancer sends to the nodes' port");
-    assert_eq!(env["ROOMCAST_NODES_PORT"], exposed_port().to_string(), "… which the Dockerfile exposes");
-    let max: u64 = env["ROOMCAST_NODES_MAX"].parse().expect("ROOMCAST_NODES_MAX is a number");
-    assert!(max >= node["deploy"]["replicas"].as_u64().unwrap_or(1), "slots for every replica");
+    assert_eq!(
+        env["ROOMCAST_NODES_PORT"], node_port,
+        "the balancer sends to the nodes' port"
+    );
+    assert_eq!(
+        env["ROOMCAST_NODES_PORT"],
+        exposed_port().to_string(),
+        "… which the Dockerfile exposes"
+    );
+    let max: u64 = env["ROOMCAST_NODES_MAX"]
+        .parse()
+        .expect("ROOMCAST_NODES_MAX is a number");
+    assert!(
+        max >= node["deploy"]["replicas"].as_u64().unwrap_or(1),
+        "slots for every replica"
+    );
 
     // One public port, the one the balancer binds.
     let ports: Vec<String> = lb["ports"]
@@ -358,18 +428,30 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
         .map(|p| p.as_str().expect("\"host:container\"").to_string())
         .collect();
     assert_eq!(ports, vec!["8080:8080".to_string()], "one public port, 8080");
-    assert!(env["ROOMCAST_LB_BIND"].ends_with(":8080"), "the balancer binds the published port");
+    assert!(
+        env["ROOMCAST_LB_BIND"].ends_with(":8080"),
+        "the balancer binds the published port"
+    );
     haproxy_accepts(&env, "docker-compose.yml's lb service");
 
     // scripts/cluster: the same file, the local branch, every variable set.
     let script = read("scripts/cluster");
-    assert!(script.contains("HAPROXY_CFG=$ROOT/deploy/haproxy.cfg"), "scripts/cluster runs deploy/haproxy.cfg");
+    assert!(
+        script.contains("HAPROXY_CFG=$ROOT/deploy/haproxy.cfg"),
+        "scripts/cluster runs deploy/haproxy.cfg"
+    );
     let local = script_balancer_env();
     let defined: BTreeSet<String> = local.keys().cloned().collect();
     let needed = balancer_variables(&active_balancer_lines(&defined));
     let missing: Vec<_> = needed.difference(&defined).collect();
-    assert!(missing.is_empty(), "deploy/haproxy.cfg reads {missing:?}, which scripts/cluster does not set");
-    assert!(needed.contains("ROOMCAST_NODE_3"), "scripts/cluster takes the three-node branch: {needed:?}");
+    assert!(
+        missing.is_empty(),
+        "deploy/haproxy.cfg reads {missing:?}, which scripts/cluster does not set"
+    );
+    assert!(
+        needed.contains("ROOMCAST_NODE_3"),
+        "scripts/cluster takes the three-node branch: {needed:?}"
+    );
     let sample: HashMap<String, String> = defined
         .iter()
         .map(|k| {
@@ -402,7 +484,10 @@ fn the_script_sets_only_real_keys() {
             }
         }
     }
-    assert!(seen >= 4, "scripts/cluster configures its nodes through ROOMCAST__* ({seen} found)");
+    assert!(
+        seen >= 4,
+        "scripts/cluster configures its nodes through ROOMCAST__* ({seen} found)"
+    );
 }
 
 /// The health route each of the three probes.
@@ -431,7 +516,11 @@ fn health_paths() -> [(String, &'static str); 3] {
 async fn every_healthcheck_probes_one_real_route() {
     let paths = health_paths();
     for (path, whose) in &paths {
-        assert_eq!(path, &paths[0].0, "{whose} probes {path}, {} probes {}", paths[0].1, paths[0].0);
+        assert_eq!(
+            path, &paths[0].0,
+            "{whose} probes {path}, {} probes {}",
+            paths[0].1, paths[0].0
+        );
     }
     let healthcheck = repo().join("deploy/healthcheck");
     // The image runs deploy/healthcheck as its HEALTHCHECK.
@@ -446,8 +535,16 @@ async fn every_healthcheck_probes_one_real_route() {
         .expect("the Dockerfile copies deploy/healthcheck into the image");
     let check = dockerfile_instruction(&runtime, "HEALTHCHECK");
     assert_eq!(check.len(), 1, "one HEALTHCHECK");
-    let program = Path::new(&installed).file_name().expect("a file name").to_string_lossy().to_string();
-    assert!(check[0].contains(&format!("CMD [\"{program}\"]")), "HEALTHCHECK runs {program}: {}", check[0]);
+    let program = Path::new(&installed)
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        check[0].contains(&format!("CMD [\"{program}\"]")),
+        "HEALTHCHECK runs {program}: {}",
+        check[0]
+    );
     assert!(
         read("deploy/healthcheck").contains("${ROOMCAST__SERVER__PORT:-3000}")
             && Settings::defaults().server.port == 3000,
@@ -468,7 +565,11 @@ async fn every_healthcheck_probes_one_real_route() {
         })
     };
     let ok = run(&paths[0].0).await.expect("join");
-    assert!(ok.success(), "deploy/healthcheck {} against a running roomcast: {ok}", paths[0].0);
+    assert!(
+        ok.success(),
+        "deploy/healthcheck {} against a running roomcast: {ok}",
+        paths[0].0
+    );
     let wrong = run("/no/such/route").await.expect("join");
     assert!(!wrong.success(), "deploy/healthcheck of a missing route must fail");
 }
@@ -482,18 +583,30 @@ fn the_image_builds_in_one_stage_and_runs_unprivileged_in_a_slim_one() {
         build.contains("cargo build --release --locked --bin roomcast"),
         "the build stage builds the roomcast binary"
     );
-    assert!(read("Cargo.toml").contains("[[bin]]\nname = \"roomcast\""), "a bin named roomcast");
+    assert!(
+        read("Cargo.toml").contains("[[bin]]\nname = \"roomcast\""),
+        "a bin named roomcast"
+    );
     let from = &dockerfile_instruction(runtime, "FROM")[0];
     assert!(from.contains("slim"), "a slim runtime image: {from}");
     let user = dockerfile_instruction(runtime, "USER");
     assert_eq!(user.len(), 1, "the runtime stage sets USER");
-    assert!(!["root", "0"].contains(&user[0].trim()), "runs as a non-root user: {}", user[0]);
     assert!(
-        dockerfile_instruction(runtime, "ENTRYPOINT").iter().any(|e| e.contains("roomcast")),
+        !["root", "0"].contains(&user[0].trim()),
+        "runs as a non-root user: {}",
+        user[0]
+    );
+    assert!(
+        dockerfile_instruction(runtime, "ENTRYPOINT")
+            .iter()
+            .any(|e| e.contains("roomcast")),
         "the image runs roomcast"
     );
     let ignore = read(".dockerignore");
     for excluded in ["target/", "**/node_modules/", ".git/"] {
-        assert!(ignore.lines().any(|l| l.trim() == excluded), ".dockerignore leaves out {excluded}");
+        assert!(
+            ignore.lines().any(|l| l.trim() == excluded),
+            ".dockerignore leaves out {excluded}"
+        );
     }
 }

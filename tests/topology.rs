@@ -56,7 +56,10 @@ fn topology_suite() {
         ("haproxy", "install HAProxy 2.6+ (Debian: apt-get install haproxy)"),
         ("redis-server", "install Redis (Debian: apt-get install redis-server)"),
     ] {
-        assert!(find_on_path(program).is_some(), "{program} is not on PATH: {hint}; scripts/test does");
+        assert!(
+            find_on_path(program).is_some(),
+            "{program} is not on PATH: {hint}; scripts/test does"
+        );
     }
     // scripts/cluster also looks where Debian's package puts PostgreSQL.
     let debian_postgres = std::fs::read_dir("/usr/lib/postgresql")
