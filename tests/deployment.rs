@@ -330,6 +330,22 @@ fn balancer_variables(lines: &[String]) -> BTreeSet<String> {
     vars
 }
 
+/// With the variables of `env` set, deploy/haproxy.cfg reads no other one,
+/// and it takes the branch that reads `branch_marker`.
+fn balancer_reads_only(env: &HashMap<String, String>, branch_marker: &str, whose: &str) {
+    let defined: BTreeSet<String> = env.keys().cloned().collect();
+    let needed = balancer_variables(&active_balancer_lines(&defined));
+    let missing: Vec<_> = needed.difference(&defined).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/haproxy.cfg reads {missing:?}, which {whose} does not set"
+    );
+    assert!(
+        needed.contains(branch_marker),
+        "{whose}: deploy/haproxy.cfg takes the branch reading {branch_marker}: {needed:?}"
+    );
+}
+
 /// The variables scripts/cluster hands HAProxy (its `lb_env=( ... )`).
 fn script_balancer_env() -> HashMap<String, String> {
     let script = read("scripts/cluster");
@@ -387,17 +403,7 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
     );
 
     // Compose: every variable read is set, and they point at the nodes.
-    let defined: BTreeSet<String> = env.keys().cloned().collect();
-    let needed = balancer_variables(&active_balancer_lines(&defined));
-    let missing: Vec<_> = needed.difference(&defined).collect();
-    assert!(
-        missing.is_empty(),
-        "deploy/haproxy.cfg reads {missing:?}, which lb's environment does not set"
-    );
-    assert!(
-        needed.contains("ROOMCAST_NODES_DNS"),
-        "compose takes the server-template branch: {needed:?}"
-    );
+    balancer_reads_only(&env, "ROOMCAST_NODES_DNS", "lb's environment");
     assert_eq!(
         env["ROOMCAST_NODES_DNS"], node_name,
         "the balancer resolves the node service's name"
@@ -441,19 +447,9 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
         "scripts/cluster runs deploy/haproxy.cfg"
     );
     let local = script_balancer_env();
-    let defined: BTreeSet<String> = local.keys().cloned().collect();
-    let needed = balancer_variables(&active_balancer_lines(&defined));
-    let missing: Vec<_> = needed.difference(&defined).collect();
-    assert!(
-        missing.is_empty(),
-        "deploy/haproxy.cfg reads {missing:?}, which scripts/cluster does not set"
-    );
-    assert!(
-        needed.contains("ROOMCAST_NODE_3"),
-        "scripts/cluster takes the three-node branch: {needed:?}"
-    );
-    let sample: HashMap<String, String> = defined
-        .iter()
+    balancer_reads_only(&local, "ROOMCAST_NODE_3", "scripts/cluster");
+    let sample: HashMap<String, String> = local
+        .keys()
         .map(|k| {
             let v = if k.starts_with("ROOMCAST_NODE_") || k == "ROOMCAST_LB_BIND" {
                 "127.0.0.1:1".to_string()
