@@ -244,6 +244,17 @@ pub enum LogFormat {
 impl Settings {
     /// Loads defaults, then `profile` if given, then the environment.
     pub fn load(profile: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(profile, None)
+    }
+
+    /// Like [`Settings::load`], with `env` standing for the process
+    /// environment when given: the deployment files' `ROOMCAST__*`
+    /// variables are checked this way without touching the test process's
+    /// environment.
+    pub fn load_with_env(
+        profile: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = profile {
@@ -263,7 +274,8 @@ impl Settings {
                 .with_list_parse_key("auth.anonymous_subscribe")
                 .with_list_parse_key("auth.anonymous_publish")
                 .with_list_parse_key("api.keys")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(env),
         );
         Self::from_config(builder.build()?)
     }

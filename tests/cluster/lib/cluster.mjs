@@ -152,18 +152,43 @@ export class Cluster {
    * A connected socket.io-client socket on `node`, subscribed to `rooms`.
    * `transport` is "websocket", "polling" (never upgrades) or "upgrade"
    * (polling first, then the WebSocket upgrade, as a browser does).
-   * Reconnection is off, so a lost connection stays visible in
-   * `socket.disconnects`. `socket.inbox` holds everything it received.
+   * Reconnection is off unless `reconnect` is set, so a lost connection
+   * stays visible in `socket.disconnects`; with `reconnect` the socket
+   * reconnects quickly, subscribes to `rooms` again as an application
+   * would, and `socket.resubscribed` lists when each reconnection had done
+   * so (`socket.resubscribedOnce` resolves at the first). `cookies` keeps cookies (a balancer's stickiness cookie) as a
+   * browser does. `socket.inbox` holds everything it received;
+   * `socket.transportErrors` every Engine.IO error (`{message, status,
+   * body}`, failed upgrades included), e.g. a "Session ID unknown".
    */
-  async client(node, label, { transport = "websocket", rooms = [] } = {}) {
+  async client(node, label, { transport = "websocket", rooms = [], reconnect = false, cookies = false } = {}) {
     const transports = { websocket: ["websocket"], polling: ["polling"], upgrade: ["polling", "websocket"] }[transport];
     assert.ok(transports, `unknown transport ${transport}`);
-    const socket = ioClient(node.url, { forceNew: true, transports, reconnection: false, timeout: 5000 });
+    const socket = ioClient(node.url, {
+      forceNew: true,
+      transports,
+      reconnection: reconnect,
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 1000,
+      withCredentials: cookies,
+      timeout: 5000,
+    });
     socket.label = label;
     socket.node = node;
+    socket.transport = transport;
     socket.disconnects = [];
+    socket.resubscribed = [];
+    socket.transportErrors = [];
     socket.inbox = new Inbox(socket);
     socket.on("disconnect", (reason) => socket.disconnects.push(reason));
+    const transportError = (err) =>
+      socket.transportErrors.push({
+        message: String(err?.message ?? err),
+        status: err?.description,
+        body: String(err?.context?.responseText ?? err?.description?.message ?? ""),
+      });
+    socket.io.on("error", transportError);
+    socket.io.on("open", () => socket.io.engine.on("upgradeError", transportError));
     this.sockets.push(socket);
     await within(
       new Promise((resolveConn, rejectConn) => {
@@ -179,9 +204,27 @@ export class Cluster {
         await within(new Promise((r) => engine.once("upgrade", r)), 5000, `${label} upgrading to websocket`);
       }
     }
-    for (const room of rooms) {
-      const reply = await ack(socket, "subscribe", { room });
-      assert.deepEqual(reply, { ok: true }, `${label}: subscribe ${room}`);
+    const subscribe = async () => {
+      for (const room of rooms) {
+        const reply = await ack(socket, "subscribe", { room });
+        assert.deepEqual(reply, { ok: true }, `${label}: subscribe ${room}`);
+      }
+    };
+    await subscribe();
+    if (reconnect) {
+      let backAgain;
+      /** Resolves once the socket has reconnected and subscribed again. */
+      socket.resubscribedOnce = new Promise((r) => (backAgain = r));
+      // Every later "connect" is a reconnection (a new session).
+      socket.on("connect", () =>
+        subscribe().then(
+          () => {
+            socket.resubscribed.push(Date.now());
+            backAgain();
+          },
+          (err) => socket.transportErrors.push({ message: `subscribing again: ${err.message}` }),
+        ),
+      );
     }
     return socket;
   }

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# roomcast's image: built in the Rust image, run from a slim Debian as a
+# non-root user. Configuration comes from ROOMCAST__<SECTION>__<KEY>
+# variables (see config/default.toml); docker-compose.yml runs a cluster.
+# tests/deployment.rs keeps this file, docker-compose.yml and
+# deploy/haproxy.cfg consistent.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+# The registry and the target dir are cache mounts, so a rebuild after a
+# source change compiles roomcast only. The binary is copied out of the
+# cache mount to a path the next stage can read.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin roomcast \
+    && cp target/release/roomcast /usr/local/bin/roomcast
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin roomcast
+COPY --from=build /usr/local/bin/roomcast /usr/local/bin/roomcast
+# bash and its /dev/tcp: no HTTP client is installed just for the check.
+COPY --chmod=755 deploy/healthcheck /usr/local/bin/roomcast-healthcheck
+USER roomcast
+ENV ROOMCAST__SERVER__HOST=0.0.0.0 \
+    ROOMCAST__SERVER__PORT=3000 \
+    ROOMCAST__LOG__FORMAT=json
+EXPOSE 3000
+# GETs the health route of the port in ROOMCAST__SERVER__PORT.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["roomcast-healthcheck"]
+ENTRYPOINT ["roomcast"]

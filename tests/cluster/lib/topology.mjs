@@ -1,0 +1,94 @@
+// The local cluster topology of scripts/cluster (HAProxy with
+// deploy/haproxy.cfg in front of three roomcast nodes, a private Redis and
+// a private PostgreSQL), started on free ports in a run dir of its own, as
+// a node of a Cluster: `cluster.nodes.lb` is the balancer, so
+// `cluster.client(lb, ...)` connects through it, and `Cluster.close()` runs
+// `scripts/cluster stop` (its `kill`) and shows its logs on failure.
+
+import { execFile } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { API_KEY, REPO_ROOT, freePort } from "./procs.mjs";
+
+const SCRIPT = resolve(REPO_ROOT, "scripts", "cluster");
+export const NODE_NAMES = ["node1", "node2", "node3"];
+
+/** Runs scripts/cluster `command`; resolves with its output, rejects with it. */
+function runScript(command, env, timeoutMs) {
+  return new Promise((resolveRun, rejectRun) => {
+    execFile(SCRIPT, [command], { cwd: REPO_ROOT, env, timeout: timeoutMs, killSignal: "SIGKILL" }, (err, stdout, stderr) => {
+      const output = `$ scripts/cluster ${command}\n${stdout}${stderr}`;
+      if (err) rejectRun(new Error(`scripts/cluster ${command} failed (${err.code ?? err.signal}):\n${output}`));
+      else resolveRun(output);
+    });
+  });
+}
+
+/** `count` distinct ports that were free a moment ago. */
+async function freePorts(count) {
+  const ports = new Set();
+  while (ports.size < count) ports.add(await freePort());
+  return [...ports];
+}
+
+function tail(file, max) {
+  if (!existsSync(file)) return `[${file}: none]`;
+  const lines = readFileSync(file, "utf8").split("\n");
+  const shown = lines.slice(-max);
+  return [...(lines.length > max ? [`[... ${lines.length - max} earlier lines]`] : []), ...shown].join("\n");
+}
+
+/**
+ * Starts the topology in `runDir` (every port free and chosen here; `env`
+ * adds variables, e.g. ROOMCAST__* for the nodes). Resolves with
+ * `{lb, nodes}`: `lb` is the balancer as a Cluster node (`url`, `log`,
+ * `kill` = scripts/cluster stop), `nodes` the roomcast nodes by name
+ * (`url` straight to the node, `pid()`).
+ */
+export async function startTopology(runDir, env = {}) {
+  const [lbPort, redisPort, pgPort, ...nodePorts] = await freePorts(6);
+  const fullEnv = {
+    ...process.env,
+    ROOMCAST_CLUSTER_DIR: runDir,
+    ROOMCAST_CLUSTER_PORT: String(lbPort),
+    ROOMCAST_CLUSTER_REDIS_PORT: String(redisPort),
+    ROOMCAST_CLUSTER_PG_PORT: String(pgPort),
+    ROOMCAST_CLUSTER_NODE_PORTS: nodePorts.join(" "),
+    ROOMCAST_CLUSTER_API_KEY: API_KEY,
+    ...env,
+  };
+  const outputs = [await runScript("start", fullEnv, 120_000)];
+  const vars = Object.fromEntries(
+    readFileSync(join(runDir, "cluster.env"), "utf8")
+      .split("\n")
+      .filter((l) => l.includes("="))
+      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+  );
+  const nodes = Object.fromEntries(
+    NODE_NAMES.map((name) => [
+      name,
+      {
+        name,
+        url: vars[`ROOMCAST_CLUSTER_${name.toUpperCase()}`],
+        pid: () => Number(readFileSync(join(runDir, `${name}.pid`), "utf8").trim()),
+      },
+    ]),
+  );
+  const lb = {
+    name: "lb",
+    kind: "haproxy",
+    url: vars.ROOMCAST_CLUSTER_URL,
+    runDir,
+    /** HAProxy's log lines (one per request, `option httplog`). */
+    accessLog: () => readFileSync(join(runDir, "haproxy.log"), "utf8").split("\n"),
+    log: (max = 150) =>
+      [
+        ...outputs,
+        ...["haproxy", ...NODE_NAMES, "redis"].map((n) => `--- ${n} ---\n${tail(join(runDir, `${n}.log`), max)}`),
+      ].join("\n"),
+    kill: async () => {
+      outputs.push(await runScript("stop", fullEnv, 60_000).catch((err) => err.message));
+    },
+  };
+  return { lb, nodes };
+}

@@ -1,0 +1,608 @@
+//! Covers: the deployment files agree with each other and with roomcast,
+//! without Docker: `Dockerfile`, `.dockerignore`, `docker-compose.yml`,
+//! `deploy/haproxy.cfg` (the balancer's config, shared by compose and
+//! `scripts/cluster`), `deploy/healthcheck` and `scripts/cluster`.
+//! - every `ROOMCAST__*` variable of compose, the Dockerfile and
+//!   scripts/cluster is a key of config/default.toml, and the nodes'
+//!   environment in compose is a valid configuration;
+//! - the port the nodes listen on, the Dockerfile's EXPOSE, the healthcheck's
+//!   default and the port the balancer sends to are one port; the balancer
+//!   publishes one public port;
+//! - every variable the balancer's config reads (in the branch each
+//!   topology takes) is set by compose's balancer service and by
+//!   scripts/cluster, which names a compose service that is the node image;
+//!   HAProxy itself accepts the file with each set (`haproxy -c`);
+//! - the node service can be scaled (no published port, no container name),
+//!   runs three replicas, every `depends_on` waits for a service that has a
+//!   healthcheck;
+//! - the health route (Docker's HEALTHCHECK, HAProxy's checks,
+//!   scripts/cluster) is one route, and a real roomcast answers it 200
+//!   (deploy/healthcheck run against it), while a wrong route fails;
+//! - the Dockerfile builds in one stage and runs as a non-root user in a
+//!   slim one; the build context leaves out target/ and node_modules.
+#![cfg(unix)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use roomcast::config::{Settings, DEFAULT_TOML};
+use serde_norway::Value;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn compose() -> Value {
+    serde_norway::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML")
+}
+
+fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    compose
+        .get("services")
+        .and_then(|s| s.get(name))
+        .unwrap_or_else(|| panic!("docker-compose.yml has no service {name:?}"))
+}
+
+/// Compose's `${VAR:-default}` / `${VAR-default}` / `${VAR}` with nothing
+/// set in the shell: the defaults.
+fn interpolate(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closing brace") + start;
+        let inner = &rest[start + 2..end];
+        if let Some((_, default)) = inner.split_once(":-").or_else(|| inner.split_once('-')) {
+            out.push_str(default);
+        } else {
+            assert!(
+                !inner.contains(":?"),
+                "{value}: a required variable would stop `docker compose up` without a .env"
+            );
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A service's `environment` (a map), interpolated.
+fn environment(service: &Value) -> HashMap<String, String> {
+    let Some(env) = service.get("environment") else {
+        return HashMap::new();
+    };
+    env.as_mapping()
+        .expect("environment is a map")
+        .iter()
+        .map(|(k, v)| {
+            let k = k.as_str().expect("variable name").to_string();
+            let v = match v {
+                Value::String(s) => interpolate(s),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => panic!("{k}: unexpected value {other:?}"),
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+/// `ENV a=b c=d` lines of the Dockerfile's last stage (continuations joined).
+fn dockerfile_runtime_env() -> HashMap<String, String> {
+    let runtime = dockerfile_stages().pop().expect("a stage");
+    let mut env = HashMap::new();
+    for line in instructions(&runtime) {
+        if let Some(rest) = line.strip_prefix("ENV ") {
+            for pair in rest.split_whitespace() {
+                let (k, v) = pair.split_once('=').expect("ENV KEY=value");
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    env
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+/// The Dockerfile split at each FROM.
+fn dockerfile_stages() -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    for line in instructions(&read("Dockerfile")) {
+        if line.starts_with("FROM ") {
+            stages.push(String::new());
+        }
+        if let Some(stage) = stages.last_mut() {
+            stage.push_str(&line);
+            stage.push('\n');
+        }
+    }
+    stages
+}
+
+fn dockerfile_instruction(stage: &str, name: &str) -> Vec<String> {
+    instructions(stage)
+        .into_iter()
+        .filter_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+        .collect()
+}
+
+/// `SECTION__KEY` of `ROOMCAST__SECTION__KEY` names a key of default.toml.
+fn assert_real_key(var: &str, whose: &str) {
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+        .build()
+        .expect("defaults load");
+    let key = var
+        .strip_prefix("ROOMCAST__")
+        .unwrap_or_else(|| panic!("{var}"))
+        .to_lowercase()
+        .replace("__", ".");
+    assert!(
+        defaults.get::<config::Value>(&key).is_ok(),
+        "{whose} sets {var}, but config/default.toml has no key `{key}`"
+    );
+}
+
+/// The node service: the one built from this repository's Dockerfile.
+fn node_service(compose: &Value) -> (&str, &Value) {
+    let services = compose["services"].as_mapping().expect("services");
+    let built: Vec<_> = services
+        .iter()
+        .filter(|(_, s)| s.get("build").is_some())
+        .map(|(k, s)| (k.as_str().expect("service name"), s))
+        .collect();
+    assert_eq!(built.len(), 1, "one service is built from the Dockerfile");
+    built[0]
+}
+
+fn exposed_port() -> u16 {
+    let runtime = dockerfile_stages().pop().expect("a stage");
+    let expose = dockerfile_instruction(&runtime, "EXPOSE");
+    assert_eq!(expose.len(), 1, "one EXPOSE in the runtime stage");
+    expose[0].trim().parse().expect("EXPOSE PORT")
+}
+
+#[test]
+fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
+    let compose = compose();
+    let (name, node) = node_service(&compose);
+    // The image's ENV, then compose's environment over it.
+    let mut env = dockerfile_runtime_env();
+    env.extend(environment(node));
+    for var in env.keys().filter(|k| k.starts_with("ROOMCAST")) {
+        assert!(
+            var.starts_with("ROOMCAST__"),
+            "{var}: roomcast reads ROOMCAST__<SECTION>__<KEY>"
+        );
+        assert_real_key(var, &format!("the {name} service or the Dockerfile"));
+    }
+    let settings = Settings::load_with_env(None, Some(env.clone())).unwrap_or_else(|e| {
+        panic!(
+            "the {name} service's environment: {e}: {:?}",
+            std::error::Error::source(&e)
+        )
+    });
+    assert_eq!(
+        settings.server.port,
+        exposed_port(),
+        "ROOMCAST__SERVER__PORT vs the Dockerfile's EXPOSE"
+    );
+    assert_eq!(
+        settings.server.host, "0.0.0.0",
+        "a node in a container listens on every interface"
+    );
+    assert!(
+        !settings.api.keys.is_empty(),
+        "the API has a key (else it refuses every request)"
+    );
+
+    // Its Redis is a compose service on Redis's port.
+    let url = &settings.redis.url;
+    let host = url
+        .strip_prefix("redis://")
+        .and_then(|r| r.split(['/', ':']).next())
+        .unwrap_or_else(|| panic!("redis.url {url:?}"));
+    let redis = service(&compose, host);
+    assert!(redis.get("healthcheck").is_some(), "service {host} has a healthcheck");
+    assert!(url.contains(":6379"), "{url}: the redis image listens on 6379");
+}
+
+#[test]
+fn the_node_service_scales_and_everything_waits_for_healthy_dependencies() {
+    let compose = compose();
+    let (name, node) = node_service(&compose);
+    assert_eq!(node["build"].as_str(), Some("."), "{name} is built from ./Dockerfile");
+    assert!(
+        node.get("ports").is_none(),
+        "{name} publishes no port (replicas would collide; the balancer is the way in)"
+    );
+    assert!(
+        node.get("container_name").is_none(),
+        "{name} has no container_name (it would stop --scale)"
+    );
+    assert_eq!(
+        node["deploy"]["replicas"].as_u64(),
+        Some(3),
+        "{name} runs three replicas"
+    );
+
+    let services = compose["services"].as_mapping().expect("services");
+    let has_healthcheck = |service: &str| {
+        let s = &services[service];
+        s.get("healthcheck").is_some() || (s.get("build").is_some() && read("Dockerfile").contains("\nHEALTHCHECK "))
+    };
+    let mut waited_for = BTreeSet::new();
+    for (who, s) in services {
+        let who = who.as_str().expect("service name");
+        let Some(deps) = s.get("depends_on") else { continue };
+        for (dep, how) in deps.as_mapping().expect("depends_on is a map with conditions") {
+            let dep = dep.as_str().expect("service name");
+            assert!(
+                services.contains_key(dep),
+                "{who} depends on {dep}, which is no service"
+            );
+            assert_eq!(
+                how["condition"].as_str(),
+                Some("service_healthy"),
+                "{who} waits until {dep} is healthy"
+            );
+            assert!(
+                has_healthcheck(dep),
+                "{who} waits for {dep}'s health, but {dep} has no healthcheck"
+            );
+            waited_for.insert(dep.to_string());
+        }
+    }
+    for needed in [name, "redis", "postgres"] {
+        assert!(waited_for.contains(needed), "something waits for {needed}");
+    }
+    // Configuration only through the environment: no config file mounted
+    // into the nodes, no command-line profile.
+    assert!(
+        node.get("volumes").is_none() && node.get("command").is_none(),
+        "{name}: environment only"
+    );
+}
+
+/// The lines of deploy/haproxy.cfg HAProxy reads when exactly `defined` are
+/// set (`.if [!]defined(V)` / `.else` / `.endif`, as HAProxy evaluates them).
+fn active_balancer_lines(defined: &BTreeSet<String>) -> Vec<String> {
+    let mut stack: Vec<bool> = Vec::new();
+    let mut out = Vec::new();
+    for raw in read("deploy/haproxy.cfg").lines() {
+        let line = raw.trim();
+        if let Some(cond) = line.strip_prefix(".if ") {
+            let (negate, cond) = cond.strip_prefix('!').map_or((false, cond), |c| (true, c));
+            let var = cond
+                .strip_prefix("defined(")
+                .and_then(|c| c.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("unsupported condition {line}"));
+            stack.push(defined.contains(var) != negate);
+        } else if line == ".else" {
+            let top = stack.last_mut().expect(".else inside .if");
+            *top = !*top;
+        } else if line == ".endif" {
+            stack.pop().expect(".endif closes an .if");
+        } else if !line.starts_with('#') && stack.iter().all(|&on| on) {
+            out.push(line.to_string());
+        }
+    }
+    assert!(stack.is_empty(), "every .if of deploy/haproxy.cfg is closed");
+    out
+}
+
+/// The `"${VAR}"` names in `lines`.
+fn balancer_variables(lines: &[String]) -> BTreeSet<String> {
+    let mut vars = BTreeSet::new();
+    for line in lines {
+        let mut rest = line.as_str();
+        while let Some(start) = rest.find("${") {
+            let end = rest[start..].find('}').expect("closing brace") + start;
+            vars.insert(rest[start + 2..end].to_string());
+            rest = &rest[end + 1..];
+        }
+    }
+    vars
+}
+
+/// With the variables of `env` set, deploy/haproxy.cfg reads no other one,
+/// and it takes the branch that reads `branch_marker`.
+fn balancer_reads_only(env: &HashMap<String, String>, branch_marker: &str, whose: &str) {
+    let defined: BTreeSet<String> = env.keys().cloned().collect();
+    let needed = balancer_variables(&active_balancer_lines(&defined));
+    let missing: Vec<_> = needed.difference(&defined).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/haproxy.cfg reads {missing:?}, which {whose} does not set"
+    );
+    assert!(
+        needed.contains(branch_marker),
+        "{whose}: deploy/haproxy.cfg takes the branch reading {branch_marker}: {needed:?}"
+    );
+}
+
+/// The variables scripts/cluster hands HAProxy (its `lb_env=( ... )`).
+fn script_balancer_env() -> HashMap<String, String> {
+    let script = read("scripts/cluster");
+    let block = script
+        .split_once("local lb_env=(")
+        .and_then(|(_, rest)| rest.split_once("\n  )"))
+        .expect("scripts/cluster sets `local lb_env=( ... )`")
+        .0;
+    block
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+fn haproxy_accepts(env: &HashMap<String, String>, what: &str) {
+    let haproxy = common::suite::find_on_path("haproxy").unwrap_or_else(|| {
+        panic!("haproxy is not on PATH: install HAProxy 2.6+ (Debian: apt-get install haproxy); scripts/test does")
+    });
+    let out = Command::new(haproxy)
+        .args(["-c", "-q", "-f"])
+        .arg(repo().join("deploy/haproxy.cfg"))
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("running haproxy -c");
+    assert!(
+        out.status.success(),
+        "haproxy -c rejects deploy/haproxy.cfg with the variables of {what}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
+    let compose = compose();
+    let (node_name, node) = node_service(&compose);
+    let lb = service(&compose, "lb");
+    let env = environment(lb);
+
+    let volumes: Vec<&str> = lb["volumes"]
+        .as_sequence()
+        .expect("lb volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        volumes.contains(&"./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"),
+        "lb runs deploy/haproxy.cfg: {volumes:?}"
+    );
+    assert!(
+        lb["image"].as_str().is_some_and(|i| i.starts_with("haproxy:")),
+        "lb is HAProxy"
+    );
+
+    // Compose: every variable read is set, and they point at the nodes.
+    balancer_reads_only(&env, "ROOMCAST_NODES_DNS", "lb's environment");
+    assert_eq!(
+        env["ROOMCAST_NODES_DNS"], node_name,
+        "the balancer resolves the node service's name"
+    );
+    let node_port = environment(node)["ROOMCAST__SERVER__PORT"].clone();
+    assert_eq!(
+        env["ROOMCAST_NODES_PORT"], node_port,
+        "the balancer sends to the nodes' port"
+    );
+    assert_eq!(
+        env["ROOMCAST_NODES_PORT"],
+        exposed_port().to_string(),
+        "… which the Dockerfile exposes"
+    );
+    let max: u64 = env["ROOMCAST_NODES_MAX"]
+        .parse()
+        .expect("ROOMCAST_NODES_MAX is a number");
+    assert!(
+        max >= node["deploy"]["replicas"].as_u64().unwrap_or(1),
+        "slots for every replica"
+    );
+
+    // One public port, the one the balancer binds.
+    let ports: Vec<String> = lb["ports"]
+        .as_sequence()
+        .expect("lb publishes ports")
+        .iter()
+        .map(|p| p.as_str().expect("\"host:container\"").to_string())
+        .collect();
+    assert_eq!(ports, vec!["8080:8080".to_string()], "one public port, 8080");
+    assert!(
+        env["ROOMCAST_LB_BIND"].ends_with(":8080"),
+        "the balancer binds the published port"
+    );
+    haproxy_accepts(&env, "docker-compose.yml's lb service");
+
+    // scripts/cluster: the same file, the local branch, every variable set.
+    let script = read("scripts/cluster");
+    assert!(
+        script.contains("HAPROXY_CFG=$ROOT/deploy/haproxy.cfg"),
+        "scripts/cluster runs deploy/haproxy.cfg"
+    );
+    let local = script_balancer_env();
+    balancer_reads_only(&local, "ROOMCAST_NODE_3", "scripts/cluster");
+    let sample: HashMap<String, String> = local
+        .keys()
+        .map(|k| {
+            let v = if k.starts_with("ROOMCAST_NODE_") || k == "ROOMCAST_LB_BIND" {
+                "127.0.0.1:1".to_string()
+            } else {
+                local[k].replace('$', "")
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    haproxy_accepts(&sample, "scripts/cluster");
+}
+
+#[test]
+fn the_script_sets_only_real_keys() {
+    let script = read("scripts/cluster");
+    let mut seen = 0;
+    for line in script.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(start) = rest.find("ROOMCAST__") {
+            let var: String = rest[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[start + var.len()..];
+            if var.matches("__").count() == 2 {
+                assert_real_key(&var, "scripts/cluster");
+                seen += 1;
+            }
+        }
+    }
+    assert!(
+        seen >= 4,
+        "scripts/cluster configures its nodes through ROOMCAST__* ({seen} found)"
+    );
+}
+
+/// The health route each of the three probes.
+fn health_paths() -> [(String, &'static str); 3] {
+    let healthcheck = read("deploy/healthcheck");
+    let default = healthcheck
+        .split_once("${ROOMCAST_HEALTH_PATH:-")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .expect("deploy/healthcheck defaults ROOMCAST_HEALTH_PATH")
+        .0
+        .to_string();
+    let compose = environment(service(&compose(), "lb"))["ROOMCAST_HEALTH_PATH"].clone();
+    let script = read("scripts/cluster")
+        .lines()
+        .find_map(|l| l.strip_prefix("export ROOMCAST_HEALTH_PATH="))
+        .expect("scripts/cluster exports ROOMCAST_HEALTH_PATH")
+        .to_string();
+    [
+        (default, "deploy/healthcheck (Docker's HEALTHCHECK)"),
+        (compose, "docker-compose.yml's balancer"),
+        (script, "scripts/cluster"),
+    ]
+}
+
+#[actix_web::test]
+async fn every_healthcheck_probes_one_real_route() {
+    let paths = health_paths();
+    for (path, whose) in &paths {
+        assert_eq!(
+            path, &paths[0].0,
+            "{whose} probes {path}, {} probes {}",
+            paths[0].1, paths[0].0
+        );
+    }
+    let healthcheck = repo().join("deploy/healthcheck");
+    // The image runs deploy/healthcheck as its HEALTHCHECK.
+    let runtime = dockerfile_stages().pop().expect("a stage");
+    let installed = dockerfile_instruction(&runtime, "COPY")
+        .iter()
+        .find_map(|c| {
+            // COPY [--flag=...] SOURCE DEST
+            let words: Vec<&str> = c.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+            (words.first() == Some(&"deploy/healthcheck")).then(|| words[words.len() - 1].to_string())
+        })
+        .expect("the Dockerfile copies deploy/healthcheck into the image");
+    let check = dockerfile_instruction(&runtime, "HEALTHCHECK");
+    assert_eq!(check.len(), 1, "one HEALTHCHECK");
+    let program = Path::new(&installed)
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        check[0].contains(&format!("CMD [\"{program}\"]")),
+        "HEALTHCHECK runs {program}: {}",
+        check[0]
+    );
+    assert!(
+        read("deploy/healthcheck").contains("${ROOMCAST__SERVER__PORT:-3000}")
+            && Settings::defaults().server.port == 3000,
+        "deploy/healthcheck defaults to server.port's default"
+    );
+
+    let server = common::spawn(common::settings(|_| {}));
+    let port = server.port.to_string();
+    let run = |path: &str| {
+        let healthcheck = healthcheck.clone();
+        let (port, path) = (port.clone(), path.to_string());
+        tokio::task::spawn_blocking(move || {
+            Command::new(PathBuf::from("bash"))
+                .arg(healthcheck)
+                .args(["127.0.0.1", &port, &path])
+                .status()
+                .expect("running deploy/healthcheck")
+        })
+    };
+    let ok = run(&paths[0].0).await.expect("join");
+    assert!(
+        ok.success(),
+        "deploy/healthcheck {} against a running roomcast: {ok}",
+        paths[0].0
+    );
+    let wrong = run("/no/such/route").await.expect("join");
+    assert!(!wrong.success(), "deploy/healthcheck of a missing route must fail");
+}
+
+#[test]
+fn the_image_builds_in_one_stage_and_runs_unprivileged_in_a_slim_one() {
+    let stages = dockerfile_stages();
+    assert!(stages.len() >= 2, "a multi-stage build");
+    let (build, runtime) = (&stages[0], stages.last().expect("runtime stage"));
+    assert!(
+        build.contains("cargo build --release --locked --bin roomcast"),
+        "the build stage builds the roomcast binary"
+    );
+    assert!(
+        read("Cargo.toml").contains("[[bin]]\nname = \"roomcast\""),
+        "a bin named roomcast"
+    );
+    let from = &dockerfile_instruction(runtime, "FROM")[0];
+    assert!(from.contains("slim"), "a slim runtime image: {from}");
+    let user = dockerfile_instruction(runtime, "USER");
+    assert_eq!(user.len(), 1, "the runtime stage sets USER");
+    assert!(
+        !["root", "0"].contains(&user[0].trim()),
+        "runs as a non-root user: {}",
+        user[0]
+    );
+    assert!(
+        dockerfile_instruction(runtime, "ENTRYPOINT")
+            .iter()
+            .any(|e| e.contains("roomcast")),
+        "the image runs roomcast"
+    );
+    let ignore = read(".dockerignore");
+    for excluded in ["target/", "**/node_modules/", ".git/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == excluded),
+            ".dockerignore leaves out {excluded}"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Covers: the cluster topology end to end through its load balancer:
+//! tests/topology/*.test.mjs, run with Node's test runner, start
+//! `scripts/cluster` (HAProxy with deploy/haproxy.cfg, three roomcast
+//! processes of this test's `CARGO_BIN_EXE_roomcast`, a private Redis and a
+//! private PostgreSQL, all on free ports, in a run dir under target/tmp) and
+//! drive 200+ socket.io-client 4.8 clients through the balancer's port:
+//! - balancer: clients spread over the three nodes, WebSocket, polling and
+//!   polling upgraded to WebSocket; every client and HTTP API publish
+//!   reaches every other member of its room exactly once; no "Session ID
+//!   unknown"; one node SIGKILLed, its clients reconnect through the
+//!   balancer and receive again (the time it took is printed: run with
+//!   `cargo test --test topology -- --nocapture`).
+//!
+//! The run dir is stopped with `scripts/cluster stop` afterwards whatever
+//! happened (PostgreSQL runs detached from the test's process group), and
+//! removed unless the test failed (its logs are there).
+//! Prerequisites missing (HAProxy, redis-server, PostgreSQL, Node.js and the
+//! packages of tests/cluster) fail the test with how to install them;
+//! scripts/test installs them.
+#![cfg(unix)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::suite::{find_on_path, node, run_suite, test_files};
+
+/// Longest the suite may run before it is killed (it normally takes ~1 min).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Stops the topology of `dir` on drop, even when the suite failed.
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/cluster"))
+            .arg("stop")
+            .env("ROOMCAST_CLUSTER_DIR", &self.0)
+            .status();
+        // Logs and the database stay for a look after a failure.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn topology_suite() {
+    for (program, hint) in [
+        ("haproxy", "install HAProxy 2.6+ (Debian: apt-get install haproxy)"),
+        ("redis-server", "install Redis (Debian: apt-get install redis-server)"),
+    ] {
+        assert!(
+            find_on_path(program).is_some(),
+            "{program} is not on PATH: {hint}; scripts/test does"
+        );
+    }
+    // scripts/cluster also looks where Debian's package puts PostgreSQL.
+    let debian_postgres = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|version| version.path().join("bin/initdb").is_file());
+    assert!(
+        find_on_path("initdb").is_some() || debian_postgres,
+        "PostgreSQL's initdb is missing: install PostgreSQL (Debian: apt-get install postgresql); scripts/test does"
+    );
+    let packages = repo().join("tests/cluster/node_modules/socket.io-client/package.json");
+    assert!(
+        packages.is_file(),
+        "tests/cluster/node_modules/socket.io-client is missing: run scripts/test, which runs `npm ci` in tests/cluster"
+    );
+    let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("topology-{}", std::process::id()));
+    let _stop = StopOnDrop(run_dir.clone());
+
+    let dir = repo().join("tests").join("topology");
+    let mut cmd = Command::new(node());
+    cmd.arg("--test")
+        .arg("--test-reporter=spec")
+        .args(test_files(&dir))
+        .env("TOPOLOGY_RUN_DIR", &run_dir);
+    run_suite("topology suite (node --test tests/topology)", cmd, &dir, SUITE_TIMEOUT);
+}
