@@ -167,6 +167,10 @@ pub struct ServerSettings {
     pub echo_path: String,
     /// CORS origins for polling; `*` = any.
     pub cors_allowed_origins: Vec<String>,
+    /// Milliseconds a shutdown spreads its disconnects over (and ends within).
+    pub drain_window_ms: u64,
+    /// Batches the disconnects of a shutdown are sent in.
+    pub drain_batches: usize,
 }
 
 /// `[engine]`

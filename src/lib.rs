@@ -48,6 +48,7 @@ pub mod conn;
 pub mod engineio;
 pub mod http;
 pub mod metrics;
+pub mod ops;
 pub mod reason;
 pub mod socketio;
 pub mod startup;

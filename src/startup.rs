@@ -21,6 +21,8 @@ use crate::conn::events::SocketEvent;
 use crate::conn::{App, EngineShared, Registry, SioConfig};
 use crate::engineio::TransportKind;
 use crate::http::{self, Endpoint};
+use crate::metrics::Metrics;
+use crate::ops::{self, OpsState};
 use crate::socketio::DecodeLimits;
 
 /// A built server, bound and ready to run.
@@ -87,6 +89,12 @@ impl Application {
             });
             adapter_addr = Some(adapter);
         }
+        let metrics = Arc::new(Metrics::new());
+        let cluster_status = adapter_addr.is_some().then(|| cluster.clone());
+        if let Some(status) = &cluster_status {
+            metrics.watch_cluster(status.clone());
+        }
+        let ops = web::Data::new(OpsState::new(metrics.clone(), cluster_status));
         let api = web::Data::new(api::ApiState {
             broker: broker.clone(),
             keys: settings.api.keys.clone(),
@@ -129,6 +137,8 @@ impl Application {
                     events: events.clone(),
                     registry: Registry::default(),
                     audit: audit.clone(),
+                    metrics: metrics.clone(),
+                    ops: ops.clone().into_inner(),
                 }),
                 engine: settings.engine.clone(),
                 subprotocols: settings.websocket.subprotocols.clone(),
@@ -141,12 +151,16 @@ impl Application {
         registries.extend(echo.as_ref().map(|e| e.shared.registry.clone()));
 
         let server_settings = settings.server.clone();
+        let ops_state = ops.clone().into_inner();
         let mut server = HttpServer::new(move || {
             let cors = cors(&server_settings.cors_allowed_origins);
             // CORS headers only where origins are configured; without them a
             // cross-site page gets none (same-origin requests are unaffected).
             let cors = actix_web::middleware::Condition::new(!server_settings.cors_allowed_origins.is_empty(), cors);
-            let mut app = WebApp::new().wrap(cors).service(api::scope(api.clone(), max_payload));
+            let mut app = WebApp::new()
+                .wrap(cors)
+                .service(api::scope(api.clone(), max_payload))
+                .configure(ops::configure(ops.clone()));
             for (path, data) in [
                 (&server_settings.path, Some(&socketio)),
                 (&server_settings.echo_path, echo.as_ref()),
@@ -175,6 +189,9 @@ impl Application {
             shutdown: Shutdown {
                 registries,
                 server: server.handle(),
+                ops: ops_state,
+                drain_window: Duration::from_millis(settings.server.drain_window_ms),
+                drain_batches: settings.server.drain_batches.max(1),
             },
             server,
             registry,
@@ -217,33 +234,43 @@ impl Application {
     }
 }
 
-/// How long a shutdown waits for sessions to close (polling sessions
-/// deliver what is buffered first) before the workers stop.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
 /// Stops the server gracefully.
 #[derive(Clone)]
 pub struct Shutdown {
     registries: Vec<Registry>,
     server: actix_web::dev::ServerHandle,
+    ops: Arc<OpsState>,
+    drain_window: Duration,
+    drain_batches: usize,
 }
 
 impl Shutdown {
-    /// Closes every session with "server shutting down" (no Socket.IO
-    /// DISCONNECT is sent, so clients reconnect, to another node behind a
-    /// balancer), waits up to [`SHUTDOWN_GRACE`] for them to end, then stops
-    /// the workers.
+    /// Drains the server within `server.drain_window_ms`: new sessions are
+    /// refused (503) and `/readyz` turns false at once; the open sessions
+    /// are closed with "server shutting down" in `server.drain_batches`
+    /// batches spread over the first three quarters of the window (no
+    /// Socket.IO DISCONNECT is sent, so clients reconnect, behind a balancer
+    /// to another node, and not all at the same moment); the rest of the
+    /// window lets the last ones end (polling sessions deliver what is
+    /// buffered first). Then the workers stop.
     pub async fn run(&self) {
         use crate::conn::messages::CloseSession;
         use crate::engineio::CloseCause;
         use crate::reason::DisconnectReason;
-        for registry in &self.registries {
-            for addr in registry.addrs() {
+        let started = tokio::time::Instant::now();
+        self.ops.start_draining();
+        let sessions: Vec<_> = self.registries.iter().flat_map(|r| r.addrs()).collect();
+        tracing::info!(sessions = sessions.len(), window = ?self.drain_window, batches = self.drain_batches, "draining");
+        let per_batch = sessions.len().div_ceil(self.drain_batches).max(1);
+        let gap = self.drain_window * 3 / 4 / self.drain_batches as u32;
+        for (i, batch) in sessions.chunks(per_batch).enumerate() {
+            tokio::time::sleep_until(started + gap * i as u32).await;
+            for addr in batch {
                 let cause = CloseCause::new(DisconnectReason::ServerShuttingDown, "server shutting down");
                 addr.do_send(CloseSession(cause));
             }
         }
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let deadline = started + self.drain_window;
         while self.registries.iter().any(|r| !r.is_empty()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -130,6 +130,8 @@ impl ClusterMembers {
 pub struct Deliver {
     /// The encoded packet (and its binary attachments).
     pub frames: Arc<[Frame]>,
+    /// When the publish reached the broker (for the publish-to-write metric).
+    pub at: std::time::Instant,
 }
 
 /// The broker gives up on a slow consumer: its connection is to close.
@@ -320,14 +322,17 @@ impl Broker {
         }
     }
 
-    fn deliver(&mut self, socket_id: &Arc<str>, frames: &Arc<[Frame]>) -> bool {
+    fn deliver(&mut self, socket_id: &Arc<str>, frames: &Arc<[Frame]>, at: std::time::Instant) -> bool {
         let Some(member) = self.members.get_mut(socket_id) else {
             return false;
         };
         if member.evicted {
             return false;
         }
-        match member.deliver.try_send(Deliver { frames: frames.clone() }) {
+        match member.deliver.try_send(Deliver {
+            frames: frames.clone(),
+            at,
+        }) {
             Ok(()) => true,
             Err(SendError::Full(_)) => {
                 member.evicted = true;
@@ -356,8 +361,9 @@ impl Broker {
             .and_then(|r| r.get(room))
             .map(|r| r.order.values().filter(|id| *id != socket_id).cloned().collect())
             .unwrap_or_default();
+        let at = std::time::Instant::now();
         for id in targets {
-            self.deliver(&id, &frames);
+            self.deliver(&id, &frames, at);
         }
     }
 
@@ -521,6 +527,7 @@ impl Handler<Publish> for Broker {
     type Result = usize;
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
+        let at = std::time::Instant::now();
         if let Some(cluster) = &self.cluster {
             let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
             let (args, attachments) = msg.args;
@@ -538,7 +545,7 @@ impl Handler<Publish> for Broker {
             }
         }
         let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, false);
-        targets.iter().filter(|id| self.deliver(id, &msg.frames)).count()
+        targets.iter().filter(|id| self.deliver(id, &msg.frames, at)).count()
     }
 }
 
@@ -553,7 +560,8 @@ impl Handler<Inbound> for Broker {
             return 0;
         }
         let frames = encode_event(&nsp, &b.args, &b.attachments);
-        targets.iter().filter(|id| self.deliver(id, &frames)).count()
+        let at = std::time::Instant::now();
+        targets.iter().filter(|id| self.deliver(id, &frames, at)).count()
     }
 }
 

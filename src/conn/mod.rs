@@ -86,6 +86,10 @@ pub struct EngineShared {
     pub registry: Registry,
     /// Where forced closes and parse errors go.
     pub audit: AuditHandle,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether the server drains (new sessions are refused).
+    pub ops: Arc<crate::ops::OpsState>,
 }
 
 /// Who is on the other end, for logs and the audit log.
@@ -160,6 +164,7 @@ impl Connection {
         };
         let addr = conn.start();
         shared.registry.insert(sid.clone(), addr.clone());
+        shared.metrics.session_opened(transport.as_str());
         (sid, addr)
     }
 
@@ -221,6 +226,7 @@ impl Connection {
                     refuse_after_websocket(reply, ctx);
                 }
                 self.ws = self.probe.take();
+                self.shared.metrics.session_upgraded();
                 self.span.record("transport", TransportKind::WebSocket.as_str());
                 tracing::debug!(parent: &self.span, "upgraded to websocket");
             }
@@ -236,6 +242,7 @@ impl Connection {
 
     /// The application's turn.
     fn on_message(&mut self, payload: Payload, ctx: &mut Context<Self>) {
+        self.shared.metrics.events_in.inc();
         match self.shared.app {
             App::Echo => {
                 let frame = match payload {
@@ -251,6 +258,7 @@ impl Connection {
     /// Queues a frame for the client; a full buffer closes the session as a
     /// slow consumer.
     pub fn send(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        self.shared.metrics.events_out.inc();
         if let Err(cause) = self.session.push(frame) {
             self.close(cause, None, ctx);
         }
@@ -272,6 +280,7 @@ impl Connection {
                 let Some(ws) = &mut self.ws else { return };
                 let mut slow = false;
                 for frame in self.session.take_buffered() {
+                    self.shared.metrics.bytes_out.inc_by(frame.len() as u64);
                     match ws.sink.write(frame) {
                         Ok(()) => {}
                         Err(SinkError::Full) => {
@@ -288,6 +297,7 @@ impl Connection {
                         "slow consumer: websocket write queue full",
                     );
                     self.abort_transport = true;
+                    self.shared.metrics.slow_consumers.inc();
                     self.close(cause, None, ctx);
                 }
             }
@@ -312,7 +322,9 @@ impl Connection {
             return;
         };
         tracing::debug!(parent: &self.span, frames = frames.len(), "poll answered with data");
-        if let Err(Ok(_)) = reply.send(Ok(encode_payload(&frames))) {
+        let body = encode_payload(&frames);
+        self.shared.metrics.bytes_out.inc_by(body.len() as u64);
+        if let Err(Ok(_)) = reply.send(Ok(body)) {
             // The GET went away between the check and the send: keep order.
             if self.session.is_live() {
                 self.session.unshift(frames);
@@ -390,6 +402,7 @@ impl Connection {
         let reason = cause.reason;
         self.closed_by = Some(reason);
         let transport = self.session.transport();
+        self.shared.metrics.session_closed(transport.as_str(), reason.as_str());
         // A server-decided close delivers what was accepted for the client
         // first; on WebSocket that means moving it to the socket now.
         if reason.drains_first() && transport == TransportKind::WebSocket && !self.abort_transport {
@@ -523,6 +536,7 @@ impl Handler<PollPost> for Connection {
         if !self.session.is_live() {
             return Err(ErrorCode::UnknownSid);
         }
+        self.shared.metrics.bytes_in.inc_by(msg.body.len() as u64);
         let decoded =
             body_text(msg.body.clone()).and_then(|text| decode_payload(&text, self.shared.max_packets_per_payload));
         let result = match decoded {
@@ -583,6 +597,11 @@ impl Handler<WsInbound> for Connection {
         } else {
             return; // a socket this session already let go of
         };
+        let size = match &msg.message {
+            WsMessage::Text(t) => t.len(),
+            WsMessage::Binary(b) | WsMessage::Ping(b) => b.len(),
+        };
+        self.shared.metrics.bytes_in.inc_by(size as u64);
         let packet = match msg.message {
             WsMessage::Ping(payload) => {
                 let writer = if via == Via::Active {

@@ -232,6 +232,7 @@ impl Connection {
         });
         self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id}), &[], ctx);
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
+        self.shared.metrics.socket(&nsp, 1);
         let _ = self.shared.events.send(SocketEvent::Connected {
             sid: self.sid.clone(),
             nsp: nsp.clone(),
@@ -559,6 +560,7 @@ impl Connection {
             socket_id: socket_id.clone(),
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*socket_id, reason = reason.as_str(), "namespace left");
+        self.shared.metrics.socket(&nsp, -1);
         let _ = self.shared.events.send(SocketEvent::Disconnected {
             sid: self.sid.clone(),
             nsp,
@@ -588,6 +590,9 @@ impl Handler<Deliver> for Connection {
             self.send(frame.clone(), ctx);
         }
         self.after(ctx);
+        let metrics = &self.shared.metrics;
+        metrics.deliveries.inc();
+        metrics.observe_delivery(msg.at.elapsed());
     }
 }
 
@@ -602,6 +607,9 @@ impl Handler<Evict> for Connection {
             return;
         }
         self.abort_transport = msg.abort;
+        if msg.abort {
+            self.shared.metrics.slow_consumers.inc();
+        }
         self.close(CloseCause::new(DisconnectReason::ForcedClose, msg.detail), None, ctx);
         self.after(ctx);
     }

@@ -42,6 +42,16 @@ impl HttpError {
         }
     }
 
+    /// 503 for a handshake while the server drains: the client retries,
+    /// behind a balancer on another node.
+    pub const fn shutting_down() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::Forbidden,
+            message: "Server shutting down",
+        }
+    }
+
     /// The response.
     pub fn response(&self) -> HttpResponse {
         HttpResponse::build(self.status)

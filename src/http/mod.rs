@@ -41,6 +41,9 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
             .map(str::to_owned),
     };
     let shared = &endpoint.shared;
+    if info.sid.is_none() && shared.ops.draining() {
+        return HttpError::shutting_down().response();
+    }
     let result = match (info.transport, info.sid.as_deref(), &info.method) {
         (TransportKind::Polling, None, &Method::GET) => Ok(polling::handshake(shared, peer)),
         (TransportKind::Polling, Some(sid), &Method::GET) => match shared.registry.get(sid) {

@@ -134,11 +134,29 @@ async fn read_loop(addr: Addr<Connection>, id: u64, mut stream: actix_ws::Aggreg
 }
 
 fn classify(err: ProtocolError) -> WsEnd {
+    use std::io::ErrorKind;
     match err {
         ProtocolError::Overflow => WsEnd::TooLarge,
-        ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => WsEnd::InvalidUtf8,
+        ProtocolError::Io(e) if e.kind() == ErrorKind::InvalidData => WsEnd::InvalidUtf8,
+        // The peer went away without a close frame (its TCP connection
+        // ended or was reset): Node's engine.io reports that as "transport
+        // close" too (the ws library's close event, code 1006).
+        ProtocolError::Io(e) if peer_gone(&e) => WsEnd::Closed,
         other => WsEnd::Error(other.to_string()),
     }
+}
+
+fn peer_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    let incomplete = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<actix_http::error::PayloadError>())
+        .is_some_and(|p| matches!(p, actix_http::error::PayloadError::Incomplete(_)));
+    incomplete
+        || matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+        )
 }
 
 /// Frames waiting behind a full socket queue, shared with the drain task.

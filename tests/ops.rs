@@ -1,0 +1,259 @@
+//! Covers the operations side:
+//! - `/metrics` counts what real traffic did: handshakes and open sessions
+//!   by transport, sockets by namespace, deliveries and their
+//!   publish-to-write latency, events and bytes both ways, disconnects by
+//!   reason;
+//! - `/healthz` answers; `/readyz` is ready on a single node and not ready
+//!   while the configured Redis is unreachable;
+//! - draining (a real roomcast process and SIGTERM): `/readyz` turns false
+//!   and new sessions are refused with 503 at once, the connected clients
+//!   are closed with "server shutting down" (WebSocket close 1001) in
+//!   batches spread over the drain window, and the process exits 0 within
+//!   it.
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::eio::{next_text, open, send, Ws};
+use common::{within, TestServer, SIO, SOON};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn metrics(server: &TestServer) -> String {
+    let resp = reqwest::get(format!("{}/metrics", server.http())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("openmetrics-text"));
+    resp.text().await.unwrap()
+}
+
+/// The value of the sample `name` (with its labels, as exposed).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+}
+
+/// Waits until `check` holds for the exposition.
+async fn metrics_until(server: &TestServer, what: &str, check: impl Fn(&str) -> bool) -> String {
+    within(what, async {
+        loop {
+            let text = metrics(server).await;
+            if check(&text) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// A Socket.IO client in "/" over WebSocket, subscribed to `room`.
+async fn member(server: &TestServer, room: &str) -> Ws {
+    let (mut ws, _) = open(server, SIO).await;
+    send(&mut ws, "40").await;
+    assert!(next_text(&mut ws).await.starts_with("40{"));
+    send(&mut ws, format!(r#"421["subscribe",{{"room":"{room}"}}]"#)).await;
+    assert_eq!(next_text(&mut ws).await, r#"431[{"ok":true}]"#);
+    ws
+}
+
+#[actix_web::test]
+async fn metrics_count_real_traffic() {
+    let server = common::spawn(common::settings(common::quiet));
+    let before = metrics(&server).await;
+    assert_eq!(sample(&before, "roomcast_deliveries_total"), 0.0);
+
+    let (mut a, mut b) = (member(&server, "m").await, member(&server, "m").await);
+    send(&mut a, r#"422["publish",{"room":"m","event":"news","data":1}]"#).await;
+    assert_eq!(next_text(&mut a).await, r#"432[{"ok":true,"recipients":1}]"#);
+    assert_eq!(next_text(&mut b).await, r#"42["news",1]"#);
+    // A polling session too, then A goes away without a close frame (as
+    // Node's engine.io, that is "transport close").
+    let resp = reqwest::get(format!("{}{SIO}?EIO=4&transport=polling", server.http()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(a);
+
+    let text = metrics_until(&server, "A's end counted", |t| {
+        t.contains(r#"roomcast_disconnects_total{reason="transport close"} 1"#)
+    })
+    .await;
+    assert_eq!(
+        sample(&text, r#"roomcast_handshakes_total{transport="websocket"}"#),
+        2.0
+    );
+    assert_eq!(sample(&text, r#"roomcast_handshakes_total{transport="polling"}"#), 1.0);
+    assert_eq!(sample(&text, r#"roomcast_sessions{transport="websocket"}"#), 1.0);
+    assert_eq!(sample(&text, r#"roomcast_sessions{transport="polling"}"#), 1.0);
+    assert_eq!(sample(&text, r#"roomcast_sockets{namespace="/"}"#), 1.0);
+    assert_eq!(sample(&text, "roomcast_deliveries_total"), 1.0);
+    assert_eq!(sample(&text, "roomcast_publish_to_write_seconds_count"), 1.0);
+    // CONNECT ×2, subscribe ×2, publish.
+    assert!(sample(&text, "roomcast_events_in_total") >= 5.0, "{text}");
+    // CONNECT ×2, acks ×3, the delivery.
+    assert!(sample(&text, "roomcast_events_out_total") >= 6.0, "{text}");
+    assert!(sample(&text, "roomcast_received_bytes_total") > 0.0, "{text}");
+    assert!(sample(&text, "roomcast_sent_bytes_total") > 0.0, "{text}");
+    assert_eq!(sample(&text, "roomcast_slow_consumer_closes_total"), 0.0);
+    // No room names or ids as labels.
+    assert!(!text.contains("\"m\""), "{text}");
+}
+
+#[actix_web::test]
+async fn health_and_readiness() {
+    let server = common::spawn(common::settings(common::quiet));
+    let resp = reqwest::get(format!("{}/healthz", server.http())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = reqwest::get(format!("{}/readyz", server.http())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"ready": true, "draining": false, "redis": "not configured"})
+    );
+
+    // A cluster node whose Redis does not answer is alive but not ready.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = common::spawn(common::settings(|s| {
+        common::quiet(s);
+        s.redis.url = format!("redis://127.0.0.1:{closed}/");
+        s.redis.command_timeout_ms = 200;
+    }));
+    let resp = reqwest::get(format!("{}/healthz", node.http())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = reqwest::get(format!("{}/readyz", node.http())).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["redis"], "unreachable");
+}
+
+/// A roomcast process on a free port; its pid and port.
+fn start_roomcast(env: &[(&str, &str)]) -> (std::process::Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .env("ROOMCAST__SERVER__HOST", "127.0.0.1")
+        .env("ROOMCAST__SERVER__PORT", "0")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roomcast starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("roomcast logs its address").unwrap();
+        if let Some(rest) = line.split("roomcast listening on http://127.0.0.1:").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep reading so the pipe never fills.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_batches_and_exits_within_the_window() {
+    const CLIENTS: usize = 16;
+    let window = Duration::from_millis(3000);
+    let (mut child, port) = start_roomcast(&[
+        ("ROOMCAST__SERVER__DRAIN_WINDOW_MS", "3000"),
+        ("ROOMCAST__SERVER__DRAIN_BATCHES", "4"),
+    ]);
+    let base = format!("http://127.0.0.1:{port}");
+    // Connected clients, each reporting when and how it was closed.
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..CLIENTS {
+        let url = format!("ws://127.0.0.1:{port}{SIO}?EIO=4&transport=websocket");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.next().await.unwrap().unwrap(); // open
+        ws.send(Message::text("40")).await.unwrap();
+        let connected = ws.next().await.unwrap().unwrap();
+        assert!(connected.to_text().unwrap().starts_with("40{"));
+        let closed_tx = closed_tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                match m {
+                    Message::Close(frame) => {
+                        let code = frame.map(|f| u16::from(f.code));
+                        let _ = closed_tx.send((Instant::now(), code));
+                        return;
+                    }
+                    Message::Text(t) if t.as_str() == "2" => {
+                        let _ = ws.send(Message::text("3")).await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let signalled = Instant::now();
+    // Not ready and refusing new sessions at once (as soon as the signal
+    // is handled), while the clients are still being closed.
+    let http = reqwest::Client::new();
+    within("/readyz to turn false", async {
+        loop {
+            let resp = http.get(format!("{base}/readyz")).send().await.unwrap();
+            if resp.status() == 503 {
+                let body: serde_json::Value = resp.json().await.unwrap();
+                assert_eq!(body["draining"], true);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let resp = http
+        .get(format!("{base}{SIO}?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    common::eio::assert_error_body(resp, 503, 4, "Server shutting down").await;
+
+    let mut closes = Vec::new();
+    for _ in 0..CLIENTS {
+        let (at, code) = within("every client closed", closed.recv()).await.unwrap();
+        assert_eq!(code, Some(1001), "server shutting down closes with 1001 (going away)");
+        closes.push(at);
+    }
+    closes.sort();
+    // Batches: the closes come in separate waves, spread over the window.
+    let waves = 1 + closes
+        .windows(2)
+        .filter(|w| w[1] - w[0] > Duration::from_millis(150))
+        .count();
+    assert!(waves >= 3, "{waves} waves of closes");
+    assert!(
+        closes[CLIENTS - 1] - closes[0] >= window / 4,
+        "spread {:?}",
+        closes[CLIENTS - 1] - closes[0]
+    );
+
+    let status = within("the process to exit", async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "exit status {status}");
+    // Within the window, give or take the time to notice the exit.
+    assert!(signalled.elapsed() < window + SOON, "took {:?}", signalled.elapsed());
+}
