@@ -5,9 +5,16 @@
 # tests/deployment.rs keeps this file, docker-compose.yml and
 # deploy/haproxy.cfg consistent.
 
+# The socket.io-client browser bundle, from npm, which build.rs embeds.
+FROM node:20-bookworm-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
+COPY --from=web /web/node_modules web/node_modules
 # The registry and the target dir are cache mounts, so a rebuild after a
 # source change compiles roomcast only. The binary is copied out of the
 # cache mount to a path the next stage can read.

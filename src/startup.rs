@@ -160,7 +160,7 @@ impl Application {
             let mut app = WebApp::new()
                 .wrap(cors)
                 .service(api::scope(api.clone(), max_payload))
-                .configure(ops::configure(ops.clone()));
+                .configure(ops::configure(ops.clone(), &server_settings.path));
             for (path, data) in [
                 (&server_settings.path, Some(&socketio)),
                 (&server_settings.echo_path, echo.as_ref()),

@@ -1,7 +1,8 @@
 //! Covers: client compatibility with real Socket.IO clients written by
 //! others, against the real roomcast binary (no mocks):
 //! - the socket.io-client 4.8 suite, tests/clients/js/*.test.mjs, run with
-//!   Node's test runner;
+//!   Node's test runner (the dashboard test among them drives Debian's
+//!   headless Chromium with playwright-core);
 //! - the python-socketio 5 suite, tests/clients/py/test_*.py, run with
 //!   unittest from tests/clients/.venv.
 //!
@@ -34,6 +35,10 @@ fn socket_io_client_suite() {
     assert!(
         dir.join("node_modules").join("socket.io-client").is_dir(),
         "tests/clients/node_modules/socket.io-client is missing: run scripts/test, which runs `npm ci` in tests/clients"
+    );
+    assert!(
+        dir.join("node_modules").join("playwright-core").is_dir(),
+        "tests/clients/node_modules/playwright-core is missing: run scripts/test, which runs `npm ci` in tests/clients"
     );
     let mut cmd = Command::new(node());
     cmd.arg("--test")

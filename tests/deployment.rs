@@ -571,13 +571,18 @@ async fn every_healthcheck_probes_one_real_route() {
 }
 
 #[test]
-fn the_image_builds_in_one_stage_and_runs_unprivileged_in_a_slim_one() {
+fn the_image_builds_with_the_client_bundle_and_runs_unprivileged_in_a_slim_stage() {
     let stages = dockerfile_stages();
     assert!(stages.len() >= 2, "a multi-stage build");
-    let (build, runtime) = (&stages[0], stages.last().expect("runtime stage"));
+    let runtime = stages.last().expect("runtime stage");
+    let build = stages
+        .iter()
+        .find(|s| s.contains("cargo build --release --locked --bin roomcast"))
+        .expect("a stage builds the roomcast binary");
+    // build.rs embeds the socket.io-client bundle from web/node_modules.
     assert!(
-        build.contains("cargo build --release --locked --bin roomcast"),
-        "the build stage builds the roomcast binary"
+        build.contains("web/node_modules") && stages.iter().any(|s| s.contains("npm ci")),
+        "the build stage gets web/node_modules from an npm stage"
     );
     assert!(
         read("Cargo.toml").contains("[[bin]]\nname = \"roomcast\""),
