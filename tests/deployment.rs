@@ -18,8 +18,9 @@
 //! - the health route (Docker's HEALTHCHECK, HAProxy's checks,
 //!   scripts/cluster) is one route, and a real roomcast answers it 200
 //!   (deploy/healthcheck run against it), while a wrong route fails;
-//! - the Dockerfile builds in one stage and runs as a non-root user in a
-//!   slim one; the build context leaves out target/ and node_modules.
+//! - the Dockerfile builds roomcast (with the socket.io-client bundle from
+//!   an npm stage) and runs it as a non-root user in a slim stage; the
+//!   build context leaves out target/ and node_modules.
 #![cfg(unix)]
 
 mod common;
