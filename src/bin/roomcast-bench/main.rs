@@ -9,8 +9,9 @@
 //! roomcast-bench fanout  --url http://A --url http://B …   (cluster: subscribers on both)
 //! ```
 //!
-//! Every run is bounded in time and count. It prints a table, then one
-//! JSON line with every figure (the last line of its output).
+//! Every run is bounded in time and count, and starts with one unmeasured
+//! second of publishing. It prints a table, then one JSON line with every
+//! figure (the last line of its output).
 
 mod client;
 mod scenarios;
@@ -156,7 +157,8 @@ async fn main() -> Result<()> {
         }
         Scenario::Fanout { common, shape, rate } => {
             let fleet = start(&common, shape).await?;
-            let step = fleet.step(0, rate, secs(shape.duration), secs(shape.drain)).await?;
+            warm_up(&fleet, rate, shape).await?;
+            let step = fleet.step(1, rate, secs(shape.duration), secs(shape.drain)).await?;
             fleet.stop().await;
             let mut r = step.to_json();
             r["scenario"] = json!("fanout");
@@ -172,10 +174,11 @@ async fn main() -> Result<()> {
             max_loss,
         } => {
             let fleet = start(&common, shape).await?;
+            warm_up(&fleet, start_rate, shape).await?;
             let mut rate = start_rate;
             let mut best: Option<scenarios::Step> = None;
             let mut steps = Vec::new();
-            for i in 0..MAX_STEPS {
+            for i in 1..MAX_STEPS {
                 let step = fleet.step(i, rate, secs(shape.duration), secs(shape.drain)).await?;
                 let ok = step.p99_ms <= p99_ms && step.loss() <= max_loss;
                 eprintln!(
@@ -203,6 +206,13 @@ async fn main() -> Result<()> {
         }
     };
     print(&label, &result);
+    Ok(())
+}
+
+/// One unmeasured second at `rate` (step 0): JIT compilers, allocators and
+/// socket buffers settle before the figures are taken.
+async fn warm_up(fleet: &Fleet, rate: f64, shape: FanoutShape) -> Result<()> {
+    fleet.step(0, rate, Duration::from_secs(1), secs(shape.drain)).await?;
     Ok(())
 }
 
