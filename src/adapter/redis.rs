@@ -35,6 +35,9 @@ use super::{AdapterStatus, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp
 /// Adapter settings.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
+    /// This node's id: the adapter's `uid`, by which a node recognises its
+    /// own messages (also the audit rows' `node`).
+    pub node_id: String,
     /// `redis://…`
     pub url: String,
     /// Channel prefix (`socket.io` like the official adapter).
@@ -127,8 +130,8 @@ impl RedisAdapter {
     /// An adapter for `config` that delivers to `broker`.
     pub fn new(config: RedisConfig, broker: BrokerPorts, status: Arc<AdapterStatus>) -> Self {
         Self {
+            uid: config.node_id.clone(),
             config,
-            uid: crate::engineio::generate_sid(),
             broker,
             status,
             queue: None,
