@@ -80,7 +80,12 @@ fn start_audit(settings: &Settings, node_id: Arc<str>) -> std::io::Result<Audit>
         prune_interval: Duration::from_secs(a.prune_interval_s),
     };
     let (s, sp, st) = (store.clone(), spill.clone(), stats.clone());
-    let writer = AuditWriter::start_in_arbiter(&arbiter, move |_| AuditWriter::new(s, sp, st, config));
+    let queue = a.queue;
+    let writer = AuditWriter::start_in_arbiter(&arbiter, move |ctx| {
+        // The bound from the first message on (not only once started).
+        ctx.set_mailbox_capacity(queue);
+        AuditWriter::new(s, sp, st, config)
+    });
     let reader = AuditReader::start_in_arbiter(&arbiter, move |_| AuditReader { store });
     let recording = Recording {
         disconnects: a.record_disconnects,

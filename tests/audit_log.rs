@@ -203,7 +203,7 @@ async fn each_kind_is_one_row(backend: Backend) {
 
     // forced close: an expired token, with the token's user.
     let (mut ws, sid) = open_as(&server, "expiring/1").await;
-    let jwt = token("alice", Duration::from_secs(1));
+    let jwt = token("alice", Duration::from_secs(2));
     let socket = join(&mut ws, "/custom", Some(json!({ "token": jwt }))).await;
     assert_eq!(closed(&mut ws).await, Some(1008));
     let row = one_row(&server, &db, by_sid(&sid)).await;
@@ -226,7 +226,8 @@ async fn each_kind_is_one_row(backend: Backend) {
         ("parse_error", "parse error", 4)
     );
     assert_eq!(row.socket_id.as_deref(), Some(socket.as_str()));
-    assert_eq!(row.excerpt.as_deref(), Some(r#"42{\"not\":\"an array\"}"#));
+    // The Socket.IO packet (the Engine.IO message's data).
+    assert_eq!(row.excerpt.as_deref(), Some(r#"2{\"not\":\"an array\"}"#));
 
     // parse error: an Engine.IO packet.
     let (mut ws, sid) = open_as(&server, "eio-garbage/1").await;
@@ -390,7 +391,7 @@ async fn postgres_outage_loses_nothing_and_writes_nothing_twice() {
     let mut pg = PrivatePostgres::start();
     let db = TestDb::at(pg.url());
     let server = server(&db, |s| {
-        s.database.timeout_ms = 1000;
+        s.database.timeout_ms = 500;
         s.audit.retry_interval_ms = 100;
         s.audit.batch_size = 8;
     });
@@ -527,8 +528,9 @@ async fn burst_of_parse_errors_leaves_delivery_and_memory_alone() {
         assert_eq!(text(&mut sub).await, format!(r#"42["n",{i}]"#));
     }
     let delivered_in = started.elapsed();
+    let mut burst_clients = Vec::new();
     for s in senders {
-        drop(s.await.unwrap());
+        burst_clients.push(s.await.unwrap());
     }
     within("the burst recorded", async {
         while AuditStats::get(&stats.accepted) < BURST as u64 {
@@ -556,7 +558,7 @@ async fn burst_of_parse_errors_leaves_delivery_and_memory_alone() {
         "burst: {BURST} parse errors; {MESSAGES} deliveries in {delivered_in:?}; all rows in {written_in:?}; \
          writer rows in memory peak {peak} (bound {}); overflowed to spill {}; spilled {}; replayed {}; \
          process RSS {rss_before} KiB before, {rss_peak} KiB after the burst",
-        QUEUE + BATCH,
+        QUEUE + BATCH + 4,
         AuditStats::get(&stats.overflowed),
         AuditStats::get(&stats.spilled),
         AuditStats::get(&stats.replayed),
@@ -566,12 +568,13 @@ async fn burst_of_parse_errors_leaves_delivery_and_memory_alone() {
         (BURST as i64, BURST as i64),
         "every parse error is one row"
     );
-    assert!(
-        peak <= (QUEUE + BATCH) as u64,
-        "rows in memory {peak} above queue + batch"
-    );
+    // The mailbox, the batch, and a row in flight per recording thread
+    // (counted before its try_send).
+    let bound = (QUEUE + BATCH + 4) as u64;
+    assert!(peak <= bound, "rows in memory {peak} above {bound}");
     assert_eq!(AuditStats::get(&stats.dropped), 0);
     assert_eq!(server.registry.len(), 6, "nobody was disconnected");
+    drop(burst_clients);
 }
 
 #[actix_web::test]
@@ -622,11 +625,11 @@ async fn hostile_strings(db: &TestDb) {
         }
     }
     let (big, validation) = (&found[0], &found[2]);
-    assert!(big
-        .excerpt
-        .as_deref()
-        .unwrap()
-        .starts_with(r#"42\'); DROP TABLE audit_events; --\n\x00"#));
+    let big_excerpt = big.excerpt.as_deref().unwrap();
+    assert!(
+        big_excerpt.starts_with(r#"2\'); DROP TABLE audit_events; --\n\x00"#),
+        "{big_excerpt}"
+    );
     assert!(big.excerpt.as_deref().unwrap().ends_with('…'));
     assert!(validation.excerpt.as_deref().unwrap().contains("forged"));
     assert_eq!(found[1].namespace.as_deref(), Some(nsp.as_str()));

@@ -436,9 +436,10 @@ impl AuditQuery {
     pub fn filter(&self) -> Result<Filter, String> {
         let kind = match self.kind.as_deref() {
             None => None,
-            Some(k) => Some(AuditKind::parse(k).ok_or_else(|| {
-                format!("kind: expected one of forced_close, parse_error, disconnect, handshake_refused")
-            })?),
+            Some(k) => Some(
+                AuditKind::parse(k)
+                    .ok_or("kind: expected one of forced_close, parse_error, disconnect, handshake_refused")?,
+            ),
         };
         let reason = self.reason.as_deref().map(|r| match r.parse::<i64>() {
             Ok(code) => ReasonFilter::Code(code),

@@ -75,7 +75,8 @@ impl AuditWriter {
     fn write(&mut self, force: bool, ctx: &mut Context<Self>, done: Option<tokio::sync::oneshot::Sender<bool>>) {
         let rows = std::mem::take(&mut self.batch);
         let waiting = self.down_until.is_some_and(|t| Instant::now() < t);
-        if (rows.is_empty() && !self.spill.pending()) || (waiting && !force) {
+        let idle = rows.is_empty() && !self.spill.pending() && self.migrated;
+        if idle || (waiting && !force) {
             spill_rows(&self.spill, &self.stats, rows);
             if let Some(done) = done {
                 let _ = done.send(!self.spill.pending() && !waiting);
