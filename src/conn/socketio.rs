@@ -300,9 +300,10 @@ impl Connection {
             return;
         }
         sockets.sort_by(|a, b| a.0.cmp(b.0));
-        let join = |f: &dyn Fn(&(&Arc<str>, &NsSocket)) -> String| sockets.iter().map(f).collect::<Vec<_>>().join(",");
-        event.namespace = Some(join(&|(n, _)| n.to_string()));
-        event.socket_id = Some(join(&|(_, s)| s.id.to_string()));
+        let names: Vec<&str> = sockets.iter().map(|(n, _)| &***n).collect();
+        let ids: Vec<&str> = sockets.iter().map(|(_, s)| &*s.id).collect();
+        event.namespace = Some(names.join(","));
+        event.socket_id = Some(ids.join(","));
         event.user = sockets.iter().find_map(|(_, s)| s.identity.user.clone());
     }
 
