@@ -441,6 +441,13 @@ impl AuditQuery {
                     .ok_or("kind: expected one of forced_close, parse_error, disconnect, handshake_refused")?,
             ),
         };
+        // Stored values never hold control characters (they are escaped),
+        // and PostgreSQL refuses NUL in text: such a filter is an error.
+        for (name, value) in [("reason", &self.reason), ("sid", &self.sid), ("user", &self.user)] {
+            if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+                return Err(format!("{name}: control characters are not allowed"));
+            }
+        }
         let reason = self.reason.as_deref().map(|r| match r.parse::<i64>() {
             Ok(code) => ReasonFilter::Code(code),
             Err(_) => ReasonFilter::Name(r.to_owned()),
@@ -511,6 +518,10 @@ mod tests {
             },
             AuditQuery {
                 until: Some("tomorrow".into()),
+                ..Default::default()
+            },
+            AuditQuery {
+                sid: Some("a\0b".into()),
                 ..Default::default()
             },
         ] {
