@@ -31,6 +31,8 @@
 //!   database, or stay in the spill file for the next start.
 //! - The writer prunes rows older than `audit.retention_days` in the
 //!   background.
+//! - Each recorded event is also one structured log line (target
+//!   `roomcast::audit`, [`AuditRow::log`]).
 //! - [`store`] holds all the SQL (one schema per database in `migrations/`).
 
 pub mod reader;
@@ -263,6 +265,41 @@ impl AuditRow {
     }
 }
 
+impl AuditRow {
+    /// The row as one structured log line (target `roomcast::audit`):
+    /// warn for forced closes and parse errors, info for the rest. Every
+    /// value is sanitised, and text fields are printed quoted, so no value
+    /// can start a line of its own.
+    pub fn log(&self) {
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "roomcast::audit",
+                    id = self.id.as_str(),
+                    kind = self.kind.as_str(),
+                    reason = self.reason.as_str(),
+                    code = self.code,
+                    sid = self.sid.as_deref().unwrap_or(""),
+                    socket_id = self.socket_id.as_deref().unwrap_or(""),
+                    namespace = self.namespace.as_deref().unwrap_or(""),
+                    transport = self.transport.as_deref().unwrap_or(""),
+                    peer = self.peer.as_deref().unwrap_or(""),
+                    user = self.user_id.as_deref().unwrap_or(""),
+                    user_agent = self.user_agent.as_deref().unwrap_or(""),
+                    excerpt = self.excerpt.as_deref().unwrap_or(""),
+                    "{}",
+                    self.detail
+                )
+            };
+        }
+        if self.kind == AuditKind::ForcedClose.as_str() || self.kind == AuditKind::ParseError.as_str() {
+            line!(warn);
+        } else {
+            line!(info);
+        }
+    }
+}
+
 /// `at` as stored: RFC 3339 UTC with six fractional digits, so that text
 /// order is time order in both databases.
 pub fn format_time(at: SystemTime) -> String {
@@ -487,6 +524,7 @@ impl AuditHandle {
         }
         let inner = &self.inner;
         let row = AuditRow::from_event(event, &inner.node);
+        row.log();
         inner.stats.enter_memory();
         match inner.recipient.try_send(row) {
             Ok(()) => AuditStats::add(&inner.stats.accepted, 1),
@@ -570,6 +608,42 @@ mod tests {
         assert!(parse_time("yesterday").is_none());
         assert!(parse_time("2023-11-14T21:13:20-0x:00").is_none());
         assert!(parse_time("éééééé").is_none());
+    }
+
+    #[test]
+    fn hostile_values_stay_on_one_log_line() {
+        use std::sync::{Arc, Mutex};
+        let hostile = "a\nINFO forged line\r\n\0'); DROP TABLE audit_events; --\u{2028}";
+        let mut event = AuditEvent::new(AuditKind::ParseError, DisconnectReason::ParseError, hostile);
+        event.user_agent = Some(hostile.into());
+        event.namespace = Some(hostile.into());
+        event.excerpt = Some(excerpt(hostile.as_bytes()));
+        let row = AuditRow::from_event(event, "node");
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || -> Box<dyn std::io::Write> {
+                struct W(Arc<Mutex<Vec<u8>>>);
+                impl std::io::Write for W {
+                    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                        self.0.lock().unwrap().extend_from_slice(b);
+                        Ok(b.len())
+                    }
+                    fn flush(&mut self) -> std::io::Result<()> {
+                        Ok(())
+                    }
+                }
+                Box::new(W(sink.clone()))
+            })
+            .finish();
+        tracing::subscriber::with_default(subscriber, || row.log());
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains("roomcast::audit") && text.contains("kind=\"parse_error\""),
+            "{text}"
+        );
     }
 
     #[test]
