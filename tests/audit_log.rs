@@ -2,7 +2,7 @@
 //! fresh database per test on the machine's server, or a private instance):
 //! - every recorded kind, provoked by a real client, is exactly one row with
 //!   the right fields: forced closes (API kick, payload limit, expired
-//!   token, shutdown), parse errors (HTTP polling body, Engine.IO packet,
+//!   token, connect timeout, slow consumer, shutdown), parse errors (HTTP polling body, Engine.IO packet,
 //!   Socket.IO packet, event validation), disconnects and refused
 //!   handshakes (Engine.IO and Socket.IO CONNECT), on both databases;
 //! - a clean shutdown writes every row still queued;
@@ -16,7 +16,8 @@
 //!   and in `roomcast audit`;
 //! - `GET /api/v1/audit`: key, filters, limit and cursor;
 //! - retention pruning; `roomcast migrate`; `roomcast audit --follow`;
-//! - X-Forwarded-For only from a trusted proxy.
+//! - X-Forwarded-For only from a trusted proxy;
+//! - two nodes write to one PostgreSQL table, each with its node id.
 #![cfg(unix)]
 
 mod common;
@@ -874,4 +875,75 @@ async fn forwarded_for_only_from_trusted_proxies() {
         let row = one_row(&server, &db, by_sid(&polling)).await;
         assert!(row.peer.as_deref().unwrap().starts_with(expected), "{row:?}");
     }
+}
+
+/// More forced closes: the connect timeout, and a slow consumer (a client
+/// in a room that stops reading while the API floods the room).
+#[actix_web::test]
+async fn connect_timeout_and_slow_consumer_are_forced_closes() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = server(&db, |s| {
+        s.socketio.connect_timeout_ms = 200;
+        s.engine.max_buffered_packets = 16;
+    });
+    let (mut idle, sid) = open_as(&server, "idle/1").await;
+    assert_eq!(closed(&mut idle).await, Some(1008));
+    let row = one_row(&server, &db, by_sid(&sid)).await;
+    assert_eq!((row.kind.as_str(), row.code), ("forced_close", 5));
+    assert!(row.detail.contains("connectTimeout"), "{row:?}");
+
+    let (mut slow, sid) = open_as(&server, "slow/1").await;
+    join(&mut slow, "/", None).await;
+    send(&mut slow, r#"421["subscribe",{"room":"flood"}]"#).await;
+    assert_eq!(text(&mut slow).await, r#"431[{"ok":true}]"#);
+    // From now on `slow` reads nothing.
+    let http = reqwest::Client::new();
+    let data = "x".repeat(64 * 1024);
+    let store = store(&db.url);
+    let mut published = 0;
+    while rows(&store, by_sid(&sid)).await.is_empty() {
+        assert!(
+            published < 5_000,
+            "no slow-consumer row after {published} publishes of 64 KiB"
+        );
+        for _ in 0..20 {
+            let resp = http
+                .post(format!("{}/api/v1/publish", server.http()))
+                .bearer_auth(API_KEY)
+                .json(&json!({"room": "flood", "event": "flood", "data": data}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            published += 1;
+        }
+    }
+    let row = one_row(&server, &db, by_sid(&sid)).await;
+    assert_eq!((row.kind.as_str(), row.code), ("forced_close", 5));
+    assert!(row.detail.contains("slow consumer"), "{row:?}");
+    println!("slow consumer closed after {published} publishes of 64 KiB");
+    drop(slow);
+}
+
+/// Two nodes of a cluster write to one PostgreSQL table, each with its
+/// node id (their migrations at start-up do not collide).
+#[actix_web::test]
+async fn cluster_nodes_share_one_postgres_table() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let nodes = [server(&db, |_| {}), server(&db, |_| {})];
+    assert_ne!(nodes[0].audit.node(), nodes[1].audit.node());
+    let mut sids = Vec::new();
+    for node in &nodes {
+        let (mut ws, sid) = open_as(node, "cluster/1").await;
+        send(&mut ws, "9garbage").await;
+        closed(&mut ws).await;
+        sids.push(sid);
+    }
+    for (node, sid) in nodes.iter().zip(&sids) {
+        let row = one_row(node, &db, by_sid(sid)).await;
+        assert_eq!(row.node, node.audit.node());
+    }
+    assert_eq!(count(&db.url).await, (2, 2));
+    drop(nodes);
+    db.drop_db().await;
 }
