@@ -160,9 +160,20 @@ impl Store {
         }
         let options = AnyConnectOptions::from_str(&url)?;
         let timeout = Duration::from_millis(settings.timeout_ms);
+        let sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // With WAL, NORMAL is safe against corruption and
+                        // syncs at checkpoints instead of every commit.
+                        sqlx::Executor::execute(conn, "PRAGMA synchronous=NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_lazy_with(options);
         Ok(Store { pool, backend, timeout })
     }
