@@ -322,15 +322,26 @@ async fn each_kind_is_one_row(backend: Backend) {
     db.drop_db().await;
 }
 
-#[actix_web::test]
-async fn each_kind_is_one_row_sqlite() {
-    each_kind_is_one_row(Backend::Sqlite).await;
+/// Two tests running `scenario(backend)`: one on SQLite, one on PostgreSQL.
+macro_rules! on_both_databases {
+    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
+        #[actix_web::test]
+        async fn $sqlite() {
+            $scenario(Backend::Sqlite).await;
+        }
+
+        #[actix_web::test]
+        async fn $postgres() {
+            $scenario(Backend::Postgres).await;
+        }
+    };
 }
 
-#[actix_web::test]
-async fn each_kind_is_one_row_postgres() {
-    each_kind_is_one_row(Backend::Postgres).await;
-}
+on_both_databases!(
+    each_kind_is_one_row,
+    each_kind_is_one_row_sqlite,
+    each_kind_is_one_row_postgres
+);
 
 /// A shutdown writes what the writer still holds: rows wait for a batch
 /// that never fills and a flush interval that never comes.
@@ -364,15 +375,11 @@ async fn shutdown_flushes_everything(backend: Backend) {
     db.drop_db().await;
 }
 
-#[actix_web::test]
-async fn shutdown_flushes_everything_sqlite() {
-    shutdown_flushes_everything(Backend::Sqlite).await;
-}
-
-#[actix_web::test]
-async fn shutdown_flushes_everything_postgres() {
-    shutdown_flushes_everything(Backend::Postgres).await;
-}
+on_both_databases!(
+    shutdown_flushes_everything,
+    shutdown_flushes_everything_sqlite,
+    shutdown_flushes_everything_postgres
+);
 
 /// Sends `n` invalid subscribes numbered from `first` and waits for their
 /// error acks (so each was recorded before this returns).
