@@ -48,6 +48,7 @@ impl TestDb {
                     uuid::Uuid::now_v7().simple()
                 );
                 let mut conn = shared_pg().await;
+                drop_stale_databases(&mut conn).await;
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
                     .await
@@ -71,6 +72,24 @@ impl TestDb {
             let mut conn = shared_pg().await;
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+/// Drops the test databases of test processes that are gone (a failed
+/// test does not drop its own).
+async fn drop_stale_databases(conn: &mut sqlx::PgConnection) {
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'roomcast\\_audit\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for (name,) in names {
+        let pid = name.split('_').nth(2).unwrap_or_default();
+        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut *conn)
                 .await;
         }
     }
