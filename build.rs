@@ -1,11 +1,13 @@
-//! Embeds the socket.io-client browser bundle from npm (web/, installed by
-//! `npm ci --prefix web`), which roomcast serves at `/socket.io/socket.io.js`
-//! as Node's socket.io does. Without it the build still succeeds and that
-//! route answers 404 with a hint.
+//! - Rebuilds when a migration is added: `sqlx::migrate!` embeds them.
+//! - Embeds the socket.io-client browser bundle from npm (web/, installed by
+//!   `npm ci --prefix web`), which roomcast serves at `/socket.io/socket.io.js`
+//!   as Node's socket.io does. Without it the build still succeeds and that
+//!   route answers 404 with a hint.
 
 use std::path::{Path, PathBuf};
 
 fn main() {
+    println!("cargo:rerun-if-changed=migrations");
     let package = Path::new("web/node_modules/socket.io-client");
     println!("cargo:rerun-if-changed=web/package-lock.json");
     println!("cargo:rerun-if-changed=web/node_modules/socket.io-client/package.json");

@@ -57,6 +57,48 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Cluster adapter.
     pub redis: RedisSettings,
+    /// The audit database.
+    pub database: DatabaseSettings,
+    /// The audit log.
+    pub audit: AuditSettings,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite:<file>` or `postgres://…`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Longest wait for a connection or a statement, in ms; longer counts as down.
+    pub timeout_ms: u64,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Rows waiting for the writer before they go to the spill file.
+    pub queue: usize,
+    /// Rows per insert.
+    pub batch_size: usize,
+    /// Longest a row waits for its batch, in ms.
+    pub flush_interval_ms: u64,
+    /// Pause between attempts while the database is down, in ms.
+    pub retry_interval_ms: u64,
+    /// The spill file (JSON lines).
+    pub spill_file: String,
+    /// Largest spill file; beyond it rows are dropped (counted).
+    pub spill_max_bytes: u64,
+    /// Days rows are kept; 0 = forever.
+    pub retention_days: u64,
+    /// Seconds between retention runs.
+    pub prune_interval_s: u64,
+    /// Record every disconnect (kind `disconnect`).
+    pub record_disconnects: bool,
+    /// Record every refused handshake (kind `handshake_refused`).
+    pub record_handshake_refusals: bool,
 }
 
 /// `[redis]`
@@ -171,6 +213,8 @@ pub struct ServerSettings {
     pub drain_window_ms: u64,
     /// Batches the disconnects of a shutdown are sent in.
     pub drain_batches: usize,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[engine]`
@@ -278,6 +322,7 @@ impl Settings {
                 .with_list_parse_key("auth.anonymous_subscribe")
                 .with_list_parse_key("auth.anonymous_publish")
                 .with_list_parse_key("api.keys")
+                .with_list_parse_key("server.trusted_proxies")
                 .try_parsing(true)
                 .source(env),
         );
@@ -404,6 +449,34 @@ impl Settings {
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
             return Err(invalid("api.keys", "every key must be at least 16 characters"));
+        }
+        if let Err(message) = crate::http::peer::TrustedProxies::parse(&self.server.trusted_proxies) {
+            return Err(invalid("server.trusted_proxies", message));
+        }
+        if let Err(e) = crate::audit::store::Backend::of(&self.database.url) {
+            return Err(invalid("database.url", e.to_string()));
+        }
+        if self.database.max_connections == 0 || self.database.timeout_ms == 0 {
+            return Err(invalid(
+                "database.max_connections",
+                "database.max_connections and database.timeout_ms must be at least 1",
+            ));
+        }
+        let a = &self.audit;
+        if a.queue == 0 || a.batch_size == 0 || a.flush_interval_ms == 0 || a.retry_interval_ms == 0 {
+            return Err(invalid(
+                "audit.queue",
+                "audit.queue, batch_size, flush_interval_ms and retry_interval_ms must be at least 1",
+            ));
+        }
+        if a.batch_size > 10_000 {
+            return Err(invalid("audit.batch_size", "at most 10000"));
+        }
+        if a.spill_file.is_empty() {
+            return Err(invalid("audit.spill_file", "must name a file"));
+        }
+        if a.prune_interval_s == 0 {
+            return Err(invalid("audit.prune_interval_s", "must be at least 1"));
         }
         if self.server.path == self.server.echo_path {
             return Err(invalid("server.echo_path", "must differ from server.path"));

@@ -15,7 +15,9 @@
 //!                                                     wire format, requests with timeouts)
 //! api (/api/v1) ──▶ broker, adapter                  (backends: publish, rooms, kick)
 //!
-//! side sinks: audit (forced closes and parse errors), tracing.
+//! side sinks: audit (forced closes and parse errors → writer actor → SQL,
+//!             spill file while the database is down), tracing.
+//! api GET /api/v1/audit, `roomcast audit` ──▶ audit::store (SQL)
 //! ```
 //!
 //! - [`engineio`], [`socketio`]: the protocols, pure (no actix, tokio, redis).
@@ -28,7 +30,8 @@
 //! - [`broker`]: rooms and fan-out.
 //! - [`adapter`]: the cluster (Redis) adapter and its wire format.
 //! - [`api`]: the HTTP API for backends.
-//! - [`audit`]: the audit sink.
+//! - [`audit`]: the audit log: events, the writer actor, the spill file,
+//!   the SQL store (SQLite or PostgreSQL, `migrations/`).
 //! - [`config`]: typed settings; [`telemetry`]: logging;
 //!   [`startup`]: the composition root.
 //!

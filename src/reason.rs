@@ -25,7 +25,7 @@ pub enum DisconnectReason {
     /// Socket.IO layer. Audited.
     ParseError,
     /// The server ended a healthy connection (an API kick, a slow consumer, a
-    /// limit breach, an expired token). Audited.
+    /// limit breach, an expired token, the connect timeout). Audited.
     ForcedClose,
     /// The server is draining before it stops.
     ServerShuttingDown,
@@ -81,9 +81,20 @@ impl DisconnectReason {
         matches!(self, Self::ForcedClose)
     }
 
-    /// Whether a close for this reason is written to the audit log.
+    /// The server decided to end a connection or namespace socket that was
+    /// working (a forced close, a shutdown, a server namespace disconnect).
+    pub const fn is_server_initiated(self) -> bool {
+        matches!(
+            self,
+            Self::ForcedClose | Self::ServerShuttingDown | Self::ServerNamespaceDisconnect
+        )
+    }
+
+    /// Whether a close for this reason is always written to the audit log
+    /// (server-initiated closes and parse errors; the others only with
+    /// `audit.record_disconnects`).
     pub const fn is_audited(self) -> bool {
-        matches!(self, Self::ForcedClose | Self::ParseError)
+        self.is_server_initiated() || matches!(self, Self::ParseError)
     }
 
     /// Whether the server decided to close a healthy session, so that data it

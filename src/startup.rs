@@ -6,14 +6,18 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use actix_web::dev::Server;
 use actix_web::{web, App as WebApp, HttpServer};
 
 use crate::adapter::redis::{BrokerPorts, Mode, RedisAdapter, RedisConfig};
 use crate::adapter::AdapterStatus;
 use crate::api;
-use crate::audit::{AuditHandle, LogSink};
+use crate::audit::reader::AuditReader;
+use crate::audit::spill::Spill;
+use crate::audit::store::Store;
+use crate::audit::writer::{AuditWriter, Flush, WriterConfig};
+use crate::audit::{AuditHandle, AuditStats, Recording};
 use crate::auth::Verifier;
 use crate::broker::{AttachCluster, Broker, BrokerConfig};
 use crate::config::{RedisMode, Settings, SubscriptionMode};
@@ -35,6 +39,67 @@ pub struct Application {
     events: tokio::sync::broadcast::Sender<SocketEvent>,
     /// The cluster adapter's state (never connected on a single node).
     pub cluster: Arc<AdapterStatus>,
+    /// This node's id (the Redis adapter's uid, the audit rows' `node`).
+    pub node_id: Arc<str>,
+    /// Where audit events go.
+    pub audit: AuditHandle,
+}
+
+/// The audit log's actors, on an arbiter (thread) of their own.
+struct Audit {
+    handle: AuditHandle,
+    writer: Addr<AuditWriter>,
+    reader: Addr<AuditReader>,
+    arbiter: actix::ArbiterHandle,
+}
+
+fn invalid(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+}
+
+/// Starts the audit writer and reader on a new arbiter, where the
+/// database pool lives.
+fn start_audit(settings: &Settings, node_id: Arc<str>) -> std::io::Result<Audit> {
+    let a = &settings.audit;
+    let spill = Arc::new(Spill::open(std::path::Path::new(&a.spill_file), a.spill_max_bytes)?);
+    let arbiter = actix::Arbiter::new().handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let database = settings.database.clone();
+    arbiter.spawn_fn(move || {
+        let _ = tx.send(Store::connect_lazy(&database));
+    });
+    let store = rx
+        .recv()
+        .map_err(|_| invalid("the audit arbiter did not start"))?
+        .map_err(invalid)?;
+    let stats = Arc::new(AuditStats::default());
+    let config = WriterConfig {
+        queue: a.queue,
+        batch_size: a.batch_size,
+        flush_interval: Duration::from_millis(a.flush_interval_ms),
+        retry_interval: Duration::from_millis(a.retry_interval_ms),
+        retention: (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400)),
+        prune_interval: Duration::from_secs(a.prune_interval_s),
+    };
+    let (s, sp, st) = (store.clone(), spill.clone(), stats.clone());
+    let queue = a.queue;
+    let writer = AuditWriter::start_in_arbiter(&arbiter, move |ctx| {
+        // The bound from the first message on (not only once started).
+        ctx.set_mailbox_capacity(queue);
+        AuditWriter::new(s, sp, st, config)
+    });
+    let reader = AuditReader::start_in_arbiter(&arbiter, move |_| AuditReader { store });
+    let recording = Recording {
+        disconnects: a.record_disconnects,
+        handshake_refusals: a.record_handshake_refusals,
+    };
+    let handle = AuditHandle::new(writer.clone().recipient(), node_id, spill, stats, recording);
+    Ok(Audit {
+        handle,
+        writer,
+        reader,
+        arbiter,
+    })
 }
 
 impl Application {
@@ -44,7 +109,13 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
 
-        let audit = AuditHandle::new(LogSink { capacity: 4096 }.start().recipient());
+        let node_id: Arc<str> = crate::engineio::generate_sid().into();
+        let Audit {
+            handle: audit,
+            writer: audit_writer,
+            reader: audit_reader,
+            arbiter: audit_arbiter,
+        } = start_audit(&settings, node_id.clone())?;
         let (events, _) = tokio::sync::broadcast::channel(4096);
         let broker = Broker::new(BrokerConfig {
             max_rooms_per_socket: settings.rooms.max_per_socket,
@@ -58,6 +129,7 @@ impl Application {
             let r = &settings.redis;
             let adapter = RedisAdapter::new(
                 RedisConfig {
+                    node_id: node_id.to_string(),
                     url: r.url.clone(),
                     key: r.key.clone(),
                     namespaces: settings.socketio.namespaces.clone(),
@@ -102,6 +174,7 @@ impl Application {
             max_room_len: settings.rooms.max_name_len,
             presence_limit: settings.rooms.presence_limit,
             cluster: adapter_addr.clone(),
+            audit: audit_reader,
         });
         let max_payload = settings.engine.max_payload;
         let sio = SioConfig {
@@ -113,13 +186,13 @@ impl Application {
             },
             ack_timeout: Duration::from_millis(settings.socketio.ack_timeout_ms),
             hooks: settings.testing.hooks,
-            verifier: Verifier::from_settings(&settings.auth)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            verifier: Verifier::from_settings(&settings.auth).map_err(invalid)?,
             broker: broker.clone(),
             max_room_len: settings.rooms.max_name_len,
             presence_limit: settings.rooms.presence_limit,
             cluster: adapter_addr.clone(),
         };
+        let trusted = crate::http::peer::TrustedProxies::parse(&settings.server.trusted_proxies).map_err(invalid)?;
         let endpoint = |app: App| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
                 vec![TransportKind::WebSocket.as_str()]
@@ -142,6 +215,7 @@ impl Application {
                 }),
                 engine: settings.engine.clone(),
                 subprotocols: settings.websocket.subprotocols.clone(),
+                trusted: trusted.clone(),
             })
         };
         let socketio = endpoint(App::SocketIo);
@@ -192,11 +266,15 @@ impl Application {
                 ops: ops_state,
                 drain_window: Duration::from_millis(settings.server.drain_window_ms),
                 drain_batches: settings.server.drain_batches.max(1),
+                audit: audit_writer,
+                audit_arbiter,
             },
             server,
             registry,
             events,
             cluster,
+            node_id,
+            audit,
         })
     }
 
@@ -242,6 +320,8 @@ pub struct Shutdown {
     ops: Arc<OpsState>,
     drain_window: Duration,
     drain_batches: usize,
+    audit: Addr<AuditWriter>,
+    audit_arbiter: actix::ArbiterHandle,
 }
 
 impl Shutdown {
@@ -252,7 +332,8 @@ impl Shutdown {
     /// Socket.IO DISCONNECT is sent, so clients reconnect, behind a balancer
     /// to another node, and not all at the same moment); the rest of the
     /// window lets the last ones end (polling sessions deliver what is
-    /// buffered first). Then the workers stop.
+    /// buffered first). Then the audit log is flushed (to the database, or
+    /// else the spill file) and the workers and the audit arbiter stop.
     pub async fn run(&self) {
         use crate::conn::messages::CloseSession;
         use crate::engineio::CloseCause;
@@ -274,7 +355,22 @@ impl Shutdown {
         while self.registries.iter().any(|r| !r.is_empty()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.flush_audit().await;
         self.server.stop(true).await;
+        self.audit_arbiter.stop();
+    }
+
+    /// Writes every audit row accepted so far to the database (or the spill
+    /// file if it is down); whether the database took them all.
+    pub async fn flush_audit(&self) -> bool {
+        match self.audit.send(Flush).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!("audit database unavailable at shutdown: rows kept in the spill file");
+                false
+            }
+            Err(_) => false,
+        }
     }
 }
 

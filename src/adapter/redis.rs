@@ -57,6 +57,9 @@ pub enum Mode {
 /// Adapter settings.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
+    /// This node's id: the adapter's `uid`, by which a node recognises its
+    /// own messages (also the audit rows' `node`).
+    pub node_id: String,
     /// `redis://…`
     pub url: String,
     /// Channel prefix (`socket.io` like the official adapter).
@@ -272,8 +275,8 @@ impl RedisAdapter {
     /// An adapter for `config` that delivers to `broker`.
     pub fn new(config: RedisConfig, broker: BrokerPorts, status: Arc<AdapterStatus>) -> Self {
         Self {
+            uid: config.node_id.clone(),
             config,
-            uid: crate::engineio::generate_sid(),
             broker,
             status,
             queue: None,

@@ -1,5 +1,5 @@
 //! The HTTP API under `/api/v1`, for backends: publish to rooms, list rooms
-//! and members, disconnect a socket. Bearer API keys from `api.keys`; every
+//! and members, disconnect a socket, read the audit log. Bearer API keys from `api.keys`; every
 //! error is JSON `{"error":{"code","message"}}`; the OpenAPI document is at
 //! `/api/v1/openapi.json` (no key needed).
 
@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 
 use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, RedisAdapter};
 use crate::adapter::LocalSockets;
+use crate::audit::reader::{AuditReader, Search};
+use crate::audit::store::AuditQuery;
 use crate::broker::{
     encode_event, room_members, valid_event, valid_room, Broker, Join, JoinError, Kick, Leave, ListRooms, Publish,
 };
@@ -37,6 +39,8 @@ pub struct ApiState {
     pub presence_limit: usize,
     /// The cluster adapter, if any.
     pub cluster: Option<Addr<RedisAdapter>>,
+    /// Queries of the audit log.
+    pub audit: Addr<AuditReader>,
 }
 
 /// An API error: status, stable code, message.
@@ -102,6 +106,7 @@ pub fn scope(state: Data, max_payload: usize) -> actix_web::Scope {
         .route("/sockets/{id}/disconnect", web::post().to(disconnect))
         .route("/sockets/{id}/join", web::post().to(join))
         .route("/sockets/{id}/leave", web::post().to(leave))
+        .route("/audit", web::get().to(audit))
         .default_service(web::to(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint or method").error_response()
         }))
@@ -355,6 +360,26 @@ async fn remote_disconnect(state: &ApiState, nsp: Option<&str>, id: &str) -> Res
         socket_id: id.to_owned(),
     });
     Ok(true)
+}
+
+/// `GET /audit`: one page of the audit log, newest first.
+async fn audit(req: HttpRequest, state: Data, query: web::Query<AuditQuery>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let filter = query.filter().map_err(ApiError::bad_request)?;
+    let page = state
+        .audit
+        .send(Search(filter))
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|e| {
+            tracing::warn!("audit query failed: {e}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the audit database is unavailable",
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 #[derive(Deserialize)]

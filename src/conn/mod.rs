@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::audit::{excerpt, AuditEvent, AuditHandle, AuditKind};
+use crate::audit::{excerpt, sanitize, AuditEvent, AuditHandle, AuditKind, AuditReason};
 use crate::engineio::payload::{body_text, decode_payload, encode_payload};
 use crate::engineio::{
     packet, CloseCause, CloseMode, ErrorCode, Event, Frame, Limits, Packet, Payload, Session, State, TransportKind, Via,
@@ -95,8 +95,11 @@ pub struct EngineShared {
 /// Who is on the other end, for logs and the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct PeerInfo {
-    /// Peer address.
+    /// TCP peer address.
     pub addr: Option<SocketAddr>,
+    /// The client: the TCP peer, or the address a trusted proxy forwarded
+    /// for (`server.trusted_proxies`).
+    pub client: Option<String>,
     /// `User-Agent` header.
     pub user_agent: Option<String>,
 }
@@ -140,7 +143,7 @@ impl Connection {
             "conn",
             sid = %sid,
             transport = transport.as_str(),
-            peer = %peer.addr.map(|a| a.to_string()).unwrap_or_default(),
+            peer = peer.client.as_deref().unwrap_or_default(),
         );
         let mut session = Session::new(transport, shared.limits.clone(), Instant::now());
         if transport == TransportKind::WebSocket {
@@ -381,7 +384,9 @@ impl Connection {
     ///    WebSocket gets a close frame after what is already queued; a probe
     ///    is closed;
     /// 2. the application learns the reason;
-    /// 3. forced closes and parse errors go to the audit sink;
+    /// 3. the audit row: server-initiated closes and parse errors always,
+    ///    other disconnects with `audit.record_disconnects` (its namespace
+    ///    sockets and user are noted before step 2 removes them);
     /// 4. the log line.
     ///
     /// The registry entry goes in `stopped`, once no GET can still drain it.
@@ -426,33 +431,45 @@ impl Connection {
                 writer.sink.close(code);
             }
         }
+        // (who the audit row is about, before the namespace sockets go)
+        let kind = AuditKind::of_close(reason);
+        let audit = self.shared.audit.records(kind).then(|| {
+            let mut event = self.audit_event(kind, reason, cause.detail.clone(), None);
+            event.excerpt = input.map(excerpt);
+            event
+        });
         // 2. application: every namespace socket ends with this reason.
         self.sio_closed(reason);
         // 3. audit
-        let kind = match reason {
-            DisconnectReason::ForcedClose => Some(AuditKind::ForcedClose),
-            DisconnectReason::ParseError => Some(AuditKind::ParseError),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            self.shared.audit.record(AuditEvent {
-                at: std::time::SystemTime::now(),
-                kind,
-                reason,
-                sid: self.sid.to_string(),
-                transport: transport.as_str(),
-                peer: self.peer.addr,
-                user_agent: self.peer.user_agent.clone(),
-                detail: cause.detail.clone(),
-                excerpt: input.map(excerpt),
-            });
+        if let Some(event) = audit {
+            self.shared.audit.record(event);
         }
-        // 4. log
-        if reason.is_audited() {
-            tracing::warn!(parent: &self.span, reason = reason.as_str(), "session closed: {}", cause.detail);
+        // 4. log (the detail may quote the client: escaped)
+        let detail = sanitize(&cause.detail, crate::audit::DETAIL_BYTES);
+        if matches!(reason, DisconnectReason::ForcedClose | DisconnectReason::ParseError) {
+            tracing::warn!(parent: &self.span, reason = reason.as_str(), "session closed: {detail}");
         } else {
-            tracing::info!(parent: &self.span, reason = reason.as_str(), "session closed: {}", cause.detail);
+            tracing::info!(parent: &self.span, reason = reason.as_str(), "session closed: {detail}");
         }
+    }
+
+    /// An audit event about this session: what the connection knows (sid,
+    /// transport, client, user agent) and the namespace sockets concerned
+    /// (`nsp`, or all of them).
+    fn audit_event(
+        &self,
+        kind: AuditKind,
+        reason: impl Into<AuditReason>,
+        detail: String,
+        nsp: Option<&str>,
+    ) -> AuditEvent {
+        let mut event = AuditEvent::new(kind, reason, detail);
+        event.sid = Some(self.sid.to_string());
+        event.transport = Some(self.session.transport().as_str());
+        event.peer = self.peer.client.clone();
+        event.user_agent = self.peer.user_agent.clone();
+        self.sio_scope(&mut event, nsp);
+        event
     }
 }
 

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::events::SocketEvent;
 use super::Connection;
+use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
 use crate::broker::{
     self, valid_event, valid_room, Broker, Deliver, Evict, Join, JoinError, Leave, Publish, Register, Unregister,
@@ -91,6 +92,8 @@ impl SioState {
 
 /// Why a CONNECT was refused.
 struct Refusal {
+    /// Stable code (`CONNECT_ERROR.data.code`).
+    code: &'static str,
     message: String,
     data: Option<Value>,
 }
@@ -185,6 +188,12 @@ impl Connection {
     fn sio_connect(&mut self, message: Message, ctx: &mut Context<Self>) {
         let nsp = message.packet.nsp;
         if !self.sio_config().namespaces.contains(&nsp) {
+            self.connect_refused(
+                &nsp,
+                "invalid_namespace",
+                "Invalid namespace",
+                message.packet.data.as_ref(),
+            );
             self.emit_packet(
                 PacketType::ConnectError,
                 &nsp,
@@ -199,6 +208,7 @@ impl Connection {
         let identity = match self.connect_hook(&nsp, &auth) {
             Ok(identity) => identity,
             Err(refusal) => {
+                self.connect_refused(&nsp, refusal.code, &refusal.message, Some(&auth));
                 let mut data = json!({"message": refusal.message});
                 if let Some(extra) = refusal.data {
                     data["data"] = extra;
@@ -246,6 +256,58 @@ impl Connection {
         }
     }
 
+    /// Records a refused CONNECT (`audit.record_handshake_refusals`).
+    fn connect_refused(&self, nsp: &str, code: &'static str, message: &str, auth: Option<&Value>) {
+        if !self.shared.audit.records(AuditKind::HandshakeRefused) {
+            return;
+        }
+        let detail = format!("CONNECT to {nsp} refused: {message}");
+        let mut event = self.audit_event(AuditKind::HandshakeRefused, AuditReason::socketio(code), detail, None);
+        event.namespace = Some(nsp.to_owned());
+        event.socket_id = None;
+        event.user = None;
+        event.excerpt = auth.map(|a| excerpt(a.to_string().as_bytes()));
+        self.shared.audit.record(event);
+    }
+
+    /// An event that does not validate: recorded as a parse error (the
+    /// connection stays), answered with an error ack.
+    fn invalid_event(
+        &mut self,
+        nsp: &str,
+        ack: Option<u64>,
+        code: &str,
+        message: &str,
+        args: &Value,
+        ctx: &mut Context<Self>,
+    ) {
+        let detail = format!("event validation: {code}: {message}");
+        let mut event = self.audit_event(AuditKind::ParseError, DisconnectReason::ParseError, detail, Some(nsp));
+        event.excerpt = Some(excerpt(args.to_string().as_bytes()));
+        self.shared.audit.record(event);
+        self.ack_error(nsp, ack, code, message, ctx);
+    }
+
+    /// Fills in the namespace sockets an audit event is about (`nsp`, or
+    /// all of this connection's, comma separated) and their user.
+    pub(super) fn sio_scope(&self, event: &mut AuditEvent, nsp: Option<&str>) {
+        let Some(state) = self.sio.as_ref() else { return };
+        let mut sockets: Vec<(&Arc<str>, &NsSocket)> = match nsp {
+            Some(nsp) => state.sockets.get_key_value(nsp).into_iter().collect(),
+            None => state.sockets.iter().collect(),
+        };
+        if sockets.is_empty() {
+            event.namespace = nsp.map(str::to_owned);
+            return;
+        }
+        sockets.sort_by(|a, b| a.0.cmp(b.0));
+        let names: Vec<&str> = sockets.iter().map(|(n, _)| &***n).collect();
+        let ids: Vec<&str> = sockets.iter().map(|(_, s)| &*s.id).collect();
+        event.namespace = Some(names.join(","));
+        event.socket_id = Some(ids.join(","));
+        event.user = sockets.iter().find_map(|(_, s)| s.identity.user.clone());
+    }
+
     /// Enforces a token's `exp` on a live socket: the client gets
     /// `token_expired`, then the connection is force-closed (audited).
     fn expire_at(&mut self, nsp: Arc<str>, id: Arc<str>, expires: std::time::SystemTime, ctx: &mut Context<Self>) {
@@ -270,12 +332,14 @@ impl Connection {
         if self.sio_config().hooks {
             if let Some(why) = auth.get("reject").and_then(Value::as_str) {
                 return Err(Refusal {
+                    code: "rejected",
                     message: why.to_owned(),
                     data: Some(json!({"code": "rejected"})),
                 });
             }
         }
         self.sio_config().verifier.check(nsp, auth).map_err(|e| Refusal {
+            code: e.code,
             message: e.message.to_owned(),
             data: Some(json!({"code": e.code})),
         })
@@ -291,7 +355,15 @@ impl Connection {
             _ if self.sio_config().hooks => self.hook_event(message, ctx),
             _ => {
                 let (nsp, id) = (message.packet.nsp, message.packet.id);
-                self.ack_error(&nsp, id, "unknown_event", &format!("unknown event {name:?}"), ctx);
+                let args = message.packet.data.unwrap_or_default();
+                self.invalid_event(
+                    &nsp,
+                    id,
+                    "unknown_event",
+                    &format!("unknown event {name:?}"),
+                    &args,
+                    ctx,
+                );
             }
         }
     }
@@ -362,20 +434,16 @@ impl Connection {
         let Some(socket_id) = self.socket_id(&nsp) else { return };
         let arg = args.get(1).and_then(Value::as_object);
         let Some(room) = arg.and_then(|a| a.get("room")).and_then(Value::as_str) else {
-            return self.ack_error(
-                &nsp,
-                ack,
-                "bad_request",
-                "expected an object with a \"room\" string",
-                ctx,
-            );
+            let message = "expected an object with a \"room\" string";
+            return self.invalid_event(&nsp, ack, "bad_request", message, &Value::Array(args), ctx);
         };
         if !valid_room(room, self.sio_config().max_room_len) {
             let message = format!(
                 "room names are 1 to {} bytes of ASCII letters, digits and _-.:@/#=+",
                 self.sio_config().max_room_len
             );
-            return self.ack_error(&nsp, ack, "invalid_room", &message, ctx);
+            let args = Value::Array(args.clone());
+            return self.invalid_event(&nsp, ack, "invalid_room", &message, &args, ctx);
         }
         let room: Arc<str> = room.into();
         let broker = self.sio_config().broker.clone();
@@ -431,7 +499,8 @@ impl Connection {
                     Some(e) if valid_event(e) => e,
                     _ => {
                         let message = "\"event\" must be a non-reserved name of 1 to 128 bytes";
-                        return self.ack_error(&nsp, ack, "invalid_event", message, ctx);
+                        let args = Value::Array(args.clone());
+                        return self.invalid_event(&nsp, ack, "invalid_event", message, &args, ctx);
                     }
                 };
                 let mut out = vec![json!(event)];
@@ -544,6 +613,12 @@ impl Connection {
     }
 
     fn remove_socket(&mut self, nsp: &str, reason: DisconnectReason) {
+        let kind = AuditKind::of_close(reason);
+        if self.socket_id(nsp).is_some() && self.shared.audit.records(kind) {
+            let detail = format!("namespace socket of {nsp} ended: {reason}");
+            let event = self.audit_event(kind, reason, detail, Some(nsp));
+            self.shared.audit.record(event);
+        }
         let Some(state) = self.sio.as_mut() else {
             return;
         };

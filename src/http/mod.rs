@@ -2,6 +2,7 @@
 //! `match` dispatches to a transport. Errors become Engine.IO JSON bodies.
 
 pub mod error;
+pub mod peer;
 pub mod request;
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::conn::messages::AttachProbe;
 use crate::conn::{Connection, EngineShared, PeerInfo};
 use crate::engineio::{ErrorCode, TransportKind};
@@ -24,21 +26,56 @@ pub struct Endpoint {
     pub engine: crate::config::EngineSettings,
     /// Accepted WebSocket subprotocols.
     pub subprotocols: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted: peer::TrustedProxies,
 }
 
-/// Handles any request on an Engine.IO path.
-pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::Payload) -> HttpResponse {
-    let info = match RequestInfo::parse(&req, &endpoint.engine) {
-        Ok(info) => info,
-        Err(err) => return err.response(),
-    };
-    let peer = PeerInfo {
+/// Who sent `req`.
+fn peer_info(req: &HttpRequest, trusted: &peer::TrustedProxies) -> PeerInfo {
+    let forwarded = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok());
+    PeerInfo {
         addr: req.peer_addr(),
+        client: trusted.client(req.peer_addr(), forwarded),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+    }
+}
+
+/// Records a refused Engine.IO handshake (`audit.record_handshake_refusals`).
+fn refused(
+    shared: &EngineShared,
+    req: &HttpRequest,
+    peer: &PeerInfo,
+    transport: Option<TransportKind>,
+    code: ErrorCode,
+) {
+    if !shared.audit.records(AuditKind::HandshakeRefused) {
+        return;
+    }
+    let mut event = AuditEvent::new(
+        AuditKind::HandshakeRefused,
+        AuditReason::engineio(code),
+        format!("{} {} refused: {}", req.method(), req.path(), code.message()),
+    );
+    event.transport = transport.map(TransportKind::as_str);
+    event.peer = peer.client.clone();
+    event.user_agent = peer.user_agent.clone();
+    event.excerpt = Some(excerpt(req.query_string().as_bytes()));
+    shared.audit.record(event);
+}
+
+/// Handles any request on an Engine.IO path.
+pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::Payload) -> HttpResponse {
+    let peer = peer_info(&req, &endpoint.trusted);
+    let info = match RequestInfo::parse(&req, &endpoint.engine) {
+        Ok(info) => info,
+        Err(err) => {
+            refused(&endpoint.shared, &req, &peer, None, err.code);
+            return err.response();
+        }
     };
     let shared = &endpoint.shared;
     if info.sid.is_none() && shared.ops.draining() {
@@ -72,7 +109,13 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
             }
         },
         (TransportKind::Polling, Some(_), _) => Err(ErrorCode::BadRequest.into()),
-        (TransportKind::WebSocket, sid, _) => websocket_request(&endpoint, &req, body, sid, peer).await,
+        (TransportKind::WebSocket, sid, _) => {
+            let result = websocket_request(&endpoint, &req, body, sid, peer.clone()).await;
+            if let (Err(err), None) = (&result, sid) {
+                refused(shared, &req, &peer, Some(TransportKind::WebSocket), err.code);
+            }
+            result
+        }
         // A handshake that is not a GET was refused by `RequestInfo::parse`.
         (TransportKind::Polling, None, _) => Err(ErrorCode::BadHandshakeMethod.into()),
     };

@@ -3,6 +3,8 @@
 //! WebSocket written by hand over TCP in `raw`.
 #![allow(dead_code)]
 
+#[cfg(unix)]
+pub mod audit;
 pub mod eio;
 pub mod raw;
 #[cfg(unix)]
@@ -28,6 +30,8 @@ pub struct TestServer {
     pub shutdown: roomcast::startup::Shutdown,
     /// The cluster adapter's state.
     pub cluster: std::sync::Arc<roomcast::adapter::AdapterStatus>,
+    /// The audit log's handle (counters, node id).
+    pub audit: roomcast::audit::AuditHandle,
 }
 
 impl TestServer {
@@ -48,10 +52,25 @@ impl Drop for TestServer {
     }
 }
 
+/// A new empty directory under cargo's scratch directory for integration
+/// tests (`target/tmp`), unique to this process and call.
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
 /// Test settings: loopback, port 0, one worker, fast heartbeats, the echo
-/// endpoint at `/engine.io/`; `tweak` adjusts them further.
+/// endpoint at `/engine.io/`, the audit log in a SQLite file and spill file
+/// of its own (see [`scratch_dir`]); `tweak` adjusts them further.
 pub fn settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
     let mut s = Settings::defaults();
+    let dir = scratch_dir("audit");
+    s.database.url = format!("sqlite://{}", dir.join("audit.db").display());
+    s.audit.spill_file = dir.join("spill.jsonl").display().to_string();
     s.server.host = "127.0.0.1".into();
     s.server.port = 0;
     s.server.workers = 1;
@@ -72,6 +91,7 @@ pub fn spawn(settings: Settings) -> TestServer {
     let events = app.events();
     let shutdown = app.shutdown();
     let cluster = app.cluster.clone();
+    let audit = app.audit.clone();
     actix_web::rt::spawn(app.run_until_stopped());
     TestServer {
         port,
@@ -80,6 +100,7 @@ pub fn spawn(settings: Settings) -> TestServer {
         events,
         shutdown,
         cluster,
+        audit,
     }
 }
 

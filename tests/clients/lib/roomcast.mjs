@@ -7,8 +7,9 @@
 // back to target/release/roomcast.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "node:test";
 import { io as ioClient } from "socket.io-client";
@@ -64,9 +65,19 @@ process.on("exit", () => {
  * environment, and resolves once it logs that it listens.
  */
 export async function startRoomcast({ port = 0, startTimeoutMs = 10000, config = CONFIG, env = {} } = {}) {
+  // The audit log of this process: a SQLite file and spill file of its own.
+  const auditDir = mkdtempSync(join(tmpdir(), "roomcast-audit-"));
   const child = spawn(roomcastBin(), ["--config", config], {
     cwd: REPO_ROOT,
-    env: { ...process.env, ROOMCAST__SERVER__PORT: String(port), NO_COLOR: "1", RUST_LOG: "info", ...env },
+    env: {
+      ...process.env,
+      ROOMCAST__SERVER__PORT: String(port),
+      NO_COLOR: "1",
+      RUST_LOG: "info",
+      ROOMCAST__DATABASE__URL: `sqlite://${join(auditDir, "audit.db")}`,
+      ROOMCAST__AUDIT__SPILL_FILE: join(auditDir, "spill.jsonl"),
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   live.add(child);
@@ -77,6 +88,7 @@ export async function startRoomcast({ port = 0, startTimeoutMs = 10000, config =
       exited = true;
       live.delete(child);
       lines.push(`[roomcast exited: code=${code} signal=${signal}]`);
+      rmSync(auditDir, { recursive: true, force: true });
       resolveExit({ code, signal });
     });
   });
@@ -106,6 +118,8 @@ export async function startRoomcast({ port = 0, startTimeoutMs = 10000, config =
   const server = {
     child,
     pid: child.pid,
+    /** The SQLite file of its audit log. */
+    auditDb: join(auditDir, "audit.db"),
     port: 0,
     url: "",
     exited: exitPromise,

@@ -12,8 +12,10 @@ to target/release/roomcast.
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -53,7 +55,17 @@ class Roomcast:
     """
 
     def __init__(self, port=0, start_timeout=10.0, config=CONFIG, env=None):
-        env = {**os.environ, "ROOMCAST__SERVER__PORT": str(port), "NO_COLOR": "1", "RUST_LOG": "info", **(env or {})}
+        # The audit log of this process: a SQLite file and spill file of its own.
+        self.audit_dir = tempfile.mkdtemp(prefix="roomcast-audit-")
+        env = {
+            **os.environ,
+            "ROOMCAST__SERVER__PORT": str(port),
+            "NO_COLOR": "1",
+            "RUST_LOG": "info",
+            "ROOMCAST__DATABASE__URL": "sqlite://" + os.path.join(self.audit_dir, "audit.db"),
+            "ROOMCAST__AUDIT__SPILL_FILE": os.path.join(self.audit_dir, "spill.jsonl"),
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [roomcast_bin(), "--config", config],
             cwd=REPO_ROOT,
@@ -110,6 +122,7 @@ class Roomcast:
         self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
         self.proc.stdout.close()
+        shutil.rmtree(self.audit_dir, ignore_errors=True)
 
 
 def wait_for(predicate, timeout, what):

@@ -7,9 +7,10 @@
 // hooks. Each process keeps its output so that a failing test can show it.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
-import { dirname, resolve } from "node:path";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -230,6 +231,8 @@ function roomcastBin() {
  * trip that proves the PSUBSCRIBE is in place).
  */
 export async function startRoomcast(name, redisUrl, { env = {}, timeoutMs = 10000 } = {}) {
+  // The audit log of this node: a SQLite file and spill file of its own.
+  const auditDir = mkdtempSync(join(tmpdir(), "roomcast-audit-"));
   const proc = spawnLogged(`roomcast ${name}`, roomcastBin(), ["--config", ROOMCAST_CONFIG], {
     cwd: REPO_ROOT,
     env: {
@@ -240,9 +243,12 @@ export async function startRoomcast(name, redisUrl, { env = {}, timeoutMs = 1000
       ROOMCAST__SERVER__PORT: "0",
       ROOMCAST__REDIS__URL: redisUrl,
       ROOMCAST__API__KEYS: API_KEY,
+      ROOMCAST__DATABASE__URL: `sqlite://${join(auditDir, "audit.db")}`,
+      ROOMCAST__AUDIT__SPILL_FILE: join(auditDir, "spill.jsonl"),
       ...env,
     },
   });
+  proc.exit.then(() => rmSync(auditDir, { recursive: true, force: true }));
   const node = { name, proc, kind: "roomcast", url: "", port: 0, log: (max) => proc.log(max), kill: () => proc.kill() };
   try {
     const line = await proc.waitForLine(LISTENING, { timeoutMs });
