@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::adapter::AdapterStatus;
+use crate::audit::{AuditHandle, AuditStats};
 
 /// `transport="polling"|"websocket"`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,7 +41,6 @@ pub struct ReasonLabel {
 }
 
 /// Every metric of a server.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
     /// Open Engine.IO sessions by transport.
@@ -73,6 +73,18 @@ pub struct Metrics {
     redis_received: Counter,
     redis_lost: Counter,
     cluster: Mutex<Option<Arc<AdapterStatus>>>,
+    audit_queue: Gauge,
+    audit_spill: Gauge,
+    audit_recorded: Counter,
+    audit_dropped: Counter,
+    audit_database_errors: Counter,
+    audit: Mutex<Option<AuditHandle>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 impl Default for Metrics {
@@ -104,6 +116,12 @@ impl Metrics {
             redis_received: Counter::default(),
             redis_lost: Counter::default(),
             cluster: Mutex::new(None),
+            audit_queue: Gauge::default(),
+            audit_spill: Gauge::default(),
+            audit_recorded: Counter::default(),
+            audit_dropped: Counter::default(),
+            audit_database_errors: Counter::default(),
+            audit: Mutex::new(None),
         };
         {
             // unwrap: the lock is new.
@@ -153,6 +171,28 @@ impl Metrics {
                 m.redis_received.clone(),
             );
             r.register("redis_lost", "Cross-node broadcasts lost", m.redis_lost.clone());
+            r.register(
+                "audit_queue",
+                "Audit rows in memory, waiting for the database",
+                m.audit_queue.clone(),
+            );
+            r.register_with_unit(
+                "audit_spill",
+                "Audit rows waiting in the spill file",
+                Unit::Bytes,
+                m.audit_spill.clone(),
+            );
+            r.register("audit_recorded", "Audit events accepted", m.audit_recorded.clone());
+            r.register(
+                "audit_dropped",
+                "Audit events lost (spill file full)",
+                m.audit_dropped.clone(),
+            );
+            r.register(
+                "audit_database_errors",
+                "Failed writes to the audit database",
+                m.audit_database_errors.clone(),
+            );
         }
         m
     }
@@ -161,6 +201,12 @@ impl Metrics {
     pub fn watch_cluster(&self, status: Arc<AdapterStatus>) {
         // unwrap: the lock is only held to set or clone.
         *self.cluster.lock().unwrap() = Some(status);
+    }
+
+    /// Reports the audit log's queue and spill file too.
+    pub fn watch_audit(&self, audit: AuditHandle) {
+        // unwrap: the lock is only held to set or read.
+        *self.audit.lock().unwrap() = Some(audit);
     }
 
     /// A session opened on `transport`.
@@ -212,6 +258,19 @@ impl Metrics {
                 (&self.redis_lost, &status.lost),
             ] {
                 let now = value.load(Relaxed);
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
+        }
+        if let Some(audit) = self.audit.lock().unwrap().as_ref() {
+            let stats = audit.stats();
+            self.audit_queue.set(AuditStats::get(&stats.in_memory) as i64);
+            self.audit_spill.set(audit.spill_bytes() as i64);
+            for (counter, value) in [
+                (&self.audit_recorded, &stats.accepted),
+                (&self.audit_dropped, &stats.dropped),
+                (&self.audit_database_errors, &stats.db_errors),
+            ] {
+                let now = AuditStats::get(value);
                 counter.inc_by(now.saturating_sub(counter.get()));
             }
         }

@@ -166,7 +166,8 @@ impl Application {
         if let Some(status) = &cluster_status {
             metrics.watch_cluster(status.clone());
         }
-        let ops = web::Data::new(OpsState::new(metrics.clone(), cluster_status));
+        metrics.watch_audit(audit.clone());
+        let ops = web::Data::new(OpsState::new(metrics.clone(), cluster_status).with_audit(audit.stats().clone()));
         let api = web::Data::new(api::ApiState {
             broker: broker.clone(),
             keys: settings.api.keys.clone(),

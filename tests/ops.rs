@@ -8,8 +8,10 @@
 //! - draining (a real roomcast process and SIGTERM): `/readyz` turns false
 //!   and new sessions are refused with 503 at once, the connected clients
 //!   are closed with "server shutting down" (WebSocket close 1001) in
-//!   batches spread over the drain window, and the process exits 0 within
-//!   it.
+//!   batches spread over the drain window, the audit log is flushed (every
+//!   closed session's row is in the database after the exit), and the
+//!   process exits 0 within it;
+//! - the audit queue and spill file are reported by `/metrics`.
 mod common;
 
 use std::io::{BufRead as _, BufReader};
@@ -116,7 +118,7 @@ async fn health_and_readiness() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(
         body,
-        serde_json::json!({"ready": true, "draining": false, "redis": "not configured"})
+        serde_json::json!({"ready": true, "draining": false, "redis": "not configured", "database": "ok"})
     );
 
     // A cluster node whose Redis does not answer is alive but not ready.
@@ -136,6 +138,27 @@ async fn health_and_readiness() {
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["redis"], "unreachable");
+
+    // So is a node whose audit database does not answer (found by the
+    // writer's first write, the migrations at start).
+    let node = common::spawn(common::settings(|s| {
+        common::quiet(s);
+        s.database.url = format!("postgres://postgres@127.0.0.1:{closed}/test");
+        s.database.timeout_ms = 200;
+    }));
+    within("/readyz to report the database", async {
+        loop {
+            let resp = reqwest::get(format!("{}/readyz", node.http())).await.unwrap();
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            if body["database"] == "unreachable" {
+                assert_eq!(status, 503);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 /// A roomcast process on a free port; its pid and port.
@@ -165,9 +188,23 @@ fn start_roomcast(env: &[(&str, &str)]) -> (std::process::Child, u16) {
 async fn sigterm_drains_in_batches_and_exits_within_the_window() {
     const CLIENTS: usize = 16;
     let window = Duration::from_millis(3000);
+    let dir = common::scratch_dir("drain");
+    let database = format!("sqlite://{}", dir.join("audit.db").display());
+    let spill = dir.join("spill.jsonl").display().to_string();
+    let env = [
+        ("ROOMCAST__DATABASE__URL", database.as_str()),
+        ("ROOMCAST__AUDIT__SPILL_FILE", spill.as_str()),
+        // Rows wait for a flush that only the shutdown brings.
+        ("ROOMCAST__AUDIT__FLUSH_INTERVAL_MS", "600000"),
+        ("ROOMCAST__AUDIT__BATCH_SIZE", "10000"),
+    ];
     let (mut child, port) = start_roomcast(&[
         ("ROOMCAST__SERVER__DRAIN_WINDOW_MS", "3000"),
         ("ROOMCAST__SERVER__DRAIN_BATCHES", "4"),
+        env[0],
+        env[1],
+        env[2],
+        env[3],
     ]);
     let base = format!("http://127.0.0.1:{port}");
     // Connected clients, each reporting when and how it was closed.
@@ -256,4 +293,29 @@ async fn sigterm_drains_in_batches_and_exits_within_the_window() {
     assert!(status.success(), "exit status {status}");
     // Within the window, give or take the time to notice the exit.
     assert!(signalled.elapsed() < window + SOON, "took {:?}", signalled.elapsed());
+
+    // The audit log was flushed before the exit: one row per closed session.
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["audit", "--reason", "server shutting down", "--limit", "1000", "--json"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(rows, CLIENTS, "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[actix_web::test]
+async fn metrics_report_the_audit_log() {
+    let server = common::spawn(common::settings(common::quiet));
+    // A parse error is an audit row.
+    let (mut ws, _) = open(&server, SIO).await;
+    send(&mut ws, "9garbage").await;
+    let text = metrics_until(&server, "the audit event counted", |t| {
+        t.contains("roomcast_audit_recorded_total 1")
+    })
+    .await;
+    assert!(text.contains("roomcast_audit_queue "), "{text}");
+    assert!(text.contains("roomcast_audit_spill_bytes "), "{text}");
+    assert_eq!(sample(&text, "roomcast_audit_dropped_total"), 0.0);
 }

@@ -441,6 +441,8 @@ pub struct AuditStats {
     pub db_errors: AtomicU64,
     /// Rows removed by retention.
     pub pruned: AtomicU64,
+    /// The last write to the database failed (it is retried; rows spill).
+    pub database_down: std::sync::atomic::AtomicBool,
 }
 
 impl AuditStats {
@@ -541,7 +543,12 @@ impl AuditHandle {
         }
     }
 
-    /// The counters.
+    /// Bytes waiting in the spill file for the database.
+    pub fn spill_bytes(&self) -> u64 {
+        self.inner.spill.pending_bytes()
+    }
+
+    /// The counters of the audit path.
     pub fn stats(&self) -> &Arc<AuditStats> {
         &self.inner.stats
     }

@@ -93,6 +93,7 @@ impl AuditWriter {
         );
         ctx.wait(job.into_actor(self).map(move |result, act, _| {
             let ok = result.is_ok();
+            act.stats.database_down.store(!ok, std::sync::atomic::Ordering::Relaxed);
             match result {
                 Ok(()) => {
                     if act.down_until.take().is_some() {

@@ -23,6 +23,8 @@ pub struct OpsState {
     pub metrics: Arc<Metrics>,
     /// The Redis adapter, when there is one.
     pub cluster: Option<Arc<AdapterStatus>>,
+    /// The audit log's counters (its database's state among them).
+    pub audit: Option<Arc<crate::audit::AuditStats>>,
 }
 
 impl OpsState {
@@ -32,7 +34,14 @@ impl OpsState {
             draining: AtomicBool::new(false),
             metrics,
             cluster,
+            audit: None,
         }
+    }
+
+    /// Reports the audit database too.
+    pub fn with_audit(mut self, stats: Arc<crate::audit::AuditStats>) -> Self {
+        self.audit = Some(stats);
+        self
     }
 
     /// Whether new sessions are refused.
@@ -49,13 +58,22 @@ impl OpsState {
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let draining = self.draining();
         let redis = self.cluster.as_ref().map(|s| !s.degraded());
-        let ready = !draining && redis != Some(false);
-        let redis = match redis {
+        // The audit writer's last write: a database found down is retried
+        // (rows spill meanwhile), so this clears when it is back.
+        let database = self.audit.as_ref().map(|s| !s.database_down.load(Ordering::Relaxed));
+        let ready = !draining && redis != Some(false) && database != Some(false);
+        let state = |up: Option<bool>, ok: &'static str| match up {
             None => "not configured",
-            Some(true) => "connected",
+            Some(true) => ok,
             Some(false) => "unreachable",
         };
-        (ready, json!({"ready": ready, "draining": draining, "redis": redis}))
+        let body = json!({
+            "ready": ready,
+            "draining": draining,
+            "redis": state(redis, "connected"),
+            "database": state(database, "ok"),
+        });
+        (ready, body)
     }
 }
 
