@@ -28,6 +28,10 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin
 COPY --from=build /usr/local/bin/roomcast /usr/local/bin/roomcast
 # bash and its /dev/tcp: no HTTP client is installed just for the check.
 COPY --chmod=755 deploy/healthcheck /usr/local/bin/roomcast-healthcheck
+# The working directory holds data/ (the default SQLite audit log and the
+# audit spill file), writable by the roomcast user.
+WORKDIR /var/lib/roomcast
+RUN chown roomcast:roomcast /var/lib/roomcast
 USER roomcast
 ENV ROOMCAST__SERVER__HOST=0.0.0.0 \
     ROOMCAST__SERVER__PORT=3000 \

@@ -15,8 +15,12 @@
 // - one node SIGKILLed: its clients reconnect through the balancer to the
 //   other two, subscribe again and receive every publish exactly once again;
 //   the others never notice. The time this took is printed.
+// - the audit log: a parse error provoked on each node lands as a row of the
+//   one PostgreSQL table, three rows from three distinct nodes (read with
+//   psql).
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Cluster, API_KEY, countsFrom, onceEach, publish, uniq, within } from "../cluster/lib/cluster.mjs";
@@ -199,6 +203,39 @@ describe("the local topology behind HAProxy", { timeout: 240_000 }, () => {
       assert.deepEqual(refused, [], "Socket.IO requests answered 400 by a node (Session ID unknown)");
       const polls = requests.filter((l) => /sid=/.test(l) && /transport=polling/.test(l)).length;
       log(`HAProxy: ${requests.length} Socket.IO requests, ${polls} of them polling requests of a session, none refused`);
+    }),
+  );
+
+  it(
+    "the audit rows of all three nodes land in the one PostgreSQL table",
+    cluster.wrap(async () => {
+      const marker = uniq("topo-audit");
+      // Straight to each node: a polling session whose POST body holds an
+      // Engine.IO packet of unknown type is a parse error, audited.
+      for (const name of NODE_NAMES) {
+        const base = `${nodes[name].url}/socket.io/?EIO=4&transport=polling`;
+        const open = await (await fetch(base)).text();
+        const sid = JSON.parse(open.slice(1)).sid;
+        const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body: `9${marker}-${name}` });
+        assert.equal(res.status, 400, `${name}: the bad packet is refused`);
+      }
+      const query = `select node, excerpt from audit_events where kind = 'parse_error' and excerpt like '%${marker}%'`;
+      const rows = () =>
+        execFileSync("psql", [lb.postgres, "-At", "-F", "|", "-c", query], { encoding: "utf8" })
+          .split("\n")
+          .filter(Boolean)
+          .map((l) => l.split("|"));
+      let found = [];
+      const deadline = Date.now() + 10_000;
+      while ((found = rows()).length < NODE_NAMES.length && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(found.length, NODE_NAMES.length, `rows: ${JSON.stringify(found)}`);
+      assert.equal(new Set(found.map(([node]) => node)).size, NODE_NAMES.length, "three distinct nodes");
+      for (const name of NODE_NAMES) {
+        assert.equal(found.filter(([, excerpt]) => excerpt.includes(`${marker}-${name}`)).length, 1, `${name}'s row`);
+      }
+      log(`audit: ${found.length} rows from ${NODE_NAMES.length} nodes in one PostgreSQL table`);
     }),
   );
 

@@ -79,6 +79,8 @@ export async function startTopology(runDir, env = {}) {
     kind: "haproxy",
     url: vars.ROOMCAST_CLUSTER_URL,
     runDir,
+    /** The PostgreSQL all nodes write their audit log to. */
+    postgres: vars.ROOMCAST_CLUSTER_POSTGRES,
     /** HAProxy's log lines (one per request, `option httplog`). */
     accessLog: () => readFileSync(join(runDir, "haproxy.log"), "utf8").split("\n"),
     log: (max = 150) =>
