@@ -131,6 +131,11 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
     };
     let filter: Filter = query.filter().map_err(anyhow::Error::msg)?;
     let store = Store::connect_lazy(&settings.database)?;
+    // Following goes on from the insertion order read *before* the first
+    // page: a row stored between the two reads is then followed rather than
+    // missed (and not printed twice: the first page's rows are skipped).
+    // Rows replayed late by a node still show.
+    let mut seq = if args.follow { store.last_seq(&filter).await? } else { 0 };
     let page = store.search(&filter).await.context("reading the audit log")?;
     for row in page.events.iter().rev() {
         print_row(row, args.json);
@@ -138,13 +143,14 @@ async fn audit(settings: Settings, args: AuditArgs) -> anyhow::Result<()> {
     if !args.follow {
         return Ok(());
     }
-    // From the insertion order on: rows replayed late by a node still show.
-    let mut seq = store.last_seq(&filter).await?;
+    let shown: std::collections::HashSet<String> = page.events.iter().map(|r| r.id.clone()).collect();
     loop {
         match store.follow(&filter, seq).await {
             Ok(rows) => {
                 for (s, row) in &rows {
-                    print_row(row, args.json);
+                    if !shown.contains(&row.id) {
+                        print_row(row, args.json);
+                    }
                     seq = seq.max(*s);
                 }
                 if rows.len() == filter.limit as usize {
