@@ -203,6 +203,8 @@ pub struct ServerSettings {
     pub port: u16,
     /// Worker threads; 0 = one per core.
     pub workers: usize,
+    /// Connections the kernel queues before they are accepted.
+    pub listen_backlog: u32,
     /// The Socket.IO endpoint path.
     pub path: String,
     /// The raw Engine.IO echo endpoint path, empty = off.

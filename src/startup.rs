@@ -106,7 +106,11 @@ impl Application {
     /// Binds the listener and assembles the server. Must run inside an actix
     /// system (`#[actix_web::main]` or `#[actix_web::test]`).
     pub fn build(settings: Settings) -> std::io::Result<Application> {
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let listener = bind(
+            &settings.server.host,
+            settings.server.port,
+            settings.server.listen_backlog,
+        )?;
         let port = listener.local_addr()?.port();
 
         let node_id: Arc<str> = crate::engineio::generate_sid().into();
@@ -382,6 +386,29 @@ async fn wait_for_signal() -> std::io::Result<()> {
         r = tokio::signal::ctrl_c() => r,
         _ = term.recv() => Ok(()),
     }
+}
+
+/// Binds the listening socket with an explicit listen(2) backlog (std's
+/// `TcpListener::bind` picks its own), trying each address the host resolves
+/// to, as `bind` does.
+fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::net::ToSocketAddrs as _;
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        let attempt = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+            Ok::<_, std::io::Error>(TcpListener::from(socket))
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")))
 }
 
 fn cors(origins: &[String]) -> actix_cors::Cors {

@@ -66,7 +66,7 @@ pub fn accept(
     Some(Accepted {
         response,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        sink: Some(Box::new(ActixSink::new(session, backlog, socket_handle(req)))),
+        sink: Some(Box::new(ActixSink::new(session, backlog, SocketRef::of(req)))),
         stream,
     })
 }
@@ -182,14 +182,42 @@ pub fn record_fd(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions)
     }
 }
 
-/// A second handle on the request's socket, to abort it later.
-fn socket_handle(req: &HttpRequest) -> Option<std::net::TcpStream> {
-    let fd = req.conn_data::<ConnFd>()?.0;
-    // SAFETY: the connection that owns `fd` is alive while its request is
-    // handled, so `fd` is an open socket here; the duplicate keeps the same
-    // socket (not the number) and is closed with the sink.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    borrowed.try_clone_to_owned().ok().map(std::net::TcpStream::from)
+/// Where a request's socket is, to abort it later without holding a second
+/// file descriptor for it (that would halve the sessions an fd limit
+/// allows): its fd number, its peer address (to tell it from a later socket
+/// that reused the number) and the worker that owns it.
+pub struct SocketRef {
+    fd: std::os::fd::RawFd,
+    peer: std::net::SocketAddr,
+    worker: actix_rt::ArbiterHandle,
+}
+
+impl SocketRef {
+    fn of(req: &HttpRequest) -> Option<Self> {
+        Some(Self {
+            fd: req.conn_data::<ConnFd>()?.0,
+            peer: req.peer_addr()?,
+            worker: actix_rt::Arbiter::current(),
+        })
+    }
+
+    /// Shuts the socket down on its worker. There the connection cannot be
+    /// dropped meanwhile: either its fd is still open, or it was closed
+    /// before and the number, if reused, belongs to a socket with another
+    /// peer, which is left alone.
+    fn abort(self) {
+        let Self { fd, peer, worker } = self;
+        worker.spawn_fn(move || {
+            // SAFETY: only used while this closure runs on the worker that
+            // owns the connection; an fd that is closed or not a socket makes
+            // the calls below fail, and a reused one fails the peer check.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&borrowed);
+            if socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer) {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        });
+    }
 }
 
 /// [`FrameSink`] over an `actix_ws::Session`.
@@ -197,14 +225,14 @@ pub struct ActixSink {
     session: actix_ws::Session,
     backlog: Arc<Mutex<Backlog>>,
     limit: usize,
-    /// The socket itself, to abort a connection whose client stopped
-    /// reading: actix does not poll the response body while its write
-    /// buffer is full, so ending the body would not free it.
-    socket: Option<std::net::TcpStream>,
+    /// The socket, to abort a connection whose client stopped reading:
+    /// actix does not poll the response body while its write buffer is
+    /// full, so ending the body would not free it.
+    socket: Option<SocketRef>,
 }
 
 impl ActixSink {
-    fn new(session: actix_ws::Session, limit: usize, socket: Option<std::net::TcpStream>) -> Self {
+    fn new(session: actix_ws::Session, limit: usize, socket: Option<SocketRef>) -> Self {
         Self {
             session,
             backlog: Arc::default(),
@@ -291,8 +319,8 @@ impl FrameSink for ActixSink {
     }
 
     fn abort(self: Box<Self>) {
-        if let Some(socket) = &self.socket {
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+        if let Some(socket) = self.socket {
+            socket.abort();
         }
         // unwrap: the lock is only held for queue operations.
         let mut b = self.backlog.lock().unwrap();

@@ -145,10 +145,16 @@ fn print(label: &str, result: &Value) {
     println!("{}", json!({"server": label, "result": result}));
 }
 
-#[tokio::main]
+/// One thread: the generator is pinned to one core, and its sessions share
+/// buffers and counters without locks (`spawn_local`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     raise_fd_limit();
     let cli = Cli::parse();
+    tokio::task::LocalSet::new().run_until(run(cli)).await
+}
+
+async fn run(cli: Cli) -> Result<()> {
     let (label, result) = match cli.scenario {
         Scenario::Connect { common, n } => {
             let t = targets(&common, n)?;

@@ -1,42 +1,42 @@
 //! The scenarios: `connect` (idle sessions) and fan-out at a rate, stepped
 //! by `max` to the highest rate that keeps p99 and loss within bounds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
-use tokio::sync::{watch, Mutex, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::Semaphore;
+use tokio::task::{spawn_local, JoinHandle};
 
-use crate::client::{self, Rx, Session, Target, Tx};
-use crate::stats::{quantiles_ms, read_proc, Latencies};
+use crate::client::{self, Scratch, Session, Target, Writer};
+use crate::stats::{new_histogram, quantiles_ms, read_proc};
 
 /// Most steps a `max` run may take (delivery counters are kept per step).
 pub const MAX_STEPS: usize = 40;
 
 /// Microseconds since the first call: the clock of publish timestamps.
-fn now_us() -> u64 {
+pub fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
-/// Keeps a session alive (answering pings) until `stop` changes; each text
-/// frame other than a ping goes to `on_frame`.
-async fn hold(mut rx: Rx, tx: Arc<Mutex<Tx>>, mut stop: watch::Receiver<bool>, mut on_frame: impl FnMut(&str)) {
-    loop {
-        tokio::select! {
-            frame = rx.next() => match frame {
-                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
-                    let _ = tx.lock().await.send(Message::text("3")).await;
-                }
-                Some(Ok(Message::Text(t))) => on_frame(t.as_str()),
-                Some(Ok(_)) => {}
-                _ => return,
-            },
-            _ = stop.changed() => return,
+/// Keeps a session alive (answering pings) until its task is aborted or
+/// the server closes it; each text frame other than a ping goes to
+/// `on_frame` with the time it was read.
+async fn hold(mut s: Session, scratch: Scratch, mut on_frame: impl FnMut(&str, u64)) {
+    while let Ok(true) = s.read_some(&scratch, now_us, &mut on_frame).await {}
+}
+
+/// Tasks that end with their owner.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
 }
@@ -45,19 +45,21 @@ async fn hold(mut rx: Rx, tx: Arc<Mutex<Tx>>, mut stop: watch::Receiver<bool>, m
 /// `i`th on `targets[i % len]`; `setup` runs on each before it counts.
 async fn open_many<F, Fut>(targets: &[Target], n: usize, concurrency: usize, setup: F) -> Result<Vec<(Session, usize)>>
 where
-    F: Fn(Session, usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<Session>> + Send,
+    F: Fn(Session, usize, Scratch) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = Result<Session>>,
 {
-    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let gate = Rc::new(Semaphore::new(concurrency.max(1)));
+    let scratch = client::scratch();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let target = targets[i % targets.len()].clone();
         let gate = gate.clone();
         let setup = setup.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await?;
-            let s = client::connect(&target, i).await?;
-            Ok::<_, anyhow::Error>((setup(s, i).await?, i))
+        let scratch = scratch.clone();
+        tasks.push(spawn_local(async move {
+            let _permit = gate.acquire().await?;
+            let s = client::connect(&target, i, &scratch).await?;
+            Ok::<_, anyhow::Error>((setup(s, i, scratch).await?, i))
         }));
     }
     let mut sessions = Vec::with_capacity(n);
@@ -78,20 +80,21 @@ where
 pub async fn connect(targets: &[Target], n: usize, concurrency: usize, pid: Option<u32>) -> Result<Value> {
     let before = read_proc(pid)?;
     let started = Instant::now();
-    let sessions = open_many(targets, n, concurrency, |s, _| async { Ok(s) }).await?;
+    let sessions = open_many(targets, n, concurrency, |s, _, _| async { Ok(s) }).await?;
     let elapsed = started.elapsed();
-    let mut handshakes = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut handshakes = new_histogram();
     for (s, _) in &sessions {
         handshakes.saturating_record(s.handshake.as_micros() as u64);
     }
     // Let the server finish what the last handshakes started, then read it
     // while every session is still open.
-    let (stop_tx, stop) = watch::channel(false);
-    let mut holders = Vec::new();
-    for (s, _) in sessions {
-        let tx = Arc::new(Mutex::new(s.tx));
-        holders.push(tokio::spawn(hold(s.rx, tx, stop.clone(), |_| {})));
-    }
+    let scratch = client::scratch();
+    let holders = Tasks(
+        sessions
+            .into_iter()
+            .map(|(s, _)| spawn_local(hold(s, scratch.clone(), |_, _| {})))
+            .collect(),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = read_proc(pid)?;
     let (p50, p99, max) = quantiles_ms(&handshakes);
@@ -108,10 +111,7 @@ pub async fn connect(targets: &[Target], n: usize, concurrency: usize, pid: Opti
         out["server_cpu_us_per_handshake"] = json!((a.cpu.saturating_sub(b.cpu)).as_micros() as f64 / n as f64);
         out["server_rss_mib"] = json!(a.rss as f64 / 1024.0 / 1024.0);
     }
-    let _ = stop_tx.send(true);
-    for h in holders {
-        let _ = h.await;
-    }
+    drop(holders);
     Ok(out)
 }
 
@@ -127,11 +127,11 @@ pub struct Shape {
 /// Connected subscribers and publishers, reused across steps.
 pub struct Fleet {
     shape: Shape,
-    delivered: Arc<Vec<AtomicU64>>,
-    latencies: Arc<Latencies>,
-    publishers: Vec<Arc<Mutex<Tx>>>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Deliveries per step.
+    delivered: Rc<Vec<Cell<u64>>>,
+    latencies: Rc<RefCell<hdrhistogram::Histogram<u64>>>,
+    publishers: Vec<Writer>,
+    tasks: Tasks,
     pid: Option<u32>,
 }
 
@@ -192,48 +192,45 @@ impl Fleet {
     /// Connects and subscribes everyone: subscriber `i` joins room
     /// `i % rooms` on `targets[i % len]`; publishers go to `targets[0]`.
     pub async fn start(targets: &[Target], shape: Shape, concurrency: usize, pid: Option<u32>) -> Result<Fleet> {
-        let delivered: Arc<Vec<AtomicU64>> = Arc::new((0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect());
-        let latencies = Arc::new(Latencies::new(64));
-        let (stop, stop_rx) = watch::channel(false);
+        let delivered: Rc<Vec<Cell<u64>>> = Rc::new((0..MAX_STEPS).map(|_| Cell::new(0)).collect());
+        let latencies = Rc::new(RefCell::new(new_histogram()));
         let rooms = shape.rooms;
         let subs = open_many(
             targets,
             rooms * shape.subscribers,
             concurrency,
-            move |mut s, i| async move {
-                client::subscribe(&mut s, &format!("bench-{}", i % rooms)).await?;
+            move |mut s, i, scratch| async move {
+                s.subscribe(&scratch, &format!("bench-{}", i % rooms)).await?;
                 Ok(s)
             },
         )
         .await?;
+        let scratch = client::scratch();
         let mut tasks = Vec::new();
-        for (s, i) in subs {
+        for (s, _) in subs {
             let (delivered, latencies) = (delivered.clone(), latencies.clone());
-            let tx = Arc::new(Mutex::new(s.tx));
-            tasks.push(tokio::spawn(hold(s.rx, tx, stop_rx.clone(), move |frame| {
+            tasks.push(spawn_local(hold(s, scratch.clone(), move |frame, at| {
                 if let Some((sent, step)) = client::parse_delivery(frame) {
-                    latencies.record(i, now_us().saturating_sub(sent));
+                    latencies.borrow_mut().saturating_record(at.saturating_sub(sent).max(1));
                     if let Some(c) = delivered.get(step) {
-                        c.fetch_add(1, Ordering::Relaxed);
+                        c.set(c.get() + 1);
                     }
                 }
             })));
         }
-        let pubs = open_many(&targets[..1], shape.publishers, concurrency, |s, _| async { Ok(s) }).await?;
+        let pubs = open_many(&targets[..1], shape.publishers, concurrency, |s, _, _| async { Ok(s) }).await?;
         let mut publishers = Vec::new();
         for (s, _) in pubs {
-            let tx = Arc::new(Mutex::new(s.tx));
+            publishers.push(s.writer());
             // Acks are read (and dropped) so the publisher never stops reading.
-            tasks.push(tokio::spawn(hold(s.rx, tx.clone(), stop_rx.clone(), |_| {})));
-            publishers.push(tx);
+            tasks.push(spawn_local(hold(s, scratch.clone(), |_, _| {})));
         }
         Ok(Fleet {
             shape,
             delivered,
             latencies,
             publishers,
-            stop,
-            tasks,
+            tasks: Tasks(tasks),
             pid,
         })
     }
@@ -241,7 +238,7 @@ impl Fleet {
     /// Publishes at `rate` messages/s in total for `duration`, then waits
     /// (up to `drain`) for the deliveries.
     pub async fn step(&self, step: usize, rate: f64, duration: Duration, drain: Duration) -> Result<Step> {
-        let _ = self.latencies.take();
+        self.latencies.borrow_mut().reset();
         let before = read_proc(self.pid)?;
         let per_publisher = rate / self.shape.publishers as f64;
         let (rooms, publishers) = (self.shape.rooms, self.shape.publishers);
@@ -249,7 +246,8 @@ impl Fleet {
         let mut senders = Vec::new();
         for (p, tx) in self.publishers.iter().enumerate() {
             let tx = tx.clone();
-            senders.push(tokio::spawn(async move {
+            senders.push(spawn_local(async move {
+                let mut out = Vec::new();
                 let begin = Instant::now();
                 let mut sent = 0u64;
                 let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -259,14 +257,14 @@ impl Fleet {
                     if due <= sent {
                         continue;
                     }
-                    let mut tx = tx.lock().await;
+                    out.clear();
+                    let at = now_us();
                     while sent < due {
                         let room = (p + sent as usize * publishers) % rooms;
-                        let frame = client::publish_frame(sent + 10, &format!("bench-{room}"), now_us(), step);
-                        tx.feed(Message::text(frame)).await?;
+                        client::publish_frame(sent + 10, &format!("bench-{room}"), at, step, &mut out);
                         sent += 1;
                     }
-                    tx.flush().await?;
+                    tx.send_raw(&out).await?;
                 }
                 Ok::<u64, anyhow::Error>(sent)
             }));
@@ -278,17 +276,16 @@ impl Fleet {
         let seconds = started.elapsed().as_secs_f64();
         let expected = published * self.shape.subscribers as u64;
         let deadline = Instant::now() + drain;
-        while self.delivered[step].load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        while self.delivered[step].get() < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let after = read_proc(self.pid)?;
-        let h = self.latencies.take();
-        let (p50_ms, p99_ms, max_ms) = quantiles_ms(&h);
+        let (p50_ms, p99_ms, max_ms) = quantiles_ms(&self.latencies.borrow());
         Ok(Step {
             rate,
             published,
             expected,
-            delivered: self.delivered[step].load(Ordering::Relaxed),
+            delivered: self.delivered[step].get(),
             seconds,
             p50_ms,
             p99_ms,
@@ -303,9 +300,7 @@ impl Fleet {
 
     /// Closes every session.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        drop(self.tasks);
+        tokio::task::yield_now().await;
     }
 }

@@ -1,6 +1,5 @@
 //! Server readings from `/proc` and latency histograms.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -41,38 +40,9 @@ pub fn read_proc(pid: Option<u32>) -> Result<Option<ProcReading>> {
     }))
 }
 
-/// A latency histogram in microseconds, shared by many tasks.
-pub struct Latencies {
-    shards: Vec<Mutex<Histogram<u64>>>,
-}
-
-impl Latencies {
-    /// Up to 60 s at 3 significant digits.
-    pub fn new(shards: usize) -> Self {
-        let h = || Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
-        Self {
-            shards: (0..shards.max(1)).map(|_| h()).collect(),
-        }
-    }
-
-    /// Records `us` in shard `key % shards`.
-    pub fn record(&self, key: usize, us: u64) {
-        // unwrap: the lock is only held to record.
-        let mut h = self.shards[key % self.shards.len()].lock().unwrap();
-        h.saturating_record(us.max(1));
-    }
-
-    /// All shards merged (and cleared).
-    pub fn take(&self) -> Histogram<u64> {
-        let mut all = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-        for shard in &self.shards {
-            // unwrap: as above.
-            let mut h = shard.lock().unwrap();
-            all.add(&*h).expect("same bounds");
-            h.reset();
-        }
-        all
-    }
+/// A latency histogram in microseconds: up to 60 s at 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 /// p50 / p99 / max of a histogram, in milliseconds.
