@@ -68,6 +68,8 @@ pub struct Metrics {
     pub publish_to_write: Histogram,
     /// Connections closed because they did not keep up.
     pub slow_consumers: Counter,
+    /// Broadcast deliveries dropped because the recipient's queue was full.
+    pub deliveries_dropped: Counter,
     redis_connected: Gauge,
     redis_published: Counter,
     redis_received: Counter,
@@ -111,6 +113,7 @@ impl Metrics {
             // 50 µs … ~1.6 s.
             publish_to_write: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             slow_consumers: Counter::default(),
+            deliveries_dropped: Counter::default(),
             redis_connected: Gauge::default(),
             redis_published: Counter::default(),
             redis_received: Counter::default(),
@@ -154,6 +157,11 @@ impl Metrics {
                 "slow_consumer_closes",
                 "Connections closed for not keeping up",
                 m.slow_consumers.clone(),
+            );
+            r.register(
+                "deliveries_dropped",
+                "Broadcast deliveries dropped because the recipient's queue was full (the server was behind)",
+                m.deliveries_dropped.clone(),
             );
             r.register(
                 "redis_connected",

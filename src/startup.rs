@@ -121,10 +121,12 @@ impl Application {
             arbiter: audit_arbiter,
         } = start_audit(&settings, node_id.clone())?;
         let (events, _) = tokio::sync::broadcast::channel(4096);
+        let metrics = Arc::new(Metrics::new());
         let broker = Broker::new(BrokerConfig {
             max_rooms_per_socket: settings.rooms.max_per_socket,
             max_rooms: settings.rooms.max_total,
             notify_namespaces: settings.rooms.notify_namespaces.clone(),
+            dropped: metrics.deliveries_dropped.clone(),
         })
         .start();
         let cluster = Arc::new(AdapterStatus::default());
@@ -165,7 +167,6 @@ impl Application {
             });
             adapter_addr = Some(adapter);
         }
-        let metrics = Arc::new(Metrics::new());
         let cluster_status = adapter_addr.is_some().then(|| cluster.clone());
         if let Some(status) = &cluster_status {
             metrics.watch_cluster(status.clone());

@@ -125,6 +125,8 @@ pub struct Connection {
     sio: Option<SioState>,
     /// The client stopped reading: drop the socket instead of closing it.
     abort_transport: bool,
+    /// Publishes sent to the broker whose answer has not come back.
+    publishes_in_flight: usize,
     span: tracing::Span,
 }
 
@@ -163,6 +165,7 @@ impl Connection {
             closed_by: None,
             sio: shared.sio.as_ref().map(SioState::new),
             abort_transport: false,
+            publishes_in_flight: 0,
             span,
         };
         let addr = conn.start();
@@ -488,7 +491,8 @@ impl Actor for Connection {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Transports and the broker `try_send` (and transports wait when
-        // it is full); the broker treats a full mailbox as a slow consumer.
+        // it is full); the broker drops (and counts) a delivery it finds
+        // the mailbox full for.
         ctx.set_mailbox_capacity(self.shared.limits.max_buffered);
         tracing::info!(parent: &self.span, "session opened");
         if self.sio.is_some() {

@@ -26,6 +26,9 @@ use crate::reason::DisconnectReason;
 use crate::socketio::packet::encode;
 use crate::socketio::{DecodeLimits, Decoder, Message, PacketType};
 
+/// Publishes one connection may have waiting on the broker at once.
+const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
+
 /// Socket.IO settings of an endpoint.
 #[derive(Clone)]
 pub struct SioConfig {
@@ -516,11 +519,22 @@ impl Connection {
                     frames,
                     args: (args, attachments),
                 });
-                ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
+                self.publishes_in_flight += 1;
+                let answered = request.into_actor(self).map(move |result, act, ctx| {
+                    act.publishes_in_flight -= 1;
                     let recipients = result.unwrap_or_default();
                     act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
                     act.after(ctx);
-                }));
+                });
+                // Past the cap the connection stops taking packets until this
+                // publish is answered: its read pump then waits on the full
+                // mailbox and TCP pushes back on the publisher, instead of
+                // publishes piling up in memory when the broker is behind.
+                if self.publishes_in_flight > MAX_PUBLISHES_IN_FLIGHT {
+                    ctx.wait(answered);
+                } else {
+                    ctx.spawn(answered);
+                }
             }
         }
     }
