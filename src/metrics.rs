@@ -70,6 +70,9 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Broadcast deliveries dropped because the recipient's queue was full.
     pub deliveries_dropped: Counter,
+    /// Times a publisher's connection stopped reading until the broker
+    /// caught up (backpressure).
+    pub publish_backpressure: Counter,
     redis_connected: Gauge,
     redis_published: Counter,
     redis_received: Counter,
@@ -114,6 +117,7 @@ impl Metrics {
             publish_to_write: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             slow_consumers: Counter::default(),
             deliveries_dropped: Counter::default(),
+            publish_backpressure: Counter::default(),
             redis_connected: Gauge::default(),
             redis_published: Counter::default(),
             redis_received: Counter::default(),
@@ -162,6 +166,11 @@ impl Metrics {
                 "deliveries_dropped",
                 "Broadcast deliveries dropped because the recipient's queue was full (the server was behind)",
                 m.deliveries_dropped.clone(),
+            );
+            r.register(
+                "publish_backpressure",
+                "Times a connection stopped reading because its publishes were waiting on the broker (TCP pushes back on the publisher)",
+                m.publish_backpressure.clone(),
             );
             r.register(
                 "redis_connected",

@@ -708,3 +708,150 @@ impl Handler<Kick> for Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A room member counting what reaches it. `hold` blocks its arbiter
+    /// thread until the sender is dropped: a connection that cannot take
+    /// anything for a while.
+    struct Member {
+        delivered: Arc<AtomicUsize>,
+        evicted: Arc<AtomicUsize>,
+        capacity: usize,
+    }
+
+    impl Actor for Member {
+        type Context = Context<Self>;
+
+        fn started(&mut self, ctx: &mut Self::Context) {
+            ctx.set_mailbox_capacity(self.capacity);
+        }
+    }
+
+    impl Handler<Deliver> for Member {
+        type Result = ();
+
+        fn handle(&mut self, _: Deliver, _: &mut Self::Context) {
+            self.delivered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Handler<Evict> for Member {
+        type Result = ();
+
+        fn handle(&mut self, _: Evict, _: &mut Self::Context) {
+            self.evicted.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Hold(std::sync::mpsc::Receiver<()>);
+
+    impl Handler<Hold> for Member {
+        type Result = ();
+
+        fn handle(&mut self, Hold(release): Hold, _: &mut Self::Context) {
+            let _ = release.recv();
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_full_mailbox_drops_deliveries_counts_them_and_evicts_no_one() {
+        let dropped = prometheus_client::metrics::counter::Counter::<u64>::default();
+        let broker = Broker::new(BrokerConfig {
+            max_rooms_per_socket: 10,
+            max_rooms: 10,
+            notify_namespaces: vec![],
+            dropped: dropped.clone(),
+        })
+        .start();
+        let nsp: Arc<str> = "/".into();
+        let room: Arc<str> = "r".into();
+        let mut members = Vec::new();
+        for (id, capacity) in [("fast", 1000), ("stuck", 1)] {
+            let (delivered, evicted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (d, e) = (delivered.clone(), evicted.clone());
+            let arbiter = actix::Arbiter::new();
+            let addr = Member::start_in_arbiter(&arbiter.handle(), move |_| Member {
+                delivered: d,
+                evicted: e,
+                capacity,
+            });
+            broker
+                .send(Register {
+                    socket_id: id.into(),
+                    nsp: nsp.clone(),
+                    user: None,
+                    deliver: addr.clone().recipient(),
+                    evict: addr.clone().recipient(),
+                })
+                .await
+                .unwrap();
+            broker
+                .send(Join {
+                    socket_id: id.into(),
+                    room: room.clone(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            members.push((addr, delivered, evicted, arbiter));
+        }
+        // Block the stuck member's thread; its one-message mailbox fills.
+        let (release, held) = std::sync::mpsc::channel();
+        members[1].0.do_send(Hold(held));
+        let frames: Arc<[Frame]> = Arc::new([Frame::Text("42[\"m\"]".into())]);
+        let publishes = 50;
+        let mut reached = 0;
+        for _ in 0..publishes {
+            reached += broker
+                .send(Publish {
+                    nsp: nsp.clone(),
+                    rooms: vec![room.clone()],
+                    except: vec![],
+                    frames: frames.clone(),
+                    args: (serde_json::json!(["m"]), vec![]),
+                })
+                .await
+                .unwrap();
+        }
+        drop(release);
+        // Everything queued reaches its member (a publish after the others,
+        // answered, means the fast member's mailbox is drained as well).
+        let (fast, stuck) = (&members[0], &members[1]);
+        for (addr, delivered, ..) in [fast, stuck] {
+            addr.send(Deliver {
+                frames: frames.clone(),
+                at: std::time::Instant::now(),
+            })
+            .await
+            .unwrap();
+            delivered.fetch_sub(1, Ordering::SeqCst);
+        }
+        assert_eq!(
+            fast.1.load(Ordering::SeqCst),
+            publishes,
+            "the fast member got every publish"
+        );
+        let stuck_got = stuck.1.load(Ordering::SeqCst);
+        assert!(stuck_got < 5, "the stuck member's mailbox held only a few: {stuck_got}");
+        assert_eq!(
+            reached,
+            publishes + stuck_got,
+            "each publish reports the members it reached"
+        );
+        assert_eq!(dropped.get() as usize, publishes - stuck_got, "every miss is counted");
+        assert_eq!(
+            fast.2.load(Ordering::SeqCst) + stuck.2.load(Ordering::SeqCst),
+            0,
+            "no one is evicted"
+        );
+        for (_, _, _, arbiter) in members {
+            arbiter.stop();
+        }
+    }
+}

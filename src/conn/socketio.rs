@@ -531,6 +531,7 @@ impl Connection {
                 // mailbox and TCP pushes back on the publisher, instead of
                 // publishes piling up in memory when the broker is behind.
                 if self.publishes_in_flight > MAX_PUBLISHES_IN_FLIGHT {
+                    self.shared.metrics.publish_backpressure.inc();
                     ctx.wait(answered);
                 } else {
                     ctx.spawn(answered);

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{spawn_local, JoinHandle};
 
 use crate::client::{self, Scratch, Session, Target, Writer};
-use crate::stats::{new_histogram, quantiles_ms, read_proc};
+use crate::stats::{listen_overflows, new_histogram, quantiles_ms, read_proc};
 
 /// Most steps a `max` run may take (delivery counters are kept per step).
 pub const MAX_STEPS: usize = 40;
@@ -79,6 +79,7 @@ where
 /// `connect`: `n` idle sessions.
 pub async fn connect(targets: &[Target], n: usize, concurrency: usize, pid: Option<u32>) -> Result<Value> {
     let before = read_proc(pid)?;
+    let overflows = listen_overflows();
     let started = Instant::now();
     let sessions = open_many(targets, n, concurrency, |s, _, _| async { Ok(s) }).await?;
     let elapsed = started.elapsed();
@@ -106,6 +107,9 @@ pub async fn connect(targets: &[Target], n: usize, concurrency: usize, pid: Opti
         "handshake_p99_ms": p99,
         "handshake_max_ms": max,
     });
+    if let (Some(b), Some(a)) = (overflows, listen_overflows()) {
+        out["listen_overflows"] = json!(a.saturating_sub(b));
+    }
     if let (Some(b), Some(a)) = (before, after) {
         out["rss_per_session_kib"] = json!((a.rss.saturating_sub(b.rss)) as f64 / 1024.0 / n as f64);
         out["server_cpu_us_per_handshake"] = json!((a.cpu.saturating_sub(b.cpu)).as_micros() as f64 / n as f64);
@@ -129,6 +133,8 @@ pub struct Fleet {
     shape: Shape,
     /// Deliveries per step.
     delivered: Rc<Vec<Cell<u64>>>,
+    /// When each step's last delivery was read (µs on [`now_us`]' clock).
+    last_delivery: Rc<Vec<Cell<u64>>>,
     latencies: Rc<RefCell<hdrhistogram::Histogram<u64>>>,
     publishers: Vec<Writer>,
     tasks: Tasks,
@@ -167,6 +173,7 @@ impl Step {
         let mut v = json!({
             "rate": self.rate,
             "published": self.published,
+            "seconds": self.seconds,
             "expected": self.expected,
             "delivered": self.delivered,
             "deliveries_per_s": self.deliveries_per_s(),
@@ -193,6 +200,7 @@ impl Fleet {
     /// `i % rooms` on `targets[i % len]`; publishers go to `targets[0]`.
     pub async fn start(targets: &[Target], shape: Shape, concurrency: usize, pid: Option<u32>) -> Result<Fleet> {
         let delivered: Rc<Vec<Cell<u64>>> = Rc::new((0..MAX_STEPS).map(|_| Cell::new(0)).collect());
+        let last_delivery: Rc<Vec<Cell<u64>>> = Rc::new((0..MAX_STEPS).map(|_| Cell::new(0)).collect());
         let latencies = Rc::new(RefCell::new(new_histogram()));
         let rooms = shape.rooms;
         let subs = open_many(
@@ -208,12 +216,13 @@ impl Fleet {
         let scratch = client::scratch();
         let mut tasks = Vec::new();
         for (s, _) in subs {
-            let (delivered, latencies) = (delivered.clone(), latencies.clone());
+            let (delivered, last_delivery, latencies) = (delivered.clone(), last_delivery.clone(), latencies.clone());
             tasks.push(spawn_local(hold(s, scratch.clone(), move |frame, at| {
                 if let Some((sent, step)) = client::parse_delivery(frame) {
                     latencies.borrow_mut().saturating_record(at.saturating_sub(sent).max(1));
-                    if let Some(c) = delivered.get(step) {
+                    if let (Some(c), Some(last)) = (delivered.get(step), last_delivery.get(step)) {
                         c.set(c.get() + 1);
+                        last.set(at);
                     }
                 }
             })));
@@ -228,6 +237,7 @@ impl Fleet {
         Ok(Fleet {
             shape,
             delivered,
+            last_delivery,
             latencies,
             publishers,
             tasks: Tasks(tasks),
@@ -243,6 +253,7 @@ impl Fleet {
         let per_publisher = rate / self.shape.publishers as f64;
         let (rooms, publishers) = (self.shape.rooms, self.shape.publishers);
         let started = Instant::now();
+        let started_us = now_us();
         let mut senders = Vec::new();
         for (p, tx) in self.publishers.iter().enumerate() {
             let tx = tx.clone();
@@ -273,13 +284,17 @@ impl Fleet {
         for s in senders {
             published += s.await??;
         }
-        let seconds = started.elapsed().as_secs_f64();
+        let publishing = started.elapsed().as_secs_f64();
         let expected = published * self.shape.subscribers as u64;
         let deadline = Instant::now() + drain;
         while self.delivered[step].get() < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let after = read_proc(self.pid)?;
+        // Deliveries per second over the whole time they took: publishing,
+        // and after it for as long as the server was still delivering.
+        let delivering = self.last_delivery[step].get().saturating_sub(started_us) as f64 / 1e6;
+        let seconds = publishing.max(delivering);
         let (p50_ms, p99_ms, max_ms) = quantiles_ms(&self.latencies.borrow());
         Ok(Step {
             rate,

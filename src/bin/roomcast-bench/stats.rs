@@ -40,6 +40,21 @@ pub fn read_proc(pid: Option<u32>) -> Result<Option<ProcReading>> {
     }))
 }
 
+/// The kernel's count of connections refused because a listen queue was
+/// full (`ListenOverflows` in `/proc/net/netstat`: every socket of the
+/// machine's network namespace, so a run on a quiet machine tells).
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if names.starts_with("TcpExt:") {
+            let i = names.split_whitespace().position(|k| k == "ListenOverflows")?;
+            return values.split_whitespace().nth(i)?.parse().ok();
+        }
+    }
+    None
+}
+
 /// A latency histogram in microseconds: up to 60 s at 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
