@@ -269,6 +269,9 @@ pub struct TestingSettings {
 pub struct WebSocketSettings {
     /// Accepted subprotocols in order of preference.
     pub subprotocols: Vec<String>,
+    /// Microseconds a broadcast frame may wait for others bound for the
+    /// same WebSocket, to be written together; 0 = written at once.
+    pub broadcast_coalesce_us: u64,
 }
 
 /// `[log]`

@@ -197,6 +197,7 @@ impl Application {
             max_room_len: settings.rooms.max_name_len,
             presence_limit: settings.rooms.presence_limit,
             cluster: adapter_addr.clone(),
+            coalesce: Duration::from_micros(settings.websocket.broadcast_coalesce_us),
         };
         let trusted = crate::http::peer::TrustedProxies::parse(&settings.server.trusted_proxies).map_err(invalid)?;
         let endpoint = |app: App| {

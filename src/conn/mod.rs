@@ -127,6 +127,8 @@ pub struct Connection {
     abort_transport: bool,
     /// Publishes sent to the broker whose answer has not come back.
     publishes_in_flight: usize,
+    /// Broadcast frames wait for a timer to be written (coalescing).
+    flush_scheduled: bool,
     span: tracing::Span,
 }
 
@@ -166,6 +168,7 @@ impl Connection {
             sio: shared.sio.as_ref().map(SioState::new),
             abort_transport: false,
             publishes_in_flight: 0,
+            flush_scheduled: false,
             span,
         };
         let addr = conn.start();

@@ -52,6 +52,8 @@ pub struct SioConfig {
     pub presence_limit: usize,
     /// The cluster adapter, for cluster-wide presence.
     pub cluster: Option<Addr<crate::adapter::redis::RedisAdapter>>,
+    /// How long a broadcast may wait for more to write with it.
+    pub coalesce: Duration,
 }
 
 /// A namespace socket on this connection.
@@ -520,21 +522,23 @@ impl Connection {
                     args: (args, attachments),
                 });
                 self.publishes_in_flight += 1;
-                let answered = request.into_actor(self).map(move |result, act, ctx| {
+                let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
                     act.publishes_in_flight -= 1;
                     let recipients = result.unwrap_or_default();
                     act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
                     act.after(ctx);
-                });
-                // Past the cap the connection stops taking packets until this
-                // publish is answered: its read pump then waits on the full
-                // mailbox and TCP pushes back on the publisher, instead of
-                // publishes piling up in memory when the broker is behind.
-                if self.publishes_in_flight > MAX_PUBLISHES_IN_FLIGHT {
-                    self.shared.metrics.publish_backpressure.inc();
-                    ctx.wait(answered);
+                };
+                if self.publishes_in_flight <= MAX_PUBLISHES_IN_FLIGHT {
+                    ctx.spawn(request.into_actor(self).map(ack_answer));
                 } else {
-                    ctx.spawn(answered);
+                    // Past the cap the connection stops taking packets until
+                    // this publish is answered: its read pump then waits on
+                    // the full mailbox and TCP pushes back on the publisher,
+                    // instead of publishes piling up in memory while the
+                    // broker is behind. (Its ack may then overtake those of
+                    // earlier publishes: acks are matched by id.)
+                    self.shared.metrics.publish_backpressure.inc();
+                    ctx.wait(request.into_actor(self).map(ack_answer));
                 }
             }
         }
@@ -679,7 +683,18 @@ impl Handler<Deliver> for Connection {
         for frame in msg.frames.iter() {
             self.send(frame.clone(), ctx);
         }
-        self.after(ctx);
+        let coalesce = self.sio_config().coalesce;
+        if coalesce.is_zero() || self.session.transport() != crate::engineio::TransportKind::WebSocket {
+            self.after(ctx);
+        } else if !self.flush_scheduled {
+            // Anything written before the timer fires (an ack, a ping)
+            // takes these frames with it, in order.
+            self.flush_scheduled = true;
+            ctx.run_later(coalesce, |act, ctx| {
+                act.flush_scheduled = false;
+                act.after(ctx);
+            });
+        }
         let metrics = &self.shared.metrics;
         metrics.deliveries.inc();
         metrics.observe_delivery(msg.at.elapsed());
