@@ -747,14 +747,16 @@ mod tests {
         }
     }
 
+    /// Blocks the member's thread: says so, then waits for the release.
     #[derive(Message)]
     #[rtype(result = "()")]
-    struct Hold(std::sync::mpsc::Receiver<()>);
+    struct Hold(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>);
 
     impl Handler<Hold> for Member {
         type Result = ();
 
-        fn handle(&mut self, Hold(release): Hold, _: &mut Self::Context) {
+        fn handle(&mut self, Hold(holding, release): Hold, _: &mut Self::Context) {
+            let _ = holding.send(());
             let _ = release.recv();
         }
     }
@@ -803,7 +805,9 @@ mod tests {
         }
         // Block the stuck member's thread; its one-message mailbox fills.
         let (release, held) = std::sync::mpsc::channel();
-        members[1].0.do_send(Hold(held));
+        let (holding, held_now) = tokio::sync::oneshot::channel();
+        members[1].0.do_send(Hold(holding, held));
+        held_now.await.unwrap();
         let frames: Arc<[Frame]> = Arc::new([Frame::Text("42[\"m\"]".into())]);
         let publishes = 50;
         let mut reached = 0;
