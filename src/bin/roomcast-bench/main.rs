@@ -185,7 +185,16 @@ async fn run(cli: Cli) -> Result<()> {
             let mut best: Option<scenarios::Step> = None;
             let mut steps = Vec::new();
             for i in 1..MAX_STEPS {
-                let step = fleet.step(i, rate, secs(shape.duration), secs(shape.drain)).await?;
+                let step = match fleet.step(i, rate, secs(shape.duration), secs(shape.drain)).await {
+                    Ok(step) => step,
+                    // The server dropped a session (a publisher, say): this
+                    // rate is over what it takes; the lower ones stand.
+                    Err(e) => {
+                        eprintln!("step {i}: rate {rate:.0}/s failed: {e:#}");
+                        steps.push(json!({"rate": rate, "error": format!("{e:#}")}));
+                        break;
+                    }
+                };
                 let ok = step.p99_ms <= p99_ms && step.loss() <= max_loss;
                 eprintln!(
                     "step {i}: rate {rate:.0}/s, {:.0} deliveries/s, p99 {:.1} ms, loss {:.4} {}",
