@@ -46,8 +46,7 @@ fn eio_packet() -> impl Strategy<Value = EioPacket> {
         record_text().prop_map(|s| EioPacket::Ping(s.into())),
         record_text().prop_map(|s| EioPacket::Pong(s.into())),
         record_text().prop_map(|s| EioPacket::Message(Payload::Text(s.into()))),
-        proptest::collection::vec(any::<u8>(), 0..64)
-            .prop_map(|b| EioPacket::Message(Payload::Binary(Bytes::from(b)))),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| EioPacket::Message(Payload::Binary(Bytes::from(b)))),
         Just(EioPacket::Upgrade),
         Just(EioPacket::Noop),
     ]
@@ -195,7 +194,10 @@ fn sio_message() -> impl Strategy<Value = Message> {
         any::<bool>(),
         event_name(),
         proptest::collection::vec(json_value(), 0..5),
-        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..16), 0..=LIMITS.max_attachments),
+        proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..16),
+            0..=LIMITS.max_attachments,
+        ),
     )
         .prop_map(|(kind, nsp, id, with, name, args, attachments)| {
             use PacketType::*;

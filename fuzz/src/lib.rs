@@ -53,8 +53,9 @@ pub fn binary_record(data: &Bytes) -> String {
 /// message (the bytes after it), any other a text message (skipped when
 /// not UTF-8).
 pub fn messages(data: &[u8]) -> impl Iterator<Item = Result<&str, &[u8]>> {
-    data.split(|b| *b == 0x1e).filter_map(|record| match record.strip_prefix(b"b") {
-        Some(bin) => Some(Err(bin)),
-        None => std::str::from_utf8(record).ok().map(Ok),
-    })
+    data.split(|b| *b == 0x1e)
+        .filter_map(|record| match record.strip_prefix(b"b") {
+            Some(bin) => Some(Err(bin)),
+            None => std::str::from_utf8(record).ok().map(Ok),
+        })
 }

@@ -129,7 +129,13 @@ mod tests {
         assert_eq!(close_code(&io_err(io::ErrorKind::UnexpectedEof, "eof")), None);
         assert_eq!(close_code(&ProtocolError::BadOpCode), Some(CloseCode::Protocol));
         assert_eq!(close_code(&ProtocolError::UnmaskedFrame), Some(CloseCode::Protocol));
-        assert_eq!(close_code(&ProtocolError::InvalidLength(126)), Some(CloseCode::Protocol));
-        assert_eq!(close_code(&ProtocolError::ContinuationNotStarted), Some(CloseCode::Protocol));
+        assert_eq!(
+            close_code(&ProtocolError::InvalidLength(126)),
+            Some(CloseCode::Protocol)
+        );
+        assert_eq!(
+            close_code(&ProtocolError::ContinuationNotStarted),
+            Some(CloseCode::Protocol)
+        );
     }
 }
