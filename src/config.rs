@@ -209,6 +209,8 @@ pub struct ServerSettings {
     pub path: String,
     /// The raw Engine.IO echo endpoint path, empty = off.
     pub echo_path: String,
+    /// The raw WebSocket echo endpoint path (Autobahn|Testsuite), empty = off.
+    pub ws_echo_path: String,
     /// CORS origins for polling; `*` = any.
     pub cors_allowed_origins: Vec<String>,
     /// Milliseconds a shutdown spreads its disconnects over (and ends within).
@@ -393,8 +395,9 @@ impl Settings {
         for (key, path) in [
             ("server.path", &self.server.path),
             ("server.echo_path", &self.server.echo_path),
+            ("server.ws_echo_path", &self.server.ws_echo_path),
         ] {
-            let disabled = path.is_empty() && key == "server.echo_path";
+            let disabled = path.is_empty() && key != "server.path";
             let well_formed = path.starts_with('/') && path.ends_with('/');
             if !(disabled || well_formed) {
                 return Err(invalid(key, format!("{path:?} must start and end with '/'")));
@@ -486,6 +489,13 @@ impl Settings {
         if self.server.path == self.server.echo_path {
             return Err(invalid("server.echo_path", "must differ from server.path"));
         }
+        let ws_echo = &self.server.ws_echo_path;
+        if !ws_echo.is_empty() && (*ws_echo == self.server.path || *ws_echo == self.server.echo_path) {
+            return Err(invalid(
+                "server.ws_echo_path",
+                "must differ from server.path and server.echo_path",
+            ));
+        }
         Ok(())
     }
 }
@@ -519,6 +529,7 @@ mod tests {
         assert_eq!(s.engine.ping_interval_ms, 25000);
         assert_eq!(s.engine.max_payload, 1_000_000);
         assert_eq!(s.log.format, LogFormat::Text);
+        assert_eq!(s.server.ws_echo_path, "");
     }
 
     #[test]
@@ -528,6 +539,7 @@ mod tests {
         assert_eq!(s.engine.ping_interval_ms, 300);
         assert_eq!(s.engine.ping_timeout_ms, 200);
         assert_eq!(s.server.echo_path, "/engine.io/");
+        assert_eq!(s.server.ws_echo_path, "/autobahn/");
     }
 
     #[test]
@@ -543,6 +555,13 @@ mod tests {
         assert!(msg.contains("redis.cluster") && msg.contains("sharded"), "{msg}");
         s.redis.mode = RedisMode::Sharded;
         assert!(s.validate().is_ok());
+
+        for path in ["autobahn", "/socket.io/"] {
+            let mut s = Settings::defaults();
+            s.server.ws_echo_path = path.into();
+            let msg = s.validate().unwrap_err().to_string();
+            assert!(msg.contains("server.ws_echo_path"), "{msg}");
+        }
 
         let cfg = config::Config::builder()
             .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))

@@ -231,6 +231,8 @@ impl Application {
         let mut registries = vec![registry.clone()];
         registries.extend(echo.as_ref().map(|e| e.shared.registry.clone()));
 
+        let ws_echo = web::Data::new(crate::transport::ws_echo::WsEcho { max_payload });
+
         let server_settings = settings.server.clone();
         let ops_state = ops.clone().into_inner();
         let mut server = HttpServer::new(move || {
@@ -252,6 +254,14 @@ impl Application {
                     web::resource([path.clone(), bare])
                         .app_data(data.clone())
                         .default_service(web::to(http::handle)),
+                );
+            }
+            if !server_settings.ws_echo_path.is_empty() {
+                let path = &server_settings.ws_echo_path;
+                app = app.service(
+                    web::resource([path.clone(), path.trim_end_matches('/').to_string()])
+                        .app_data(ws_echo.clone())
+                        .route(web::get().to(crate::transport::ws_echo::handle)),
                 );
             }
             app

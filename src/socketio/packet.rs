@@ -366,6 +366,22 @@ mod tests {
     }
 
     #[test]
+    fn relayed_numbers_keep_their_value() {
+        // Found by fuzz/socketio_packet (corpus/socketio_packet/float-round-trip):
+        // without serde_json's float_roundtrip, "1.7976931348623157" parsed
+        // to the double next to it, so an event relayed by the server
+        // (decoded, encoded again) changed its numbers.
+        let text = r#"2["e",1.7976931348623157,0.1,5e-324,1e308,-0.0,18446744073709551616]"#;
+        let p = ok(text);
+        let args = p.data.as_ref().unwrap().as_array().unwrap();
+        assert_eq!(args[1].as_f64(), Some(1.797_693_134_862_315_7));
+        assert_eq!(args[3].as_f64(), Some(5e-324));
+        let again = encode(p.kind, &p.nsp, p.id, p.data.as_ref(), 0);
+        assert_eq!(ok(&again[1..]), p);
+        assert_eq!(encode(p.kind, "/", None, ok(&again[1..]).data.as_ref(), 0), again);
+    }
+
+    #[test]
     fn placeholders_must_be_exact_and_in_range() {
         let good = json!(["a", {"_placeholder": true, "num": 1}, {"x": [{"_placeholder": true, "num": 0}]}]);
         assert_eq!(check_placeholders(&good, 2), Ok(()));

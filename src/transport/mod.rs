@@ -1,5 +1,7 @@
 //! Transports: bytes in and out of a session. `polling` speaks HTTP
-//! long-polling, `websocket` owns the actix-ws handles.
+//! long-polling, `websocket` owns the actix-ws handles; `ws_echo` is the raw
+//! WebSocket echo endpoint for the Autobahn|Testsuite.
 
 pub mod polling;
 pub mod websocket;
+pub mod ws_echo;

@@ -1,0 +1,141 @@
+//! A raw WebSocket echo endpoint (`server.ws_echo_path`, off by default) for
+//! the Autobahn|Testsuite fuzzingclient (`scripts/autobahn`): it tests the
+//! WebSocket layer the Engine.IO transport stands on, with no Engine.IO
+//! framing on top.
+//!
+//! The socket is read exactly as [`super::websocket::accept`] reads it: the
+//! same handshake checks, `actix_ws` with frames and aggregated messages
+//! capped at `engine.max_payload`. Then:
+//! - a text or binary message is sent back as received (the whole message,
+//!   continuations aggregated), in order;
+//! - a ping is answered with a pong carrying its payload; pongs are ignored;
+//! - a close frame is answered with a close frame with the same code (none
+//!   when it had none), then the connection ends;
+//! - a text message that is not UTF-8 closes with 1007, a frame or message
+//!   above `max_payload` with 1009, any other protocol error (reserved bits,
+//!   unknown opcodes, a fragmented or too long control frame, a bad close
+//!   code or reason, continuation out of place, an unmasked frame) with 1002
+//!   (RFC 6455 §7.4.1); a peer that vanished gets nothing.
+//!
+//! Messages are echoed one at a time: the next is read once the previous one
+//! is queued for writing, so a client that does not read is not read either.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
+
+/// What the echo endpoint needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct WsEcho {
+    /// Largest frame and message in bytes (`engine.max_payload`); larger
+    /// ones close with 1009.
+    pub max_payload: usize,
+}
+
+/// Accepts a WebSocket on the echo path and starts echoing. A request that
+/// is not a valid WebSocket handshake gets 400.
+pub async fn handle(req: HttpRequest, body: web::Payload, echo: web::Data<WsEcho>) -> HttpResponse {
+    // The handshake of `websocket::accept` (RFC 6455 §4.2.1), without the
+    // Engine.IO session around it.
+    if actix_http::ws::verify_handshake(req.head()).is_err() {
+        return HttpResponse::BadRequest().finish();
+    }
+    let Ok((response, session, stream)) = actix_ws::handle(&req, body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let stream = stream
+        .max_frame_size(echo.max_payload)
+        .aggregate_continuations()
+        .max_continuation_size(echo.max_payload);
+    actix_web::rt::spawn(echo_loop(session, stream));
+    response
+}
+
+async fn echo_loop(mut session: Session, mut stream: AggregatedMessageStream) {
+    let close = loop {
+        let sent = match stream.recv().await {
+            None => break None,
+            Some(Ok(AggregatedMessage::Text(text))) => session.text(text).await,
+            Some(Ok(AggregatedMessage::Binary(bytes))) => session.binary(bytes).await,
+            Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await,
+            Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+            // RFC 6455 §5.5.1: answer with a close frame, echoing the code.
+            Some(Ok(AggregatedMessage::Close(reason))) => break Some(reason.map(|r| reply(r.code))),
+            Some(Err(err)) => break close_code(&err).map(|code| Some(reply(code))),
+        };
+        if sent.is_err() {
+            return; // the connection is gone
+        }
+    };
+    if let Some(reason) = close {
+        // Ends the response body once the close frame is written, and with
+        // it the connection.
+        let _ = session.close(reason).await;
+    }
+}
+
+fn reply(code: CloseCode) -> CloseReason {
+    CloseReason {
+        code,
+        description: None,
+    }
+}
+
+/// The close code for a read error (RFC 6455 §7.4.1); `None` when the peer
+/// is gone and nothing can be sent.
+fn close_code(err: &ProtocolError) -> Option<CloseCode> {
+    use std::io::ErrorKind;
+    match err {
+        ProtocolError::Overflow => Some(CloseCode::Size),
+        // actix-ws reports an aggregated message above the limit as an
+        // untyped I/O error with this text (actix-ws 0.3
+        // `aggregated::size_error`); tests/ws_echo.rs pins it.
+        ProtocolError::Io(e) if e.to_string().contains("maximum continuation size") => Some(CloseCode::Size),
+        // actix-http reports non-zero reserved bits as InvalidData too
+        // (`frame::Parser::parse_metadata`); every other InvalidData is a
+        // text message that is not UTF-8.
+        ProtocolError::Io(e) if e.kind() == ErrorKind::InvalidData && e.to_string().contains("reserved bits") => {
+            Some(CloseCode::Protocol)
+        }
+        ProtocolError::Io(e) if e.kind() == ErrorKind::InvalidData => Some(CloseCode::Invalid),
+        ProtocolError::Io(_) => None,
+        _ => Some(CloseCode::Protocol),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn read_errors_map_to_rfc_6455_close_codes() {
+        let io_err = |kind, msg: &str| ProtocolError::Io(io::Error::new(kind, msg.to_string()));
+        assert_eq!(close_code(&ProtocolError::Overflow), Some(CloseCode::Size));
+        assert_eq!(
+            close_code(&io_err(io::ErrorKind::Other, "Exceeded maximum continuation size")),
+            Some(CloseCode::Size)
+        );
+        assert_eq!(
+            close_code(&io_err(
+                io::ErrorKind::InvalidData,
+                "Received a frame with non-zero reserved bits"
+            )),
+            Some(CloseCode::Protocol)
+        );
+        assert_eq!(
+            close_code(&io_err(io::ErrorKind::InvalidData, "invalid utf-8 sequence")),
+            Some(CloseCode::Invalid)
+        );
+        assert_eq!(close_code(&io_err(io::ErrorKind::UnexpectedEof, "eof")), None);
+        assert_eq!(close_code(&ProtocolError::BadOpCode), Some(CloseCode::Protocol));
+        assert_eq!(close_code(&ProtocolError::UnmaskedFrame), Some(CloseCode::Protocol));
+        assert_eq!(
+            close_code(&ProtocolError::InvalidLength(126)),
+            Some(CloseCode::Protocol)
+        );
+        assert_eq!(
+            close_code(&ProtocolError::ContinuationNotStarted),
+            Some(CloseCode::Protocol)
+        );
+    }
+}
