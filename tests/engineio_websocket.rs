@@ -153,6 +153,33 @@ async fn binary_message_above_max_payload_closes_with_1009() {
 }
 
 #[actix_web::test]
+async fn fragmented_message_above_max_payload_closes_with_1009() {
+    let server = common::spawn(common::settings(|s| {
+        quiet(s);
+        s.engine.max_payload = 64;
+    }));
+    let mut raw = RawWs::connect(&server, SIO).await;
+    raw.frame().await.expect("open packet");
+    // Each fragment is within the limit; the message they make is not.
+    raw.send_frame_with(0x1, format!("4{}", "a".repeat(39)).as_bytes(), true)
+        .await;
+    raw.send_frame_with(0x80, "b".repeat(40).as_bytes(), true).await;
+    assert_eq!(raw.close_code().await, 1009);
+    registry_empties(&server).await;
+}
+
+#[actix_web::test]
+async fn frame_with_reserved_bits_closes_with_1002() {
+    let server = common::spawn(common::settings(quiet));
+    let mut raw = RawWs::connect(&server, SIO).await;
+    raw.frame().await.expect("open packet");
+    // RSV1 without a negotiated extension: a protocol error, not bad UTF-8.
+    raw.send_frame_with(0x80 | 0x40 | 0x1, b"4x", true).await;
+    assert_eq!(raw.close_code().await, 1002);
+    registry_empties(&server).await;
+}
+
+#[actix_web::test]
 async fn text_frame_that_is_not_utf8_closes_with_1007() {
     let server = common::spawn(common::settings(quiet));
     let mut raw = RawWs::connect(&server, SIO).await;

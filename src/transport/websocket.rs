@@ -109,7 +109,7 @@ async fn read_loop(addr: Addr<Connection>, id: u64, mut stream: actix_ws::Aggreg
         let message = match stream.recv().await {
             None => break WsEnd::Closed,
             Some(Ok(m)) => m,
-            Some(Err(err)) => break classify(err),
+            Some(Err(err)) => break classify(&err),
         };
         let message = match message {
             AggregatedMessage::Text(text) => WsMessage::Text(text),
@@ -133,15 +133,26 @@ async fn read_loop(addr: Addr<Connection>, id: u64, mut stream: actix_ws::Aggreg
     addr.do_send(WsEnded { id, end });
 }
 
-fn classify(err: ProtocolError) -> WsEnd {
+/// What a read error means for the session (and the close code it gets).
+pub(crate) fn classify(err: &ProtocolError) -> WsEnd {
     use std::io::ErrorKind;
     match err {
         ProtocolError::Overflow => WsEnd::TooLarge,
+        // actix-ws reports an aggregated message above the limit as an
+        // untyped I/O error with this text (actix-ws 0.3
+        // `aggregated::size_error`); tests/ws_echo.rs pins it.
+        ProtocolError::Io(e) if e.to_string().contains("maximum continuation size") => WsEnd::TooLarge,
+        // actix-http reports non-zero reserved bits as InvalidData too
+        // (`frame::Parser::parse_metadata`): a protocol error. Every other
+        // InvalidData is a text message that is not UTF-8.
+        ProtocolError::Io(e) if e.kind() == ErrorKind::InvalidData && e.to_string().contains("reserved bits") => {
+            WsEnd::Error(e.to_string())
+        }
         ProtocolError::Io(e) if e.kind() == ErrorKind::InvalidData => WsEnd::InvalidUtf8,
         // The peer went away without a close frame (its TCP connection
         // ended or was reset): Node's engine.io reports that as "transport
         // close" too (the ws library's close event, code 1006).
-        ProtocolError::Io(e) if peer_gone(&e) => WsEnd::Closed,
+        ProtocolError::Io(e) if peer_gone(e) => WsEnd::Closed,
         other => WsEnd::Error(other.to_string()),
     }
 }

@@ -80,25 +80,16 @@ fn reply(code: CloseCode) -> CloseReason {
     }
 }
 
-/// The close code for a read error (RFC 6455 §7.4.1); `None` when the peer
-/// is gone and nothing can be sent.
+/// The close code for a read error (RFC 6455 §7.4.1), as the Engine.IO
+/// transport classifies it; `None` when the peer is gone and nothing can
+/// be sent.
 fn close_code(err: &ProtocolError) -> Option<CloseCode> {
-    use std::io::ErrorKind;
-    match err {
-        ProtocolError::Overflow => Some(CloseCode::Size),
-        // actix-ws reports an aggregated message above the limit as an
-        // untyped I/O error with this text (actix-ws 0.3
-        // `aggregated::size_error`); tests/ws_echo.rs pins it.
-        ProtocolError::Io(e) if e.to_string().contains("maximum continuation size") => Some(CloseCode::Size),
-        // actix-http reports non-zero reserved bits as InvalidData too
-        // (`frame::Parser::parse_metadata`); every other InvalidData is a
-        // text message that is not UTF-8.
-        ProtocolError::Io(e) if e.kind() == ErrorKind::InvalidData && e.to_string().contains("reserved bits") => {
-            Some(CloseCode::Protocol)
-        }
-        ProtocolError::Io(e) if e.kind() == ErrorKind::InvalidData => Some(CloseCode::Invalid),
-        ProtocolError::Io(_) => None,
-        _ => Some(CloseCode::Protocol),
+    use crate::conn::messages::WsEnd;
+    match crate::transport::websocket::classify(err) {
+        WsEnd::TooLarge => Some(CloseCode::Size),
+        WsEnd::InvalidUtf8 => Some(CloseCode::Invalid),
+        WsEnd::Closed => None,
+        WsEnd::Error(_) => Some(CloseCode::Protocol),
     }
 }
 

@@ -188,9 +188,15 @@ impl RawWs {
     /// Writes a client frame: FIN, `opcode`, masked with a fixed key unless
     /// `mask` is false.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], mask: bool) {
+        self.send_frame_with(0x80 | opcode, payload, mask).await;
+    }
+
+    /// Writes a client frame whose first byte (FIN, RSV1-3, opcode) is
+    /// `first`, masked unless `mask` is false.
+    pub async fn send_frame_with(&mut self, first: u8, payload: &[u8], mask: bool) {
         assert!(payload.len() < 126);
         let key = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![0x80 | opcode, payload.len() as u8 | if mask { 0x80 } else { 0 }];
+        let mut frame = vec![first, payload.len() as u8 | if mask { 0x80 } else { 0 }];
         if mask {
             frame.extend_from_slice(&key);
             frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
