@@ -169,6 +169,22 @@ async fn fragmented_message_above_max_payload_closes_with_1009() {
 }
 
 #[actix_web::test]
+async fn frame_header_declaring_more_than_max_payload_closes_before_its_payload() {
+    let server = common::spawn(common::settings(quiet));
+    let mut raw = RawWs::connect(&server, SIO).await;
+    raw.frame().await.expect("open packet");
+    // A binary frame announcing 2^40 bytes, masked, then a little of it: the
+    // server must refuse it from the header, not wait to hold it all.
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    raw.send_bytes(&header).await;
+    raw.send_bytes(&[0u8; 4096]).await;
+    assert_eq!(raw.close_code().await, 1009);
+    registry_empties(&server).await;
+}
+
+#[actix_web::test]
 async fn frame_with_reserved_bits_closes_with_1002() {
     let server = common::spawn(common::settings(quiet));
     let mut raw = RawWs::connect(&server, SIO).await;

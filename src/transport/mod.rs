@@ -2,6 +2,7 @@
 //! long-polling, `websocket` owns the actix-ws handles; `ws_echo` is the raw
 //! WebSocket echo endpoint for the Autobahn|Testsuite.
 
+pub mod frame_guard;
 pub mod polling;
 pub mod websocket;
 pub mod ws_echo;

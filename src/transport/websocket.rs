@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::SendError;
 use actix::Addr;
+use actix_http::error::PayloadError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
@@ -29,6 +30,7 @@ use futures_util::FutureExt as _;
 use crate::conn::messages::{FrameSink, SinkError, WsEnd, WsEnded, WsInbound, WsMessage, WsWriter};
 use crate::conn::Connection;
 use crate::engineio::Frame;
+use crate::transport::frame_guard::FrameGuard;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -51,24 +53,41 @@ pub fn accept(
     max_payload: usize,
     backlog: usize,
 ) -> Option<Accepted> {
-    actix_http::ws::verify_handshake(req.head()).ok()?;
-    let (mut response, session, stream) = actix_ws::handle(req, body).ok()?;
+    let (mut response, session, stream) = handshake(req, body, max_payload)?;
     if let Some(protocol) = negotiate(req, subprotocols) {
         // unwrap: the value was a valid header value in the request.
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol).unwrap());
     }
-    let stream = stream
-        .max_frame_size(max_payload)
-        .aggregate_continuations()
-        .max_continuation_size(max_payload);
     Some(Accepted {
         response,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         sink: Some(Box::new(ActixSink::new(session, backlog, SocketRef::of(req)))),
         stream,
     })
+}
+
+/// The WebSocket handshake (RFC 6455 §4.2.1) and the read side: frames
+/// and messages above `max_payload` end the stream (close 1009), a frame
+/// header declaring more is refused before its payload is read (see
+/// [`super::frame_guard`]). `None`: not a valid handshake.
+pub fn handshake(
+    req: &HttpRequest,
+    body: web::Payload,
+    max_payload: usize,
+) -> Option<(HttpResponse, actix_ws::Session, actix_ws::AggregatedMessageStream)> {
+    use actix_web::FromRequest as _;
+    actix_http::ws::verify_handshake(req.head()).ok()?;
+    let guarded: actix_http::BoxedPayloadStream = Box::pin(FrameGuard::new(body.into_inner(), max_payload));
+    let mut guarded = actix_web::dev::Payload::from(guarded);
+    let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
+    let (response, session, stream) = actix_ws::handle(req, body).ok()?;
+    let stream = stream
+        .max_frame_size(max_payload)
+        .aggregate_continuations()
+        .max_continuation_size(max_payload);
+    Some((response, session, stream))
 }
 
 /// The first protocol the client offers that the server accepts. The offer
@@ -138,6 +157,10 @@ pub(crate) fn classify(err: &ProtocolError) -> WsEnd {
     use std::io::ErrorKind;
     match err {
         ProtocolError::Overflow => WsEnd::TooLarge,
+        // The frame guard refused a frame header declaring too much.
+        ProtocolError::Io(e) if payload_error(e).is_some_and(|p| matches!(p, PayloadError::Overflow)) => {
+            WsEnd::TooLarge
+        }
         // actix-ws reports an aggregated message above the limit as an
         // untyped I/O error with this text (actix-ws 0.3
         // `aggregated::size_error`); tests/ws_echo.rs pins it.
@@ -157,12 +180,15 @@ pub(crate) fn classify(err: &ProtocolError) -> WsEnd {
     }
 }
 
+/// The request body's error under an I/O error from actix-ws, if that is
+/// what it is.
+fn payload_error(e: &std::io::Error) -> Option<&PayloadError> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<PayloadError>())
+}
+
 fn peer_gone(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
-    let incomplete = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<actix_http::error::PayloadError>())
-        .is_some_and(|p| matches!(p, actix_http::error::PayloadError::Incomplete(_)));
+    let incomplete = payload_error(e).is_some_and(|p| matches!(p, PayloadError::Incomplete(_)));
     incomplete
         || matches!(
             e.kind(),

@@ -34,18 +34,11 @@ pub struct WsEcho {
 /// Accepts a WebSocket on the echo path and starts echoing. A request that
 /// is not a valid WebSocket handshake gets 400.
 pub async fn handle(req: HttpRequest, body: web::Payload, echo: web::Data<WsEcho>) -> HttpResponse {
-    // The handshake of `websocket::accept` (RFC 6455 §4.2.1), without the
-    // Engine.IO session around it.
-    if actix_http::ws::verify_handshake(req.head()).is_err() {
-        return HttpResponse::BadRequest().finish();
-    }
-    let Ok((response, session, stream)) = actix_ws::handle(&req, body) else {
+    // The handshake of `websocket::accept`, without the Engine.IO session
+    // around it.
+    let Some((response, session, stream)) = crate::transport::websocket::handshake(&req, body, echo.max_payload) else {
         return HttpResponse::BadRequest().finish();
     };
-    let stream = stream
-        .max_frame_size(echo.max_payload)
-        .aggregate_continuations()
-        .max_continuation_size(echo.max_payload);
     actix_web::rt::spawn(echo_loop(session, stream));
     response
 }

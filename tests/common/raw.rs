@@ -191,6 +191,11 @@ impl RawWs {
         self.send_frame_with(0x80 | opcode, payload, mask).await;
     }
 
+    /// Writes bytes as they are (a hand-made frame header, say).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
     /// Writes a client frame whose first byte (FIN, RSV1-3, opcode) is
     /// `first`, masked unless `mask` is false.
     pub async fn send_frame_with(&mut self, first: u8, payload: &[u8], mask: bool) {

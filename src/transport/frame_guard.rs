@@ -1,0 +1,197 @@
+//! Reads WebSocket frame headers as the bytes of a connection go by, to
+//! refuse a frame that declares more than `max_payload` before any of it is
+//! held. actix-http's frame parser only compares a frame's length with its
+//! limit once the whole frame is buffered, so a client announcing a 2^40-byte
+//! frame and feeding it slowly would make the server hold everything it sent
+//! (hundreds of MiB were seen on one connection).
+//!
+//! The guard does not copy or change the bytes: it follows the frame
+//! boundaries (header, then a payload it skips) and ends the stream with
+//! [`PayloadError::Overflow`] at the first header over the limit.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_http::error::PayloadError;
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A frame header is at most 2 + 8 (length) + 4 (mask) bytes.
+const MAX_HEADER: usize = 14;
+
+/// Follows frame boundaries through a byte stream.
+#[derive(Debug)]
+pub struct FrameScanner {
+    max: u64,
+    header: [u8; MAX_HEADER],
+    /// Header bytes seen of the current frame.
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: u64,
+}
+
+/// A frame header declared more than the limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooLarge(pub u64);
+
+impl FrameScanner {
+    /// Refuses frames whose payload is above `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max as u64,
+            header: [0; MAX_HEADER],
+            have: 0,
+            skip: 0,
+        }
+    }
+
+    /// Follows `data`, the next bytes of the connection.
+    pub fn scan(&mut self, mut data: &[u8]) -> Result<(), TooLarge> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len() as u64);
+                self.skip -= n;
+                data = &data[n as usize..];
+                continue;
+            }
+            self.header[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let short = self.header[1] & 0x7f;
+            let extended = match short {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + extended + mask {
+                continue;
+            }
+            let len = match short {
+                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                127 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.header[2..10]);
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            if len > self.max {
+                return Err(TooLarge(len));
+            }
+            self.skip = len;
+            self.have = 0;
+        }
+        Ok(())
+    }
+}
+
+/// A request body stream with a [`FrameScanner`] on it.
+pub struct FrameGuard<S> {
+    inner: S,
+    scanner: FrameScanner,
+    failed: bool,
+}
+
+impl<S> FrameGuard<S> {
+    /// Guards `inner` against frames above `max` bytes.
+    pub fn new(inner: S, max: usize) -> Self {
+        Self {
+            inner,
+            scanner: FrameScanner::new(max),
+            failed: false,
+        }
+    }
+}
+
+impl<S> Stream for FrameGuard<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if this.scanner.scan(&chunk).is_err() {
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(len: u64, masked: bool) -> Vec<u8> {
+        let m = if masked { 0x80 } else { 0 };
+        let mut h = vec![0x82];
+        match len {
+            n if n < 126 => h.push(m | n as u8),
+            n if n <= 0xffff => {
+                h.push(m | 126);
+                h.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                h.push(m | 127);
+                h.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+        if masked {
+            h.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        h
+    }
+
+    #[test]
+    fn follows_frames_of_every_length_form_split_anywhere() {
+        let mut bytes = Vec::new();
+        for len in [0u64, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            bytes.extend(header(len, true));
+            bytes.extend(std::iter::repeat_n(0xaa, len as usize));
+        }
+        // A frame just above the limit comes last.
+        bytes.extend(header(100_001, true));
+        for chunk in [1, 2, 3, 7, 13, 4096, bytes.len()] {
+            let mut s = FrameScanner::new(100_000);
+            let mut result = Ok(());
+            for piece in bytes.chunks(chunk) {
+                result = s.scan(piece);
+                if result.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(result, Err(TooLarge(100_001)), "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_huge_declared_length_before_its_payload() {
+        let mut s = FrameScanner::new(1_000_000);
+        assert_eq!(s.scan(&header(1 << 40, true)), Err(TooLarge(1 << 40)));
+        let mut s = FrameScanner::new(1_000_000);
+        assert_eq!(s.scan(&header(u64::MAX, false)), Err(TooLarge(u64::MAX)));
+    }
+
+    #[test]
+    fn frames_within_the_limit_pass() {
+        let mut s = FrameScanner::new(10);
+        for _ in 0..3 {
+            let mut f = header(10, true);
+            f.extend([0u8; 10]);
+            assert_eq!(s.scan(&f), Ok(()));
+        }
+    }
+}
