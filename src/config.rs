@@ -274,6 +274,8 @@ pub struct WebSocketSettings {
     /// Microseconds a broadcast frame may wait for others bound for the
     /// same WebSocket, to be written together; 0 = written at once.
     pub broadcast_coalesce_us: u64,
+    /// Most frames one message may arrive in; 0 = any number.
+    pub max_fragments: u32,
 }
 
 /// `[log]`

@@ -221,7 +221,7 @@ impl Application {
                     ops: ops.clone().into_inner(),
                 }),
                 engine: settings.engine.clone(),
-                subprotocols: settings.websocket.subprotocols.clone(),
+                websocket: settings.websocket.clone(),
                 trusted: trusted.clone(),
             })
         };
@@ -231,7 +231,10 @@ impl Application {
         let mut registries = vec![registry.clone()];
         registries.extend(echo.as_ref().map(|e| e.shared.registry.clone()));
 
-        let ws_echo = web::Data::new(crate::transport::ws_echo::WsEcho { max_payload });
+        let ws_echo = web::Data::new(crate::transport::ws_echo::WsEcho {
+            max_payload,
+            max_fragments: settings.websocket.max_fragments,
+        });
 
         let server_settings = settings.server.clone();
         let ops_state = ops.clone().into_inner();

@@ -185,6 +185,26 @@ async fn frame_header_declaring_more_than_max_payload_closes_before_its_payload(
 }
 
 #[actix_web::test]
+async fn message_in_more_than_max_fragments_closes_with_1009() {
+    let server = common::spawn(common::settings(|s| {
+        quiet(s);
+        s.websocket.max_fragments = 4;
+    }));
+    let mut raw = RawWs::connect(&server, ECHO).await;
+    raw.frame().await.expect("open packet");
+    // Four fragments make a message, which is echoed.
+    for (first, part) in [(0x1, "4a"), (0x0, "b"), (0x0, "c"), (0x80, "d")] {
+        raw.send_frame_with(first, part.as_bytes(), true).await;
+    }
+    assert_eq!(raw.frame().await, Some((0x1, b"4abcd".to_vec())));
+    // Five are one too many, however small.
+    for (first, part) in [(0x1, "4a"), (0x0, ""), (0x0, ""), (0x0, ""), (0x80, "")] {
+        raw.send_frame_with(first, part.as_bytes(), true).await;
+    }
+    assert_eq!(raw.close_code().await, 1009);
+}
+
+#[actix_web::test]
 async fn frame_with_reserved_bits_closes_with_1002() {
     let server = common::spawn(common::settings(quiet));
     let mut raw = RawWs::connect(&server, SIO).await;

@@ -24,8 +24,8 @@ pub struct Endpoint {
     pub shared: Arc<EngineShared>,
     /// The engine settings, for request checks.
     pub engine: crate::config::EngineSettings,
-    /// Accepted WebSocket subprotocols.
-    pub subprotocols: Vec<String>,
+    /// `[websocket]`: subprotocols, fragment limit.
+    pub websocket: crate::config::WebSocketSettings,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted: peer::TrustedProxies,
 }
@@ -137,7 +137,7 @@ async fn websocket_request(
         None => None,
     };
     let backlog = shared.limits.max_buffered;
-    let mut accepted = websocket::accept(req, body, &endpoint.subprotocols, endpoint.engine.max_payload, backlog)
+    let mut accepted = websocket::accept(req, body, &endpoint.websocket, endpoint.engine.max_payload, backlog)
         .ok_or(ErrorCode::BadRequest)?;
     // unwrap: the writer is taken once, here.
     let writer = accepted.writer().unwrap();

@@ -28,25 +28,37 @@ pub struct FrameScanner {
     have: usize,
     /// Payload bytes of the current frame still to pass.
     skip: u64,
+    /// Most frames one message may arrive in (0 = no limit).
+    max_fragments: u32,
+    /// Frames of the fragmented message under way (0 = none).
+    fragments: u32,
 }
 
-/// A frame header declared more than the limit.
+/// Why the scanner refused the stream.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TooLarge(pub u64);
+pub enum Refused {
+    /// A frame header declared more bytes than the limit.
+    TooLarge(u64),
+    /// A message came in more fragments than the limit.
+    TooManyFragments,
+}
 
 impl FrameScanner {
-    /// Refuses frames whose payload is above `max` bytes.
-    pub fn new(max: usize) -> Self {
+    /// Refuses frames whose payload is above `max` bytes, and messages in
+    /// more than `max_fragments` frames (0 = any number).
+    pub fn new(max: usize, max_fragments: u32) -> Self {
         Self {
             max: max as u64,
             header: [0; MAX_HEADER],
             have: 0,
             skip: 0,
+            max_fragments,
+            fragments: 0,
         }
     }
 
     /// Follows `data`, the next bytes of the connection.
-    pub fn scan(&mut self, mut data: &[u8]) -> Result<(), TooLarge> {
+    pub fn scan(&mut self, mut data: &[u8]) -> Result<(), Refused> {
         while !data.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(data.len() as u64);
@@ -80,10 +92,35 @@ impl FrameScanner {
                 n => u64::from(n),
             };
             if len > self.max {
-                return Err(TooLarge(len));
+                return Err(Refused::TooLarge(len));
             }
+            self.count_fragment()?;
             self.skip = len;
             self.have = 0;
+        }
+        Ok(())
+    }
+}
+
+impl FrameScanner {
+    /// Counts the frame whose header was just read against the fragments
+    /// of its message (control frames may come between them and do not
+    /// count).
+    fn count_fragment(&mut self) -> Result<(), Refused> {
+        let (fin, opcode) = (self.header[0] & 0x80 != 0, self.header[0] & 0x0f);
+        if opcode >= 8 {
+            return Ok(());
+        }
+        self.fragments = match (opcode, fin) {
+            (0, _) => self.fragments.saturating_add(1),
+            (_, true) => 0,
+            (_, false) => 1,
+        };
+        if self.max_fragments > 0 && self.fragments > self.max_fragments {
+            return Err(Refused::TooManyFragments);
+        }
+        if fin {
+            self.fragments = 0;
         }
         Ok(())
     }
@@ -97,11 +134,12 @@ pub struct FrameGuard<S> {
 }
 
 impl<S> FrameGuard<S> {
-    /// Guards `inner` against frames above `max` bytes.
-    pub fn new(inner: S, max: usize) -> Self {
+    /// Guards `inner` against frames above `max` bytes and messages in
+    /// more than `max_fragments` frames.
+    pub fn new(inner: S, max: usize, max_fragments: u32) -> Self {
         Self {
             inner,
-            scanner: FrameScanner::new(max),
+            scanner: FrameScanner::new(max, max_fragments),
             failed: false,
         }
     }
@@ -165,7 +203,7 @@ mod tests {
         // A frame just above the limit comes last.
         bytes.extend(header(100_001, true));
         for chunk in [1, 2, 3, 7, 13, 4096, bytes.len()] {
-            let mut s = FrameScanner::new(100_000);
+            let mut s = FrameScanner::new(100_000, 0);
             let mut result = Ok(());
             for piece in bytes.chunks(chunk) {
                 result = s.scan(piece);
@@ -173,21 +211,52 @@ mod tests {
                     break;
                 }
             }
-            assert_eq!(result, Err(TooLarge(100_001)), "chunks of {chunk}");
+            assert_eq!(result, Err(Refused::TooLarge(100_001)), "chunks of {chunk}");
         }
     }
 
     #[test]
     fn refuses_a_huge_declared_length_before_its_payload() {
-        let mut s = FrameScanner::new(1_000_000);
-        assert_eq!(s.scan(&header(1 << 40, true)), Err(TooLarge(1 << 40)));
-        let mut s = FrameScanner::new(1_000_000);
-        assert_eq!(s.scan(&header(u64::MAX, false)), Err(TooLarge(u64::MAX)));
+        let mut s = FrameScanner::new(1_000_000, 0);
+        assert_eq!(s.scan(&header(1 << 40, true)), Err(Refused::TooLarge(1 << 40)));
+        let mut s = FrameScanner::new(1_000_000, 0);
+        assert_eq!(s.scan(&header(u64::MAX, false)), Err(Refused::TooLarge(u64::MAX)));
+    }
+
+    #[test]
+    fn counts_the_fragments_of_a_message_not_its_control_frames() {
+        let frame = |first: u8, payload: &[u8]| {
+            let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+            f.extend_from_slice(payload);
+            f
+        };
+        let mut s = FrameScanner::new(1000, 3);
+        // Three fragments with a ping between them, then a whole message.
+        for f in [
+            frame(0x01, b"a"),
+            frame(0x89, b""),
+            frame(0x00, b"b"),
+            frame(0x80, b"c"),
+            frame(0x81, b"d"),
+        ] {
+            assert_eq!(s.scan(&f), Ok(()));
+        }
+        // A fourth fragment is one too many.
+        for f in [frame(0x02, b"a"), frame(0x00, b"b"), frame(0x00, b"c")] {
+            assert_eq!(s.scan(&f), Ok(()));
+        }
+        assert_eq!(s.scan(&frame(0x80, b"d")), Err(Refused::TooManyFragments));
+        // 0 = no limit.
+        let mut s = FrameScanner::new(1000, 0);
+        assert_eq!(s.scan(&frame(0x01, b"a")), Ok(()));
+        for _ in 0..10_000 {
+            assert_eq!(s.scan(&frame(0x00, b"")), Ok(()));
+        }
     }
 
     #[test]
     fn frames_within_the_limit_pass() {
-        let mut s = FrameScanner::new(10);
+        let mut s = FrameScanner::new(10, 0);
         for _ in 0..3 {
             let mut f = header(10, true);
             f.extend([0u8; 10]);

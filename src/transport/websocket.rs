@@ -49,12 +49,12 @@ pub struct Accepted {
 pub fn accept(
     req: &HttpRequest,
     body: web::Payload,
-    subprotocols: &[String],
+    websocket: &crate::config::WebSocketSettings,
     max_payload: usize,
     backlog: usize,
 ) -> Option<Accepted> {
-    let (mut response, session, stream) = handshake(req, body, max_payload)?;
-    if let Some(protocol) = negotiate(req, subprotocols) {
+    let (mut response, session, stream) = handshake(req, body, max_payload, websocket.max_fragments)?;
+    if let Some(protocol) = negotiate(req, &websocket.subprotocols) {
         // unwrap: the value was a valid header value in the request.
         response
             .headers_mut()
@@ -71,15 +71,18 @@ pub fn accept(
 /// The WebSocket handshake (RFC 6455 §4.2.1) and the read side: frames
 /// and messages above `max_payload` end the stream (close 1009), a frame
 /// header declaring more is refused before its payload is read (see
-/// [`super::frame_guard`]). `None`: not a valid handshake.
+/// [`super::frame_guard`]), and so is a message in more than
+/// `max_fragments` frames (0 = any number). `None`: not a valid handshake.
 pub fn handshake(
     req: &HttpRequest,
     body: web::Payload,
     max_payload: usize,
+    max_fragments: u32,
 ) -> Option<(HttpResponse, actix_ws::Session, actix_ws::AggregatedMessageStream)> {
     use actix_web::FromRequest as _;
     actix_http::ws::verify_handshake(req.head()).ok()?;
-    let guarded: actix_http::BoxedPayloadStream = Box::pin(FrameGuard::new(body.into_inner(), max_payload));
+    let guarded: actix_http::BoxedPayloadStream =
+        Box::pin(FrameGuard::new(body.into_inner(), max_payload, max_fragments));
     let mut guarded = actix_web::dev::Payload::from(guarded);
     let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
     let (response, session, stream) = actix_ws::handle(req, body).ok()?;

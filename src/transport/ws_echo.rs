@@ -29,6 +29,8 @@ pub struct WsEcho {
     /// Largest frame and message in bytes (`engine.max_payload`); larger
     /// ones close with 1009.
     pub max_payload: usize,
+    /// Most frames one message may arrive in (`websocket.max_fragments`).
+    pub max_fragments: u32,
 }
 
 /// Accepts a WebSocket on the echo path and starts echoing. A request that
@@ -36,7 +38,9 @@ pub struct WsEcho {
 pub async fn handle(req: HttpRequest, body: web::Payload, echo: web::Data<WsEcho>) -> HttpResponse {
     // The handshake of `websocket::accept`, without the Engine.IO session
     // around it.
-    let Some((response, session, stream)) = crate::transport::websocket::handshake(&req, body, echo.max_payload) else {
+    let Some((response, session, stream)) =
+        crate::transport::websocket::handshake(&req, body, echo.max_payload, echo.max_fragments)
+    else {
         return HttpResponse::BadRequest().finish();
     };
     actix_web::rt::spawn(echo_loop(session, stream));
