@@ -4,18 +4,7 @@
 //! meantime (an ack) leaves after the frames queued before it.
 mod common;
 
-use common::eio::{next_text, open, send, Ws};
-use common::{TestServer, SIO};
-
-/// A Socket.IO client in "/" over WebSocket, subscribed to `room`.
-async fn member(server: &TestServer, room: &str) -> Ws {
-    let (mut ws, _) = open(server, SIO).await;
-    send(&mut ws, "40").await;
-    assert!(next_text(&mut ws).await.starts_with("40{"));
-    send(&mut ws, format!(r#"421["subscribe",{{"room":"{room}"}}]"#)).await;
-    assert_eq!(next_text(&mut ws).await, r#"431[{"ok":true}]"#);
-    ws
-}
+use common::eio::{member, next_text, send};
 
 #[actix_web::test]
 async fn coalesced_broadcasts_arrive_complete_and_in_order() {

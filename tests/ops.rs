@@ -18,7 +18,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::eio::{next_text, open, send, Ws};
+use common::eio::{member, next_text, open, send};
 use common::{within, TestServer, SIO, SOON};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
@@ -53,16 +53,6 @@ async fn metrics_until(server: &TestServer, what: &str, check: impl Fn(&str) -> 
         }
     })
     .await
-}
-
-/// A Socket.IO client in "/" over WebSocket, subscribed to `room`.
-async fn member(server: &TestServer, room: &str) -> Ws {
-    let (mut ws, _) = open(server, SIO).await;
-    send(&mut ws, "40").await;
-    assert!(next_text(&mut ws).await.starts_with("40{"));
-    send(&mut ws, format!(r#"421["subscribe",{{"room":"{room}"}}]"#)).await;
-    assert_eq!(next_text(&mut ws).await, r#"431[{"ok":true}]"#);
-    ws
 }
 
 #[actix_web::test]

@@ -223,6 +223,17 @@ pub async fn connect(server: &TestServer, path: &str, sid: Option<&str>) -> Ws {
 }
 
 /// Opens a WebSocket-only session; the socket and the open packet's data.
+/// A Socket.IO client in "/" over WebSocket, subscribed to `room` (the
+/// application protocol of docs/protocol.md).
+pub async fn member(server: &TestServer, room: &str) -> Ws {
+    let (mut ws, _) = open(server, super::SIO).await;
+    send(&mut ws, "40").await;
+    assert!(next_text(&mut ws).await.starts_with("40{"));
+    send(&mut ws, format!(r#"421["subscribe",{{"room":"{room}"}}]"#)).await;
+    assert_eq!(next_text(&mut ws).await, r#"431[{"ok":true}]"#);
+    ws
+}
+
 pub async fn open(server: &TestServer, path: &str) -> (Ws, Value) {
     let mut ws = connect(server, path, None).await;
     let open = parse_open(&next_text(&mut ws).await);
