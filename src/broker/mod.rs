@@ -140,14 +140,13 @@ pub struct Deliver {
     pub at: std::time::Instant,
 }
 
-/// The broker gives up on a slow consumer: its connection is to close.
+/// A namespace socket is put out (the API's kick, another node's
+/// disconnect): its connection closes, or it only leaves its namespace.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Evict {
     /// Why, for the log and the audit log.
     pub detail: String,
-    /// Drop the socket at once (a slow consumer) instead of closing it.
-    pub abort: bool,
     /// Only leave this namespace (server namespace disconnect) instead of
     /// closing the connection.
     pub namespace: Option<Arc<str>>,
@@ -631,7 +630,6 @@ impl Handler<RemoteOperation> for Broker {
                     if let Some(m) = self.members.get(&id) {
                         m.evict.do_send(Evict {
                             detail: "disconnected by another node of the cluster".into(),
-                            abort: false,
                             namespace: (!close).then(|| m.nsp.clone()),
                         });
                     }
@@ -699,7 +697,6 @@ impl Handler<Kick> for Broker {
             Some(m) => {
                 m.evict.do_send(Evict {
                     detail: msg.detail,
-                    abort: false,
                     namespace: None,
                 });
                 true

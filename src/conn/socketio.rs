@@ -711,10 +711,6 @@ impl Handler<Evict> for Connection {
             self.after(ctx);
             return;
         }
-        self.abort_transport = msg.abort;
-        if msg.abort {
-            self.shared.metrics.slow_consumers.inc();
-        }
         self.close(CloseCause::new(DisconnectReason::ForcedClose, msg.detail), None, ctx);
         self.after(ctx);
     }
