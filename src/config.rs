@@ -61,6 +61,42 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The audit log.
     pub audit: AuditSettings,
+    /// Per-address, per-request and per-connection limits.
+    pub limits: LimitSettings,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// New sessions per second per client address; 0 = no limit.
+    pub handshakes_per_second: u32,
+    /// Sessions a client address may open at once on top of the rate.
+    pub handshake_burst: u32,
+    /// Open sessions per client address; 0 = no limit.
+    pub connections_per_ip: u32,
+    /// Addresses and ranges the per-address limits skip.
+    pub exempt: Vec<String>,
+    /// Longest request target.
+    pub max_url_len: usize,
+    /// Largest request head (header names and values).
+    pub max_header_bytes: usize,
+    /// Time to send a request head, in ms.
+    pub request_head_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this many ms.
+    pub keep_alive_ms: u64,
+    /// Engine.IO messages per second per connection; 0 = no limit.
+    pub packets_per_second: u32,
+    /// Burst on top of `packets_per_second`.
+    pub packets_burst: u32,
+    /// Bytes per second per connection; 0 = no limit.
+    pub bytes_per_second: u64,
+    /// Burst on top of `bytes_per_second`.
+    pub bytes_burst: u64,
+    /// Refusals before a connection is closed.
+    pub refused_before_close: u32,
+    /// Audit rows of kind `limit_exceeded` per second.
+    pub audit_rows_per_second: u32,
 }
 
 /// `[database]`
@@ -219,6 +255,8 @@ pub struct ServerSettings {
     pub drain_batches: usize,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+    /// Origins that may open sessions; empty = any.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[engine]`
@@ -253,6 +291,8 @@ pub struct SocketIoSettings {
     pub max_attachments: usize,
     /// Namespace name length.
     pub max_namespace_len: usize,
+    /// Namespaces one connection may be in at once.
+    pub max_namespaces: usize,
     /// Time a client has to ack a server event, in ms.
     pub ack_timeout_ms: u64,
 }
@@ -276,6 +316,10 @@ pub struct WebSocketSettings {
     pub broadcast_coalesce_us: u64,
     /// Most frames one message may arrive in; 0 = any number.
     pub max_fragments: u32,
+    /// Time one message may take to arrive, in ms; 0 = no limit.
+    pub message_timeout_ms: u64,
+    /// Time a frame may wait for the client to read, in ms; 0 = no limit.
+    pub write_timeout_ms: u64,
 }
 
 /// `[log]`
@@ -332,6 +376,8 @@ impl Settings {
                 .with_list_parse_key("auth.anonymous_publish")
                 .with_list_parse_key("api.keys")
                 .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("server.allowed_origins")
+                .with_list_parse_key("limits.exempt")
                 .try_parsing(true)
                 .source(env),
         );
@@ -462,6 +508,34 @@ impl Settings {
         }
         if let Err(message) = crate::http::peer::TrustedProxies::parse(&self.server.trusted_proxies) {
             return Err(invalid("server.trusted_proxies", message));
+        }
+        if let Err(message) = crate::http::peer::TrustedProxies::parse(&self.limits.exempt) {
+            return Err(invalid("limits.exempt", message));
+        }
+        let l = &self.limits;
+        if l.handshakes_per_second > 0 && l.handshake_burst == 0 {
+            return Err(invalid("limits.handshake_burst", "must be at least 1"));
+        }
+        if l.packets_per_second > 0 && l.packets_burst == 0 {
+            return Err(invalid("limits.packets_burst", "must be at least 1"));
+        }
+        if l.bytes_per_second > 0 && l.bytes_burst < e.max_payload as u64 {
+            return Err(invalid(
+                "limits.bytes_burst",
+                "must be at least engine.max_payload (one largest message must be able to pass)",
+            ));
+        }
+        if l.max_url_len == 0 || l.max_header_bytes == 0 {
+            return Err(invalid("limits.max_url_len", "limits.max_url_len and max_header_bytes must be at least 1"));
+        }
+        if l.request_head_timeout_ms == 0 || l.keep_alive_ms == 0 {
+            return Err(invalid(
+                "limits.request_head_timeout_ms",
+                "limits.request_head_timeout_ms and keep_alive_ms must be at least 1",
+            ));
+        }
+        if sio.max_namespaces == 0 {
+            return Err(invalid("socketio.max_namespaces", "must be at least 1"));
         }
         if let Err(e) = crate::audit::store::Backend::of(&self.database.url) {
             return Err(invalid("database.url", e.to_string()));

@@ -50,6 +50,7 @@ pub mod config;
 pub mod conn;
 pub mod engineio;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod reason;

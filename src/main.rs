@@ -42,7 +42,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct AuditArgs {
-    /// forced_close, parse_error, disconnect or handshake_refused.
+    /// forced_close, parse_error, disconnect, handshake_refused or limit_exceeded.
     #[arg(long)]
     kind: Option<String>,
     /// A reason string ("parse error") or its code (4).

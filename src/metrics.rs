@@ -40,6 +40,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// `limit="…"`: one of the limits of `[limits]` (a fixed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The limit's name.
+    pub limit: &'static str,
+}
+
 /// Every metric of a server.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -73,6 +80,8 @@ pub struct Metrics {
     /// Times a publisher's connection stopped reading until the broker
     /// caught up (backpressure).
     pub publish_backpressure: Counter,
+    /// Requests, messages and sessions refused by a limit.
+    pub limit_breaches: Family<LimitLabel, Counter>,
     redis_connected: Gauge,
     redis_published: Counter,
     redis_received: Counter,
@@ -118,6 +127,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             deliveries_dropped: Counter::default(),
             publish_backpressure: Counter::default(),
+            limit_breaches: Family::default(),
             redis_connected: Gauge::default(),
             redis_published: Counter::default(),
             redis_received: Counter::default(),
@@ -171,6 +181,11 @@ impl Metrics {
                 "publish_backpressure",
                 "Times a connection stopped reading because its publishes were waiting on the broker (TCP pushes back on the publisher)",
                 m.publish_backpressure.clone(),
+            );
+            r.register(
+                "limit_breaches",
+                "Requests, messages and sessions refused by a limit of [limits] (and the WebSocket message and write timeouts)",
+                m.limit_breaches.clone(),
             );
             r.register(
                 "redis_connected",
@@ -247,6 +262,11 @@ impl Metrics {
     pub fn session_closed(&self, transport: &'static str, reason: &'static str) {
         self.sessions.get_or_create(&TransportLabel { transport }).dec();
         self.disconnects.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A limit refused something.
+    pub fn limit_breach(&self, limit: &'static str) {
+        self.limit_breaches.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// A namespace socket joined (`+1`) or left (`-1`).

@@ -198,8 +198,10 @@ impl Application {
             presence_limit: settings.rooms.presence_limit,
             cluster: adapter_addr.clone(),
             coalesce: Duration::from_micros(settings.websocket.broadcast_coalesce_us),
+            max_namespaces: settings.socketio.max_namespaces,
         };
         let trusted = crate::http::peer::TrustedProxies::parse(&settings.server.trusted_proxies).map_err(invalid)?;
+        let guards = crate::limits::Guards::new(&settings.limits, trusted.clone(), metrics.clone(), Some(audit.clone()));
         let endpoint = |app: App| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
                 vec![TransportKind::WebSocket.as_str()]
@@ -219,10 +221,12 @@ impl Application {
                     audit: audit.clone(),
                     metrics: metrics.clone(),
                     ops: ops.clone().into_inner(),
+                    guards: guards.clone(),
                 }),
                 engine: settings.engine.clone(),
                 websocket: settings.websocket.clone(),
                 trusted: trusted.clone(),
+                allowed_origins: settings.server.allowed_origins.clone(),
             })
         };
         let socketio = endpoint(App::SocketIo);
@@ -232,19 +236,22 @@ impl Application {
         registries.extend(echo.as_ref().map(|e| e.shared.registry.clone()));
 
         let ws_echo = web::Data::new(crate::transport::ws_echo::WsEcho {
-            max_payload,
-            max_fragments: settings.websocket.max_fragments,
+            limits: crate::transport::websocket::ReadLimits::of(&settings.websocket, max_payload),
         });
 
         let server_settings = settings.server.clone();
         let ops_state = ops.clone().into_inner();
+        let guards_data = web::Data::from(guards);
+        let limits = settings.limits.clone();
         let mut server = HttpServer::new(move || {
             let cors = cors(&server_settings.cors_allowed_origins);
             // CORS headers only where origins are configured; without them a
             // cross-site page gets none (same-origin requests are unaffected).
             let cors = actix_web::middleware::Condition::new(!server_settings.cors_allowed_origins.is_empty(), cors);
             let mut app = WebApp::new()
+                .app_data(guards_data.clone())
                 .wrap(cors)
+                .wrap(actix_web::middleware::from_fn(http::head_limits))
                 .service(api::scope(api.clone(), max_payload))
                 .configure(ops::configure(ops.clone(), &server_settings.path));
             for (path, data) in [
@@ -270,6 +277,9 @@ impl Application {
             app
         })
         .on_connect(crate::transport::websocket::record_fd)
+        // Slow headers and idle connections (`[limits]`).
+        .client_request_timeout(Duration::from_millis(limits.request_head_timeout_ms))
+        .keep_alive(Duration::from_millis(limits.keep_alive_ms))
         .listen(listener)?
         // Signals are handled by `run_until_stopped`, which closes sessions
         // with "server shutting down" before the workers stop.

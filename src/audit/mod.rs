@@ -62,15 +62,19 @@ pub enum AuditKind {
     /// An Engine.IO handshake or Socket.IO CONNECT was refused
     /// (`audit.record_handshake_refusals`).
     HandshakeRefused,
+    /// A request, message or CONNECT was refused by a limit of `[limits]`
+    /// (sampled: `limits.audit_rows_per_second`).
+    LimitExceeded,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 4] = [
+    pub const ALL: [AuditKind; 5] = [
         Self::ForcedClose,
         Self::ParseError,
         Self::Disconnect,
         Self::HandshakeRefused,
+        Self::LimitExceeded,
     ];
 
     /// Stable name for logs and the store.
@@ -80,6 +84,7 @@ impl AuditKind {
             Self::ParseError => "parse_error",
             Self::Disconnect => "disconnect",
             Self::HandshakeRefused => "handshake_refused",
+            Self::LimitExceeded => "limit_exceeded",
         }
     }
 
@@ -103,7 +108,7 @@ impl AuditKind {
 ///
 /// Codes 1–8 are [`DisconnectReason::code`]; 100 + n is an Engine.IO
 /// handshake refused with HTTP error code n; 200–205 are Socket.IO CONNECT
-/// refusals.
+/// refusals; 300–310 are the limits of [`crate::limits::Limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditReason {
     /// Stable string.
@@ -511,7 +516,7 @@ impl AuditHandle {
     /// Whether events of `kind` are recorded.
     pub fn records(&self, kind: AuditKind) -> bool {
         match kind {
-            AuditKind::ForcedClose | AuditKind::ParseError => true,
+            AuditKind::ForcedClose | AuditKind::ParseError | AuditKind::LimitExceeded => true,
             AuditKind::Disconnect => self.inner.recording.disconnects,
             AuditKind::HandshakeRefused => self.inner.recording.handshake_refusals,
         }

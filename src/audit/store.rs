@@ -394,7 +394,7 @@ fn decode_cursor(cursor: &str) -> Option<String> {
 /// A query as the API and the command line take it: every value text.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AuditQuery {
-    /// `forced_close`, `parse_error`, `disconnect`, `handshake_refused`.
+    /// `forced_close`, `parse_error`, `disconnect`, `handshake_refused`, `limit_exceeded`.
     pub kind: Option<String>,
     /// A reason string, or its numeric code.
     pub reason: Option<String>,
@@ -449,7 +449,7 @@ impl AuditQuery {
             None => None,
             Some(k) => Some(
                 AuditKind::parse(k)
-                    .ok_or("kind: expected one of forced_close, parse_error, disconnect, handshake_refused")?,
+                    .ok_or("kind: expected one of forced_close, parse_error, disconnect, handshake_refused, limit_exceeded")?,
             ),
         };
         // Stored values never hold control characters (they are escaped),

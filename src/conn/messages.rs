@@ -118,6 +118,12 @@ pub enum WsEnd {
     TooLarge,
     /// A text message that is not UTF-8 (close 1007).
     InvalidUtf8,
+    /// A message that took longer than `websocket.message_timeout_ms` to
+    /// arrive (close 1008).
+    MessageTimeout,
+    /// A frame waited longer than `websocket.write_timeout_ms` for the
+    /// client to read (the write side gave up).
+    WriteTimeout,
     /// Any other protocol or I/O error.
     Error(String),
 }

@@ -90,6 +90,8 @@ pub struct EngineShared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether the server drains (new sessions are refused).
     pub ops: Arc<crate::ops::OpsState>,
+    /// Per-address and per-connection limits, and their breaches.
+    pub guards: Arc<crate::limits::Guards>,
 }
 
 /// Who is on the other end, for logs and the audit log.
@@ -100,8 +102,13 @@ pub struct PeerInfo {
     /// The client: the TCP peer, or the address a trusted proxy forwarded
     /// for (`server.trusted_proxies`).
     pub client: Option<String>,
+    /// The client's address (what [`PeerInfo::client`] names).
+    pub ip: Option<std::net::IpAddr>,
     /// `User-Agent` header.
     pub user_agent: Option<String>,
+    /// This session's place in its address's count of open sessions
+    /// (`limits.connections_per_ip`), given back when the last clone goes.
+    pub slot: Option<Arc<crate::limits::AddressSlot>>,
 }
 
 /// One Engine.IO session.
@@ -129,6 +136,11 @@ pub struct Connection {
     publishes_in_flight: usize,
     /// Broadcast frames wait for a timer to be written (coalescing).
     flush_scheduled: bool,
+    /// Messages and bytes per second from the client (`[limits]`).
+    rate: crate::limits::ConnectionRate,
+    /// The limit the message under way (a Socket.IO packet and its
+    /// attachments) went over: it is refused when it completes.
+    refused_by: Option<crate::limits::Limit>,
     span: tracing::Span,
 }
 
@@ -169,6 +181,8 @@ impl Connection {
             abort_transport: false,
             publishes_in_flight: 0,
             flush_scheduled: false,
+            rate: crate::limits::ConnectionRate::new(&shared.guards.rate, Instant::now()),
+            refused_by: None,
             span,
         };
         let addr = conn.start();
@@ -252,6 +266,19 @@ impl Connection {
     /// The application's turn.
     fn on_message(&mut self, payload: Payload, ctx: &mut Context<Self>) {
         self.shared.metrics.events_in.inc();
+        let len = match &payload {
+            Payload::Text(text) => text.len(),
+            Payload::Binary(bytes) => bytes.len(),
+        };
+        if let Err(limit) = self.rate.admit(&self.shared.guards.rate, len, Instant::now()) {
+            self.over_rate(limit, ctx);
+            if !self.session.is_live() || self.shared.app == App::Echo {
+                return; // refused: the echo endpoint drops it
+            }
+            // The Socket.IO layer still decodes it (attachments must stay
+            // in step) and refuses the packet it completes.
+            self.refused_by = Some(limit);
+        }
         match self.shared.app {
             App::Echo => {
                 let frame = match payload {
@@ -261,6 +288,33 @@ impl Connection {
                 self.send(frame, ctx);
             }
             App::SocketIo => self.sio_message(payload, ctx),
+        }
+    }
+
+    /// A message over the connection's rate: counted (the first refusal
+    /// since the client was last quiet is audited), and past
+    /// `limits.refused_before_close` refusals the connection is closed.
+    fn over_rate(&mut self, limit: crate::limits::Limit, ctx: &mut Context<Self>) {
+        let guards = self.shared.guards.clone();
+        let refused = self.rate.refused;
+        let allowed = match limit {
+            crate::limits::Limit::ByteRate => format!("{} bytes", guards.settings().bytes_per_second),
+            _ => format!("{} messages", guards.settings().packets_per_second),
+        };
+        if refused == 1 {
+            let detail = format!("client sends more than {allowed} per second: messages refused");
+            guards.breach(limit, || {
+                self.audit_event(crate::audit::AuditKind::LimitExceeded, limit.reason(), detail, None)
+            });
+        } else {
+            self.shared.metrics.limit_breach(limit.as_str());
+        }
+        if refused > guards.rate.refused_before_close {
+            let cause = CloseCause::new(
+                DisconnectReason::ForcedClose,
+                format!("rate limit: {refused} messages refused (more than {allowed} per second)"),
+            );
+            self.close(cause, None, ctx);
         }
     }
 
@@ -678,6 +732,24 @@ impl Handler<WsEnded> for Connection {
                     Some(close_code::INVALID_DATA),
                     "websocket text message is not UTF-8".to_string(),
                 ),
+                WsEnd::MessageTimeout => {
+                    self.shared.metrics.limit_breach(crate::limits::Limit::MessageTimeout.as_str());
+                    (
+                        ForcedClose,
+                        Some(close_code::POLICY),
+                        "websocket message not complete within websocket.message_timeout_ms".to_string(),
+                    )
+                }
+                WsEnd::WriteTimeout => {
+                    self.shared.metrics.limit_breach(crate::limits::Limit::WriteTimeout.as_str());
+                    self.shared.metrics.slow_consumers.inc();
+                    self.abort_transport = true;
+                    (
+                        ForcedClose,
+                        None,
+                        "slow consumer: the client read nothing within websocket.write_timeout_ms".to_string(),
+                    )
+                }
                 WsEnd::Error(e) => (TransportError, None, format!("websocket error: {e}")),
             };
             self.close_with_code(CloseCause::new(reason, detail), None, code, ctx);

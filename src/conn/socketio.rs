@@ -54,6 +54,8 @@ pub struct SioConfig {
     pub cluster: Option<Addr<crate::adapter::redis::RedisAdapter>>,
     /// How long a broadcast may wait for more to write with it.
     pub coalesce: Duration,
+    /// Namespaces one connection may be in at once.
+    pub max_namespaces: usize,
 }
 
 /// A namespace socket on this connection.
@@ -152,6 +154,20 @@ impl Connection {
 
     fn sio_packet(&mut self, message: Message, ctx: &mut Context<Self>) {
         let nsp = message.packet.nsp.as_str();
+        if let Some(limit) = self.refused_by.take() {
+            match message.packet.kind {
+                PacketType::Event | PacketType::BinaryEvent => {
+                    let why = format!("too many messages ({})", limit.as_str());
+                    return self.ack_error(nsp, message.packet.id, "rate_limited", &why, ctx);
+                }
+                PacketType::Connect => {
+                    let data = json!({"message": "Too many requests", "data": {"code": "rate_limited"}});
+                    return self.emit_packet(PacketType::ConnectError, nsp, None, &data, &[], ctx);
+                }
+                // Acks and disconnects free state: they go through.
+                _ => {}
+            }
+        }
         match message.packet.kind {
             PacketType::Connect => self.sio_connect(message, ctx),
             PacketType::Disconnect => {
@@ -207,6 +223,21 @@ impl Connection {
                 &[],
                 ctx,
             );
+            return;
+        }
+        let joined = self.sio.as_ref().map_or(0, |s| s.sockets.len());
+        if joined >= self.sio_config().max_namespaces && self.socket_id(&nsp).is_none() {
+            let max = self.sio_config().max_namespaces;
+            let limit = crate::limits::Limit::Namespaces;
+            let guards = self.shared.guards.clone();
+            guards.breach(limit, || {
+                let detail = format!("CONNECT to {nsp} refused: already in {max} namespaces");
+                let mut event = self.audit_event(AuditKind::LimitExceeded, limit.reason(), detail, None);
+                event.namespace = Some(nsp.clone());
+                event
+            });
+            let data = json!({"message": "Too many namespaces", "data": {"code": "too_many_namespaces"}});
+            self.emit_packet(PacketType::ConnectError, &nsp, None, &data, &[], ctx);
             return;
         }
         let auth = message.packet.data.unwrap_or_else(|| json!({}));

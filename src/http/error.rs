@@ -52,6 +52,24 @@ impl HttpError {
         }
     }
 
+    /// 429 for a handshake over a per-address limit (send `Retry-After`).
+    pub const fn too_many(message: &'static str) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: ErrorCode::BadRequest,
+            message,
+        }
+    }
+
+    /// A request head over a limit: 414 for the target, 431 for the headers.
+    pub const fn head_too_large(status: StatusCode, message: &'static str) -> Self {
+        Self {
+            status,
+            code: ErrorCode::BadRequest,
+            message,
+        }
+    }
+
     /// The response.
     pub fn response(&self) -> HttpResponse {
         HttpResponse::build(self.status)

@@ -14,6 +14,7 @@ use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::conn::messages::AttachProbe;
 use crate::conn::{Connection, EngineShared, PeerInfo};
 use crate::engineio::{ErrorCode, TransportKind};
+use crate::limits::{Guards, Limit};
 use crate::transport::{polling, websocket};
 pub use error::HttpError;
 pub use request::RequestInfo;
@@ -28,20 +29,138 @@ pub struct Endpoint {
     pub websocket: crate::config::WebSocketSettings,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted: peer::TrustedProxies,
+    /// Origins that may open sessions (`server.allowed_origins`); empty = any.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Who sent `req`.
 fn peer_info(req: &HttpRequest, trusted: &peer::TrustedProxies) -> PeerInfo {
     let forwarded = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok());
+    let client = trusted.client_addr(req.peer_addr(), forwarded);
     PeerInfo {
         addr: req.peer_addr(),
-        client: trusted.client(req.peer_addr(), forwarded),
+        client: client.map(|c| c.to_string()),
+        ip: client.map(peer::ClientAddr::ip),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        slot: None,
     }
+}
+
+/// The limits a new session passes before anything is allocated for it:
+/// its `Origin` (`server.allowed_origins`), then its client address's
+/// handshake rate and open sessions (`[limits]`). A session admitted is
+/// counted against its address by the slot put in `peer`.
+fn admit(
+    endpoint: &Endpoint,
+    req: &HttpRequest,
+    peer: &mut PeerInfo,
+    transport: TransportKind,
+) -> Result<(), HttpResponse> {
+    let guards = &endpoint.shared.guards;
+    let breach = |limit: Limit, detail: String, excerpt_of: &[u8]| {
+        guards.breach(limit, || {
+            let mut event = Guards::event(limit, detail);
+            event.transport = Some(transport.as_str());
+            event.peer = peer.client.clone();
+            event.user_agent = peer.user_agent.clone();
+            event.excerpt = Some(excerpt(excerpt_of));
+            event
+        });
+    };
+    if !endpoint.allowed_origins.is_empty() {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let allowed = origin
+                .to_str()
+                .is_ok_and(|o| endpoint.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+            if !allowed {
+                breach(Limit::Origin, "origin not allowed".into(), origin.as_bytes());
+                return Err(HttpError::of(ErrorCode::Forbidden).response());
+            }
+        }
+    }
+    let Some(ip) = peer.ip else { return Ok(()) };
+    match guards.admit_session(ip, std::time::Instant::now()) {
+        Ok(slot) => {
+            peer.slot = slot.map(Arc::new);
+            Ok(())
+        }
+        Err(refusal) => {
+            let (message, detail) = match refusal.limit {
+                Limit::ConnectionsPerIp => (
+                    "Too many sessions from this address",
+                    format!("{} sessions open from this address", guards.settings().connections_per_ip),
+                ),
+                _ => (
+                    "Too many handshakes from this address",
+                    format!(
+                        "more than {} handshakes per second from this address",
+                        guards.settings().handshakes_per_second
+                    ),
+                ),
+            };
+            breach(refusal.limit, detail, req.query_string().as_bytes());
+            let mut response = HttpError::too_many(message).response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(refusal.retry_after_s),
+            );
+            Err(response)
+        }
+    }
+}
+
+/// Middleware: refuses a request whose target or head is above
+/// `limits.max_url_len` / `limits.max_header_bytes` (414 / 431, with an
+/// Engine.IO error body), before any handler sees it.
+pub async fn head_limits(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse, actix_web::Error> {
+    use actix_web::http::StatusCode;
+    let Some(guards) = req.app_data::<web::Data<Guards>>().cloned() else {
+        return next.call(req).await.map(|r| r.map_into_boxed_body());
+    };
+    let settings = guards.settings();
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    // Each header line: name, ": ", value, CRLF.
+    let head: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let refused = if target > settings.max_url_len {
+        Some((
+            Limit::UrlLength,
+            HttpError::head_too_large(StatusCode::URI_TOO_LONG, "URI too long"),
+            format!("request target of {target} bytes (limit {})", settings.max_url_len),
+        ))
+    } else if head > settings.max_header_bytes {
+        Some((
+            Limit::HeaderSize,
+            HttpError::head_too_large(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request header fields too large",
+            ),
+            format!("request headers of {head} bytes (limit {})", settings.max_header_bytes),
+        ))
+    } else {
+        None
+    };
+    let Some((limit, error, detail)) = refused else {
+        return next.call(req).await.map(|r| r.map_into_boxed_body());
+    };
+    let peer = peer_info(req.request(), &guards.trusted);
+    guards.breach(limit, || {
+        let mut event = Guards::event(limit, detail);
+        event.peer = peer.client.clone();
+        event.user_agent = peer.user_agent.clone();
+        event.excerpt = Some(excerpt(req.path().as_bytes()));
+        event
+    });
+    let mut response = error.response();
+    // The rest of the request is not read: the connection cannot be reused.
+    response.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    Ok(req.into_response(response).map_into_boxed_body())
 }
 
 /// Records a refused Engine.IO handshake (`audit.record_handshake_refusals`).
@@ -69,7 +188,7 @@ fn refused(
 
 /// Handles any request on an Engine.IO path.
 pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::Payload) -> HttpResponse {
-    let peer = peer_info(&req, &endpoint.trusted);
+    let mut peer = peer_info(&req, &endpoint.trusted);
     let info = match RequestInfo::parse(&req, &endpoint.engine) {
         Ok(info) => info,
         Err(err) => {
@@ -80,6 +199,11 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
     let shared = &endpoint.shared;
     if info.sid.is_none() && shared.ops.draining() {
         return HttpError::shutting_down().response();
+    }
+    if info.sid.is_none() {
+        if let Err(response) = admit(&endpoint, &req, &mut peer, info.transport) {
+            return response;
+        }
     }
     let result = match (info.transport, info.sid.as_deref(), &info.method) {
         (TransportKind::Polling, None, &Method::GET) => Ok(polling::handshake(shared, peer)),

@@ -59,9 +59,18 @@ impl TrustedProxies {
     /// The client address of a request from `peer` carrying the
     /// `X-Forwarded-For` values `forwarded` (in header order).
     pub fn client<'a>(&self, peer: Option<SocketAddr>, forwarded: impl Iterator<Item = &'a str>) -> Option<String> {
+        self.client_addr(peer, forwarded).map(|c| c.to_string())
+    }
+
+    /// [`TrustedProxies::client`], as an address.
+    pub fn client_addr<'a>(
+        &self,
+        peer: Option<SocketAddr>,
+        forwarded: impl Iterator<Item = &'a str>,
+    ) -> Option<ClientAddr> {
         let peer = peer?;
         if !self.contains(peer.ip()) {
-            return Some(peer.to_string());
+            return Some(ClientAddr::Peer(peer));
         }
         let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
         let mut client = None;
@@ -74,7 +83,36 @@ impl TrustedProxies {
                 break;
             }
         }
-        Some(client.map_or_else(|| peer.to_string(), |ip| ip.to_string()))
+        Some(client.map_or(ClientAddr::Peer(peer), ClientAddr::Forwarded))
+    }
+}
+
+/// The client of a request: its TCP peer, or the address a trusted proxy
+/// forwarded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddr {
+    /// The TCP peer (address and port).
+    Peer(SocketAddr),
+    /// From `X-Forwarded-For`.
+    Forwarded(IpAddr),
+}
+
+impl ClientAddr {
+    /// The address.
+    pub fn ip(self) -> IpAddr {
+        match self {
+            Self::Peer(addr) => canonical(addr.ip()),
+            Self::Forwarded(ip) => ip,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Peer(addr) => addr.fmt(f),
+            Self::Forwarded(ip) => ip.fmt(f),
+        }
     }
 }
 

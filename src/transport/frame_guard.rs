@@ -8,9 +8,17 @@
 //! The guard does not copy or change the bytes: it follows the frame
 //! boundaries (header, then a payload it skips) and ends the stream with
 //! [`PayloadError::Overflow`] at the first header over the limit.
+//!
+//! It also times messages: from the first byte of a message (its first
+//! frame header) to its last, at most `message_timeout`. A frame whose
+//! payload trickles in, or fragments that never end, would otherwise keep
+//! their buffer forever; the stream then ends with an I/O error of kind
+//! `TimedOut` (see [`is_message_timeout`]).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_http::error::PayloadError;
 use bytes::Bytes;
@@ -103,6 +111,12 @@ impl FrameScanner {
 }
 
 impl FrameScanner {
+    /// Whether a message is under way: a frame header or payload partly
+    /// read, or a fragmented message not finished.
+    pub fn mid_message(&self) -> bool {
+        self.have > 0 || self.skip > 0 || self.fragments > 0
+    }
+
     /// Counts the frame whose header was just read against the fragments
     /// of its message (control frames may come between them and do not
     /// count).
@@ -131,18 +145,39 @@ pub struct FrameGuard<S> {
     inner: S,
     scanner: FrameScanner,
     failed: bool,
+    /// Longest a message may take (`None` = no limit).
+    message_timeout: Option<Duration>,
+    /// When the message under way must be complete.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> FrameGuard<S> {
-    /// Guards `inner` against frames above `max` bytes and messages in
-    /// more than `max_fragments` frames.
-    pub fn new(inner: S, max: usize, max_fragments: u32) -> Self {
+    /// Guards `inner` against frames above `max` bytes, messages in more
+    /// than `max_fragments` frames and messages taking longer than
+    /// `message_timeout` to arrive.
+    pub fn new(inner: S, max: usize, max_fragments: u32, message_timeout: Option<Duration>) -> Self {
         Self {
             inner,
             scanner: FrameScanner::new(max, max_fragments),
             failed: false,
+            message_timeout,
+            deadline: None,
         }
     }
+}
+
+/// The error a [`FrameGuard`] ends its stream with when a message took
+/// longer than its timeout.
+fn message_timeout_error() -> PayloadError {
+    PayloadError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "websocket message not complete within websocket.message_timeout_ms",
+    ))
+}
+
+/// Whether `e` is the error of [`message_timeout_error`].
+pub fn is_message_timeout(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 impl<S> Stream for FrameGuard<S>
@@ -162,8 +197,22 @@ where
                     this.failed = true;
                     return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }
+                match (this.scanner.mid_message(), this.message_timeout) {
+                    (true, Some(timeout)) if this.deadline.is_none() => {
+                        this.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+                    }
+                    (false, _) => this.deadline = None,
+                    _ => {}
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
+            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {
+                    this.failed = true;
+                    Poll::Ready(Some(Err(message_timeout_error())))
+                }
+                _ => Poll::Pending,
+            },
             other => other,
         }
     }

@@ -38,6 +38,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Accepted {
     response: HttpResponse,
     id: u64,
+    /// The sink's backlog, to tell its drain task whom to report to.
+    backlog: Arc<Mutex<Backlog>>,
     sink: Option<Box<ActixSink>>,
     stream: actix_ws::AggregatedMessageStream,
 }
@@ -53,36 +55,72 @@ pub fn accept(
     max_payload: usize,
     backlog: usize,
 ) -> Option<Accepted> {
-    let (mut response, session, stream) = handshake(req, body, max_payload, websocket.max_fragments)?;
+    let (mut response, session, stream) = handshake(req, body, ReadLimits::of(websocket, max_payload))?;
     if let Some(protocol) = negotiate(req, &websocket.subprotocols) {
         // unwrap: the value was a valid header value in the request.
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol).unwrap());
     }
+    let write_timeout =
+        (websocket.write_timeout_ms > 0).then(|| std::time::Duration::from_millis(websocket.write_timeout_ms));
+    let sink = ActixSink::new(session, backlog, SocketRef::of(req), write_timeout);
     Some(Accepted {
         response,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        sink: Some(Box::new(ActixSink::new(session, backlog, SocketRef::of(req)))),
+        backlog: sink.backlog.clone(),
+        sink: Some(Box::new(sink)),
         stream,
     })
+}
+
+/// What the read side of a WebSocket refuses.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Largest frame and message (`engine.max_payload`).
+    pub max_payload: usize,
+    /// Most frames per message, 0 = any number (`websocket.max_fragments`).
+    pub max_fragments: u32,
+    /// Longest a message may take to arrive (`websocket.message_timeout_ms`).
+    pub message_timeout: Option<std::time::Duration>,
+}
+
+impl ReadLimits {
+    /// The limits `websocket` and `max_payload` describe.
+    pub fn of(websocket: &crate::config::WebSocketSettings, max_payload: usize) -> Self {
+        Self {
+            max_payload,
+            max_fragments: websocket.max_fragments,
+            message_timeout: (websocket.message_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(websocket.message_timeout_ms)),
+        }
+    }
 }
 
 /// The WebSocket handshake (RFC 6455 §4.2.1) and the read side: frames
 /// and messages above `max_payload` end the stream (close 1009), a frame
 /// header declaring more is refused before its payload is read (see
 /// [`super::frame_guard`]), and so is a message in more than
-/// `max_fragments` frames (0 = any number). `None`: not a valid handshake.
+/// `max_fragments` frames or one that takes longer than `message_timeout`
+/// to arrive. `None`: not a valid handshake.
 pub fn handshake(
     req: &HttpRequest,
     body: web::Payload,
-    max_payload: usize,
-    max_fragments: u32,
+    limits: ReadLimits,
 ) -> Option<(HttpResponse, actix_ws::Session, actix_ws::AggregatedMessageStream)> {
     use actix_web::FromRequest as _;
     actix_http::ws::verify_handshake(req.head()).ok()?;
-    let guarded: actix_http::BoxedPayloadStream =
-        Box::pin(FrameGuard::new(body.into_inner(), max_payload, max_fragments));
+    let ReadLimits {
+        max_payload,
+        max_fragments,
+        message_timeout,
+    } = limits;
+    let guarded: actix_http::BoxedPayloadStream = Box::pin(FrameGuard::new(
+        body.into_inner(),
+        max_payload,
+        max_fragments,
+        message_timeout,
+    ));
     let mut guarded = actix_web::dev::Payload::from(guarded);
     let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
     let (response, session, stream) = actix_ws::handle(req, body).ok()?;
@@ -121,6 +159,8 @@ impl Accepted {
 
     /// Starts the read pump towards `addr` and returns the 101 response.
     pub fn run(self, addr: Addr<Connection>) -> HttpResponse {
+        // unwrap: the lock is only held for queue operations.
+        self.backlog.lock().unwrap().owner = Some((addr.clone(), self.id));
         actix_web::rt::spawn(read_loop(addr, self.id, self.stream));
         self.response
     }
@@ -163,6 +203,9 @@ pub(crate) fn classify(err: &ProtocolError) -> WsEnd {
         // The frame guard refused a frame header declaring too much.
         ProtocolError::Io(e) if payload_error(e).is_some_and(|p| matches!(p, PayloadError::Overflow)) => {
             WsEnd::TooLarge
+        }
+        ProtocolError::Io(e) if payload_error(e).is_some_and(crate::transport::frame_guard::is_message_timeout) => {
+            WsEnd::MessageTimeout
         }
         // actix-ws reports an aggregated message above the limit as an
         // untyped I/O error with this text (actix-ws 0.3
@@ -207,6 +250,9 @@ struct Backlog {
     draining: bool,
     /// Close with this code once the backlog is written.
     close: Option<u16>,
+    /// The session this socket belongs to and the socket's id, told when a
+    /// write times out.
+    owner: Option<(Addr<Connection>, u64)>,
 }
 
 /// The file descriptor of a connection's socket, recorded by
@@ -226,6 +272,7 @@ pub fn record_fd(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions)
 /// file descriptor for it (that would halve the sessions an fd limit
 /// allows): its fd number, its peer address (to tell it from a later socket
 /// that reused the number) and the worker that owns it.
+#[derive(Clone)]
 pub struct SocketRef {
     fd: std::os::fd::RawFd,
     peer: std::net::SocketAddr,
@@ -269,15 +316,23 @@ pub struct ActixSink {
     /// actix does not poll the response body while its write buffer is
     /// full, so ending the body would not free it.
     socket: Option<SocketRef>,
+    /// Longest a frame may wait for room (`websocket.write_timeout_ms`).
+    write_timeout: Option<std::time::Duration>,
 }
 
 impl ActixSink {
-    fn new(session: actix_ws::Session, limit: usize, socket: Option<SocketRef>) -> Self {
+    fn new(
+        session: actix_ws::Session,
+        limit: usize,
+        socket: Option<SocketRef>,
+        write_timeout: Option<std::time::Duration>,
+    ) -> Self {
         Self {
             session,
             backlog: Arc::default(),
             limit,
             socket,
+            write_timeout,
         }
     }
 
@@ -291,11 +346,65 @@ impl ActixSink {
         }
     }
 
-    async fn drain(mut session: actix_ws::Session, backlog: Arc<Mutex<Backlog>>) {
+    /// Starts the task that writes the backlog in order, waiting for room.
+    fn spawn_drain(&self, session: actix_ws::Session) {
+        let drain = Drain {
+            session,
+            backlog: self.backlog.clone(),
+            socket: self.socket.clone(),
+            write_timeout: self.write_timeout,
+        };
+        actix_web::rt::spawn(drain.run());
+    }
+}
+
+/// Writes a socket's backlog while its channel is full.
+struct Drain {
+    session: actix_ws::Session,
+    backlog: Arc<Mutex<Backlog>>,
+    socket: Option<SocketRef>,
+    write_timeout: Option<std::time::Duration>,
+}
+
+impl Drain {
+    /// `write`, within the write timeout. `false`: the socket is gone, or
+    /// the client took nothing for the whole timeout, in which case its
+    /// session is told (a slow consumer) or, when closing, the socket is
+    /// dropped.
+    async fn within<F>(&self, write: F, closing: bool) -> bool
+    where
+        F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
+    {
+        let result = match self.write_timeout {
+            Some(limit) => tokio::time::timeout(limit, write).await,
+            None => Ok(write.await),
+        };
+        match result {
+            Ok(written) => written.is_ok(),
+            Err(_) => {
+                // unwrap: the lock is only held for queue operations.
+                let owner = self.backlog.lock().unwrap().owner.clone();
+                match owner {
+                    Some((addr, id)) if !closing => addr.do_send(WsEnded {
+                        id,
+                        end: WsEnd::WriteTimeout,
+                    }),
+                    _ => {
+                        if let Some(socket) = self.socket.clone() {
+                            socket.abort();
+                        }
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    async fn run(self) {
         loop {
             let next = {
                 // unwrap: the lock is only held for queue operations.
-                let mut b = backlog.lock().unwrap();
+                let mut b = self.backlog.lock().unwrap();
                 match b.frames.pop_front() {
                     Some(frame) => Ok(frame),
                     None => {
@@ -304,23 +413,19 @@ impl ActixSink {
                     }
                 }
             };
-            match next {
-                Ok(Frame::Text(text)) => {
-                    if session.text(text).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Frame::Binary(bytes)) => {
-                    if session.binary(bytes).await.is_err() {
-                        return;
-                    }
-                }
+            let mut session = self.session.clone();
+            let written = match next {
+                Ok(Frame::Text(text)) => self.within(session.text(text), false).await,
+                Ok(Frame::Binary(bytes)) => self.within(session.binary(bytes), false).await,
                 Err(close) => {
                     if let Some(code) = close {
-                        let _ = session.close(Some(close_reason(code))).await;
+                        self.within(session.close(Some(close_reason(code))), true).await;
                     }
                     return;
                 }
+            };
+            if !written {
+                return;
             }
         }
     }
@@ -343,7 +448,7 @@ impl FrameSink for ActixSink {
                 Some(Err(_)) => return Err(SinkError::Closed),
                 None => {
                     b.draining = true;
-                    actix_web::rt::spawn(Self::drain(self.session.clone(), self.backlog.clone()));
+                    self.spawn_drain(self.session.clone());
                 }
             }
         }
@@ -372,11 +477,12 @@ impl FrameSink for ActixSink {
         // `Session::close` marks every clone closed before it waits for room,
         // so it is only called from the drain task, after the backlog.
         // unwrap: the lock is only held for queue operations.
-        let mut b = self.backlog.lock().unwrap();
+        let backlog = self.backlog.clone();
+        let mut b = backlog.lock().unwrap();
         b.close = Some(code);
         if !b.draining {
             b.draining = true;
-            actix_web::rt::spawn(Self::drain(self.session, self.backlog.clone()));
+            self.spawn_drain(self.session.clone());
         }
     }
 }

@@ -26,11 +26,9 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 /// What the echo endpoint needs from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct WsEcho {
-    /// Largest frame and message in bytes (`engine.max_payload`); larger
-    /// ones close with 1009.
-    pub max_payload: usize,
-    /// Most frames one message may arrive in (`websocket.max_fragments`).
-    pub max_fragments: u32,
+    /// What the read side refuses (a frame or message above
+    /// `engine.max_payload` closes with 1009).
+    pub limits: crate::transport::websocket::ReadLimits,
 }
 
 /// Accepts a WebSocket on the echo path and starts echoing. A request that
@@ -39,7 +37,7 @@ pub async fn handle(req: HttpRequest, body: web::Payload, echo: web::Data<WsEcho
     // The handshake of `websocket::accept`, without the Engine.IO session
     // around it.
     let Some((response, session, stream)) =
-        crate::transport::websocket::handshake(&req, body, echo.max_payload, echo.max_fragments)
+        crate::transport::websocket::handshake(&req, body, echo.limits)
     else {
         return HttpResponse::BadRequest().finish();
     };
@@ -85,7 +83,8 @@ fn close_code(err: &ProtocolError) -> Option<CloseCode> {
     match crate::transport::websocket::classify(err) {
         WsEnd::TooLarge => Some(CloseCode::Size),
         WsEnd::InvalidUtf8 => Some(CloseCode::Invalid),
-        WsEnd::Closed => None,
+        WsEnd::MessageTimeout => Some(CloseCode::Policy),
+        WsEnd::Closed | WsEnd::WriteTimeout => None,
         WsEnd::Error(_) => Some(CloseCode::Protocol),
     }
 }
