@@ -526,7 +526,10 @@ impl Settings {
             ));
         }
         if l.max_url_len == 0 || l.max_header_bytes == 0 {
-            return Err(invalid("limits.max_url_len", "limits.max_url_len and max_header_bytes must be at least 1"));
+            return Err(invalid(
+                "limits.max_url_len",
+                "limits.max_url_len and max_header_bytes must be at least 1",
+            ));
         }
         if l.request_head_timeout_ms == 0 || l.keep_alive_ms == 0 {
             return Err(invalid(

@@ -93,7 +93,10 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn full(burst: f64, now: Instant) -> Self {
-        Self { tokens: burst, last: now }
+        Self {
+            tokens: burst,
+            last: now,
+        }
     }
 
     fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
@@ -235,7 +238,9 @@ impl ConnectionRate {
             settings.bytes_burst,
         );
         // Quiet long enough to fill up again: past refusals are forgiven.
-        if self.refused > 0 && (!packets || self.packets.is_full(pr, pb, now)) && (!bytes || self.bytes.is_full(br, bb, now))
+        if self.refused > 0
+            && (!packets || self.packets.is_full(pr, pb, now))
+            && (!bytes || self.bytes.is_full(br, bb, now))
         {
             self.refused = 0;
         }
@@ -279,7 +284,9 @@ pub struct Guards {
 
 impl std::fmt::Debug for Guards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guards").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Guards")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -299,7 +306,10 @@ impl Guards {
             trusted,
             addresses: Mutex::new(HashMap::new()),
             sweep_at: Mutex::new(SWEEP_FLOOR),
-            audit_rows: Mutex::new(TokenBucket::full(f64::from(settings.audit_rows_per_second), Instant::now())),
+            audit_rows: Mutex::new(TokenBucket::full(
+                f64::from(settings.audit_rows_per_second),
+                Instant::now(),
+            )),
             metrics,
             audit,
             rate: RateSettings {
@@ -384,7 +394,12 @@ impl Guards {
         self.metrics.limit_breach(limit.as_str());
         let per_second = f64::from(self.settings.audit_rows_per_second);
         // unwrap: the lock is only held to take a token.
-        let sampled = per_second > 0.0 && self.audit_rows.lock().unwrap().take(1.0, per_second, per_second, Instant::now());
+        let sampled = per_second > 0.0
+            && self
+                .audit_rows
+                .lock()
+                .unwrap()
+                .take(1.0, per_second, per_second, Instant::now());
         if let (true, Some(audit)) = (sampled, &self.audit) {
             audit.record(event());
         }
@@ -500,7 +515,11 @@ mod tests {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
             drop(g.admit_session(ip, later).unwrap());
         }
-        assert!(g.tracked_addresses() <= 2 * SWEEP_FLOOR + 1, "{}", g.tracked_addresses());
+        assert!(
+            g.tracked_addresses() <= 2 * SWEEP_FLOOR + 1,
+            "{}",
+            g.tracked_addresses()
+        );
     }
 
     #[test]

@@ -201,7 +201,8 @@ impl Application {
             max_namespaces: settings.socketio.max_namespaces,
         };
         let trusted = crate::http::peer::TrustedProxies::parse(&settings.server.trusted_proxies).map_err(invalid)?;
-        let guards = crate::limits::Guards::new(&settings.limits, trusted.clone(), metrics.clone(), Some(audit.clone()));
+        let guards =
+            crate::limits::Guards::new(&settings.limits, trusted.clone(), metrics.clone(), Some(audit.clone()));
         let endpoint = |app: App| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
                 vec![TransportKind::WebSocket.as_str()]

@@ -447,10 +447,9 @@ impl AuditQuery {
     pub fn filter(&self) -> Result<Filter, String> {
         let kind = match self.kind.as_deref() {
             None => None,
-            Some(k) => Some(
-                AuditKind::parse(k)
-                    .ok_or("kind: expected one of forced_close, parse_error, disconnect, handshake_refused, limit_exceeded")?,
-            ),
+            Some(k) => Some(AuditKind::parse(k).ok_or(
+                "kind: expected one of forced_close, parse_error, disconnect, handshake_refused, limit_exceeded",
+            )?),
         };
         // Stored values never hold control characters (they are escaped),
         // and PostgreSQL refuses NUL in text: such a filter is an error.

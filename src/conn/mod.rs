@@ -733,7 +733,9 @@ impl Handler<WsEnded> for Connection {
                     "websocket text message is not UTF-8".to_string(),
                 ),
                 WsEnd::MessageTimeout => {
-                    self.shared.metrics.limit_breach(crate::limits::Limit::MessageTimeout.as_str());
+                    self.shared
+                        .metrics
+                        .limit_breach(crate::limits::Limit::MessageTimeout.as_str());
                     (
                         ForcedClose,
                         Some(close_code::POLICY),
@@ -741,7 +743,9 @@ impl Handler<WsEnded> for Connection {
                     )
                 }
                 WsEnd::WriteTimeout => {
-                    self.shared.metrics.limit_breach(crate::limits::Limit::WriteTimeout.as_str());
+                    self.shared
+                        .metrics
+                        .limit_breach(crate::limits::Limit::WriteTimeout.as_str());
                     self.shared.metrics.slow_consumers.inc();
                     self.abort_transport = true;
                     (

@@ -92,7 +92,10 @@ fn admit(
             let (message, detail) = match refusal.limit {
                 Limit::ConnectionsPerIp => (
                     "Too many sessions from this address",
-                    format!("{} sessions open from this address", guards.settings().connections_per_ip),
+                    format!(
+                        "{} sessions open from this address",
+                        guards.settings().connections_per_ip
+                    ),
                 ),
                 _ => (
                     "Too many handshakes from this address",
@@ -104,10 +107,9 @@ fn admit(
             };
             breach(refusal.limit, detail, req.query_string().as_bytes());
             let mut response = HttpError::too_many(message).response();
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from(refusal.retry_after_s),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(refusal.retry_after_s));
             Err(response)
         }
     }
@@ -159,7 +161,9 @@ pub async fn head_limits(
     });
     let mut response = error.response();
     // The rest of the request is not read: the connection cannot be reused.
-    response.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
     Ok(req.into_response(response).map_into_boxed_body())
 }
 

@@ -36,9 +36,7 @@ pub struct WsEcho {
 pub async fn handle(req: HttpRequest, body: web::Payload, echo: web::Data<WsEcho>) -> HttpResponse {
     // The handshake of `websocket::accept`, without the Engine.IO session
     // around it.
-    let Some((response, session, stream)) =
-        crate::transport::websocket::handshake(&req, body, echo.limits)
-    else {
+    let Some((response, session, stream)) = crate::transport::websocket::handshake(&req, body, echo.limits) else {
         return HttpResponse::BadRequest().finish();
     };
     actix_web::rt::spawn(echo_loop(session, stream));
