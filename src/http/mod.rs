@@ -53,13 +53,14 @@ fn peer_info(req: &HttpRequest, trusted: &peer::TrustedProxies) -> PeerInfo {
 /// The limits a new session passes before anything is allocated for it:
 /// its `Origin` (`server.allowed_origins`), then its client address's
 /// handshake rate and open sessions (`[limits]`). A session admitted is
-/// counted against its address by the slot put in `peer`.
-fn admit(
+/// counted against its address by the slot put in `peer`. `Some`: the
+/// refusal to answer with.
+fn refusal(
     endpoint: &Endpoint,
     req: &HttpRequest,
     peer: &mut PeerInfo,
     transport: TransportKind,
-) -> Result<(), HttpResponse> {
+) -> Option<HttpResponse> {
     let guards = &endpoint.shared.guards;
     let breach = |limit: Limit, detail: String, excerpt_of: &[u8]| {
         guards.breach(limit, || {
@@ -78,15 +79,15 @@ fn admit(
                 .is_ok_and(|o| endpoint.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
             if !allowed {
                 breach(Limit::Origin, "origin not allowed".into(), origin.as_bytes());
-                return Err(HttpError::of(ErrorCode::Forbidden).response());
+                return Some(HttpError::of(ErrorCode::Forbidden).response());
             }
         }
     }
-    let Some(ip) = peer.ip else { return Ok(()) };
+    let ip = peer.ip?;
     match guards.admit_session(ip, std::time::Instant::now()) {
         Ok(slot) => {
             peer.slot = slot.map(Arc::new);
-            Ok(())
+            None
         }
         Err(refusal) => {
             let (message, detail) = match refusal.limit {
@@ -110,7 +111,7 @@ fn admit(
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(refusal.retry_after_s));
-            Err(response)
+            Some(response)
         }
     }
 }
@@ -205,7 +206,7 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
         return HttpError::shutting_down().response();
     }
     if info.sid.is_none() {
-        if let Err(response) = admit(&endpoint, &req, &mut peer, info.transport) {
+        if let Some(response) = refusal(&endpoint, &req, &mut peer, info.transport) {
             return response;
         }
     }
