@@ -21,9 +21,12 @@
 //!   working;
 //! - 1,000 polling sessions each refused for `application/octet-stream`:
 //!   every request answered, the process's open fds return to their count;
+//! - a polling POST whose body stalls after a complete head (ignored BUG
+//!   test: held forever, even after its session ended);
 //! - `EIO=3` / `x` / empty, `transport=constructor` / `__proto__`, unknown
-//!   sids, the sid of a session that upgraded: exact status and JSON body on
-//!   GET, POST and WebSocket, the sessions concerned untouched;
+//!   sids, a parameter given twice, the sid of a session that upgraded:
+//!   exact status and JSON body on GET, POST and WebSocket, the sessions
+//!   concerned untouched;
 //! - invalid base64 after `b`: 400 code 3, the session closed;
 //! - 100,000 packets in one POST: refused under the default
 //!   `max_packets_per_payload`, accepted and all echoed with it raised, with
@@ -334,6 +337,33 @@ async fn slow_and_idle_connections_time_out_while_others_are_served() {
     assert_bystander_fine(&server, &mut by).await;
 }
 
+#[actix_web::test]
+#[ignore = "BUG: a polling POST whose body stalls holds its connection forever, even after its session ended"]
+async fn stalled_polling_post_body_is_not_held_forever() {
+    let _process = shared().await;
+    // The default test heartbeat: a session that does not poll ends by
+    // ping timeout within a second.
+    let server = common::spawn(common::settings(|_| {}));
+    let (mut by, _) = open(&server, ECHO).await;
+    let p = Polling::open(&server, SIO).await;
+    // The head is complete (actix's head timeout does not apply), the body
+    // never is.
+    let head = format!(
+        "POST {SIO}?EIO=4&transport=polling&sid={} HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n4abc",
+        p.sid
+    );
+    let mut slow = raw(&server, head.as_bytes()).await;
+    registry_empties(&server).await;
+    // The session is gone: the connection must not outlive it for long
+    // (answered 400, or closed without an answer).
+    let bytes = read_until_closed(&mut slow, Duration::from_secs(15)).await;
+    if !bytes.is_empty() {
+        assert_eq!(status_of(&bytes), 400, "{:?}", String::from_utf8_lossy(&bytes));
+    }
+    common::eio::assert_echo_answering_pings(&mut by, "4still here").await;
+}
+
 // ------------------------------------------------------------ fd accounting
 
 #[actix_web::test]
@@ -428,6 +458,11 @@ async fn bad_query_parameters_are_refused_exactly_and_touch_no_session() {
             1,
             "Session ID unknown",
         ),
+        ("EIO=4&transport=polling&sid=%ZZ".into(), 1, "Session ID unknown"),
+        // A parameter given twice is not a question of version or transport.
+        ("EIO=4&EIO=4&transport=polling".into(), 3, "Bad request"),
+        ("EIO=4&transport=polling&transport=websocket".into(), 3, "Bad request"),
+        (format!("EIO=4&transport=polling&sid={sid}&sid={sid}"), 3, "Bad request"),
     ];
     for (query, code, message) in &cases {
         let url = format!("{base}?{query}");
@@ -578,29 +613,74 @@ fn random_sid() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
 }
 
+/// Writes `sids.len()` polling GETs with those sids on `stream` in
+/// pipelined batches (at most `batch` in flight) and asserts that each is
+/// answered 400 with code 1. A hand-written HTTP/1.1 client: reqwest spends
+/// more time per request than the server does, which made 100,000 take
+/// half a minute.
+async fn all_unknown(mut stream: TcpStream, sids: Vec<String>, batch: usize) -> usize {
+    use tokio::io::AsyncWriteExt as _;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut answered = 0;
+    for chunk in sids.chunks(batch) {
+        let mut requests = String::new();
+        for sid in chunk {
+            requests.push_str(&format!(
+                "GET {SIO}?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            ));
+        }
+        stream.write_all(requests.as_bytes()).await.unwrap();
+        for sid in chunk {
+            // One response: its head, then Content-Length bytes of body.
+            let (head_end, length) = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                    assert!(head.starts_with("http/1.1 400 "), "sid {sid}: {head}");
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .expect("a content length")
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    break (i + 4, length);
+                }
+                let n = within("responses", stream.read_buf(&mut buf)).await.unwrap();
+                assert!(n > 0, "the server closed the connection after {answered} answers");
+            };
+            while buf.len() < head_end + length {
+                let n = within("a response body", stream.read_buf(&mut buf)).await.unwrap();
+                assert!(n > 0, "the server closed the connection in a body");
+            }
+            let body = &buf[head_end..head_end + length];
+            assert_eq!(
+                body,
+                br#"{"code":1,"message":"Session ID unknown"}"#,
+                "sid {sid}: {:?}",
+                String::from_utf8_lossy(body)
+            );
+            buf.drain(..head_end + length);
+            answered += 1;
+        }
+    }
+    answered
+}
+
 #[actix_web::test]
 async fn hundred_thousand_random_sids_are_all_unknown() {
     let _process = shared().await;
     let server = start(|_| {});
     let mut by = bystander(&server).await;
     let _live = Polling::open(&server, SIO).await;
-    let client = reqwest::Client::new();
-    let base = format!("{}{SIO}?EIO=4&transport=polling&sid=", server.http());
-    // 64 requests in flight at a time, on kept-alive connections.
-    let tasks: Vec<_> = (0..64)
+    // 64 requests in flight at a time: 8 kept-alive connections with up to
+    // 8 pipelined requests each.
+    let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let (client, base) = (client.clone(), base.clone());
+            let sids: Vec<String> = (0..12_500).map(|_| random_sid()).collect();
+            let port = server.port;
             tokio::spawn(async move {
-                let mut refused = 0usize;
-                for _ in 0..100_000 / 64 + 1 {
-                    let sid = random_sid();
-                    let resp = within("GET", client.get(format!("{base}{sid}")).send()).await.unwrap();
-                    assert_eq!(resp.status().as_u16(), 400, "sid {sid}");
-                    let body = resp.text().await.unwrap();
-                    assert_eq!(body, r#"{"code":1,"message":"Session ID unknown"}"#, "sid {sid}");
-                    refused += 1;
-                }
-                refused
+                let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                all_unknown(stream, sids, 8).await
             })
         })
         .collect();
@@ -611,7 +691,7 @@ async fn hundred_thousand_random_sids_are_all_unknown() {
             .expect("the requests complete")
             .unwrap();
     }
-    assert!(refused >= 100_000);
+    assert_eq!(refused, 100_000);
     assert_eq!(server.registry.len(), 1, "only the live session");
     assert_bystander_fine(&server, &mut by).await;
 }
