@@ -94,6 +94,20 @@ fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
 }
 
+/// [`fd_count`] once two readings 50 ms apart agree (bounded).
+async fn settled_fd_count() -> usize {
+    let mut last = fd_count();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = fd_count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 /// Resident memory of this process in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -371,8 +385,9 @@ async fn thousand_octet_stream_posts_leave_no_fd_behind() {
     let _process = alone().await;
     let server = start(|_| {});
     let mut by = bystander(&server).await;
-    // Counted once the server and the bystander are up.
-    let before = fd_count();
+    // Counted once the server and the bystander are up, and settled (the
+    // sockets of a test that ran before may still be closing).
+    let before = settled_fd_count().await;
     let url = format!("{}{SIO}?EIO=4&transport=polling", server.http());
     let workers: Vec<_> = (0..8)
         .map(|_| {
