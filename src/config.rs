@@ -85,6 +85,8 @@ pub struct LimitSettings {
     pub request_head_timeout_ms: u64,
     /// Idle keep-alive connections are closed after this many ms.
     pub keep_alive_ms: u64,
+    /// Time a polling POST body may take, in ms.
+    pub body_timeout_ms: u64,
     /// Engine.IO messages per second per connection; 0 = no limit.
     pub packets_per_second: u32,
     /// Burst on top of `packets_per_second`.
@@ -289,6 +291,8 @@ pub struct SocketIoSettings {
     pub connect_timeout_ms: u64,
     /// Attachments per packet.
     pub max_attachments: usize,
+    /// Bytes of one packet's attachments together.
+    pub max_attachment_bytes: usize,
     /// Namespace name length.
     pub max_namespace_len: usize,
     /// Namespaces one connection may be in at once.
@@ -531,10 +535,10 @@ impl Settings {
                 "limits.max_url_len and max_header_bytes must be at least 1",
             ));
         }
-        if l.request_head_timeout_ms == 0 || l.keep_alive_ms == 0 {
+        if l.request_head_timeout_ms == 0 || l.keep_alive_ms == 0 || l.body_timeout_ms == 0 {
             return Err(invalid(
                 "limits.request_head_timeout_ms",
-                "limits.request_head_timeout_ms and keep_alive_ms must be at least 1",
+                "limits.request_head_timeout_ms, keep_alive_ms and body_timeout_ms must be at least 1",
             ));
         }
         if sio.max_namespaces == 0 {

@@ -40,11 +40,13 @@ pub enum Limit {
     MessageTimeout,
     /// `websocket.write_timeout_ms`.
     WriteTimeout,
+    /// `limits.body_timeout_ms`.
+    BodyTimeout,
 }
 
 impl Limit {
     /// Every limit.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Self::HandshakeRate,
         Self::ConnectionsPerIp,
         Self::UrlLength,
@@ -55,6 +57,7 @@ impl Limit {
         Self::Namespaces,
         Self::MessageTimeout,
         Self::WriteTimeout,
+        Self::BodyTimeout,
     ];
 
     /// The metric label, also the audit reason.
@@ -70,6 +73,7 @@ impl Limit {
             Self::Namespaces => "max_namespaces",
             Self::MessageTimeout => "message_timeout",
             Self::WriteTimeout => "write_timeout",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 
@@ -548,7 +552,7 @@ mod tests {
     #[test]
     fn reasons_are_stable() {
         let codes: Vec<u16> = Limit::ALL.iter().map(|l| l.reason().code).collect();
-        assert_eq!(codes, (301..=310).collect::<Vec<_>>());
+        assert_eq!(codes, (301..=311).collect::<Vec<_>>());
         assert_eq!(Limit::PacketRate.reason().name, "packets_per_second");
     }
 }

@@ -189,6 +189,7 @@ impl Application {
             limits: DecodeLimits {
                 max_attachments: settings.socketio.max_attachments,
                 max_namespace_len: settings.socketio.max_namespace_len,
+                max_attachment_bytes: settings.socketio.max_attachment_bytes,
             },
             ack_timeout: Duration::from_millis(settings.socketio.ack_timeout_ms),
             hooks: settings.testing.hooks,

@@ -416,7 +416,9 @@ async fn malformed_namespaces_are_parse_errors() {
 #[actix_web::test]
 async fn ten_thousand_connects_to_unknown_namespaces_are_each_refused() {
     let _process = alone().await;
-    let server = start(|_| {});
+    // 10,000 messages from one client: without this its rate limit would
+    // refuse most (tests/limits.rs covers that).
+    let server = start(|s| s.limits.packets_per_second = 0);
     let mut by = bystander(&server, true).await;
     let (mut ws, sid) = client(&server, true).await;
     let rss_before = rss_kib();
@@ -439,7 +441,11 @@ async fn ten_thousand_connects_to_unknown_namespaces_are_each_refused() {
 #[actix_web::test]
 async fn ten_thousand_subscribes_stop_at_the_room_limit() {
     let _process = shared().await;
-    let server = start(|s| s.testing.hooks = false);
+    let server = start(|s| {
+        s.testing.hooks = false;
+        // 10,000 messages from one client (see above).
+        s.limits.packets_per_second = 0;
+    });
     let limit = common::settings(|_| {}).rooms.max_per_socket;
     assert_eq!(limit, 100);
     let mut by = bystander(&server, false).await;

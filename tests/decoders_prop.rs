@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 const LIMITS: DecodeLimits = DecodeLimits {
     max_attachments: 10,
     max_namespace_len: 128,
+    max_attachment_bytes: 4_000_000,
 };
 
 // ---------------------------------------------------------------- Engine.IO

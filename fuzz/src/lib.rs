@@ -26,6 +26,7 @@ use roomcast::socketio::DecodeLimits;
 pub const SIO_LIMITS: DecodeLimits = DecodeLimits {
     max_attachments: 10,
     max_namespace_len: 128,
+    max_attachment_bytes: 4_000_000,
 };
 
 /// The text a client sends for `packet` (a WebSocket text frame, or one

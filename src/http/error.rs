@@ -70,6 +70,15 @@ impl HttpError {
         }
     }
 
+    /// 408 for a polling POST body that did not arrive in time.
+    pub const fn body_timeout() -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: ErrorCode::BadRequest,
+            message: "Request body timeout",
+        }
+    }
+
     /// The response.
     pub fn response(&self) -> HttpResponse {
         HttpResponse::build(self.status)

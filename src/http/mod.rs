@@ -230,10 +230,31 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.starts_with("application/octet-stream"));
                 let max = endpoint.engine.max_payload;
-                match polling::post(entry, body, content_length, binary, max).await {
+                let guards = &shared.guards;
+                let timeout = std::time::Duration::from_millis(guards.settings().body_timeout_ms);
+                match polling::post(entry, body, content_length, binary, max, timeout).await {
                     Ok(()) => Ok(polling::ok_text("ok".into())),
                     Err(polling::PostRefused::TooLarge) => Err(HttpError::payload_too_large()),
                     Err(polling::PostRefused::Code(code)) => Err(code.into()),
+                    Err(polling::PostRefused::Timeout) => {
+                        guards.breach(Limit::BodyTimeout, || {
+                            let mut event = Guards::event(
+                                Limit::BodyTimeout,
+                                format!("polling POST body not complete within {} ms", timeout.as_millis()),
+                            );
+                            event.sid = Some(sid.to_owned());
+                            event.transport = Some(TransportKind::Polling.as_str());
+                            event.peer = peer.client.clone();
+                            event.user_agent = peer.user_agent.clone();
+                            event
+                        });
+                        let mut response = HttpError::body_timeout().response();
+                        // The rest of the body is not read: no reuse.
+                        response
+                            .head_mut()
+                            .set_connection_type(actix_web::http::ConnectionType::Close);
+                        return response;
+                    }
                 }
             }
         },

@@ -57,6 +57,11 @@ impl Decoder {
     /// A binary message: the next attachment of the pending packet.
     pub fn binary(&mut self, data: Bytes) -> Result<Option<Message>, ParseError> {
         let pending = self.pending.as_mut().ok_or(ParseError::UnexpectedBinary)?;
+        let held: usize = pending.attachments.iter().map(Bytes::len).sum();
+        if held + data.len() > self.limits.max_attachment_bytes {
+            self.pending = None;
+            return Err(ParseError::AttachmentsTooLarge(self.limits.max_attachment_bytes));
+        }
         pending.attachments.push(data);
         if pending.attachments.len() == pending.packet.attachments {
             return Ok(self.pending.take());
@@ -85,6 +90,7 @@ mod tests {
         Decoder::new(DecodeLimits {
             max_attachments: 4,
             max_namespace_len: 64,
+            max_attachment_bytes: 1000,
         })
     }
 
@@ -98,6 +104,21 @@ mod tests {
         let m = d.binary(Bytes::from_static(&[4, 5, 6])).unwrap().unwrap();
         assert_eq!(m.attachments.len(), 2);
         assert_eq!(m.packet.kind, PacketType::BinaryEvent);
+        assert!(!d.is_waiting());
+    }
+
+    #[test]
+    fn attachments_are_bounded_in_all() {
+        let mut d = decoder();
+        assert!(d
+            .text(r#"52-["e",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+            .unwrap()
+            .is_none());
+        assert!(d.binary(Bytes::from(vec![0u8; 600])).unwrap().is_none());
+        assert_eq!(
+            d.binary(Bytes::from(vec![0u8; 401])),
+            Err(ParseError::AttachmentsTooLarge(1000))
+        );
         assert!(!d.is_waiting());
     }
 

@@ -100,6 +100,9 @@ pub enum ParseError {
     /// Bad attachment count.
     #[error("illegal attachments")]
     IllegalAttachments,
+    /// Attachments of more bytes together than allowed.
+    #[error("attachments of more than {0} bytes in all")]
+    AttachmentsTooLarge(usize),
     /// More attachments than allowed.
     #[error("{0} attachments, more than the {1} allowed")]
     TooManyAttachments(usize, usize),
@@ -131,6 +134,8 @@ pub struct DecodeLimits {
     pub max_attachments: usize,
     /// Bytes in a namespace name.
     pub max_namespace_len: usize,
+    /// Bytes of one packet's attachments together.
+    pub max_attachment_bytes: usize,
 }
 
 /// Decodes one packet from the text of an Engine.IO message.
@@ -279,6 +284,7 @@ mod tests {
     const LIMITS: DecodeLimits = DecodeLimits {
         max_attachments: 10,
         max_namespace_len: 64,
+        max_attachment_bytes: 1000,
     };
 
     fn ok(s: &str) -> Packet {

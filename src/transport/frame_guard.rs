@@ -49,6 +49,9 @@ pub enum Refused {
     TooLarge(u64),
     /// A message came in more fragments than the limit.
     TooManyFragments,
+    /// A 64-bit length with its most significant bit set (RFC 6455 §5.2:
+    /// it must be 0): a protocol error, not a size.
+    InvalidLength,
 }
 
 impl FrameScanner {
@@ -99,6 +102,9 @@ impl FrameScanner {
                 }
                 n => u64::from(n),
             };
+            if len >> 63 == 1 {
+                return Err(Refused::InvalidLength);
+            }
             if len > self.max {
                 return Err(Refused::TooLarge(len));
             }
@@ -175,6 +181,12 @@ fn message_timeout_error() -> PayloadError {
     ))
 }
 
+/// Whether `e` is the guard's refusal of a frame that breaks RFC 6455
+/// (a length with its most significant bit set).
+pub fn is_protocol_violation(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput)
+}
+
 /// Whether `e` is the error of [`message_timeout_error`].
 pub fn is_message_timeout(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
@@ -193,9 +205,16 @@ where
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                if this.scanner.scan(&chunk).is_err() {
+                if let Err(refused) = this.scanner.scan(&chunk) {
                     this.failed = true;
-                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                    let error = match refused {
+                        Refused::InvalidLength => PayloadError::Io(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "frame length with its most significant bit set",
+                        )),
+                        Refused::TooLarge(_) | Refused::TooManyFragments => PayloadError::Overflow,
+                    };
+                    return Poll::Ready(Some(Err(error)));
                 }
                 match (this.scanner.mid_message(), this.message_timeout) {
                     (true, Some(timeout)) if this.deadline.is_none() => {
@@ -269,7 +288,7 @@ mod tests {
         let mut s = FrameScanner::new(1_000_000, 0);
         assert_eq!(s.scan(&header(1 << 40, true)), Err(Refused::TooLarge(1 << 40)));
         let mut s = FrameScanner::new(1_000_000, 0);
-        assert_eq!(s.scan(&header(u64::MAX, false)), Err(Refused::TooLarge(u64::MAX)));
+        assert_eq!(s.scan(&header(u64::MAX, false)), Err(Refused::InvalidLength));
     }
 
     #[test]

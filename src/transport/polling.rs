@@ -43,6 +43,8 @@ pub enum PostRefused {
     Code(ErrorCode),
     /// The body exceeds `maxPayload` (413).
     TooLarge,
+    /// The body did not arrive within `limits.body_timeout_ms` (408).
+    Timeout,
 }
 
 /// A POST: one at a time per session, body bounded by `max_payload`,
@@ -53,6 +55,7 @@ pub async fn post(
     content_length: Option<usize>,
     binary: bool,
     max_payload: usize,
+    body_timeout: std::time::Duration,
 ) -> Result<(), PostRefused> {
     if entry
         .post_busy
@@ -96,13 +99,20 @@ pub async fn post(
         return Err(too_large());
     }
     let mut buf = bytes::BytesMut::with_capacity(content_length.unwrap_or(0));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|_| PostRefused::Code(ErrorCode::BadRequest))?;
-        if buf.len() + chunk.len() > max_payload {
-            return Err(too_large());
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|_| PostRefused::Code(ErrorCode::BadRequest))?;
+            if buf.len() + chunk.len() > max_payload {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
+        Ok(())
+    };
+    // A body that stalls is given up on; the session is not affected.
+    tokio::time::timeout(body_timeout, read)
+        .await
+        .map_err(|_| PostRefused::Timeout)??;
     entry
         .addr
         .send(PollPost { body: buf.freeze() })

@@ -207,6 +207,9 @@ pub(crate) fn classify(err: &ProtocolError) -> WsEnd {
         ProtocolError::Io(e) if payload_error(e).is_some_and(crate::transport::frame_guard::is_message_timeout) => {
             WsEnd::MessageTimeout
         }
+        ProtocolError::Io(e) if payload_error(e).is_some_and(crate::transport::frame_guard::is_protocol_violation) => {
+            WsEnd::Error(e.to_string())
+        }
         // actix-ws reports an aggregated message above the limit as an
         // untyped I/O error with this text (actix-ws 0.3
         // `aggregated::size_error`); tests/ws_echo.rs pins it.
