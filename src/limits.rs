@@ -42,11 +42,21 @@ pub enum Limit {
     WriteTimeout,
     /// `limits.body_timeout_ms`.
     BodyTimeout,
+    /// `engine.max_payload` (and `websocket.max_fragments`): 413 or 1009.
+    MaxPayload,
+    /// `engine.max_packets_per_payload`.
+    PacketsPerPayload,
+    /// `socketio.max_attachments` and `max_attachment_bytes`.
+    Attachments,
+    /// `rooms.max_per_socket`.
+    RoomsPerSocket,
+    /// `rooms.max_total`.
+    RoomsTotal,
 }
 
 impl Limit {
     /// Every limit.
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 16] = [
         Self::HandshakeRate,
         Self::ConnectionsPerIp,
         Self::UrlLength,
@@ -58,6 +68,11 @@ impl Limit {
         Self::MessageTimeout,
         Self::WriteTimeout,
         Self::BodyTimeout,
+        Self::MaxPayload,
+        Self::PacketsPerPayload,
+        Self::Attachments,
+        Self::RoomsPerSocket,
+        Self::RoomsTotal,
     ];
 
     /// The metric label, also the audit reason.
@@ -74,6 +89,11 @@ impl Limit {
             Self::MessageTimeout => "message_timeout",
             Self::WriteTimeout => "write_timeout",
             Self::BodyTimeout => "body_timeout",
+            Self::MaxPayload => "max_payload",
+            Self::PacketsPerPayload => "max_packets_per_payload",
+            Self::Attachments => "max_attachments",
+            Self::RoomsPerSocket => "rooms_per_socket",
+            Self::RoomsTotal => "rooms_total",
         }
     }
 
@@ -552,7 +572,7 @@ mod tests {
     #[test]
     fn reasons_are_stable() {
         let codes: Vec<u16> = Limit::ALL.iter().map(|l| l.reason().code).collect();
-        assert_eq!(codes, (301..=311).collect::<Vec<_>>());
+        assert_eq!(codes, (301..=316).collect::<Vec<_>>());
         assert_eq!(Limit::PacketRate.reason().name, "packets_per_second");
     }
 }

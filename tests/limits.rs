@@ -615,3 +615,36 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     }
     drop(slow);
 }
+
+#[actix_web::test]
+async fn older_limits_are_counted_too() {
+    let (server, db) = server(|s| {
+        s.rooms.max_per_socket = 1;
+        s.engine.max_payload = 1000;
+        s.limits.bytes_burst = 1000;
+    });
+    let (mut ws, _) = joined(&server).await;
+    send(&mut ws, r#"421["subscribe",{"room":"a"}]"#).await;
+    assert_eq!(next_text(&mut ws).await, r#"431[{"ok":true}]"#);
+    send(&mut ws, r#"422["subscribe",{"room":"b"}]"#).await;
+    assert!(next_text(&mut ws).await.contains("too_many_rooms"));
+    limit_rows(&db, "rooms_per_socket", 1).await;
+    assert_eq!(breaches(&server, "rooms_per_socket").await, 1);
+    // A message above maxPayload: close 1009, counted.
+    send(&mut ws, format!("4{}", "x".repeat(1001))).await;
+    let code = within("the close", async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(code, Some(1009));
+    let deadline = Instant::now() + SOON;
+    while breaches(&server, "max_payload").await == 0 {
+        assert!(Instant::now() < deadline, "no max_payload breach counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -619,6 +619,10 @@ impl Handler<PollPost> for Connection {
             body_text(msg.body.clone()).and_then(|text| decode_payload(&text, self.shared.max_packets_per_payload));
         let result = match decoded {
             Err(err) => {
+                if matches!(err, packet::DecodeError::TooManyPackets(_)) {
+                    let limit = crate::limits::Limit::PacketsPerPayload;
+                    self.shared.metrics.limit_breach(limit.as_str());
+                }
                 let cause = CloseCause::new(DisconnectReason::ParseError, err.to_string());
                 self.close(cause, Some(&msg.body), ctx);
                 Err(ErrorCode::BadRequest)
@@ -720,6 +724,11 @@ impl Handler<WsEnded> for Connection {
             self.session.probe_closed();
         } else if self.ws.as_ref().is_some_and(|w| w.id == msg.id) {
             use DisconnectReason::*;
+            if msg.end == WsEnd::TooLarge {
+                self.shared
+                    .metrics
+                    .limit_breach(crate::limits::Limit::MaxPayload.as_str());
+            }
             let (reason, code, detail) = match &msg.end {
                 WsEnd::Closed => (TransportClose, None, "websocket closed by the client".to_string()),
                 WsEnd::TooLarge => (

@@ -139,6 +139,14 @@ impl Connection {
             Ok(Some(message)) => self.sio_packet(message, ctx),
             Ok(None) => {}
             Err(err) => {
+                use crate::socketio::ParseError;
+                if matches!(
+                    err,
+                    ParseError::TooManyAttachments(..) | ParseError::AttachmentsTooLarge(_)
+                ) {
+                    let limit = crate::limits::Limit::Attachments;
+                    self.shared.metrics.limit_breach(limit.as_str());
+                }
                 let input = match &payload {
                     Payload::Text(text) => text.as_bytes().clone(),
                     Payload::Binary(bytes) => bytes.clone(),
@@ -324,6 +332,15 @@ impl Connection {
         self.ack_error(nsp, ack, code, message, ctx);
     }
 
+    /// A subscribe refused by a room limit: counted, and recorded (sampled).
+    fn room_limit(&self, nsp: &str, limit: crate::limits::Limit) {
+        let guards = self.shared.guards.clone();
+        guards.breach(limit, || {
+            let detail = format!("subscribe refused: {}", limit.as_str());
+            self.audit_event(AuditKind::LimitExceeded, limit.reason(), detail, Some(nsp))
+        });
+    }
+
     /// Fills in the namespace sockets an audit event is about (`nsp`, or
     /// all of this connection's, comma separated) and their user.
     pub(super) fn sio_scope(&self, event: &mut AuditEvent, nsp: Option<&str>) {
@@ -496,9 +513,11 @@ impl Connection {
                     match result {
                         Ok(Ok(())) => act.ack_ok(&nsp, ack, json!({"ok": true}), ctx),
                         Ok(Err(JoinError::TooManyRooms)) => {
+                            act.room_limit(&nsp, crate::limits::Limit::RoomsPerSocket);
                             act.ack_error(&nsp, ack, "too_many_rooms", "this socket is in too many rooms", ctx)
                         }
                         Ok(Err(JoinError::TooManyRoomsInTotal)) => {
+                            act.room_limit(&nsp, crate::limits::Limit::RoomsTotal);
                             act.ack_error(&nsp, ack, "room_limit", "the namespace has too many rooms", ctx)
                         }
                         Ok(Err(JoinError::UnknownSocket)) | Err(_) => {}

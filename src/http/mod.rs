@@ -234,7 +234,10 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
                 let timeout = std::time::Duration::from_millis(guards.settings().body_timeout_ms);
                 match polling::post(entry, body, content_length, binary, max, timeout).await {
                     Ok(()) => Ok(polling::ok_text("ok".into())),
-                    Err(polling::PostRefused::TooLarge) => Err(HttpError::payload_too_large()),
+                    Err(polling::PostRefused::TooLarge) => {
+                        shared.metrics.limit_breach(Limit::MaxPayload.as_str());
+                        Err(HttpError::payload_too_large())
+                    }
                     Err(polling::PostRefused::Code(code)) => Err(code.into()),
                     Err(polling::PostRefused::Timeout) => {
                         guards.breach(Limit::BodyTimeout, || {
