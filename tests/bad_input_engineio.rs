@@ -43,25 +43,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use common::eio::{assert_echo, assert_error, expect_close, open, send, Polling, Ws};
 use common::raw::{raw, read_response, ws_request, RawWs};
-use common::{quiet, registry_empties, within, TestServer, ECHO, SIO, SOON};
+use common::{alone, quiet, registry_empties, rss_kib, shared, within, TestServer, ECHO, SIO, SOON};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 
 // ------------------------------------------------------------------ helpers
-
-/// Tests that measure the whole process (its open fds, its resident
-/// memory) run alone; every other test of this file holds a share.
-static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// A share of the process, for a test that measures nothing process-wide.
-async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    PROCESS.read().await
-}
-
-/// The process to itself, for a test that counts fds or memory.
-async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
-    PROCESS.write().await
-}
 
 /// A server with a far-away heartbeat and the echo endpoint.
 fn start(tweak: impl FnOnce(&mut roomcast::config::Settings)) -> TestServer {
@@ -106,16 +92,6 @@ async fn settled_fd_count() -> usize {
         last = now;
     }
     last
-}
-
-/// Resident memory of this process in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
 }
 
 /// Reads until the server ends the connection (EOF, or a reset), within
@@ -367,12 +343,7 @@ async fn stalled_polling_post_body_is_not_held_forever() {
     let p = Polling::open(&server, SIO).await;
     // The head is complete (actix's head timeout does not apply), the body
     // never is.
-    let head = format!(
-        "POST {SIO}?EIO=4&transport=polling&sid={} HTTP/1.1\r\nHost: localhost\r\n\
-         Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n4abc",
-        p.sid
-    );
-    let mut slow = raw(&server, head.as_bytes()).await;
+    let mut slow = p.partial_post(&server, 100, "4abc").await;
     // limits.body_timeout_ms: 408 with an Engine.IO body, then closed.
     let bytes = read_until_closed(&mut slow, Duration::from_secs(15)).await;
     let text = String::from_utf8_lossy(&bytes);

@@ -37,26 +37,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use common::eio::{expect_close, next, next_text, open, send, Ws};
-use common::{quiet, within, TestServer, SIO, SOON};
+use common::{alone, quiet, rss_kib, shared, within, TestServer, SIO, SOON};
 use futures_util::SinkExt as _;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 // ------------------------------------------------------------------ helpers
-
-/// Tests that measure the whole process (its open fds, its resident
-/// memory) run alone; every other test of this file holds a share.
-static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// A share of the process, for a test that measures nothing process-wide.
-async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    PROCESS.read().await
-}
-
-/// The process to itself, for a test that counts fds or memory.
-async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
-    PROCESS.write().await
-}
 
 /// A server with the testing hooks (`message` → `message-back`) and the
 /// namespaces `/` and `/custom`.
@@ -145,16 +131,6 @@ fn binary(b: &[u8]) -> Message {
 async fn assert_echoes(ws: &mut Ws, what: &str) {
     send(ws, format!(r#"42["message","{what}"]"#)).await;
     assert_eq!(next_text(ws).await, format!(r#"42["message-back","{what}"]"#));
-}
-
-/// Resident memory of this process in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
 }
 
 /// Sends `messages` in batches of `batch`, reading `per_message` replies

@@ -36,7 +36,7 @@ use common::eio::{
     assert_answered, assert_error, assert_held, assert_open_defaults, assert_ping_delay, assert_ping_timeout_delay,
     assert_sid_shape, parse_open, Polling,
 };
-use common::raw::{raw, raw_request, read_response};
+use common::raw::{raw_request, read_response};
 use common::{quiet, registry_empties, within, TestServer, ECHO, SIO};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt as _;
@@ -333,12 +333,7 @@ async fn concurrent_posts_close_the_session() {
     let server = common::spawn(common::settings(quiet));
     let p = Polling::open(&server, SIO).await;
     // A POST whose body is not complete yet stays active.
-    let head = format!(
-        "POST {SIO}?EIO=4&transport=polling&sid={} HTTP/1.1\r\nHost: localhost\r\n\
-         Content-Type: text/plain\r\nContent-Length: 10\r\n\r\n4abc",
-        p.sid
-    );
-    let mut slow = raw(&server, head.as_bytes()).await;
+    let mut slow = p.partial_post(&server, 10, "4abc").await;
     // Nothing observable tells that the server started reading it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_error(p.post("4second").await, 400, 3, "Bad request").await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::audit::{rows, store, wait_rows};
 use common::eio::{member, next_text, open, send, Ws};
 use common::raw::{raw, read_response, ws_request, RawWs};
-use common::{quiet, within, TestServer, SIO, SOON};
+use common::{eventually, quiet, within, TestServer, SIO};
 use futures_util::{SinkExt as _, StreamExt as _};
 use roomcast::audit::store::AuditQuery;
 use roomcast::config::Settings;
@@ -31,18 +31,37 @@ fn server(tweak: impl FnOnce(&mut Settings)) -> (TestServer, String) {
     (common::spawn(settings), url)
 }
 
-/// `roomcast_limit_breaches_total{limit="…"}` from `/metrics`.
-async fn breaches(server: &TestServer, limit: &str) -> u64 {
+/// A counter of `/metrics` (`name` with its labels).
+async fn counter(server: &TestServer, name: &str) -> u64 {
     let body = reqwest::get(format!("{}/metrics", server.http()))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let prefix = format!("roomcast_limit_breaches_total{{limit=\"{limit}\"}} ");
+    let prefix = format!("{name} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// `roomcast_limit_breaches_total{limit="…"}`.
+async fn breaches(server: &TestServer, limit: &str) -> u64 {
+    counter(server, &format!("roomcast_limit_breaches_total{{limit=\"{limit}\"}}")).await
+}
+
+/// Reads until the server's close frame; its code (`None`: the connection
+/// ended without one).
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    within("the server's close", async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
 }
 
 /// Waits for the `limit_exceeded` rows with reason `limit`.
@@ -152,11 +171,7 @@ async fn open_sessions_per_address_are_limited_until_one_ends() {
     assert_eq!(refused[0].code, 302);
     // When a session ends, its place is free again.
     drop(first);
-    let deadline = Instant::now() + SOON;
-    while server.registry.len() > 1 {
-        assert!(Instant::now() < deadline, "the closed session is still registered");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the closed session leaves", || async { server.registry.len() == 1 }).await;
     let (_third, open_packet) = open(&server, SIO).await;
     assert!(open_packet["sid"].is_string());
     assert_eq!(breaches(&server, "connections_per_ip").await, 1);
@@ -282,16 +297,7 @@ async fn messages_over_the_rate_get_error_acks_then_the_connection_is_closed() {
         );
     }
     send(&mut ws, r#"42["subscribe",{"room":"last"}]"#).await;
-    let closed = within("the close", async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Close(frame) = msg {
-                return frame.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    })
-    .await;
-    assert_eq!(closed, Some(1008));
+    assert_eq!(close_code(&mut ws).await, Some(1008));
     bystander.still_served(1).await;
     assert_eq!(breaches(&server, "packets_per_second").await, 6);
     // One row for the first refusal, one for the forced close.
@@ -341,20 +347,6 @@ async fn bytes_over_the_rate_are_refused_and_a_quiet_client_is_forgiven() {
     send(&mut ws, event(3)).await;
     assert_eq!(next_text(&mut ws).await, r#"433[{"ok":true}]"#);
     assert_eq!(breaches(&server, "bytes_per_second").await, 1);
-}
-
-/// A counter of `/metrics` (without labels).
-async fn counter(server: &TestServer, name: &str) -> u64 {
-    let body = reqwest::get(format!("{}/metrics", server.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 /// 100,000 events per second from one client (without acks, as a
@@ -608,11 +600,10 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     assert_eq!(breaches(&server, "write_timeout").await, 1);
     bystander.still_served(1).await;
     // Its session and everything queued for it are gone.
-    let deadline = Instant::now() + SOON;
-    while server.registry.get(&sid).is_some() {
-        assert!(Instant::now() < deadline, "the slow session is still registered");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the slow session leaves", || async {
+        server.registry.get(&sid).is_none()
+    })
+    .await;
     drop(slow);
 }
 
@@ -632,19 +623,9 @@ async fn older_limits_are_counted_too() {
     assert_eq!(breaches(&server, "rooms_per_socket").await, 1);
     // A message above maxPayload: close 1009, counted.
     send(&mut ws, format!("4{}", "x".repeat(1001))).await;
-    let code = within("the close", async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Close(frame) = msg {
-                return frame.map(|f| u16::from(f.code));
-            }
-        }
-        None
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+    eventually("the max_payload breach is counted", || async {
+        breaches(&server, "max_payload").await > 0
     })
     .await;
-    assert_eq!(code, Some(1009));
-    let deadline = Instant::now() + SOON;
-    while breaches(&server, "max_payload").await == 0 {
-        assert!(Instant::now() < deadline, "no max_payload breach counted");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

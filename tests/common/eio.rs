@@ -109,6 +109,19 @@ pub struct Polling {
 }
 
 impl Polling {
+    /// Starts a POST on this session's endpoint whose head announces
+    /// `content_length` bytes and whose body is only `body`: the connection,
+    /// with the rest of the body never sent.
+    pub async fn partial_post(&self, server: &TestServer, content_length: usize, body: &str) -> TcpStream {
+        let path = self.base.trim_start_matches(&server.http());
+        let head = format!(
+            "POST {path}?EIO=4&transport=polling&sid={} HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: text/plain\r\nContent-Length: {content_length}\r\n\r\n{body}",
+            self.sid
+        );
+        super::raw::raw(server, head.as_bytes()).await
+    }
+
     /// Handshakes on `path` (must answer 200 with an open packet); POSTs will
     /// be `text/plain;charset=UTF-8`.
     pub async fn open(server: &TestServer, path: &str) -> Polling {

@@ -126,6 +126,43 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Tests that measure the whole process (its open fds, its resident
+/// memory) run alone; every other test of such a file holds a share.
+static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A share of the process, for a test that measures nothing process-wide.
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    PROCESS.read().await
+}
+
+/// The process to itself, for a test that counts fds or memory.
+pub async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    PROCESS.write().await
+}
+
+/// Resident memory of this process in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Polls `check` until it holds, for at most `SOON`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + SOON;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits (bounded) until the Socket.IO endpoint has no session left.
 pub async fn registry_empties(server: &TestServer) {
     let deadline = Instant::now() + SOON;
