@@ -17,10 +17,12 @@ pub struct TrustedProxies {
 
 impl TrustedProxies {
     /// Parses `"10.0.0.5"`, `"10.0.0.0/8"`, `"::1"`, `"fd00::/8"`; the error
-    /// names the entry.
+    /// names the entry. Blank entries are skipped, so that an empty
+    /// environment variable (`ROOMCAST__LIMITS__EXEMPT=`) means an empty list.
     pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
         let ranges = entries
             .iter()
+            .filter(|entry| !entry.trim().is_empty())
             .map(|entry| {
                 let (addr, bits) = match entry.split_once('/') {
                     Some((a, b)) => (a, Some(b)),
@@ -161,6 +163,8 @@ mod tests {
         assert!(!p.contains("192.168.1.8".parse().unwrap()));
         assert!(p.contains("fd12::1".parse().unwrap()));
         assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
+        let empty = TrustedProxies::parse(&["".into()]).unwrap();
+        assert!(!empty.contains("127.0.0.1".parse().unwrap()));
         assert!(TrustedProxies::parse(&["proxy.example".into()]).is_err());
     }
 
