@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! HTTP request ──▶ http (RequestInfo::parse, one match to a transport, errors → JSON)
+//!   (an upgrade request runs the same App from transport::handover, which
+//!    then keeps the socket and drops actix-http's per-connection buffers)
 //!              ──▶ transport::{polling, websocket}   (bytes in/out; actix-ws lives here)
 //!              ──▶ conn::Connection actor            (one per Engine.IO session: life cycle,
 //!                     │  engineio::Session (sans-IO)   heartbeat, Socket.IO namespaces, acks,

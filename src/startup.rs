@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
-use actix_web::dev::Server;
-use actix_web::{web, App as WebApp, HttpServer};
+use actix_web::dev::{AppConfig, Server};
+use actix_web::{web, App as WebApp};
 
 use crate::adapter::redis::{BrokerPorts, Mode, RedisAdapter, RedisConfig};
 use crate::adapter::AdapterStatus;
@@ -245,7 +245,7 @@ impl Application {
         let ops_state = ops.clone().into_inner();
         let guards_data = web::Data::from(guards);
         let limits = settings.limits.clone();
-        let mut server = HttpServer::new(move || {
+        let make_app = move || {
             let cors = cors(&server_settings.cors_allowed_origins);
             // CORS headers only where origins are configured; without them a
             // cross-site page gets none (same-origin requests are unaffected).
@@ -277,18 +277,39 @@ impl Application {
                 );
             }
             app
-        })
-        .on_connect(crate::transport::websocket::record_fd)
-        // Slow headers and idle connections (`[limits]`).
-        .client_request_timeout(Duration::from_millis(limits.request_head_timeout_ms))
-        .keep_alive(Duration::from_millis(limits.keep_alive_ms))
-        .listen(listener)?
+        };
+        let timeouts = (
+            Duration::from_millis(limits.request_head_timeout_ms),
+            Duration::from_millis(limits.keep_alive_ms),
+        );
+        let local = listener.local_addr()?;
         // Signals are handled by `run_until_stopped`, which closes sessions
         // with "server shutting down" before the workers stop.
-        .disable_signals();
+        let mut server = Server::build().disable_signals();
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
+        let server = server.listen("roomcast", listener, move || {
+            use actix_service::IntoServiceFactory as _;
+            let (request_head, keep_alive) = timeouts;
+            // Nothing reads the App's host or local address from its
+            // config: requests carry their own.
+            let config = AppConfig::default();
+            let upgrade = crate::transport::handover::factory(make_app().into_factory(), config.clone());
+            actix_http::HttpService::build()
+                // Slow headers and idle connections (`[limits]`).
+                .client_request_timeout(request_head)
+                .keep_alive(keep_alive)
+                .local_addr(local)
+                .on_connect_ext(crate::transport::websocket::record_fd)
+                // Upgrade requests: the same App, then the socket is taken
+                // over (src/transport/handover.rs).
+                .upgrade(upgrade)
+                .finish(actix_service::map_config(make_app().into_factory(), move |_| {
+                    config.clone()
+                }))
+                .tcp()
+        })?;
         let server = server.run();
         Ok(Application {
             port,

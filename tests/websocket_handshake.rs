@@ -16,12 +16,15 @@
 //!   frame) even when the client offers `permessage-deflate`;
 //! - subprotocols: with `chat`, `v2` configured, an offer of `foo, v2` (or
 //!   `foo` and `v2` in two headers) gets `v2`, an offer of `foo` gets none;
-//!   with none configured, none is ever returned.
+//!   with none configured, none is ever returned;
+//! - the socket handed over at the upgrade (src/transport/handover.rs):
+//!   frames the client sends in the same write as its request are read, and
+//!   a refused upgrade gets `Connection: close` and its connection ends.
 mod common;
 
 use base64::Engine as _;
 use common::eio::parse_open;
-use common::raw::{raw_request, RawResponse, RawWs, RFC_KEY};
+use common::raw::{client_frame, raw, raw_request, read_response, ws_request, RawResponse, RawWs, RFC_KEY};
 use common::{TestServer, ECHO, SIO};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -273,4 +276,39 @@ async fn no_subprotocol_without_configuration() {
             resp.head
         );
     }
+}
+
+#[actix_web::test]
+async fn frames_sent_with_the_request_are_read_after_the_handover() {
+    let server = common::spawn(common::settings(common::quiet));
+    // The request and two frames in one write: the frames arrive in the
+    // dispatcher's read buffer with the request head.
+    let mut bytes = ws_request(&format!("{ECHO}?EIO=4&transport=websocket")).into_bytes();
+    bytes.extend(client_frame(0x81, b"4first", true));
+    bytes.extend(client_frame(0x81, b"4second", true));
+    let resp = read_response(raw(&server, &bytes).await).await;
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    let mut ws = resp.into_ws();
+    let (_, open) = first_frame(&mut ws).await;
+    assert_eq!(open[0], b'0', "{}", String::from_utf8_lossy(&open));
+    assert_eq!(ws.read_frame().await, Some((0x81, b"4first".to_vec())));
+    assert_eq!(ws.read_frame().await, Some((0x81, b"4second".to_vec())));
+}
+
+#[actix_web::test]
+async fn refused_upgrade_closes_its_connection() {
+    use tokio::io::AsyncReadExt as _;
+    let server = common::spawn(common::settings(common::quiet));
+    // Upgrade headers (so the request takes the upgrade path) with a key
+    // that is not 16 bytes.
+    let request = ws_request(&format!("{SIO}?EIO=4&transport=websocket")).replace(RFC_KEY, "c2hvcnQ=");
+    let mut resp = raw_request(&server, &request).await;
+    assert_refused(&resp, 3, "Bad request", "a short key on the upgrade path");
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.head);
+    let mut rest = Vec::new();
+    let n = common::within("the end of the connection", resp.stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "bytes after a refusal: {:?}", String::from_utf8_lossy(&rest));
+    assert_eq!(server.registry.len(), 0);
 }

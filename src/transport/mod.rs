@@ -1,8 +1,10 @@
 //! Transports: bytes in and out of a session. `polling` speaks HTTP
-//! long-polling, `websocket` owns the actix-ws handles; `ws_echo` is the raw
-//! WebSocket echo endpoint for the Autobahn|Testsuite.
+//! long-polling, `websocket` owns the actix-ws handles, `handover` takes a
+//! WebSocket's socket over from actix-http after the handshake; `ws_echo` is
+//! the raw WebSocket echo endpoint for the Autobahn|Testsuite.
 
 pub mod frame_guard;
+pub mod handover;
 pub mod polling;
 pub mod websocket;
 pub mod ws_echo;

@@ -31,6 +31,7 @@ use crate::conn::messages::{FrameSink, SinkError, WsEnd, WsEnded, WsInbound, WsM
 use crate::conn::Connection;
 use crate::engineio::Frame;
 use crate::transport::frame_guard::FrameGuard;
+use crate::transport::handover::Handover;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -115,12 +116,23 @@ pub fn handshake(
         max_fragments,
         message_timeout,
     } = limits;
-    let guarded: actix_http::BoxedPayloadStream = Box::pin(FrameGuard::new(
-        body.into_inner(),
-        max_payload,
-        max_fragments,
-        message_timeout,
-    ));
+    // A request that came through the upgrade hook brings its socket: it is
+    // read directly (see `super::handover`), not through actix-http's
+    // dispatcher.
+    let guarded: actix_http::BoxedPayloadStream = match Handover::of(req) {
+        Some(handover) => Box::pin(FrameGuard::new(
+            handover.claim(),
+            max_payload,
+            max_fragments,
+            message_timeout,
+        )),
+        None => Box::pin(FrameGuard::new(
+            body.into_inner(),
+            max_payload,
+            max_fragments,
+            message_timeout,
+        )),
+    };
     let mut guarded = actix_web::dev::Payload::from(guarded);
     let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
     let (response, session, stream) = actix_ws::handle(req, body).ok()?;
@@ -263,12 +275,10 @@ struct Backlog {
 #[derive(Clone, Copy)]
 pub struct ConnFd(pub std::os::fd::RawFd);
 
-/// `HttpServer::on_connect` hook: records each connection's socket fd.
-pub fn record_fd(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+/// The on-connect hook: records each connection's socket fd.
+pub fn record_fd(tcp: &actix_web::rt::net::TcpStream, ext: &mut actix_web::dev::Extensions) {
     use std::os::fd::AsRawFd as _;
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        ext.insert(ConnFd(tcp.as_raw_fd()));
-    }
+    ext.insert(ConnFd(tcp.as_raw_fd()));
 }
 
 /// Where a request's socket is, to abort it later without holding a second

@@ -199,15 +199,24 @@ impl RawWs {
     /// Writes a client frame whose first byte (FIN, RSV1-3, opcode) is
     /// `first`, masked unless `mask` is false.
     pub async fn send_frame_with(&mut self, first: u8, payload: &[u8], mask: bool) {
-        assert!(payload.len() < 126);
-        let key = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![first, payload.len() as u8 | if mask { 0x80 } else { 0 }];
-        if mask {
-            frame.extend_from_slice(&key);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
-        self.stream.write_all(&frame).await.unwrap();
+        self.stream
+            .write_all(&client_frame(first, payload, mask))
+            .await
+            .unwrap();
     }
+}
+
+/// A client frame whose first byte (FIN, RSV1-3, opcode) is `first`, masked
+/// unless `mask` is false; the payload is under 126 bytes.
+pub fn client_frame(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let key = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![first, payload.len() as u8 | if mask { 0x80 } else { 0 }];
+    if mask {
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
 }
