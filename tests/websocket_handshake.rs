@@ -18,8 +18,9 @@
 //!   `foo` and `v2` in two headers) gets `v2`, an offer of `foo` gets none;
 //!   with none configured, none is ever returned;
 //! - the socket handed over at the upgrade (src/transport/handover.rs):
-//!   frames the client sends in the same write as its request are read, and
-//!   a refused upgrade gets `Connection: close` and its connection ends.
+//!   frames the client sends in the same write as its request are read; a
+//!   refused upgrade, or any other route's answer to an upgrade request, is
+//!   written whole with `Connection: close` and its connection ends.
 mod common;
 
 use base64::Engine as _;
@@ -311,4 +312,29 @@ async fn refused_upgrade_closes_its_connection() {
         .unwrap();
     assert_eq!(n, 0, "bytes after a refusal: {:?}", String::from_utf8_lossy(&rest));
     assert_eq!(server.registry.len(), 0);
+}
+
+#[actix_web::test]
+async fn other_routes_answer_an_upgrade_request_whole_then_close() {
+    use tokio::io::AsyncReadExt as _;
+    let server = common::spawn(common::settings(common::quiet));
+    // `/metrics` with upgrade headers takes the upgrade path: its whole
+    // answer, then the end of the connection.
+    let request = ws_request("/metrics");
+    let mut stream = raw(&server, request.as_bytes()).await;
+    let mut all = Vec::new();
+    common::within("the whole answer and the end", stream.read_to_end(&mut all))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("connection: close"), "{head}");
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a content-length");
+    assert_eq!(length.parse::<usize>().unwrap(), body.len(), "{head}");
+    assert!(body.contains("roomcast_"), "not the metrics:\n{body}");
 }

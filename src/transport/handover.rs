@@ -37,9 +37,6 @@ use futures_util::{SinkExt as _, Stream};
 /// Largest read from a socket at once (the per-worker scratch buffer).
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Largest body of a refused upgrade's response that is written.
-const REFUSAL_BODY_LIMIT: usize = 64 * 1024;
-
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
@@ -247,20 +244,20 @@ async fn write_all(socket: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes a refused upgrade's response, then the connection ends.
+/// Writes a refused upgrade's response (any answer but a 101 for a claimed
+/// socket), then the connection ends.
 async fn refuse(mut framed: Framed<TcpStream, h1::Codec>, response: Response<BoxBody>) -> Result<(), actix_web::Error> {
     let (mut head, body) = response.into_parts();
     head.head_mut().set_connection_type(ConnectionType::Close);
-    let body = actix_http::body::to_bytes_limited(body, REFUSAL_BODY_LIMIT)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    framed
-        .send(h1::Message::Item((head, BodySize::Sized(body.len() as u64))))
-        .await?;
-    if !body.is_empty() {
-        framed.send(h1::Message::Chunk(Some(body))).await?;
+    let size = body.size();
+    framed.send(h1::Message::Item((head, size))).await?;
+    if size == BodySize::None {
+        return Ok(());
+    }
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(|e| actix_web::error::ErrorInternalServerError(e.to_string()))?;
+        framed.send(h1::Message::Chunk(Some(chunk))).await?;
     }
     framed.send(h1::Message::Chunk(None)).await?;
     Ok(())
