@@ -278,10 +278,8 @@ impl Application {
             }
             app
         };
-        let timeouts = (
-            Duration::from_millis(limits.request_head_timeout_ms),
-            Duration::from_millis(limits.keep_alive_ms),
-        );
+        let request_head = Duration::from_millis(limits.request_head_timeout_ms);
+        let keep_alive = Duration::from_millis(limits.keep_alive_ms);
         let local = listener.local_addr()?;
         // Signals are handled by `run_until_stopped`, which closes sessions
         // with "server shutting down" before the workers stop.
@@ -291,7 +289,6 @@ impl Application {
         }
         let server = server.listen("roomcast", listener, move || {
             use actix_service::IntoServiceFactory as _;
-            let (request_head, keep_alive) = timeouts;
             // Nothing reads the App's host or local address from its
             // config: requests carry their own.
             let config = AppConfig::default();

@@ -117,22 +117,15 @@ pub fn handshake(
         message_timeout,
     } = limits;
     // A request that came through the upgrade hook brings its socket: it is
-    // read directly (see `super::handover`), not through actix-http's
+    // read directly (see `super::handover`). Only an upgrade that actix-http
+    // did not route there (one with a chunked body, say) is read through its
     // dispatcher.
-    let guarded: actix_http::BoxedPayloadStream = match Handover::of(req) {
-        Some(handover) => Box::pin(FrameGuard::new(
-            handover.claim(),
-            max_payload,
-            max_fragments,
-            message_timeout,
-        )),
-        None => Box::pin(FrameGuard::new(
-            body.into_inner(),
-            max_payload,
-            max_fragments,
-            message_timeout,
-        )),
+    let source: actix_http::BoxedPayloadStream = match Handover::of(req) {
+        Some(handover) => Box::pin(handover.claim()),
+        None => Box::pin(body.into_inner()),
     };
+    let guarded: actix_http::BoxedPayloadStream =
+        Box::pin(FrameGuard::new(source, max_payload, max_fragments, message_timeout));
     let mut guarded = actix_web::dev::Payload::from(guarded);
     let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
     let (response, session, stream) = actix_ws::handle(req, body).ok()?;
