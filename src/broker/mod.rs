@@ -140,6 +140,40 @@ pub struct Deliver {
     pub at: std::time::Instant,
 }
 
+/// A publish as the broker hands it to a member it writes to directly
+/// ([`DirectSink`]): the frames, and their WebSocket encoding, made once by
+/// the first sink that needs it and shared by the others.
+pub struct Broadcast {
+    /// The encoded packet (and its binary attachments).
+    pub frames: Arc<[Frame]>,
+    /// The frames as they go on the wire, made on first use.
+    pub wire: std::cell::OnceCell<bytes::Bytes>,
+    /// When the publish reached the broker.
+    pub at: std::time::Instant,
+}
+
+/// What became of a broadcast handed to a [`DirectSink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the socket.
+    Queued,
+    /// Not queued: the socket's queue is full while its client reads (the
+    /// server is behind). Counted as dropped.
+    Dropped,
+    /// Not queued: the socket is closing, or its client stopped reading
+    /// (its connection is told, and closes it as a slow consumer).
+    Refused,
+}
+
+/// The write side of a member's WebSocket, which the broker writes
+/// broadcasts to itself instead of sending each one to the connection
+/// (implemented by the transport, which counts what it queues). Never
+/// waits.
+pub trait DirectSink: Send + Sync {
+    /// Queues `broadcast` after everything queued before.
+    fn push_broadcast(&self, broadcast: &Broadcast) -> Pushed;
+}
+
 /// A namespace socket is put out (the API's kick, another node's
 /// disconnect): its connection closes, or it only leaves its namespace.
 #[derive(Message, Clone)]
@@ -166,6 +200,10 @@ pub struct Register {
     pub deliver: Recipient<Deliver>,
     /// Where an eviction goes.
     pub evict: Recipient<Evict>,
+    /// The socket's WebSocket, when broadcasts may be written to it
+    /// directly: everything the connection wrote for this namespace socket
+    /// is already queued there, so order holds.
+    pub direct: Option<Arc<dyn DirectSink>>,
 }
 
 /// The namespace socket is gone: it leaves every room.
@@ -283,7 +321,7 @@ pub struct BrokerConfig {
     pub max_rooms: usize,
     /// Namespaces whose rooms get `presence:join` / `presence:leave`.
     pub notify_namespaces: Vec<String>,
-    /// Counts deliveries dropped for a full mailbox.
+    /// Counts deliveries dropped for a full mailbox or queue.
     pub dropped: prometheus_client::metrics::counter::Counter,
 }
 
@@ -292,6 +330,7 @@ struct Member {
     user: Option<Arc<str>>,
     deliver: Recipient<Deliver>,
     evict: Recipient<Evict>,
+    direct: Option<Arc<dyn DirectSink>>,
     rooms: HashSet<Arc<str>>,
 }
 
@@ -327,13 +366,25 @@ impl Broker {
         }
     }
 
-    fn deliver(&self, socket_id: &Arc<str>, frames: &Arc<[Frame]>, at: std::time::Instant) -> bool {
+    /// Hands `broadcast` to one member: straight to its socket, or to its
+    /// connection. `true`: it was queued.
+    fn deliver(&self, socket_id: &Arc<str>, broadcast: &Broadcast) -> bool {
         let Some(member) = self.members.get(socket_id) else {
             return false;
         };
+        if let Some(direct) = &member.direct {
+            return match direct.push_broadcast(broadcast) {
+                Pushed::Queued => true,
+                Pushed::Dropped => {
+                    self.config.dropped.inc();
+                    false
+                }
+                Pushed::Refused => false,
+            };
+        }
         match member.deliver.try_send(Deliver {
-            frames: frames.clone(),
-            at,
+            frames: broadcast.frames.clone(),
+            at: broadcast.at,
         }) {
             Ok(()) => true,
             // The connection's mailbox is full: the server is behind (its
@@ -350,6 +401,16 @@ impl Broker {
         }
     }
 
+    /// Hands `frames` to each of `targets`; how many it reached.
+    fn deliver_all(&self, targets: &[Arc<str>], frames: Arc<[Frame]>, at: std::time::Instant) -> usize {
+        let broadcast = Broadcast {
+            frames,
+            wire: std::cell::OnceCell::new(),
+            at,
+        };
+        targets.iter().filter(|id| self.deliver(id, &broadcast)).count()
+    }
+
     fn notify(&mut self, nsp: &Arc<str>, room: &Arc<str>, event: &str, socket_id: &Arc<str>) {
         if !self.config.notify_namespaces.iter().any(|n| **n == **nsp) {
             return;
@@ -364,10 +425,7 @@ impl Broker {
             .and_then(|r| r.get(room))
             .map(|r| r.order.values().filter(|id| *id != socket_id).cloned().collect())
             .unwrap_or_default();
-        let at = std::time::Instant::now();
-        for id in targets {
-            self.deliver(&id, &frames, at);
-        }
+        self.deliver_all(&targets, frames, std::time::Instant::now());
     }
 
     /// The local members a broadcast reaches, each once: the members of
@@ -490,6 +548,7 @@ impl Handler<Register> for Broker {
                 user: msg.user,
                 deliver: msg.deliver,
                 evict: msg.evict,
+                direct: msg.direct,
                 rooms: HashSet::new(),
             },
         );
@@ -549,7 +608,7 @@ impl Handler<Publish> for Broker {
             }
         }
         let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, false);
-        targets.iter().filter(|id| self.deliver(id, &msg.frames, at)).count()
+        self.deliver_all(&targets, msg.frames, at)
     }
 }
 
@@ -564,8 +623,7 @@ impl Handler<Inbound> for Broker {
             return 0;
         }
         let frames = encode_event(&nsp, &b.args, &b.attachments);
-        let at = std::time::Instant::now();
-        targets.iter().filter(|id| self.deliver(id, &frames, at)).count()
+        self.deliver_all(&targets, frames, std::time::Instant::now())
     }
 }
 
@@ -787,6 +845,7 @@ mod tests {
                     user: None,
                     deliver: addr.clone().recipient(),
                     evict: addr.clone().recipient(),
+                    direct: None,
                 })
                 .await
                 .unwrap();

@@ -32,6 +32,11 @@ pub trait FrameSink: Send {
     /// Drops the connection at once, discarding what is queued (a client
     /// that stopped reading would otherwise hold it forever).
     fn abort(self: Box<Self>);
+    /// Where the broker may write broadcasts itself, in order with what
+    /// was written here (`None`: everything goes through the actor).
+    fn direct(&self) -> Option<std::sync::Arc<dyn crate::broker::DirectSink>> {
+        None
+    }
 }
 
 /// A WebSocket's write side, with the id that tells the active socket from
@@ -124,6 +129,8 @@ pub enum WsEnd {
     /// A frame waited longer than `websocket.write_timeout_ms` for the
     /// client to read (the write side gave up).
     WriteTimeout,
+    /// The write queue filled up while the client read nothing.
+    QueueFull,
     /// Any other protocol or I/O error.
     Error(String),
 }

@@ -337,7 +337,19 @@ impl Connection {
         self.arm_timer(ctx);
     }
 
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    /// The WebSocket the broker may write this session's broadcasts to
+    /// itself: only the active socket of a session that is not upgrading,
+    /// with nothing left in the session's buffer (what the broker writes
+    /// would otherwise overtake it).
+    fn direct_sink(&self) -> Option<Arc<dyn crate::broker::DirectSink>> {
+        let ready = self.session.transport() == TransportKind::WebSocket
+            && self.probe.is_none()
+            && self.session.is_live()
+            && !self.session.has_buffered();
+        ready.then(|| self.ws.as_ref()?.sink.direct()).flatten()
+    }
+
+    pub(crate) fn flush(&mut self, ctx: &mut Context<Self>) {
         match self.session.transport() {
             TransportKind::WebSocket => {
                 let Some(ws) = &mut self.ws else { return };
@@ -761,6 +773,15 @@ impl Handler<WsEnded> for Connection {
                         ForcedClose,
                         None,
                         "slow consumer: the client read nothing within websocket.write_timeout_ms".to_string(),
+                    )
+                }
+                WsEnd::QueueFull => {
+                    self.shared.metrics.slow_consumers.inc();
+                    self.abort_transport = true;
+                    (
+                        ForcedClose,
+                        None,
+                        "slow consumer: websocket write queue full".to_string(),
                     )
                 }
                 WsEnd::Error(e) => (TransportError, None, format!("websocket error: {e}")),

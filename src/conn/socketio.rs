@@ -277,14 +277,18 @@ impl Connection {
                 },
             );
         }
+        self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id}), &[], ctx);
+        // The CONNECT goes to the socket before the broker may write there.
+        self.flush(ctx);
+        let direct = self.direct_sink();
         self.sio_config().broker.do_send(Register {
             socket_id: id.clone(),
             nsp: nsp.clone(),
             user,
             deliver: ctx.address().recipient(),
             evict: ctx.address().recipient(),
+            direct,
         });
-        self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id}), &[], ctx);
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
         self.shared.metrics.socket(&nsp, 1);
         let _ = self.shared.events.send(SocketEvent::Connected {

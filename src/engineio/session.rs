@@ -290,6 +290,11 @@ impl Session {
         Ok(())
     }
 
+    /// Frames wait in the buffer.
+    pub fn has_buffered(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
     /// Takes every buffered frame, in order.
     pub fn take_buffered(&mut self) -> VecDeque<Frame> {
         std::mem::take(&mut self.buffer)

@@ -290,8 +290,15 @@ async fn websocket_request(
         None => None,
     };
     let backlog = shared.limits.max_buffered;
-    let mut accepted = websocket::accept(req, body, &endpoint.websocket, endpoint.engine.max_payload, backlog)
-        .ok_or(ErrorCode::BadRequest)?;
+    let mut accepted = websocket::accept(
+        req,
+        body,
+        &endpoint.websocket,
+        endpoint.engine.max_payload,
+        backlog,
+        shared.metrics.clone(),
+    )
+    .ok_or(ErrorCode::BadRequest)?;
     // unwrap: the writer is taken once, here.
     let writer = accepted.writer().unwrap();
     match entry {

@@ -11,8 +11,10 @@
 //!   socket through [`SocketReader`] instead of a request body;
 //! - once the App has answered 101 and the socket was claimed, the 101 is
 //!   written, the dispatcher's buffers are dropped (bytes the client sent
-//!   after its request are kept for the reader), and the encoded frames of
-//!   the response body (actix-ws's) go straight to the socket;
+//!   after its request are kept for the reader), and the frames go
+//!   straight to the socket: from the session's [`Outbox`] (see
+//!   [`super::outbox::pump`]), or for other WebSockets (the echo endpoint)
+//!   the encoded chunks of the response body (actix-ws's);
 //! - any other answer is written with `Connection: close` and the
 //!   connection ends, as a refused upgrade should.
 //!
@@ -23,6 +25,7 @@
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use actix_codec::Framed;
@@ -33,6 +36,8 @@ use actix_web::dev::{AppConfig, Service, ServiceFactory, ServiceResponse};
 use actix_web::rt::net::TcpStream;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, Stream};
+
+use super::outbox::Outbox;
 
 /// Largest read from a socket at once (the per-worker scratch buffer).
 const READ_CHUNK: usize = 16 * 1024;
@@ -59,6 +64,9 @@ struct Shared {
     ended: Cell<bool>,
     /// The reader, waiting for the socket.
     waker: RefCell<Option<Waker>>,
+    /// Where the frames to write come from, when not from the response
+    /// body.
+    outbox: RefCell<Option<Arc<Outbox>>>,
 }
 
 impl Shared {
@@ -81,6 +89,12 @@ impl Handover {
     pub fn claim(&self) -> SocketReader {
         self.0.claimed.set(true);
         SocketReader(self.0.clone())
+    }
+
+    /// After the 101, write `outbox` to the socket instead of the response
+    /// body.
+    pub fn write_from(&self, outbox: Arc<Outbox>) {
+        *self.0.outbox.borrow_mut() = Some(outbox);
     }
 }
 
@@ -172,18 +186,22 @@ where
 {
     // Boxed: the App's future and the dispatcher's buffers are large, and
     // this future lives as long as the WebSocket (in the connection's task).
-    let Some((_end, socket, body)) = Box::pin(answer(app, req, framed)).await? else {
+    let Some((_end, socket, body, outbox)) = Box::pin(answer(app, req, framed)).await? else {
         return Ok(());
     };
-    write_body(&socket, body).await;
+    match outbox {
+        Some(outbox) => super::outbox::pump(&socket, &outbox).await,
+        None => write_body(&socket, body).await,
+    }
     // Both directions: the reader sees the end too, and lets go of its
     // share of the socket.
     let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
     Ok(())
 }
 
-/// A handed-over socket and the response body to write to it.
-type Upgraded = (EndOnDrop, Rc<TcpStream>, BoxBody);
+/// A handed-over socket and what to write to it: the response body, or an
+/// outbox.
+type Upgraded = (EndOnDrop, Rc<TcpStream>, BoxBody, Option<Arc<Outbox>>);
 
 /// Runs the App on `req`; writes its answer's head (a refusal whole). The
 /// socket and body to pump when it was a 101 for a claimed socket.
@@ -218,7 +236,8 @@ where
     let socket = Rc::new(io);
     *shared.socket.borrow_mut() = Some(socket.clone());
     shared.wake();
-    Ok(Some((end, socket, body)))
+    let outbox = shared.outbox.borrow_mut().take();
+    Ok(Some((end, socket, body, outbox)))
 }
 
 /// Writes the response body's chunks (actix-ws encodes every frame waiting

@@ -5,33 +5,31 @@
 //! that accepted the request. It queues into the actor's bounded mailbox and
 //! waits when it is full, so a client that floods is read no faster than its
 //! actor keeps up. It holds no writer: when the actor lets go of the socket
-//! the response body ends and the connection closes, read side included.
+//! the writer ends and the connection closes, read side included.
 //!
-//! Writes: the actor queues frames straight into the `actix_ws::Session`
-//! channel, whose response body encodes every frame waiting at the time of a
-//! poll into one buffer (one write for many frames). When that channel is
-//! full, frames wait in an ordered backlog (bounded: beyond it the client is
-//! a slow consumer) that a task drains; everything after them waits behind
-//! them, so order is kept.
+//! Writes go to the socket's [`Outbox`]: the actor's frames through
+//! [`OutboxSink`], and broadcasts from the broker directly (see
+//! [`super::outbox`]).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix::prelude::SendError;
 use actix::Addr;
 use actix_http::error::PayloadError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use actix_ws::{AggregatedMessage, ProtocolError};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 
+use crate::broker::DirectSink;
 use crate::conn::messages::{FrameSink, SinkError, WsEnd, WsEnded, WsInbound, WsMessage, WsWriter};
 use crate::conn::Connection;
 use crate::engineio::Frame;
 use crate::transport::frame_guard::FrameGuard;
 use crate::transport::handover::Handover;
+use crate::transport::outbox::{Outbox, OutboxBody, Stall};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -39,38 +37,58 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Accepted {
     response: HttpResponse,
     id: u64,
-    /// The sink's backlog, to tell its drain task whom to report to.
-    backlog: Arc<Mutex<Backlog>>,
-    sink: Option<Box<ActixSink>>,
+    outbox: Arc<Outbox>,
+    sink: Option<Box<OutboxSink>>,
     stream: actix_ws::AggregatedMessageStream,
 }
 
 /// Verifies the handshake headers (RFC 6455 §4.2.1: GET, `Upgrade:
 /// websocket`, `Connection: Upgrade`, version 13, a 16-byte base64 key) and
 /// builds the `101` response with `Sec-WebSocket-Accept`, the negotiated
-/// subprotocol if any, and no extension (none is implemented).
+/// subprotocol if any, and no extension (none is implemented). Frames for
+/// the client go through an outbox of at most `backlog` frames.
 pub fn accept(
     req: &HttpRequest,
     body: web::Payload,
     websocket: &crate::config::WebSocketSettings,
     max_payload: usize,
     backlog: usize,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Option<Accepted> {
-    let (mut response, session, stream) = handshake(req, body, ReadLimits::of(websocket, max_payload))?;
+    let (response, _actix_writer, stream, handover) = open(req, body, ReadLimits::of(websocket, max_payload))?;
+    let write_timeout =
+        (websocket.write_timeout_ms > 0).then(|| std::time::Duration::from_millis(websocket.write_timeout_ms));
+    let outbox = Outbox::new(backlog, write_timeout, metrics);
+    let (mut response, socket) = match handover {
+        // The socket is written by the handover's pump.
+        Some(handover) => {
+            handover.write_from(outbox.clone());
+            (response, None)
+        }
+        // The dispatcher writes the outbox as the response body; its
+        // socket is shut down directly to drop a client that stopped
+        // reading (the dispatcher polls no body while its buffer is full).
+        None => (
+            response
+                .set_body(OutboxBody::new(outbox.clone()))
+                .map_into_boxed_body(),
+            SocketRef::of(req),
+        ),
+    };
     if let Some(protocol) = negotiate(req, &websocket.subprotocols) {
         // unwrap: the value was a valid header value in the request.
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol).unwrap());
     }
-    let write_timeout =
-        (websocket.write_timeout_ms > 0).then(|| std::time::Duration::from_millis(websocket.write_timeout_ms));
-    let sink = ActixSink::new(session, backlog, SocketRef::of(req), write_timeout);
     Some(Accepted {
         response,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        backlog: sink.backlog.clone(),
-        sink: Some(Box::new(sink)),
+        sink: Some(Box::new(OutboxSink {
+            outbox: outbox.clone(),
+            socket,
+        })),
+        outbox,
         stream,
     })
 }
@@ -103,12 +121,29 @@ impl ReadLimits {
 /// header declaring more is refused before its payload is read (see
 /// [`super::frame_guard`]), and so is a message in more than
 /// `max_fragments` frames or one that takes longer than `message_timeout`
-/// to arrive. `None`: not a valid handshake.
+/// to arrive. The response body is actix-ws's, written through its
+/// session. `None`: not a valid handshake.
 pub fn handshake(
     req: &HttpRequest,
     body: web::Payload,
     limits: ReadLimits,
 ) -> Option<(HttpResponse, actix_ws::Session, actix_ws::AggregatedMessageStream)> {
+    open(req, body, limits).map(|(response, session, stream, _)| (response, session, stream))
+}
+
+/// [`handshake`], and the socket's handover if the request came through
+/// the upgrade hook (the socket is then read directly; see
+/// [`super::handover`]).
+fn open(
+    req: &HttpRequest,
+    body: web::Payload,
+    limits: ReadLimits,
+) -> Option<(
+    HttpResponse,
+    actix_ws::Session,
+    actix_ws::AggregatedMessageStream,
+    Option<Handover>,
+)> {
     use actix_web::FromRequest as _;
     actix_http::ws::verify_handshake(req.head()).ok()?;
     let ReadLimits {
@@ -116,11 +151,10 @@ pub fn handshake(
         max_fragments,
         message_timeout,
     } = limits;
-    // A request that came through the upgrade hook brings its socket: it is
-    // read directly (see `super::handover`). Only an upgrade that actix-http
-    // did not route there (one with a chunked body, say) is read through its
-    // dispatcher.
-    let source: actix_http::BoxedPayloadStream = match Handover::of(req) {
+    // Only an upgrade that actix-http did not route through the hook (one
+    // with a chunked body, say) is read through its dispatcher.
+    let handover = Handover::of(req);
+    let source: actix_http::BoxedPayloadStream = match &handover {
         Some(handover) => Box::pin(handover.claim()),
         None => Box::pin(body.into_inner()),
     };
@@ -133,7 +167,7 @@ pub fn handshake(
         .max_frame_size(max_payload)
         .aggregate_continuations()
         .max_continuation_size(max_payload);
-    Some((response, session, stream))
+    Some((response, session, stream, handover))
 }
 
 /// The first protocol the client offers that the server accepts. The offer
@@ -164,8 +198,14 @@ impl Accepted {
 
     /// Starts the read pump towards `addr` and returns the 101 response.
     pub fn run(self, addr: Addr<Connection>) -> HttpResponse {
-        // unwrap: the lock is only held for queue operations.
-        self.backlog.lock().unwrap().owner = Some((addr.clone(), self.id));
+        let (owner, id) = (addr.clone(), self.id);
+        self.outbox.on_stall(Box::new(move |stall| {
+            let end = match stall {
+                Stall::QueueFull => WsEnd::QueueFull,
+                Stall::WriteTimeout => WsEnd::WriteTimeout,
+            };
+            owner.do_send(WsEnded { id, end });
+        }));
         actix_web::rt::spawn(read_loop(addr, self.id, self.stream));
         self.response
     }
@@ -250,19 +290,6 @@ fn peer_gone(e: &std::io::Error) -> bool {
         )
 }
 
-/// Frames waiting behind a full socket queue, shared with the drain task.
-#[derive(Default)]
-struct Backlog {
-    frames: VecDeque<Frame>,
-    /// A drain task is running: new frames go behind the backlog.
-    draining: bool,
-    /// Close with this code once the backlog is written.
-    close: Option<u16>,
-    /// The session this socket belongs to and the socket's id, told when a
-    /// write times out.
-    owner: Option<(Addr<Connection>, u64)>,
-}
-
 /// The file descriptor of a connection's socket, recorded by
 /// [`record_fd`] when the connection is accepted.
 #[derive(Clone, Copy)]
@@ -313,182 +340,34 @@ impl SocketRef {
     }
 }
 
-/// [`FrameSink`] over an `actix_ws::Session`.
-pub struct ActixSink {
-    session: actix_ws::Session,
-    backlog: Arc<Mutex<Backlog>>,
-    limit: usize,
-    /// The socket, to abort a connection whose client stopped reading:
-    /// actix does not poll the response body while its write buffer is
-    /// full, so ending the body would not free it.
+/// [`FrameSink`] over an [`Outbox`].
+pub struct OutboxSink {
+    outbox: Arc<Outbox>,
+    /// The socket, when actix-http's dispatcher writes it (see [`accept`]).
     socket: Option<SocketRef>,
-    /// Longest a frame may wait for room (`websocket.write_timeout_ms`).
-    write_timeout: Option<std::time::Duration>,
 }
 
-impl ActixSink {
-    fn new(
-        session: actix_ws::Session,
-        limit: usize,
-        socket: Option<SocketRef>,
-        write_timeout: Option<std::time::Duration>,
-    ) -> Self {
-        Self {
-            session,
-            backlog: Arc::default(),
-            limit,
-            socket,
-            write_timeout,
-        }
-    }
-
-    /// Queues a frame if the socket's channel has room right now. `None`
-    /// means full (the frame was not queued). Unconstrained: tokio's
-    /// cooperative budget must not make a free channel look full.
-    fn try_now(session: &mut actix_ws::Session, frame: &Frame) -> Option<Result<(), actix_ws::Closed>> {
-        match frame {
-            Frame::Text(text) => tokio::task::unconstrained(session.text(text.clone())).now_or_never(),
-            Frame::Binary(bytes) => tokio::task::unconstrained(session.binary(bytes.clone())).now_or_never(),
-        }
-    }
-
-    /// Starts the task that writes the backlog in order, waiting for room.
-    fn spawn_drain(&self, session: actix_ws::Session) {
-        let drain = Drain {
-            session,
-            backlog: self.backlog.clone(),
-            socket: self.socket.clone(),
-            write_timeout: self.write_timeout,
-        };
-        actix_web::rt::spawn(drain.run());
-    }
-}
-
-/// Writes a socket's backlog while its channel is full.
-struct Drain {
-    session: actix_ws::Session,
-    backlog: Arc<Mutex<Backlog>>,
-    socket: Option<SocketRef>,
-    write_timeout: Option<std::time::Duration>,
-}
-
-impl Drain {
-    /// `write`, within the write timeout. `false`: the socket is gone, or
-    /// the client took nothing for the whole timeout, in which case its
-    /// session is told (a slow consumer) or, when closing, the socket is
-    /// dropped.
-    async fn within<F>(&self, write: F, closing: bool) -> bool
-    where
-        F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
-    {
-        let result = match self.write_timeout {
-            Some(limit) => tokio::time::timeout(limit, write).await,
-            None => Ok(write.await),
-        };
-        match result {
-            Ok(written) => written.is_ok(),
-            Err(_) => {
-                // unwrap: the lock is only held for queue operations.
-                let owner = self.backlog.lock().unwrap().owner.clone();
-                match owner {
-                    Some((addr, id)) if !closing => addr.do_send(WsEnded {
-                        id,
-                        end: WsEnd::WriteTimeout,
-                    }),
-                    _ => {
-                        if let Some(socket) = self.socket.clone() {
-                            socket.abort();
-                        }
-                    }
-                }
-                false
-            }
-        }
-    }
-
-    async fn run(self) {
-        loop {
-            let next = {
-                // unwrap: the lock is only held for queue operations.
-                let mut b = self.backlog.lock().unwrap();
-                match b.frames.pop_front() {
-                    Some(frame) => Ok(frame),
-                    None => {
-                        b.draining = false;
-                        Err(b.close.take())
-                    }
-                }
-            };
-            let mut session = self.session.clone();
-            let written = match next {
-                Ok(Frame::Text(text)) => self.within(session.text(text), false).await,
-                Ok(Frame::Binary(bytes)) => self.within(session.binary(bytes), false).await,
-                Err(close) => {
-                    if let Some(code) = close {
-                        self.within(session.close(Some(close_reason(code))), true).await;
-                    }
-                    return;
-                }
-            };
-            if !written {
-                return;
-            }
-        }
-    }
-}
-
-fn close_reason(code: u16) -> CloseReason {
-    CloseReason {
-        code: CloseCode::from(code),
-        description: None,
-    }
-}
-
-impl FrameSink for ActixSink {
+impl FrameSink for OutboxSink {
     fn write(&mut self, frame: Frame) -> Result<(), SinkError> {
-        // unwrap: the lock is only held for queue operations.
-        let mut b = self.backlog.lock().unwrap();
-        if !b.draining {
-            match Self::try_now(&mut self.session, &frame) {
-                Some(Ok(())) => return Ok(()),
-                Some(Err(_)) => return Err(SinkError::Closed),
-                None => {
-                    b.draining = true;
-                    self.spawn_drain(self.session.clone());
-                }
-            }
-        }
-        if b.frames.len() >= self.limit {
-            return Err(SinkError::Full);
-        }
-        b.frames.push_back(frame);
-        Ok(())
+        self.outbox.push_frame(&frame)
     }
 
     fn pong(&mut self, payload: Bytes) {
-        let _ = tokio::task::unconstrained(self.session.pong(&payload)).now_or_never();
+        self.outbox.pong(&payload);
     }
 
     fn abort(self: Box<Self>) {
+        self.outbox.abort();
         if let Some(socket) = self.socket {
             socket.abort();
         }
-        // unwrap: the lock is only held for queue operations.
-        let mut b = self.backlog.lock().unwrap();
-        b.frames.clear();
-        b.close = None;
     }
 
     fn close(self: Box<Self>, code: u16) {
-        // `Session::close` marks every clone closed before it waits for room,
-        // so it is only called from the drain task, after the backlog.
-        // unwrap: the lock is only held for queue operations.
-        let backlog = self.backlog.clone();
-        let mut b = backlog.lock().unwrap();
-        b.close = Some(code);
-        if !b.draining {
-            b.draining = true;
-            self.spawn_drain(self.session.clone());
-        }
+        self.outbox.close(code);
+    }
+
+    fn direct(&self) -> Option<Arc<dyn DirectSink>> {
+        Some(self.outbox.clone())
     }
 }

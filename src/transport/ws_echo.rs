@@ -82,7 +82,7 @@ fn close_code(err: &ProtocolError) -> Option<CloseCode> {
         WsEnd::TooLarge => Some(CloseCode::Size),
         WsEnd::InvalidUtf8 => Some(CloseCode::Invalid),
         WsEnd::MessageTimeout => Some(CloseCode::Policy),
-        WsEnd::Closed | WsEnd::WriteTimeout => None,
+        WsEnd::Closed | WsEnd::WriteTimeout | WsEnd::QueueFull => None,
         WsEnd::Error(_) => Some(CloseCode::Protocol),
     }
 }
