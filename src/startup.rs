@@ -126,7 +126,7 @@ impl Application {
             max_rooms_per_socket: settings.rooms.max_per_socket,
             max_rooms: settings.rooms.max_total,
             notify_namespaces: settings.rooms.notify_namespaces.clone(),
-            dropped: metrics.deliveries_dropped.clone(),
+            metrics: metrics.clone(),
         })
         .start();
         let cluster = Arc::new(AdapterStatus::default());

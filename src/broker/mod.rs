@@ -321,8 +321,36 @@ pub struct BrokerConfig {
     pub max_rooms: usize,
     /// Namespaces whose rooms get `presence:join` / `presence:leave`.
     pub notify_namespaces: Vec<String>,
-    /// Counts deliveries dropped for a full mailbox or queue.
-    pub dropped: prometheus_client::metrics::counter::Counter,
+    /// Where deliveries are counted: those the broker writes itself
+    /// ([`DirectSink`]) and those dropped for a full mailbox or queue (a
+    /// connection counts what it writes).
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Whom a broadcast goes to.
+enum Targets<'a> {
+    /// These sockets.
+    Ids(&'a [Arc<str>]),
+    /// The members of one room but those named (socket ids, no rooms).
+    Room(&'a Room, &'a [Arc<str>]),
+}
+
+/// What became of one broadcast's deliveries.
+#[derive(Default)]
+struct Tally {
+    direct: usize,
+    via_connection: usize,
+    dropped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, pushed: Pushed) {
+        match pushed {
+            Pushed::Queued => self.direct += 1,
+            Pushed::Dropped => self.dropped += 1,
+            Pushed::Refused => {}
+        }
+    }
 }
 
 struct Member {
@@ -337,8 +365,22 @@ struct Member {
 /// Members of a room in join order (for presence lists).
 #[derive(Default)]
 struct Room {
-    order: BTreeMap<u64, Arc<str>>,
+    order: BTreeMap<u64, Slot>,
     seq: HashMap<Arc<str>, u64>,
+}
+
+/// A room member: its id, and its socket when the broker writes to it
+/// directly (kept here so a publish to one room needs no lookup per
+/// member).
+struct Slot {
+    id: Arc<str>,
+    direct: Option<Arc<dyn DirectSink>>,
+}
+
+impl Room {
+    fn ids(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.order.values().map(|slot| &slot.id)
+    }
 }
 
 /// The broker actor.
@@ -366,49 +408,73 @@ impl Broker {
         }
     }
 
-    /// Hands `broadcast` to one member: straight to its socket, or to its
-    /// connection. `true`: it was queued.
-    fn deliver(&self, socket_id: &Arc<str>, broadcast: &Broadcast) -> bool {
+    /// Hands `broadcast` to one member, through its connection (a member
+    /// the broker writes to directly is handed it by [`Self::deliver_all`]).
+    fn deliver(&self, socket_id: &Arc<str>, broadcast: &Broadcast, tally: &mut Tally) {
         let Some(member) = self.members.get(socket_id) else {
-            return false;
+            return;
         };
         if let Some(direct) = &member.direct {
-            return match direct.push_broadcast(broadcast) {
-                Pushed::Queued => true,
-                Pushed::Dropped => {
-                    self.config.dropped.inc();
-                    false
-                }
-                Pushed::Refused => false,
-            };
+            tally.add(direct.push_broadcast(broadcast));
+            return;
         }
         match member.deliver.try_send(Deliver {
             frames: broadcast.frames.clone(),
             at: broadcast.at,
         }) {
-            Ok(()) => true,
+            Ok(()) => tally.via_connection += 1,
             // The connection's mailbox is full: the server is behind (its
             // connections drain their mailboxes whether or not their clients
             // read; one that stops reading is closed by its own write side).
             // The delivery is dropped and counted, and the publisher never
             // waits: throughput holds under overload and memory stays
             // bounded by the mailboxes.
-            Err(SendError::Full(_)) => {
-                self.config.dropped.inc();
-                false
-            }
-            Err(SendError::Closed(_)) => false,
+            Err(SendError::Full(_)) => tally.dropped += 1,
+            Err(SendError::Closed(_)) => {}
         }
     }
 
-    /// Hands `frames` to each of `targets`; how many it reached.
-    fn deliver_all(&self, targets: &[Arc<str>], frames: Arc<[Frame]>, at: std::time::Instant) -> usize {
+    /// Hands `frames` to each of `targets` (or, for `Some(room)`, to the
+    /// members of that room that are not named in `except`); how many it
+    /// reached. Counted once per call, not per member.
+    fn deliver_all(
+        &self,
+        targets: Targets<'_>,
+        frames: Arc<[Frame]>,
+        at: std::time::Instant,
+    ) -> usize {
         let broadcast = Broadcast {
             frames,
             wire: std::cell::OnceCell::new(),
             at,
         };
-        targets.iter().filter(|id| self.deliver(id, &broadcast)).count()
+        let mut tally = Tally::default();
+        match targets {
+            Targets::Ids(ids) => ids.iter().for_each(|id| self.deliver(id, &broadcast, &mut tally)),
+            Targets::Room(room, except) => {
+                for slot in room.order.values() {
+                    if except.iter().any(|e| *e == slot.id) {
+                        continue;
+                    }
+                    match &slot.direct {
+                        Some(direct) => tally.add(direct.push_broadcast(&broadcast)),
+                        None => self.deliver(&slot.id, &broadcast, &mut tally),
+                    }
+                }
+            }
+        }
+        let metrics = &self.config.metrics;
+        if tally.direct > 0 {
+            let n = tally.direct as u64;
+            let bytes: usize = broadcast.frames.iter().map(Frame::len).sum();
+            metrics.deliveries.inc_by(n);
+            metrics.events_out.inc_by(n * broadcast.frames.len() as u64);
+            metrics.bytes_out.inc_by(n * bytes as u64);
+        }
+        if tally.dropped > 0 {
+            metrics.deliveries_dropped.inc_by(tally.dropped as u64);
+        }
+        tally.direct + tally.via_connection
     }
 
     fn notify(&mut self, nsp: &Arc<str>, room: &Arc<str>, event: &str, socket_id: &Arc<str>) {
@@ -423,9 +489,9 @@ impl Broker {
             .rooms
             .get(nsp)
             .and_then(|r| r.get(room))
-            .map(|r| r.order.values().filter(|id| *id != socket_id).cloned().collect())
+            .map(|r| r.ids().filter(|id| *id != socket_id).cloned().collect())
             .unwrap_or_default();
-        self.deliver_all(&targets, frames, std::time::Instant::now());
+        self.deliver_all(Targets::Ids(&targets), frames, std::time::Instant::now());
     }
 
     /// The local members a broadcast reaches, each once: the members of
@@ -441,7 +507,7 @@ impl Broker {
         for name in except {
             excluded.insert(name);
             if let Some(room) = ns_rooms.and_then(|r| r.get(name)) {
-                excluded.extend(room.order.values());
+                excluded.extend(room.ids());
             }
         }
         // A room's members are distinct: one room needs no de-duplication.
@@ -458,7 +524,7 @@ impl Broker {
         }
         for name in rooms {
             if let Some(room) = ns_rooms.and_then(|r| r.get(name)) {
-                room.order.values().for_each(&mut add);
+                room.ids().for_each(&mut add);
             }
             if let Some((id, _)) = self
                 .members
@@ -493,7 +559,13 @@ impl Broker {
         let seq = self.next_seq;
         self.next_seq += 1;
         let r = rooms.entry(room.clone()).or_default();
-        r.order.insert(seq, socket_id.clone());
+        r.order.insert(
+            seq,
+            Slot {
+                id: socket_id.clone(),
+                direct: member.direct.clone(),
+            },
+        );
         r.seq.insert(socket_id.clone(), seq);
         self.notify(&nsp, room, "presence:join", socket_id);
         Ok(())
@@ -607,8 +679,19 @@ impl Handler<Publish> for Broker {
                 tracing::warn!("cluster adapter mailbox full: a cross-node broadcast was lost");
             }
         }
+        // One room, and only sockets excepted (the usual publish): its
+        // members are distinct and need no list.
+        let ns_rooms = self.rooms.get(&msg.nsp);
+        if let ([room], Some(ns_rooms)) = (&msg.rooms[..], ns_rooms) {
+            if msg.except.iter().all(|e| !ns_rooms.contains_key(e)) {
+                return match ns_rooms.get(room) {
+                    Some(r) => self.deliver_all(Targets::Room(r, &msg.except), msg.frames, at),
+                    None => 0,
+                };
+            }
+        }
         let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, false);
-        self.deliver_all(&targets, msg.frames, at)
+        self.deliver_all(Targets::Ids(&targets), msg.frames, at)
     }
 }
 
@@ -623,7 +706,7 @@ impl Handler<Inbound> for Broker {
             return 0;
         }
         let frames = encode_event(&nsp, &b.args, &b.attachments);
-        self.deliver_all(&targets, frames, std::time::Instant::now())
+        self.deliver_all(Targets::Ids(&targets), frames, std::time::Instant::now())
     }
 }
 
@@ -721,8 +804,7 @@ impl Handler<Members> for Broker {
             return MessageResult(RoomMembers::default());
         };
         let members = room
-            .order
-            .values()
+            .ids()
             .take(msg.limit)
             .map(|id| (id.clone(), self.members.get(id).and_then(|m| m.user.clone())))
             .collect();
@@ -818,12 +900,13 @@ mod tests {
 
     #[actix_web::test]
     async fn a_full_mailbox_drops_deliveries_counts_them_and_evicts_no_one() {
-        let dropped = prometheus_client::metrics::counter::Counter::<u64>::default();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let dropped = metrics.deliveries_dropped.clone();
         let broker = Broker::new(BrokerConfig {
             max_rooms_per_socket: 10,
             max_rooms: 10,
             notify_namespaces: vec![],
-            dropped: dropped.clone(),
+            metrics,
         })
         .start();
         let nsp: Arc<str> = "/".into();

@@ -326,16 +326,8 @@ impl DirectSink for Outbox {
     fn push_broadcast(&self, broadcast: &Broadcast) -> Pushed {
         let wire = broadcast.wire.get_or_init(|| encode_frames(&broadcast.frames)).clone();
         let frames = broadcast.frames.len();
-        let pushed = self.push(wire, frames, Some(broadcast.at));
-        if pushed == Pushed::Queued {
-            let metrics = &self.metrics;
-            metrics.deliveries.inc();
-            metrics.events_out.inc_by(frames as u64);
-            metrics
-                .bytes_out
-                .inc_by(broadcast.frames.iter().map(Frame::len).sum::<usize>() as u64);
-        }
-        pushed
+        // (The broker counts what it queued, once per publish.)
+        self.push(wire, frames, Some(broadcast.at))
     }
 }
 
@@ -535,5 +527,167 @@ impl actix_http::body::MessageBody for OutboxBody {
                 Poll::Ready(Some(Ok(out.freeze())))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::sync::oneshot;
+
+    fn outbox(limit: usize, write_timeout: Option<Duration>) -> Arc<Outbox> {
+        Outbox::new(limit, write_timeout, Arc::new(Metrics::new()))
+    }
+
+    fn broadcast(text: &str) -> Broadcast {
+        Broadcast {
+            frames: Arc::new([Frame::Text(text.into())]),
+            wire: std::cell::OnceCell::new(),
+            at: Instant::now(),
+        }
+    }
+
+    fn stall_reports(outbox: &Outbox) -> oneshot::Receiver<Stall> {
+        let (tx, rx) = oneshot::channel();
+        outbox.on_stall(Box::new(move |stall| {
+            let _ = tx.send(stall);
+        }));
+        rx
+    }
+
+    /// A connected pair: (the server's side, the client's side).
+    async fn pair(client_recv_buffer: Option<u32>) -> (actix_web::rt::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = client_recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let (client, accepted) = tokio::join!(socket.connect(listener.local_addr().unwrap()), listener.accept());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    /// Every frame the client reads until the server ends the connection:
+    /// (opcode, payload).
+    async fn read_frames(mut client: tokio::net::TcpStream) -> Vec<(OpCode, Vec<u8>)> {
+        let mut raw = Vec::new();
+        client.read_to_end(&mut raw).await.unwrap();
+        let mut buf = BytesMut::from(&raw[..]);
+        let mut frames = Vec::new();
+        while let Some((_, op, payload)) = Parser::parse(&mut buf, false, 1 << 20).unwrap() {
+            frames.push((op, payload.map(|p| p.to_vec()).unwrap_or_default()));
+        }
+        assert!(buf.is_empty(), "a partial frame at the end");
+        frames
+    }
+
+    /// Fills the server side until a write would block (the client reads
+    /// nothing): the writer is then blocked.
+    async fn until_blocked(outbox: &Arc<Outbox>) {
+        let big = "x".repeat(64 * 1024);
+        for _ in 0..1000 {
+            if outbox.lock().blocked {
+                return;
+            }
+            outbox.push_frame(&Frame::Text(big.as_str().into())).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the writer never found the socket full");
+    }
+
+    #[actix_rt::test]
+    async fn frames_of_the_connection_and_the_broker_arrive_in_order_then_the_close() {
+        let (server, client) = pair(None).await;
+        let outbox = outbox(1024, None);
+        let writer = {
+            let outbox = outbox.clone();
+            actix_rt::spawn(async move { pump(&server, &outbox).await })
+        };
+        let mut expected = Vec::new();
+        for i in 0..300 {
+            let text = format!("4frame {i}");
+            if i % 3 == 0 {
+                outbox.push_frame(&Frame::Text(text.as_str().into())).unwrap();
+            } else {
+                assert_eq!(outbox.push_broadcast(&broadcast(&text)), Pushed::Queued);
+            }
+            expected.push((OpCode::Text, text.into_bytes()));
+            if i % 50 == 0 {
+                tokio::task::yield_now().await; // let the writer run between some
+            }
+        }
+        outbox.pong(b"p");
+        outbox.close(1000);
+        assert_eq!(outbox.push_broadcast(&broadcast("4late")), Pushed::Refused);
+        let frames = read_frames(client).await;
+        writer.await.unwrap();
+        let (close, rest) = frames.split_last().unwrap();
+        let (pong, data) = rest.split_last().unwrap();
+        assert_eq!(data, &expected[..]);
+        assert_eq!(pong, &(OpCode::Pong, b"p".to_vec()));
+        assert_eq!(close, &(OpCode::Close, vec![0x03, 0xe8]), "close 1000");
+    }
+
+    #[actix_rt::test]
+    async fn a_full_queue_drops_broadcasts_while_the_client_reads_and_refuses_them_when_it_does_not() {
+        // No writer runs: nothing is taken from the queue.
+        let outbox = outbox(4, None);
+        let mut stalls = stall_reports(&outbox);
+        for i in 0..4 {
+            assert_eq!(outbox.push_broadcast(&broadcast(&format!("4m{i}"))), Pushed::Queued);
+        }
+        // The client is not known to be stuck: the server is behind.
+        assert_eq!(outbox.push_broadcast(&broadcast("4over")), Pushed::Dropped);
+        assert!(stalls.try_recv().is_err(), "no one is told of a drop");
+        // Once the writer found the socket full, the client is the problem.
+        outbox.lock().blocked = true;
+        assert_eq!(outbox.push_broadcast(&broadcast("4over")), Pushed::Refused);
+        assert_eq!(stalls.try_recv().unwrap(), Stall::QueueFull);
+        // The connection's own frames are never dropped: refused, a slow consumer.
+        assert_eq!(
+            outbox.push_frame(&Frame::Text("4ack".into())),
+            Err(crate::conn::messages::SinkError::Full)
+        );
+        outbox.abort();
+        assert_eq!(
+            outbox.push_frame(&Frame::Text("4ack".into())),
+            Err(crate::conn::messages::SinkError::Closed)
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_client_that_reads_nothing_is_reported_after_the_write_timeout_and_let_go() {
+        let (server, client) = pair(Some(4096)).await;
+        let outbox = outbox(1_000_000, Some(Duration::from_millis(300)));
+        let stalls = stall_reports(&outbox);
+        let writer = {
+            let outbox = outbox.clone();
+            actix_rt::spawn(async move { pump(&server, &outbox).await })
+        };
+        until_blocked(&outbox).await;
+        let blocked_at = Instant::now();
+        assert_eq!(stalls.await.unwrap(), Stall::WriteTimeout);
+        assert!(blocked_at.elapsed() < Duration::from_secs(5));
+        writer.await.unwrap();
+        assert!(outbox.aborted(), "the writer let go of the socket");
+        drop(client);
+    }
+
+    #[actix_rt::test]
+    async fn an_abort_ends_a_blocked_writer_at_once() {
+        let (server, client) = pair(Some(4096)).await;
+        let outbox = outbox(1_000_000, None);
+        let writer = {
+            let outbox = outbox.clone();
+            actix_rt::spawn(async move { pump(&server, &outbox).await })
+        };
+        until_blocked(&outbox).await;
+        outbox.abort();
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer ended")
+            .unwrap();
+        assert_eq!(outbox.lock().queue.len(), 0, "what was queued is freed");
+        drop(client);
     }
 }
