@@ -315,8 +315,8 @@ pub struct TestingSettings {
 pub struct WebSocketSettings {
     /// Accepted subprotocols in order of preference.
     pub subprotocols: Vec<String>,
-    /// Microseconds a broadcast frame may wait for others bound for the
-    /// same WebSocket, to be written together; 0 = written at once.
+    /// Microseconds a frame may wait for others bound for the same
+    /// WebSocket, to be written together; 0 = written at once.
     pub broadcast_coalesce_us: u64,
     /// Most frames one message may arrive in; 0 = any number.
     pub max_fragments: u32,

@@ -119,8 +119,9 @@ enum Take {
 
 impl Outbox {
     /// An outbox for a socket of the current worker, holding at most
-    /// `limit` frames.
-    pub fn new(limit: usize, write_timeout: Option<Duration>, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// `limit` frames. `coalesce`: how long the worker's writers wait for
+    /// more frames once one is queued (set by the first outbox of a worker).
+    pub fn new(limit: usize, write_timeout: Option<Duration>, coalesce: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             inner: Mutex::new(Inner {
@@ -137,7 +138,7 @@ impl Outbox {
             }),
             limit: limit.max(1),
             write_timeout,
-            flusher: Flusher::current(),
+            flusher: Flusher::current(coalesce),
             metrics,
         })
     }
@@ -352,6 +353,9 @@ pub fn encode_frames(frames: &[Frame]) -> Bytes {
 /// and the task that wakes those writers.
 pub struct Flusher {
     due: Mutex<(Vec<Arc<Outbox>>, Option<Waker>)>,
+    /// How long to wait, once woken, for more outboxes to fill
+    /// (`websocket.broadcast_coalesce_us`).
+    coalesce: Duration,
 }
 
 thread_local! {
@@ -360,11 +364,12 @@ thread_local! {
 
 impl Flusher {
     /// This thread's flusher, started on first use.
-    fn current() -> Arc<Flusher> {
+    fn current(coalesce: Duration) -> Arc<Flusher> {
         FLUSHER.with_borrow_mut(|slot| {
             slot.get_or_insert_with(|| {
                 let flusher = Arc::new(Flusher {
                     due: Mutex::new((Vec::new(), None)),
+                    coalesce,
                 });
                 actix_rt::spawn(flusher.clone().run());
                 flusher
@@ -399,11 +404,15 @@ impl Flusher {
                     due.1 = Some(cx.waker().clone());
                     Poll::Pending
                 } else {
-                    std::mem::swap(&mut due.0, &mut batch);
                     Poll::Ready(())
                 }
             })
             .await;
+            if !self.coalesce.is_zero() {
+                tokio::time::sleep(self.coalesce).await;
+            }
+            // unwrap: the lock is only held to push or swap the list.
+            std::mem::swap(&mut self.due.lock().unwrap().0, &mut batch);
             for outbox in batch.drain(..) {
                 outbox.wake();
             }
@@ -537,7 +546,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     fn outbox(limit: usize, write_timeout: Option<Duration>) -> Arc<Outbox> {
-        Outbox::new(limit, write_timeout, Arc::new(Metrics::new()))
+        Outbox::new(limit, write_timeout, Duration::ZERO, Arc::new(Metrics::new()))
     }
 
     fn broadcast(text: &str) -> Broadcast {

@@ -58,7 +58,8 @@ pub fn accept(
     let (response, _actix_writer, stream, handover) = open(req, body, ReadLimits::of(websocket, max_payload))?;
     let write_timeout =
         (websocket.write_timeout_ms > 0).then(|| std::time::Duration::from_millis(websocket.write_timeout_ms));
-    let outbox = Outbox::new(backlog, write_timeout, metrics);
+    let coalesce = std::time::Duration::from_micros(websocket.broadcast_coalesce_us);
+    let outbox = Outbox::new(backlog, write_timeout, coalesce, metrics);
     let (mut response, socket) = match handover {
         // The socket is written by the handover's pump.
         Some(handover) => {
@@ -347,6 +348,14 @@ pub struct OutboxSink {
     socket: Option<SocketRef>,
 }
 
+/// A sink let go of without a close (its session ended some other way)
+/// still ends the socket, after what is queued.
+impl Drop for OutboxSink {
+    fn drop(&mut self) {
+        self.outbox.close(crate::conn::close_code::NORMAL);
+    }
+}
+
 impl FrameSink for OutboxSink {
     fn write(&mut self, frame: Frame) -> Result<(), SinkError> {
         self.outbox.push_frame(&frame)
@@ -358,7 +367,7 @@ impl FrameSink for OutboxSink {
 
     fn abort(self: Box<Self>) {
         self.outbox.abort();
-        if let Some(socket) = self.socket {
+        if let Some(socket) = self.socket.clone() {
             socket.abort();
         }
     }
