@@ -153,6 +153,9 @@ pub struct Step {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub server_cpu_s: Option<f64>,
+    /// The load generator's own CPU seconds (to tell when it, not the
+    /// server, is the bound).
+    pub generator_cpu_s: f64,
     /// The server's resident memory after the step, MiB.
     pub server_rss_mib: Option<f64>,
 }
@@ -184,6 +187,9 @@ impl Step {
         });
         if let Some(rss) = self.server_rss_mib {
             v["server_rss_mib"] = json!(rss);
+        }
+        if self.delivered > 0 {
+            v["generator_cpu_s_per_million"] = json!(self.generator_cpu_s / (self.delivered as f64 / 1e6));
         }
         if let Some(cpu) = self.server_cpu_s {
             v["server_cpu_s"] = json!(cpu);
@@ -250,6 +256,7 @@ impl Fleet {
     pub async fn step(&self, step: usize, rate: f64, duration: Duration, drain: Duration) -> Result<Step> {
         self.latencies.borrow_mut().reset();
         let before = read_proc(self.pid)?;
+        let generator_before = read_proc(Some(std::process::id()))?.map(|r| r.cpu).unwrap_or_default();
         let per_publisher = rate / self.shape.publishers as f64;
         let (rooms, publishers) = (self.shape.rooms, self.shape.publishers);
         let started = Instant::now();
@@ -290,6 +297,7 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let after = read_proc(self.pid)?;
+        let generator_after = read_proc(Some(std::process::id()))?.map(|r| r.cpu).unwrap_or_default();
         // Deliveries per second over the whole time they took: publishing,
         // and after it for as long as the server was still delivering.
         let delivering = self.last_delivery[step].get().saturating_sub(started_us) as f64 / 1e6;
@@ -309,6 +317,7 @@ impl Fleet {
                 _ => None,
             },
             server_rss_mib: after.map(|a| a.rss as f64 / 1024.0 / 1024.0),
+            generator_cpu_s: generator_after.saturating_sub(generator_before).as_secs_f64(),
         })
     }
 
