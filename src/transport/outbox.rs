@@ -49,6 +49,96 @@ use crate::metrics::Metrics;
 /// Most buffers one `writev` takes.
 const IOV_MAX: usize = 64;
 
+/// Frames up to this size are copied into the queue's buffer; larger ones
+/// are queued as the shared bytes they are.
+const COPY_MAX: usize = 1024;
+
+/// Buffer capacity a queue keeps while its socket is idle.
+const IDLE_KEEP: usize = 4 * 1024;
+
+/// Encoded frames in order: shared segments (large frames, and small ones
+/// queued before a large one), then small frames copied into one buffer.
+/// One write of a few thousand frames is then a handful of buffers, and a
+/// queued frame costs a copy of its bytes, not a reference count.
+#[derive(Default)]
+struct Queue {
+    segments: VecDeque<Bytes>,
+    tail: Vec<u8>,
+    /// Bytes at the start of `tail` already written (the writer's queue).
+    written: usize,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.tail.len() == self.written
+    }
+
+    fn push(&mut self, wire: &Bytes) {
+        if wire.len() <= COPY_MAX {
+            self.tail.extend_from_slice(wire);
+        } else {
+            if !self.tail.is_empty() {
+                let small = std::mem::take(&mut self.tail);
+                self.segments.push_back(Bytes::from(small));
+            }
+            self.segments.push_back(wire.clone());
+        }
+    }
+
+    /// Empties the queue, keeping the buffer's capacity up to `keep`.
+    fn clear(&mut self, keep: usize) {
+        self.segments.clear();
+        self.tail.clear();
+        self.written = 0;
+        if self.tail.capacity() > keep {
+            self.tail = Vec::new();
+        }
+        if self.segments.capacity() > 64 {
+            self.segments = VecDeque::new();
+        }
+    }
+
+    /// Everything, as one buffer.
+    fn concat(&mut self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.segments.iter().map(Bytes::len).sum::<usize>() + self.tail.len());
+        for segment in self.segments.drain(..) {
+            out.extend_from_slice(&segment);
+        }
+        out.extend_from_slice(&self.tail[self.written..]);
+        self.clear(IDLE_KEEP);
+        out.freeze()
+    }
+
+    /// One `writev` of the front of the queue; drops what it wrote.
+    fn write_to(&mut self, socket: &actix_web::rt::net::TcpStream) -> std::io::Result<()> {
+        let mut iov = [IoSlice::new(&[]); IOV_MAX];
+        let mut count = 0;
+        for (segment, slot) in self.segments.iter().zip(iov[..IOV_MAX - 1].iter_mut()) {
+            *slot = IoSlice::new(segment);
+            count += 1;
+        }
+        if count == self.segments.len() && self.tail.len() > self.written {
+            iov[count] = IoSlice::new(&self.tail[self.written..]);
+            count += 1;
+        }
+        let mut written = socket.try_write_vectored(&iov[..count])?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while let Some(front) = self.segments.front_mut() {
+            if written >= front.len() {
+                written -= front.len();
+                self.segments.pop_front();
+            } else {
+                front.advance(written);
+                return Ok(());
+            }
+        }
+        self.written += written;
+        Ok(())
+    }
+}
+
 /// Why an outbox gave up on its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stall {
@@ -74,7 +164,7 @@ enum Phase {
 }
 
 struct Inner {
-    queue: VecDeque<Bytes>,
+    queue: Queue,
     /// Frames in `queue`.
     frames: usize,
     /// When the oldest frame in `queue` was queued.
@@ -125,7 +215,7 @@ impl Outbox {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             inner: Mutex::new(Inner {
-                queue: VecDeque::new(),
+                queue: Queue::default(),
                 frames: 0,
                 since: None,
                 oldest_broadcast: None,
@@ -158,7 +248,7 @@ impl Outbox {
         use crate::conn::messages::SinkError;
         let mut wire = BytesMut::with_capacity(frame.len() + 10);
         encode_frame(frame, &mut wire);
-        match self.push(wire.freeze(), 1, None) {
+        match self.push(&wire.freeze(), 1, None) {
             Pushed::Queued => Ok(()),
             Pushed::Dropped | Pushed::Refused if self.lock().phase == Phase::Open => Err(SinkError::Full),
             Pushed::Dropped | Pushed::Refused => Err(SinkError::Closed),
@@ -169,7 +259,7 @@ impl Outbox {
     pub fn pong(&self, payload: &[u8]) {
         let mut wire = BytesMut::with_capacity(payload.len() + 10);
         Parser::write_message(&mut wire, payload, OpCode::Pong, true, false);
-        let _ = self.push(wire.freeze(), 1, None);
+        let _ = self.push(&wire.freeze(), 1, None);
     }
 
     /// Queues a close frame after everything queued; the writer ends once
@@ -186,7 +276,7 @@ impl Outbox {
             if inner.phase != Phase::Open {
                 return;
             }
-            inner.queue.push_back(wire.freeze());
+            inner.queue.push(&wire.freeze());
             inner.frames += 1;
             inner.phase = Phase::Closing;
             // Even a blocked writer is woken: it may now end once written.
@@ -202,7 +292,7 @@ impl Outbox {
         let waker = {
             let mut inner = self.lock();
             inner.phase = Phase::Aborted;
-            inner.queue.clear();
+            inner.queue.clear(0);
             inner.frames = 0;
             inner.on_stall = None;
             inner.waker.take()
@@ -213,7 +303,7 @@ impl Outbox {
     }
 
     /// Appends `wire` (`frames` encoded frames) unless the queue is full.
-    fn push(&self, wire: Bytes, frames: usize, broadcast_at: Option<Instant>) -> Pushed {
+    fn push(&self, wire: &Bytes, frames: usize, broadcast_at: Option<Instant>) -> Pushed {
         let (result, wake, stall) = {
             let mut inner = self.lock();
             if inner.phase != Phase::Open {
@@ -238,7 +328,7 @@ impl Outbox {
                 if inner.oldest_broadcast.is_none() {
                     inner.oldest_broadcast = broadcast_at;
                 }
-                inner.queue.push_back(wire);
+                inner.queue.push(wire);
                 inner.frames += frames;
                 // A blocked writer takes the queue once the socket has room.
                 let wake = !inner.blocked && !std::mem::replace(&mut inner.scheduled, true);
@@ -269,8 +359,9 @@ impl Outbox {
         }
     }
 
-    /// Moves what is queued to the end of `out`, or registers the writer.
-    fn take(&self, cx: &mut Context<'_>, out: &mut VecDeque<Bytes>) -> Take {
+    /// Moves what is queued to `out` (whose frames are all written), or
+    /// registers the writer.
+    fn take(&self, cx: &mut Context<'_>, out: &mut Queue) -> Take {
         let oldest_broadcast = {
             let mut inner = self.lock();
             inner.scheduled = false;
@@ -282,13 +373,14 @@ impl Outbox {
                     return Take::Done;
                 }
                 inner.waker = Some(cx.waker().clone());
+                // A quiet socket keeps no burst's buffers.
+                inner.queue.clear(IDLE_KEEP);
+                out.clear(IDLE_KEEP);
                 return Take::Idle;
             }
-            if out.is_empty() {
-                std::mem::swap(&mut inner.queue, out);
-            } else {
-                out.extend(inner.queue.drain(..));
-            }
+            // The writer's emptied buffers come back for the next frames.
+            out.clear(usize::MAX);
+            std::mem::swap(&mut inner.queue, out);
             inner.frames = 0;
             inner.since = None;
             inner.oldest_broadcast.take()
@@ -328,7 +420,7 @@ impl DirectSink for Outbox {
         let wire = broadcast.wire.get_or_init(|| encode_frames(&broadcast.frames)).clone();
         let frames = broadcast.frames.len();
         // (The broker counts what it queued, once per publish.)
-        self.push(wire, frames, Some(broadcast.at))
+        self.push(&wire, frames, Some(broadcast.at))
     }
 }
 
@@ -424,14 +516,11 @@ impl Flusher {
 /// outbox is closed (everything written) or aborted, or the socket fails.
 pub async fn pump(socket: &actix_web::rt::net::TcpStream, outbox: &Outbox) {
     outbox.lock().timed_by_writer = true;
-    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    let mut pending = Queue::default();
     // While the socket is full: since when, and the write timeout's timer.
     let mut blocked: Option<Option<Pin<Box<tokio::time::Sleep>>>> = None;
     std::future::poll_fn(|cx| loop {
         if pending.is_empty() {
-            if pending.capacity() > 256 {
-                pending = VecDeque::new(); // a burst's buffer is not kept
-            }
             match outbox.take(cx, &mut pending) {
                 Take::Frames => {}
                 Take::Idle => return Poll::Pending,
@@ -440,7 +529,7 @@ pub async fn pump(socket: &actix_web::rt::net::TcpStream, outbox: &Outbox) {
         } else if outbox.aborted() {
             return Poll::Ready(());
         }
-        match write_some(socket, &mut pending) {
+        match pending.write_to(socket) {
             Ok(()) => {
                 if blocked.take().is_some() {
                     outbox.set_blocked(None, false);
@@ -469,34 +558,12 @@ pub async fn pump(socket: &actix_web::rt::net::TcpStream, outbox: &Outbox) {
     outbox.abort();
 }
 
-/// One `writev` of the front of `pending`; drops what it wrote.
-fn write_some(socket: &actix_web::rt::net::TcpStream, pending: &mut VecDeque<Bytes>) -> std::io::Result<()> {
-    let mut iov = [IoSlice::new(&[]); IOV_MAX];
-    let count = pending.iter().zip(iov.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
-    let mut written = socket.try_write_vectored(&iov[..count])?;
-    if written == 0 {
-        return Err(std::io::ErrorKind::WriteZero.into());
-    }
-    while written > 0 {
-        // unwrap: the kernel wrote no more than it was given.
-        let front = pending.front_mut().unwrap();
-        if written >= front.len() {
-            written -= front.len();
-            pending.pop_front();
-        } else {
-            front.advance(written);
-            written = 0;
-        }
-    }
-    Ok(())
-}
-
 /// An outbox as a response body, for a WebSocket that stays with
 /// actix-http's dispatcher (its writes wait for the dispatcher's buffer,
 /// so a stuck client is found by the next push after the write timeout).
 pub struct OutboxBody {
     outbox: Arc<Outbox>,
-    pending: VecDeque<Bytes>,
+    pending: Queue,
 }
 
 impl OutboxBody {
@@ -504,7 +571,7 @@ impl OutboxBody {
     pub fn new(outbox: Arc<Outbox>) -> Self {
         Self {
             outbox,
-            pending: VecDeque::new(),
+            pending: Queue::default(),
         }
     }
 }
@@ -527,14 +594,7 @@ impl actix_http::body::MessageBody for OutboxBody {
         match this.outbox.take(cx, &mut this.pending) {
             Take::Idle => Poll::Pending,
             Take::Done => Poll::Ready(None),
-            Take::Frames => {
-                let total = this.pending.iter().map(Bytes::len).sum();
-                let mut out = BytesMut::with_capacity(total);
-                for chunk in this.pending.drain(..) {
-                    out.extend_from_slice(&chunk);
-                }
-                Poll::Ready(Some(Ok(out.freeze())))
-            }
+            Take::Frames => Poll::Ready(Some(Ok(this.pending.concat()))),
         }
     }
 }
@@ -614,7 +674,11 @@ mod tests {
         };
         let mut expected = Vec::new();
         for i in 0..300 {
-            let text = format!("4frame {i}");
+            // Some large (queued shared), most small (copied).
+            let text = match i % 7 {
+                0 => format!("4frame {i} {}", "l".repeat(3000)),
+                _ => format!("4frame {i}"),
+            };
             if i % 3 == 0 {
                 outbox.push_frame(&Frame::Text(text.as_str().into())).unwrap();
             } else {
@@ -696,7 +760,7 @@ mod tests {
             .await
             .expect("the writer ended")
             .unwrap();
-        assert_eq!(outbox.lock().queue.len(), 0, "what was queued is freed");
+        assert!(outbox.lock().queue.is_empty(), "what was queued is freed");
         drop(client);
     }
 }
