@@ -452,8 +452,11 @@ impl Broker {
         match targets {
             Targets::Ids(ids) => ids.iter().for_each(|id| self.deliver(id, &broadcast, &mut tally)),
             Targets::Room(room, except) => {
-                for slot in room.order.values() {
-                    if except.iter().any(|e| *e == slot.id) {
+                // Excepted members by their place in the room (no string
+                // comparison per member).
+                let skip: Vec<u64> = except.iter().filter_map(|e| room.seq.get(e).copied()).collect();
+                for (seq, slot) in &room.order {
+                    if skip.contains(seq) {
                         continue;
                     }
                     match &slot.direct {

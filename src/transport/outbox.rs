@@ -417,10 +417,10 @@ impl Outbox {
 
 impl DirectSink for Outbox {
     fn push_broadcast(&self, broadcast: &Broadcast) -> Pushed {
-        let wire = broadcast.wire.get_or_init(|| encode_frames(&broadcast.frames)).clone();
+        let wire = broadcast.wire.get_or_init(|| encode_frames(&broadcast.frames));
         let frames = broadcast.frames.len();
         // (The broker counts what it queued, once per publish.)
-        self.push(&wire, frames, Some(broadcast.at))
+        self.push(wire, frames, Some(broadcast.at))
     }
 }
 
