@@ -26,7 +26,7 @@ pub fn now_us() -> u64 {
 /// Keeps a session alive (answering pings) until its task is aborted or
 /// the server closes it; each text frame other than a ping goes to
 /// `on_frame` with the time it was read.
-async fn hold(mut s: Session, scratch: Scratch, mut on_frame: impl FnMut(&str, u64)) {
+async fn hold(mut s: Session, scratch: Scratch, mut on_frame: impl FnMut(&[u8], u64)) {
     while let Ok(true) = s.read_some(&scratch, now_us, &mut on_frame).await {}
 }
 
