@@ -437,12 +437,7 @@ impl Broker {
     /// Hands `frames` to each of `targets` (or, for `Some(room)`, to the
     /// members of that room that are not named in `except`); how many it
     /// reached. Counted once per call, not per member.
-    fn deliver_all(
-        &self,
-        targets: Targets<'_>,
-        frames: Arc<[Frame]>,
-        at: std::time::Instant,
-    ) -> usize {
+    fn deliver_all(&self, targets: Targets<'_>, frames: Arc<[Frame]>, at: std::time::Instant) -> usize {
         let broadcast = Broadcast {
             frames,
             wire: std::cell::OnceCell::new(),

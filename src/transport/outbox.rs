@@ -32,8 +32,8 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::future::Future as _;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -314,10 +314,18 @@ impl Outbox {
                 _ => false,
             };
             if stale {
-                (Pushed::Refused, false, inner.on_stall.take().map(|f| (f, Stall::WriteTimeout)))
+                (
+                    Pushed::Refused,
+                    false,
+                    inner.on_stall.take().map(|f| (f, Stall::WriteTimeout)),
+                )
             } else if inner.frames + frames > self.limit {
                 if inner.blocked || broadcast_at.is_none() {
-                    (Pushed::Refused, false, inner.on_stall.take().map(|f| (f, Stall::QueueFull)))
+                    (
+                        Pushed::Refused,
+                        false,
+                        inner.on_stall.take().map(|f| (f, Stall::QueueFull)),
+                    )
                 } else {
                     (Pushed::Dropped, false, None)
                 }
@@ -542,7 +550,8 @@ pub async fn pump(socket: &actix_web::rt::net::TcpStream, outbox: &Outbox) {
                     Poll::Pending => {}
                 }
                 outbox.set_blocked(Some(cx), true);
-                let timer = blocked.get_or_insert_with(|| outbox.write_timeout.map(|t| Box::pin(tokio::time::sleep(t))));
+                let timer =
+                    blocked.get_or_insert_with(|| outbox.write_timeout.map(|t| Box::pin(tokio::time::sleep(t))));
                 if let Some(timer) = timer {
                     if timer.as_mut().poll(cx).is_ready() {
                         outbox.stalled();

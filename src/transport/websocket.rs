@@ -70,9 +70,7 @@ pub fn accept(
         // socket is shut down directly to drop a client that stopped
         // reading (the dispatcher polls no body while its buffer is full).
         None => (
-            response
-                .set_body(OutboxBody::new(outbox.clone()))
-                .map_into_boxed_body(),
+            response.set_body(OutboxBody::new(outbox.clone())).map_into_boxed_body(),
             SocketRef::of(req),
         ),
     };
