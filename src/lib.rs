@@ -6,13 +6,16 @@
 //! HTTP request ──▶ http (RequestInfo::parse, one match to a transport, errors → JSON)
 //!   (an upgrade request runs the same App from transport::handover, which
 //!    then keeps the socket and drops actix-http's per-connection buffers)
-//!              ──▶ transport::{polling, websocket}   (bytes in/out; actix-ws lives here)
+//!              ──▶ transport::{polling, websocket}   (bytes in/out: actix-ws reads,
+//!                     │                               transport::outbox writes)
 //!              ──▶ conn::Connection actor            (one per Engine.IO session: life cycle,
 //!                     │  engineio::Session (sans-IO)   heartbeat, Socket.IO namespaces, acks,
 //!                     │  socketio::Decoder (sans-IO)   the pub/sub protocol, single close path)
 //!                     ▼
 //!              broker::Broker actor                  (rooms → members; fan-out of frames
-//!                     │                               encoded once; presence; slow consumers)
+//!                     │                               encoded once, appended to each member's
+//!                     │                               outbox (a broker::DirectSink) or sent to
+//!                     │                               its connection; presence)
 //!              adapter::redis::RedisAdapter          (other nodes: @socket.io/redis-adapter
 //!                                                     wire format, requests with timeouts)
 //! api (/api/v1) ──▶ broker, adapter                  (backends: publish, rooms, kick)
@@ -39,7 +42,9 @@
 //!
 //! Imports point downstream only (http → transport → conn → broker →
 //! adapter; api → broker, adapter); messages travelling back up are defined
-//! downstream and reach their actor through a `Recipient`.
+//! downstream and reach their actor through a `Recipient`, and the one
+//! thing the broker writes to directly, a WebSocket's outbox, is a trait
+//! the broker defines (`broker::DirectSink`) and the transport implements.
 
 #![warn(missing_docs)]
 
