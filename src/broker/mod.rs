@@ -535,6 +535,28 @@ impl Broker {
         targets
     }
 
+    /// A broadcast to one room with only sockets excepted (the usual
+    /// publish), whose members then need no list: `Some(the room, if it
+    /// exists)`. `None`: use [`Self::targets`] (several rooms, a room
+    /// excepted, or, with `ids_as_rooms`, a room named by a socket id).
+    fn single_room(
+        &self,
+        nsp: &Arc<str>,
+        rooms: &[Arc<str>],
+        except: &[Arc<str>],
+        ids_as_rooms: bool,
+    ) -> Option<Option<&Room>> {
+        let [room] = rooms else { return None };
+        let ns_rooms = self.rooms.get(nsp);
+        if except.iter().any(|e| ns_rooms.is_some_and(|r| r.contains_key(e))) {
+            return None;
+        }
+        if ids_as_rooms && self.members.get(room).is_some_and(|m| m.nsp == *nsp) {
+            return None;
+        }
+        Some(ns_rooms.and_then(|r| r.get(room)))
+    }
+
     fn join(&mut self, socket_id: &Arc<str>, room: &Arc<str>) -> Result<(), JoinError> {
         let max_per_socket = self.config.max_rooms_per_socket;
         let max_rooms = self.config.max_rooms;
@@ -677,16 +699,11 @@ impl Handler<Publish> for Broker {
                 tracing::warn!("cluster adapter mailbox full: a cross-node broadcast was lost");
             }
         }
-        // One room, and only sockets excepted (the usual publish): its
-        // members are distinct and need no list.
-        let ns_rooms = self.rooms.get(&msg.nsp);
-        if let ([room], Some(ns_rooms)) = (&msg.rooms[..], ns_rooms) {
-            if msg.except.iter().all(|e| !ns_rooms.contains_key(e)) {
-                return match ns_rooms.get(room) {
-                    Some(r) => self.deliver_all(Targets::Room(r, &msg.except), msg.frames, at),
-                    None => 0,
-                };
-            }
+        if let Some(room) = self.single_room(&msg.nsp, &msg.rooms, &msg.except, false) {
+            return match room {
+                Some(r) => self.deliver_all(Targets::Room(r, &msg.except), msg.frames, at),
+                None => 0,
+            };
         }
         let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, false);
         self.deliver_all(Targets::Ids(&targets), msg.frames, at)
@@ -699,12 +716,23 @@ impl Handler<Inbound> for Broker {
     fn handle(&mut self, Inbound(b): Inbound, _: &mut Self::Context) -> usize {
         let strings = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
         let nsp: Arc<str> = b.nsp.as_str().into();
-        let targets = self.targets(&nsp, &strings(&b.rooms), &strings(&b.except), true);
-        if targets.is_empty() {
-            return 0;
+        let (rooms, except) = (strings(&b.rooms), strings(&b.except));
+        let at = std::time::Instant::now();
+        match self.single_room(&nsp, &rooms, &except, true) {
+            Some(None) => 0,
+            Some(Some(room)) => {
+                let frames = encode_event(&nsp, &b.args, &b.attachments);
+                self.deliver_all(Targets::Room(room, &except), frames, at)
+            }
+            None => {
+                let targets = self.targets(&nsp, &rooms, &except, true);
+                if targets.is_empty() {
+                    return 0;
+                }
+                let frames = encode_event(&nsp, &b.args, &b.attachments);
+                self.deliver_all(Targets::Ids(&targets), frames, at)
+            }
         }
-        let frames = encode_event(&nsp, &b.args, &b.attachments);
-        self.deliver_all(Targets::Ids(&targets), frames, std::time::Instant::now())
     }
 }
 

@@ -190,7 +190,12 @@ where
         return Ok(());
     };
     match outbox {
-        Some(outbox) => super::outbox::pump(&socket, &outbox).await,
+        Some(outbox) => {
+            // The response body (actix-ws's channel) is not written: it
+            // goes now, not when the socket closes.
+            drop(body);
+            super::outbox::pump(&socket, &outbox).await;
+        }
         None => write_body(&socket, body).await,
     }
     // Both directions: the reader sees the end too, and lets go of its
