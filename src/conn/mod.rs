@@ -349,7 +349,7 @@ impl Connection {
         ready.then(|| self.ws.as_ref()?.sink.direct()).flatten()
     }
 
-    pub(crate) fn flush(&mut self, ctx: &mut Context<Self>) {
+    fn flush(&mut self, ctx: &mut Context<Self>) {
         match self.session.transport() {
             TransportKind::WebSocket => {
                 let Some(ws) = &mut self.ws else { return };

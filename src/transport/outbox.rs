@@ -63,7 +63,7 @@ const IDLE_KEEP: usize = 4 * 1024;
 #[derive(Default)]
 struct Queue {
     segments: VecDeque<Bytes>,
-    tail: Vec<u8>,
+    tail: BytesMut,
     /// Bytes at the start of `tail` already written (the writer's queue).
     written: usize,
 }
@@ -73,15 +73,34 @@ impl Queue {
         self.segments.is_empty() && self.tail.len() == self.written
     }
 
-    fn push(&mut self, wire: &Bytes) {
+    /// Appends frames already encoded (a broadcast's, shared).
+    fn push_shared(&mut self, wire: &Bytes) {
         if wire.len() <= COPY_MAX {
             self.tail.extend_from_slice(wire);
         } else {
-            if !self.tail.is_empty() {
-                let small = std::mem::take(&mut self.tail);
-                self.segments.push_back(Bytes::from(small));
-            }
+            self.seal_tail();
             self.segments.push_back(wire.clone());
+        }
+    }
+
+    /// Encodes one unmasked server frame at the end (small ones straight
+    /// into the buffer).
+    fn push_message(&mut self, payload: &[u8], op: OpCode) {
+        if payload.len() <= COPY_MAX {
+            Parser::write_message(&mut self.tail, payload, op, true, false);
+        } else {
+            self.seal_tail();
+            let mut wire = BytesMut::with_capacity(payload.len() + 10);
+            Parser::write_message(&mut wire, payload, op, true, false);
+            self.segments.push_back(wire.freeze());
+        }
+    }
+
+    /// Moves the small frames copied so far behind the shared segments, so
+    /// that a segment queued next keeps its place.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.segments.push_back(std::mem::take(&mut self.tail).freeze());
         }
     }
 
@@ -91,7 +110,7 @@ impl Queue {
         self.tail.clear();
         self.written = 0;
         if self.tail.capacity() > keep {
-            self.tail = Vec::new();
+            self.tail = BytesMut::new();
         }
         if self.segments.capacity() > 64 {
             self.segments = VecDeque::new();
@@ -246,9 +265,11 @@ impl Outbox {
     /// Queues one frame of the connection's.
     pub fn push_frame(&self, frame: &Frame) -> Result<(), crate::conn::messages::SinkError> {
         use crate::conn::messages::SinkError;
-        let mut wire = BytesMut::with_capacity(frame.len() + 10);
-        encode_frame(frame, &mut wire);
-        match self.push(&wire.freeze(), 1, None) {
+        let (payload, op) = match frame {
+            Frame::Text(text) => (text.as_bytes().as_ref(), OpCode::Text),
+            Frame::Binary(bytes) => (&bytes[..], OpCode::Binary),
+        };
+        match self.push(1, None, |queue| queue.push_message(payload, op)) {
             Pushed::Queued => Ok(()),
             Pushed::Dropped | Pushed::Refused if self.lock().phase == Phase::Open => Err(SinkError::Full),
             Pushed::Dropped | Pushed::Refused => Err(SinkError::Closed),
@@ -257,26 +278,22 @@ impl Outbox {
 
     /// Queues a WebSocket pong (best effort).
     pub fn pong(&self, payload: &[u8]) {
-        let mut wire = BytesMut::with_capacity(payload.len() + 10);
-        Parser::write_message(&mut wire, payload, OpCode::Pong, true, false);
-        let _ = self.push(&wire.freeze(), 1, None);
+        let _ = self.push(1, None, |queue| queue.push_message(payload, OpCode::Pong));
     }
 
     /// Queues a close frame after everything queued; the writer ends once
     /// it is written.
     pub fn close(&self, code: u16) {
-        let mut wire = BytesMut::with_capacity(4);
         let reason = CloseReason {
             code: CloseCode::from(code),
             description: None,
         };
-        Parser::write_close(&mut wire, Some(reason), false);
         let wake = {
             let mut inner = self.lock();
             if inner.phase != Phase::Open {
                 return;
             }
-            inner.queue.push(&wire.freeze());
+            Parser::write_close(&mut inner.queue.tail, Some(reason), false);
             inner.frames += 1;
             inner.phase = Phase::Closing;
             // Even a blocked writer is woken: it may now end once written.
@@ -302,8 +319,8 @@ impl Outbox {
         }
     }
 
-    /// Appends `wire` (`frames` encoded frames) unless the queue is full.
-    fn push(&self, wire: &Bytes, frames: usize, broadcast_at: Option<Instant>) -> Pushed {
+    /// Appends `frames` frames (with `append`) unless the queue is full.
+    fn push(&self, frames: usize, broadcast_at: Option<Instant>, append: impl FnOnce(&mut Queue)) -> Pushed {
         let (result, wake, stall) = {
             let mut inner = self.lock();
             if inner.phase != Phase::Open {
@@ -336,7 +353,7 @@ impl Outbox {
                 if inner.oldest_broadcast.is_none() {
                     inner.oldest_broadcast = broadcast_at;
                 }
-                inner.queue.push(wire);
+                append(&mut inner.queue);
                 inner.frames += frames;
                 // A blocked writer takes the queue once the socket has room.
                 let wake = !inner.blocked && !std::mem::replace(&mut inner.scheduled, true);
@@ -428,7 +445,7 @@ impl DirectSink for Outbox {
         let wire = broadcast.wire.get_or_init(|| encode_frames(&broadcast.frames));
         let frames = broadcast.frames.len();
         // (The broker counts what it queued, once per publish.)
-        self.push(wire, frames, Some(broadcast.at))
+        self.push(frames, Some(broadcast.at), |queue| queue.push_shared(wire))
     }
 }
 
@@ -441,7 +458,7 @@ fn encode_frame(frame: &Frame, out: &mut BytesMut) {
 }
 
 /// `frames` as they go on the wire, one buffer.
-pub fn encode_frames(frames: &[Frame]) -> Bytes {
+fn encode_frames(frames: &[Frame]) -> Bytes {
     let mut out = BytesMut::with_capacity(frames.iter().map(|f| f.len() + 10).sum());
     for frame in frames {
         encode_frame(frame, &mut out);
@@ -451,7 +468,7 @@ pub fn encode_frames(frames: &[Frame]) -> Bytes {
 
 /// The outboxes of one worker thread that have frames for their writer,
 /// and the task that wakes those writers.
-pub struct Flusher {
+struct Flusher {
     due: Mutex<(Vec<Arc<Outbox>>, Option<Waker>)>,
     /// How long to wait, once woken, for more outboxes to fill
     /// (`websocket.broadcast_coalesce_us`).
