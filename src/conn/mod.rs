@@ -134,6 +134,8 @@ pub struct Connection {
     abort_transport: bool,
     /// Publishes sent to the broker whose answer has not come back.
     publishes_in_flight: usize,
+    /// Their encoded size.
+    publish_bytes_in_flight: usize,
     /// Broadcast frames wait for a timer to be written (coalescing).
     flush_scheduled: bool,
     /// Messages and bytes per second from the client (`[limits]`).
@@ -180,6 +182,7 @@ impl Connection {
             sio: shared.sio.as_ref().map(SioState::new),
             abort_transport: false,
             publishes_in_flight: 0,
+            publish_bytes_in_flight: 0,
             flush_scheduled: false,
             rate: crate::limits::ConnectionRate::new(&shared.guards.rate, Instant::now()),
             refused_by: None,

@@ -26,8 +26,17 @@ use crate::reason::DisconnectReason;
 use crate::socketio::packet::encode;
 use crate::socketio::{DecodeLimits, Decoder, Message, PacketType};
 
-/// Publishes one connection may have waiting on the broker at once.
-const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
+/// Publishes one connection may have waiting on the broker at once, and
+/// their encoded size. Past either bound the connection stops taking packets
+/// until the broker answers. The window is wide because the answer comes
+/// back through two event loops: when the broker and the connection share a
+/// core with other busy processes (two nodes and Redis on one machine), a
+/// round trip can take tens of milliseconds, and a narrow window (it was 64)
+/// then caps a publisher at a few thousand publishes per second while the
+/// CPU sits partly idle. The byte bound keeps a window of large messages to
+/// 1 MiB (plus the one that crosses it) per connection.
+const MAX_PUBLISHES_IN_FLIGHT: usize = 1024;
+const MAX_PUBLISH_BYTES_IN_FLIGHT: usize = 1 << 20;
 
 /// Socket.IO settings of an endpoint.
 #[derive(Clone)]
@@ -568,6 +577,7 @@ impl Connection {
                 }
                 let args = Value::Array(out);
                 let frames = broker::encode_event(&nsp, &args, &attachments);
+                let size: usize = frames.iter().map(Frame::len).sum();
                 let request = broker.send(Publish {
                     nsp: nsp.clone(),
                     rooms: vec![room],
@@ -576,16 +586,20 @@ impl Connection {
                     args: (args, attachments),
                 });
                 self.publishes_in_flight += 1;
+                self.publish_bytes_in_flight += size;
                 let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
                     act.publishes_in_flight -= 1;
+                    act.publish_bytes_in_flight -= size;
                     let recipients = result.unwrap_or_default();
                     act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
                     act.after(ctx);
                 };
-                if self.publishes_in_flight <= MAX_PUBLISHES_IN_FLIGHT {
+                if self.publishes_in_flight <= MAX_PUBLISHES_IN_FLIGHT
+                    && self.publish_bytes_in_flight <= MAX_PUBLISH_BYTES_IN_FLIGHT
+                {
                     ctx.spawn(request.into_actor(self).map(ack_answer));
                 } else {
-                    // Past the cap the connection stops taking packets until
+                    // Past a bound the connection stops taking packets until
                     // this publish is answered: its read pump then waits on
                     // the full mailbox and TCP pushes back on the publisher,
                     // instead of publishes piling up in memory while the
