@@ -136,6 +136,13 @@ pub struct Connection {
     publishes_in_flight: usize,
     /// Their encoded size.
     publish_bytes_in_flight: usize,
+    /// Their answers' queue, awaited in order (created by the first publish).
+    publish_answers: Option<
+        tokio::sync::mpsc::UnboundedSender<(
+            actix::dev::Request<crate::broker::Broker, crate::broker::Publish>,
+            socketio::PublishAnswer,
+        )>,
+    >,
     /// Broadcast frames wait for a timer to be written (coalescing).
     flush_scheduled: bool,
     /// Messages and bytes per second from the client (`[limits]`).
@@ -183,6 +190,7 @@ impl Connection {
             abort_transport: false,
             publishes_in_flight: 0,
             publish_bytes_in_flight: 0,
+            publish_answers: None,
             flush_scheduled: false,
             rate: crate::limits::ConnectionRate::new(&shared.guards.rate, Instant::now()),
             refused_by: None,

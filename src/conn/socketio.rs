@@ -28,15 +28,32 @@ use crate::socketio::{DecodeLimits, Decoder, Message, PacketType};
 
 /// Publishes one connection may have waiting on the broker at once, and
 /// their encoded size. Past either bound the connection stops taking packets
-/// until the broker answers. The window is wide because the answer comes
-/// back through two event loops: when the broker and the connection share a
-/// core with other busy processes (two nodes and Redis on one machine), a
-/// round trip can take tens of milliseconds, and a narrow window (it was 64)
-/// then caps a publisher at a few thousand publishes per second while the
-/// CPU sits partly idle. The byte bound keeps a window of large messages to
-/// 1 MiB (plus the one that crosses it) per connection.
-const MAX_PUBLISHES_IN_FLIGHT: usize = 1024;
+/// until the broker answers. The answer comes back through two event loops:
+/// when the broker and the connection share a core with other busy
+/// processes (two nodes and Redis on one machine), a round trip can take
+/// tens of milliseconds, and a window of 64 capped a publisher at about
+/// 1,300 publishes per second while the CPU sat partly idle. A window of
+/// 1,024 let the connection keep reading while the broker was behind on one
+/// node, and the p99 there got worse; 256 served both best (see the README's
+/// Benchmarks). The byte bound keeps a window of large messages to 1 MiB
+/// (plus the one that crosses it) per connection.
+const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 const MAX_PUBLISH_BYTES_IN_FLIGHT: usize = 1 << 20;
+
+/// What a connection does with the broker's answer to one of its publishes.
+pub(super) type PublishAnswer = Box<dyn FnOnce(Result<usize, MailboxError>, &mut Connection, &mut Context<Connection>)>;
+
+/// The answer to a publish, in the order the connection sent them.
+pub(super) struct PublishAnswered(Result<usize, MailboxError>, PublishAnswer);
+
+impl StreamHandler<PublishAnswered> for Connection {
+    fn handle(&mut self, PublishAnswered(result, answer): PublishAnswered, ctx: &mut Context<Self>) {
+        answer(result, self, ctx);
+    }
+
+    /// The stream ends only with the connection (which holds its sender).
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
 
 /// Socket.IO settings of an endpoint.
 #[derive(Clone)]
@@ -597,7 +614,7 @@ impl Connection {
                 if self.publishes_in_flight <= MAX_PUBLISHES_IN_FLIGHT
                     && self.publish_bytes_in_flight <= MAX_PUBLISH_BYTES_IN_FLIGHT
                 {
-                    ctx.spawn(request.into_actor(self).map(ack_answer));
+                    self.answer_in_order(request, Box::new(ack_answer), ctx);
                 } else {
                     // Past a bound the connection stops taking packets until
                     // this publish is answered: its read pump then waits on
@@ -610,6 +627,25 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Queues what to do with a publish's answer. A connection's publishes
+    /// are answered in the order the broker got them, so one stream awaits
+    /// the oldest and nothing else is polled: actix polls every future
+    /// spawned on a context at each of its wake-ups, and a thousand spawned
+    /// answers would cost a thousand polls per publish.
+    fn answer_in_order(&mut self, request: Request<Broker, Publish>, answer: PublishAnswer, ctx: &mut Context<Self>) {
+        let queue = self.publish_answers.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Request<Broker, Publish>, PublishAnswer)>();
+            ctx.add_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                let (request, answer) = rx.recv().await?;
+                Some((PublishAnswered(request.await, answer), rx))
+            }));
+            tx
+        });
+        // The receiver lives as long as the actor: sending cannot fail
+        // while this runs.
+        let _ = queue.send((request, answer));
     }
 
     fn ack_ok(&mut self, nsp: &str, ack: Option<u64>, value: Value, ctx: &mut Context<Self>) {

@@ -273,7 +273,6 @@ impl Fleet {
                 tick.tick().await;
                 let elapsed = started.elapsed().min(duration).as_secs_f64();
                 let due = (elapsed * per_publisher) as u64;
-                let at = now_us();
                 for (p, tx) in writers.iter().enumerate() {
                     if due <= sent[p] {
                         continue;
@@ -281,7 +280,12 @@ impl Fleet {
                     out.clear();
                     while sent[p] < due {
                         let room = (p + sent[p] as usize * publishers) % rooms;
-                        client::publish_frame(sent[p] + 10, &format!("bench-{room}"), at, step, &mut out);
+                        // Stamped with the time it was due, not the time it
+                        // is written: when a server pushes back and a write
+                        // waits, the wait counts in the latency (no
+                        // coordinated omission).
+                        let due_at = started_us + ((sent[p] + 1) as f64 / per_publisher * 1e6) as u64;
+                        client::publish_frame(sent[p] + 10, &format!("bench-{room}"), due_at, step, &mut out);
                         sent[p] += 1;
                     }
                     tx.send_raw(&out).await?;
