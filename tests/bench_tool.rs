@@ -1,8 +1,9 @@
 //! Covers roomcast-bench, the load generator, against a real server: its
 //! `connect` scenario opens every session it was asked for and reads the
 //! server's memory and CPU from /proc; its `fanout` scenario counts every
-//! delivery (no loss at a low rate) and reports latency figures. No figure
-//! is asserted beyond what must hold on any machine.
+//! delivery (no loss at a low rate) and reports latency figures; its
+//! `floor-send` / `floor-read` pair does every write it was asked for. No
+//! figure is asserted beyond what must hold on any machine.
 mod common;
 
 use std::process::Command;
@@ -71,4 +72,38 @@ async fn connect_and_fanout_scenarios_measure_a_real_server() {
     assert_eq!(r["delivered"], r["expected"], "{r}");
     assert_eq!(r["loss"], 0.0, "{r}");
     assert!(r["max_ms"].as_f64().unwrap() >= r["p99_ms"].as_f64().unwrap(), "{r}");
+}
+
+#[test]
+fn write_floor_does_every_write_and_reports_its_cpu() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let reader = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
+        .args(["floor-read", "--port", &port, "--sockets", "20"])
+        .spawn()
+        .expect("roomcast-bench floor-read runs");
+    let r = bench(&[
+        "floor-send",
+        "--port",
+        &port,
+        "--sockets",
+        "20",
+        "--rate",
+        "2000",
+        "--duration",
+        "1",
+    ]);
+    let mut reader = reader;
+    assert!(
+        reader.wait().unwrap().success(),
+        "floor-read ends when the writer closes"
+    );
+    let per_s = r["writes_per_s"].as_f64().unwrap();
+    assert!(per_s > 500.0 && per_s <= 2100.0, "{r}");
+    assert!(r["sys_us_per_write"].as_f64().unwrap() >= 0.0, "{r}");
+    assert_eq!(r["sockets"], 20, "{r}");
 }

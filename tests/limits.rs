@@ -629,3 +629,44 @@ async fn older_limits_are_counted_too() {
     })
     .await;
 }
+
+/// A publisher with more publishes waiting on the broker than its window
+/// (256) stops being read until the broker answers, and loses nothing:
+/// every publish is acked exactly once, and the room gets them all, in
+/// order.
+#[actix_web::test]
+async fn a_burst_past_the_publish_window_is_pushed_back_and_loses_nothing() {
+    let (server, _) = server(|s| {
+        s.limits.packets_per_second = 0;
+        s.limits.bytes_per_second = 0;
+        // The subscriber reads only after the acks: its queue holds them all.
+        s.engine.max_buffered_packets = 10_000;
+    });
+    let mut subscriber = member(&server, "w").await;
+    let mut publisher = member(&server, "other").await;
+    let n = 2000;
+    // One write: the server reads the whole burst before any answer.
+    for i in 0..n {
+        let publish = format!(r#"42{}["publish",{{"room":"w","event":"m","data":{i}}}]"#, 10 + i);
+        within("feed", publisher.feed(Message::text(publish))).await.unwrap();
+    }
+    within("flush", publisher.flush()).await.unwrap();
+    let mut acked = vec![false; n];
+    for _ in 0..n {
+        let ack = next_text(&mut publisher).await;
+        let (id, body) = ack
+            .strip_prefix("43")
+            .and_then(|a| a.split_once('['))
+            .unwrap_or_else(|| panic!("an ack, got {ack}"));
+        assert_eq!(body, r#"{"ok":true,"recipients":1}]"#, "ack {id}");
+        let id: usize = id.parse().unwrap();
+        assert!(!std::mem::replace(&mut acked[id - 10], true), "ack {id} came twice");
+    }
+    for i in 0..n {
+        assert_eq!(next_text(&mut subscriber).await, format!(r#"42["m",{i}]"#));
+    }
+    assert!(
+        counter(&server, "roomcast_publish_backpressure_total").await > 0,
+        "the burst went past the window: the publisher was pushed back"
+    );
+}
