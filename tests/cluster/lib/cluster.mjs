@@ -259,12 +259,26 @@ export class Cluster {
 
   /** A request to `node`'s HTTP API (`path` under /api/v1) with the test API key. */
   async api(node, method, path, body) {
-    const res = await fetch(`${node.url}/api/v1${path}`, {
-      method,
-      headers: { authorization: `Bearer ${API_KEY}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(5000),
-    });
+    const request = () =>
+      fetch(`${node.url}/api/v1${path}`, {
+        method,
+        headers: { authorization: `Bearer ${API_KEY}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(5000),
+      });
+    let res;
+    try {
+      res = await request();
+    } catch (err) {
+      // fetch's network failure ("fetch failed"), not its timeout: a pooled
+      // keep-alive connection that the balancer closed as the request went
+      // out on it (it closes those that were bound to a node that was just
+      // killed), so the request was never read. One retry, on another
+      // connection. Had the first one got through after all, the test's
+      // exactly-once checks would see the publish twice.
+      if (!(err instanceof TypeError)) throw err;
+      res = await request();
+    }
     const text = await res.text();
     let json;
     try {
