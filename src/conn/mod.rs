@@ -137,12 +137,7 @@ pub struct Connection {
     /// Their encoded size.
     publish_bytes_in_flight: usize,
     /// Their answers' queue, awaited in order (created by the first publish).
-    publish_answers: Option<
-        tokio::sync::mpsc::UnboundedSender<(
-            actix::dev::Request<crate::broker::Broker, crate::broker::Publish>,
-            socketio::PublishAnswer,
-        )>,
-    >,
+    publish_answers: Option<tokio::sync::mpsc::UnboundedSender<socketio::PendingPublish>>,
     /// Broadcast frames wait for a timer to be written (coalescing).
     flush_scheduled: bool,
     /// Messages and bytes per second from the client (`[limits]`).

@@ -43,6 +43,9 @@ const MAX_PUBLISH_BYTES_IN_FLIGHT: usize = 1 << 20;
 /// What a connection does with the broker's answer to one of its publishes.
 pub(super) type PublishAnswer = Box<dyn FnOnce(Result<usize, MailboxError>, &mut Connection, &mut Context<Connection>)>;
 
+/// A publish sent to the broker, and what to do with its answer.
+pub(super) type PendingPublish = (Request<Broker, Publish>, PublishAnswer);
+
 /// The answer to a publish, in the order the connection sent them.
 pub(super) struct PublishAnswered(Result<usize, MailboxError>, PublishAnswer);
 
@@ -636,7 +639,7 @@ impl Connection {
     /// answers would cost a thousand polls per publish.
     fn answer_in_order(&mut self, request: Request<Broker, Publish>, answer: PublishAnswer, ctx: &mut Context<Self>) {
         let queue = self.publish_answers.get_or_insert_with(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Request<Broker, Publish>, PublishAnswer)>();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PendingPublish>();
             ctx.add_stream(futures_util::stream::unfold(rx, |mut rx| async move {
                 let (request, answer) = rx.recv().await?;
                 Some((PublishAnswered(request.await, answer), rx))

@@ -17,13 +17,12 @@ use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt as _;
 
-/// User and system CPU seconds of this process, from `/proc/self/stat`.
+use crate::stats::read_proc;
+
+/// User and system CPU seconds of this process.
 fn cpu() -> Result<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
-    Ok((ticks(11), ticks(12)))
+    let r = read_proc(Some(std::process::id()))?.unwrap_or_default();
+    Ok(((r.cpu - r.system).as_secs_f64(), r.system.as_secs_f64()))
 }
 
 pub fn send(port: u16, sockets: usize, rate: f64, duration: Duration, payload: usize) -> Result<Value> {

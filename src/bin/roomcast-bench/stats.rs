@@ -15,6 +15,8 @@ pub struct ProcReading {
     pub rss: u64,
     /// User + system CPU time.
     pub cpu: Duration,
+    /// The system (kernel) part of `cpu`.
+    pub system: Duration,
 }
 
 /// Reads `/proc/<pid>`; `None` without a pid.
@@ -32,11 +34,12 @@ pub fn read_proc(pid: Option<u32>) -> Result<Option<ProcReading>> {
     // 14th field of the line, stime the 15th.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / USER_HZ);
     Ok(Some(ProcReading {
         rss: rss_kib * 1024,
-        cpu: Duration::from_micros(ticks * 1_000_000 / USER_HZ),
+        cpu: time(ticks(11) + ticks(12)),
+        system: time(ticks(12)),
     }))
 }
 
