@@ -165,11 +165,15 @@ impl Verifier {
                         message: "Token expired",
                     });
                 }
+                // An `exp` past what a `SystemTime` holds (above `i64::MAX`
+                // seconds on Unix) is no time at all: `UNIX_EPOCH + exp`
+                // would panic the connection actor, so the token is refused.
+                let expires = UNIX_EPOCH.checked_add(Duration::from_secs(c.exp)).ok_or(INVALID)?;
                 Ok(Identity {
                     user: c.sub,
                     subscribe: patterns(&c.subscribe),
                     publish: patterns(&c.publish),
-                    expires: Some(UNIX_EPOCH + Duration::from_secs(c.exp)),
+                    expires: Some(expires),
                 })
             }
             Some(_) => Err(INVALID),
@@ -288,6 +292,21 @@ mod tests {
         );
         assert_eq!(check(unsigned), "invalid_token");
         assert_eq!(v.check("/", &json!({"token": 5})).unwrap_err().code, "invalid_token");
+    }
+
+    #[test]
+    fn an_exp_past_what_a_system_time_holds_is_an_invalid_token() {
+        let v = Verifier::from_settings(&settings()).unwrap();
+        let check = |exp: u64| {
+            let t = token(json!({"aud": "roomcast", "exp": exp}), Algorithm::HS256);
+            v.check("/", &json!({ "token": t }))
+        };
+        for exp in [i64::MAX as u64 + 1, u64::MAX - 1, u64::MAX] {
+            assert_eq!(check(exp).unwrap_err().code, "invalid_token", "exp {exp}");
+        }
+        // Far away but representable: accepted.
+        let far = check(i64::MAX as u64).unwrap();
+        assert!(far.expires.is_some());
     }
 
     #[test]

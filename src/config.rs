@@ -97,8 +97,14 @@ pub struct LimitSettings {
     pub bytes_burst: u64,
     /// Refusals before a connection is closed.
     pub refused_before_close: u32,
-    /// Audit rows of kind `limit_exceeded` per second.
+    /// Audit rows a client may cause per second per node (see default.toml).
     pub audit_rows_per_second: u32,
+    /// Audit rows one connection may cause while it stays open.
+    pub audit_rows_per_connection: u32,
+    /// Bytes of incomplete client input the node holds at most.
+    pub input_budget_bytes: u64,
+    /// Time for a Socket.IO packet's attachments to arrive, in ms.
+    pub attachment_timeout_ms: u64,
 }
 
 /// `[database]`
@@ -193,6 +199,10 @@ pub struct RoomSettings {
     pub max_per_socket: usize,
     /// Rooms per namespace.
     pub max_total: usize,
+    /// Distinct rooms per namespace for the sockets of one client address; 0 = no quota.
+    pub max_per_address: usize,
+    /// Distinct rooms per namespace for the sockets of one JWT subject; 0 = no quota.
+    pub max_per_user: usize,
     /// Members listed by presence.
     pub presence_limit: usize,
     /// Namespaces with join/leave notifications.
@@ -259,6 +269,8 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<String>,
     /// Origins that may open sessions; empty = any.
     pub allowed_origins: Vec<String>,
+    /// Sessions held at once; 0 = from the open-file limit.
+    pub max_connections: usize,
 }
 
 /// `[engine]`

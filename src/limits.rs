@@ -52,11 +52,21 @@ pub enum Limit {
     RoomsPerSocket,
     /// `rooms.max_total`.
     RoomsTotal,
+    /// `limits.input_budget_bytes`: the node holds too much incomplete input.
+    InputBudget,
+    /// `limits.attachment_timeout_ms`.
+    AttachmentTimeout,
+    /// `rooms.max_per_address`.
+    RoomsPerAddress,
+    /// `rooms.max_per_user`.
+    RoomsPerUser,
+    /// `server.max_connections`.
+    MaxConnections,
 }
 
 impl Limit {
     /// Every limit.
-    pub const ALL: [Limit; 16] = [
+    pub const ALL: [Limit; 21] = [
         Self::HandshakeRate,
         Self::ConnectionsPerIp,
         Self::UrlLength,
@@ -73,6 +83,11 @@ impl Limit {
         Self::Attachments,
         Self::RoomsPerSocket,
         Self::RoomsTotal,
+        Self::InputBudget,
+        Self::AttachmentTimeout,
+        Self::RoomsPerAddress,
+        Self::RoomsPerUser,
+        Self::MaxConnections,
     ];
 
     /// The metric label, also the audit reason.
@@ -94,6 +109,11 @@ impl Limit {
             Self::Attachments => "max_attachments",
             Self::RoomsPerSocket => "rooms_per_socket",
             Self::RoomsTotal => "rooms_total",
+            Self::InputBudget => "input_budget",
+            Self::AttachmentTimeout => "attachment_timeout",
+            Self::RoomsPerAddress => "rooms_per_address",
+            Self::RoomsPerUser => "rooms_per_user",
+            Self::MaxConnections => "max_connections",
         }
     }
 
@@ -104,6 +124,113 @@ impl Limit {
             name: self.as_str(),
             code: 301 + n as u16,
         }
+    }
+}
+
+/// The node's budget for client input held before it is complete
+/// (`limits.input_budget_bytes`): attachments waiting for their binary
+/// frames, WebSocket messages partly received, polling bodies being read.
+///
+/// Every such buffer is bounded on its own (`max_payload`,
+/// `max_attachment_bytes`), but a client may open many connections and park
+/// an incomplete message on each: 100 sockets holding 3 MB of attachments
+/// each were 333 MiB of RSS. The budget bounds the sum; whoever would take
+/// it past its limit is refused (and closes its connection), while what is
+/// already held stays accepted.
+#[derive(Debug)]
+pub struct InputBudget {
+    max: usize,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// Taking more would go past `limits.input_budget_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node holds too much incomplete input (limits.input_budget_bytes = {0})")]
+pub struct OverBudget(pub usize);
+
+impl InputBudget {
+    /// A budget of `max` bytes; 0 = no limit.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: if max == 0 { usize::MAX } else { max },
+            held: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now, node-wide.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One client's share of the [`InputBudget`] (a packet's attachments, a
+/// socket's messages between the wire and the connection), given back on
+/// drop. Shared by reference: a WebSocket's reader grows it as bytes come
+/// in, its connection shrinks it as it takes them.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<InputBudget>,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl Held {
+    /// Nothing held yet.
+    pub fn new(budget: Arc<InputBudget>) -> Self {
+        Self {
+            budget,
+            bytes: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes this share holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Holds `more` bytes more, unless the node would then hold more than
+    /// its budget (then nothing changes).
+    pub fn grow(&self, more: usize) -> Result<(), OverBudget> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if more == 0 {
+            return Ok(());
+        }
+        let max = self.budget.max;
+        self.budget
+            .held
+            .fetch_update(Relaxed, Relaxed, |held| held.checked_add(more).filter(|n| *n <= max))
+            .map_err(|_| OverBudget(max))?;
+        self.bytes.fetch_add(more, Relaxed);
+        Ok(())
+    }
+
+    /// Lets go of `less` bytes (at most what is held).
+    pub fn shrink(&self, less: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Ok(before) = self
+            .bytes
+            .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(less)))
+        else {
+            return;
+        };
+        self.budget.held.fetch_sub(before.min(less), Relaxed);
+    }
+
+    /// This share now holds `bytes`: shrinking always succeeds, growing as
+    /// [`Self::grow`] does.
+    pub fn set(&self, bytes: usize) -> Result<(), OverBudget> {
+        let now = self.bytes();
+        if bytes >= now {
+            self.grow(bytes - now)
+        } else {
+            self.shrink(now - bytes);
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shrink(usize::MAX);
     }
 }
 
@@ -290,6 +417,16 @@ impl ConnectionRate {
     }
 }
 
+/// The audit rows one connection has caused while open
+/// (`limits.audit_rows_per_connection`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientRows {
+    written: u32,
+    /// Rows held back past the connection's allowance: the count its
+    /// summary row carries when it ends.
+    pub held_back: u32,
+}
+
 /// The limits of one server and the record of their breaches.
 pub struct Guards {
     settings: LimitSettings,
@@ -300,10 +437,14 @@ pub struct Guards {
     /// The address table is swept of idle entries when it grows past this.
     sweep_at: Mutex<usize>,
     audit_rows: Mutex<TokenBucket>,
+    /// Client rows held back by the node's allowance since the last summary.
+    node_held_back: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
     audit: Option<AuditHandle>,
     /// Per-connection rates.
     pub rate: RateSettings,
+    /// Incomplete input held node-wide (`limits.input_budget_bytes`).
+    pub input: Arc<InputBudget>,
 }
 
 impl std::fmt::Debug for Guards {
@@ -318,14 +459,18 @@ impl std::fmt::Debug for Guards {
 const SWEEP_FLOOR: usize = 4096;
 
 impl Guards {
-    /// The guards of `settings` (already validated).
+    /// The guards of `settings` (already validated). Inside a Tokio
+    /// runtime a task summarises, once a second, the client rows the node's
+    /// allowance held back (it ends with the guards).
     pub fn new(
         settings: &LimitSettings,
         trusted: TrustedProxies,
         metrics: Arc<Metrics>,
         audit: Option<AuditHandle>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let guards = Arc::new(Self {
+            input: InputBudget::new(usize::try_from(settings.input_budget_bytes).unwrap_or(usize::MAX)),
+            node_held_back: std::sync::atomic::AtomicU64::new(0),
             exempt: TrustedProxies::parse(&settings.exempt).unwrap_or_default(),
             trusted,
             addresses: Mutex::new(HashMap::new()),
@@ -344,7 +489,39 @@ impl Guards {
                 refused_before_close: settings.refused_before_close,
             },
             settings: settings.clone(),
-        })
+        });
+        let input = guards.input.clone();
+        guards.metrics.watch_input(Box::new(move || input.held() as u64));
+        if let (Ok(runtime), Some(_)) = (tokio::runtime::Handle::try_current(), &guards.audit) {
+            let weak = Arc::downgrade(&guards);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(guards) = weak.upgrade() else { return };
+                    guards.summarise_held_back();
+                }
+            });
+        }
+        guards
+    }
+
+    /// Writes one row with the count of client rows the node's allowance
+    /// held back since the last summary, if any were.
+    pub fn summarise_held_back(&self) {
+        let n = self.node_held_back.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if let (true, Some(audit)) = (n > 0, &self.audit) {
+            let detail = format!(
+                "{n} audit rows caused by clients were held back (limits.audit_rows_per_second = {}, or the spill file was half full)",
+                self.settings.audit_rows_per_second
+            );
+            audit.record(AuditEvent::new(
+                AuditKind::LimitExceeded,
+                AuditReason::NODE_ROWS_HELD_BACK,
+                detail,
+            ));
+        }
     }
 
     /// The settings.
@@ -413,20 +590,67 @@ impl Guards {
     }
 
     /// Counts a breach of `limit` and records `event` (built only when a row
-    /// will be written) in the audit log, sampled.
+    /// will be written) in the audit log, within the node's allowance.
     pub fn breach(&self, limit: Limit, event: impl FnOnce() -> AuditEvent) {
         self.metrics.limit_breach(limit.as_str());
+        self.node_row(event);
+    }
+
+    /// [`Self::breach`] by a connection that stays open: within its
+    /// allowance (`rows`) too.
+    pub fn connection_breach(&self, limit: Limit, rows: &mut ClientRows, event: impl FnOnce() -> AuditEvent) {
+        self.metrics.limit_breach(limit.as_str());
+        self.client_row(rows, event);
+    }
+
+    /// Records `event`, which a client caused while its connection stays
+    /// open, within the connection's allowance and the node's: past either
+    /// it is counted (`roomcast_audit_suppressed_total`) and summarised
+    /// instead: in the connection's summary when it ends, or in the node's
+    /// next one.
+    pub fn client_row(&self, rows: &mut ClientRows, event: impl FnOnce() -> AuditEvent) {
+        if self.audit.is_none() {
+            return;
+        }
+        if rows.written >= self.settings.audit_rows_per_connection {
+            rows.held_back = rows.held_back.saturating_add(1);
+            self.metrics.audit_suppressed.inc();
+            return;
+        }
+        if self.node_row(event) {
+            rows.written += 1;
+        }
+    }
+
+    /// Records `event` within the node's allowance of client rows; whether
+    /// it was.
+    fn node_row(&self, event: impl FnOnce() -> AuditEvent) -> bool {
+        let Some(audit) = &self.audit else { return false };
         let per_second = f64::from(self.settings.audit_rows_per_second);
         // unwrap: the lock is only held to take a token.
-        let sampled = per_second > 0.0
+        let allowed = per_second > 0.0
             && self
                 .audit_rows
                 .lock()
                 .unwrap()
                 .take(1.0, per_second, per_second, Instant::now());
-        if let (true, Some(audit)) = (sampled, &self.audit) {
-            audit.record(event());
+        if allowed && audit.record_sampled(event()) {
+            return true;
         }
+        self.node_held_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.audit_suppressed.inc();
+        false
+    }
+
+    /// The summary row of a connection that ends with rows held back.
+    pub fn held_back_event(&self, rows: &ClientRows) -> Option<AuditEvent> {
+        (rows.held_back > 0).then(|| {
+            let detail = format!(
+                "{} more audit rows caused by this connection were held back (limits.audit_rows_per_connection = {})",
+                rows.held_back, self.settings.audit_rows_per_connection
+            );
+            AuditEvent::new(AuditKind::LimitExceeded, AuditReason::ROWS_HELD_BACK, detail)
+        })
     }
 
     /// A fresh audit event for a breach of `limit`.
@@ -570,9 +794,30 @@ mod tests {
     }
 
     #[test]
+    fn input_budget_refuses_growth_past_its_limit_and_takes_back_on_drop() {
+        let budget = InputBudget::new(100);
+        let a = Held::new(budget.clone());
+        let b = Held::new(budget.clone());
+        a.set(60).unwrap();
+        assert_eq!(b.set(41), Err(OverBudget(100)));
+        assert_eq!(b.bytes(), 0);
+        b.set(40).unwrap();
+        assert_eq!(budget.held(), 100);
+        a.set(10).unwrap();
+        assert_eq!(budget.held(), 50);
+        b.shrink(1000);
+        assert_eq!((b.bytes(), budget.held()), (0, 10));
+        b.grow(5).unwrap();
+        drop(a);
+        assert_eq!(budget.held(), 5);
+        drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
     fn reasons_are_stable() {
         let codes: Vec<u16> = Limit::ALL.iter().map(|l| l.reason().code).collect();
-        assert_eq!(codes, (301..=316).collect::<Vec<_>>());
+        assert_eq!(codes, (301..=321).collect::<Vec<_>>());
         assert_eq!(Limit::PacketRate.reason().name, "packets_per_second");
     }
 }

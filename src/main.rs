@@ -100,13 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     roomcast::telemetry::init(&settings.log);
-    // Each WebSocket session holds two descriptors (its socket and a
-    // duplicate used to abort a slow consumer): take every file the hard
-    // limit allows rather than the usual soft 1024.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(open_files = n, "open-file limit"),
-        Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
-    }
+    // `Application::build` raises the open-file limit and logs the session
+    // cap it derives from it (`server.max_connections`).
     let (host, path) = (settings.server.host.clone(), settings.server.path.clone());
     let app = roomcast::startup::Application::build(settings).context("starting the server")?;
     tracing::info!("roomcast listening on http://{host}:{}{path}", app.port());

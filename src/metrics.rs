@@ -47,6 +47,13 @@ pub struct LimitLabel {
     pub limit: &'static str,
 }
 
+/// `code="…"`: why a client's event was refused (a fixed set of error-ack codes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error ack's code.
+    pub code: &'static str,
+}
+
 /// Every metric of a server.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -82,6 +89,14 @@ pub struct Metrics {
     pub publish_backpressure: Counter,
     /// Requests, messages and sessions refused by a limit.
     pub limit_breaches: Family<LimitLabel, Counter>,
+    /// Client events refused with an error ack, by its code.
+    pub invalid_events: Family<CodeLabel, Counter>,
+    /// Audit rows a client caused that were held back (counted in a summary row instead).
+    pub audit_suppressed: Counter,
+    /// Requests from other nodes dropped because too many were being served.
+    pub cluster_requests_dropped: Counter,
+    input_held: Gauge,
+    input_held_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
     redis_connected: Gauge,
     redis_published: Counter,
     redis_received: Counter,
@@ -128,6 +143,11 @@ impl Metrics {
             deliveries_dropped: Counter::default(),
             publish_backpressure: Counter::default(),
             limit_breaches: Family::default(),
+            invalid_events: Family::default(),
+            audit_suppressed: Counter::default(),
+            cluster_requests_dropped: Counter::default(),
+            input_held: Gauge::default(),
+            input_held_source: Mutex::new(None),
             redis_connected: Gauge::default(),
             redis_published: Counter::default(),
             redis_received: Counter::default(),
@@ -188,6 +208,27 @@ impl Metrics {
                 m.limit_breaches.clone(),
             );
             r.register(
+                "invalid_events",
+                "Client events refused with an error ack (unknown event, bad request, invalid room or event name), by code",
+                m.invalid_events.clone(),
+            );
+            r.register(
+                "audit_suppressed",
+                "Audit rows a client caused that were held back by audit_rows_per_connection or audit_rows_per_second (summarised in one row with the count)",
+                m.audit_suppressed.clone(),
+            );
+            r.register_with_unit(
+                "input_held",
+                "Client input held before it is complete (attachments, WebSocket messages not yet taken, polling bodies being read), node-wide; bounded by limits.input_budget_bytes",
+                Unit::Bytes,
+                m.input_held.clone(),
+            );
+            r.register(
+                "cluster_requests_dropped",
+                "Requests from other nodes (fetch, join, leave, disconnect) dropped because too many were being served",
+                m.cluster_requests_dropped.clone(),
+            );
+            r.register(
                 "redis_connected",
                 "1 while subscribed to Redis (0: degraded or single node)",
                 m.redis_connected.clone(),
@@ -233,6 +274,12 @@ impl Metrics {
     pub fn watch_cluster(&self, status: Arc<AdapterStatus>) {
         // unwrap: the lock is only held to set or clone.
         *self.cluster.lock().unwrap() = Some(status);
+    }
+
+    /// Reports the bytes of incomplete client input `held` says are held.
+    pub fn watch_input(&self, held: Box<dyn Fn() -> u64 + Send + Sync>) {
+        // unwrap: the lock is only held to set or read.
+        *self.input_held_source.lock().unwrap() = Some(held);
     }
 
     /// Reports the audit log's queue and spill file too.
@@ -293,10 +340,14 @@ impl Metrics {
                 (&self.redis_published, &status.published),
                 (&self.redis_received, &status.received),
                 (&self.redis_lost, &status.lost),
+                (&self.cluster_requests_dropped, &status.requests_dropped),
             ] {
                 let now = value.load(Relaxed);
                 counter.inc_by(now.saturating_sub(counter.get()));
             }
+        }
+        if let Some(held) = self.input_held_source.lock().unwrap().as_ref() {
+            self.input_held.set(i64::try_from(held()).unwrap_or(i64::MAX));
         }
         if let Some(audit) = self.audit.lock().unwrap().as_ref() {
             let stats = audit.stats();

@@ -128,6 +128,7 @@ impl Application {
             notify_namespaces: settings.rooms.notify_namespaces.clone(),
             metrics: metrics.clone(),
         })
+        .with_quotas(crate::broker::RoomQuotas::of(&settings.rooms, &settings.limits))
         .start();
         let cluster = Arc::new(AdapterStatus::default());
         let mut adapter_addr = None;
@@ -204,7 +205,26 @@ impl Application {
         let trusted = crate::http::peer::TrustedProxies::parse(&settings.server.trusted_proxies).map_err(invalid)?;
         let guards =
             crate::limits::Guards::new(&settings.limits, trusted.clone(), metrics.clone(), Some(audit.clone()));
-        let endpoint = |app: App| {
+        // Every endpoint's sessions count against one cap.
+        let (sio_registry, echo_registry) = (Registry::default(), Registry::default());
+        let open_files = open_file_limit();
+        let max_connections = match settings.server.max_connections {
+            0 => derived_max_connections(open_files),
+            n => n,
+        };
+        let worker_cap = worker_connection_cap(max_connections, open_files);
+        tracing::info!(
+            max_connections,
+            derived = settings.server.max_connections == 0,
+            open_files,
+            worker_connection_cap = worker_cap,
+            "session cap (server.max_connections)"
+        );
+        let cap = Arc::new(crate::http::cap::SessionCap::new(
+            max_connections,
+            vec![sio_registry.clone(), echo_registry.clone()],
+        ));
+        let endpoint = |app: App, registry: Registry| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
                 vec![TransportKind::WebSocket.as_str()]
             } else {
@@ -219,7 +239,7 @@ impl Application {
                     app,
                     sio: (app == App::SocketIo).then(|| sio.clone()),
                     events: events.clone(),
-                    registry: Registry::default(),
+                    registry,
                     audit: audit.clone(),
                     metrics: metrics.clone(),
                     ops: ops.clone().into_inner(),
@@ -229,11 +249,12 @@ impl Application {
                 websocket: settings.websocket.clone(),
                 trusted: trusted.clone(),
                 allowed_origins: settings.server.allowed_origins.clone(),
+                cap: cap.clone(),
             })
         };
-        let socketio = endpoint(App::SocketIo);
+        let socketio = endpoint(App::SocketIo, sio_registry);
         let registry = socketio.shared.registry.clone();
-        let echo = (!settings.server.echo_path.is_empty()).then(|| endpoint(App::Echo));
+        let echo = (!settings.server.echo_path.is_empty()).then(|| endpoint(App::Echo, echo_registry));
         let mut registries = vec![registry.clone()];
         registries.extend(echo.as_ref().map(|e| e.shared.registry.clone()));
 
@@ -283,7 +304,12 @@ impl Application {
         let local = listener.local_addr()?;
         // Signals are handled by `run_until_stopped`, which closes sessions
         // with "server shutting down" before the workers stop.
-        let mut server = Server::build().disable_signals();
+        // actix-server's own cap (25,600 connections per worker unless
+        // set) makes a worker stop accepting, without an answer, /healthz
+        // included: set above what sessions can reach (see
+        // `worker_connection_cap`), roomcast's own cap binds first and
+        // answers 503.
+        let mut server = Server::build().disable_signals().max_concurrent_connections(worker_cap);
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
@@ -424,6 +450,54 @@ impl Shutdown {
     }
 }
 
+/// The open-file limit, raised to its hard limit first: each WebSocket
+/// session holds two descriptors (its socket and a duplicate used to abort
+/// a slow consumer), so take every file the hard limit allows rather than
+/// the usual soft 1024.
+fn open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            let soft = rlimit::Resource::NOFILE.get().map_or(1024, |(soft, _)| soft);
+            tracing::warn!(open_files = soft, "could not raise the open-file limit: {e}");
+            soft
+        }
+    }
+}
+
+/// Descriptors kept back from sessions, at least: the listener, the audit
+/// database and spill file, Redis, logs, and the requests that are not
+/// sessions (`/healthz`, `/metrics`, the API).
+const RESERVED_FILES_MIN: u64 = 64;
+
+/// What `server.max_connections = 0` stands for, from the open-file limit:
+/// an eighth of it (at least [`RESERVED_FILES_MIN`]) is kept for everything
+/// that is not a session, and the rest halved, as a session may hold two
+/// descriptors (a WebSocket and its duplicate, a polling GET and a POST).
+fn derived_max_connections(open_files: u64) -> usize {
+    let reserve = (open_files / 8).max(RESERVED_FILES_MIN);
+    let sessions = open_files.saturating_sub(reserve) / 2;
+    usize::try_from(sessions).unwrap_or(usize::MAX).max(1)
+}
+
+/// Connections beyond sessions' that one worker may hold (the operations
+/// endpoints, the API, idle keep-alive connections).
+const WORKER_HEADROOM: usize = 1024;
+
+/// actix-server's cap on one worker's connections. It must never be the
+/// one that binds, as it refuses by not accepting at all: it is at least
+/// the open-file limit (no worker can hold more connections than the
+/// process has descriptors) and at least twice `max_connections` with some
+/// headroom (every session on one worker, a polling one with its GET and
+/// its POST, when `max_connections` is set above the file limit).
+fn worker_connection_cap(max_connections: usize, open_files: u64) -> usize {
+    let files = usize::try_from(open_files).unwrap_or(usize::MAX);
+    max_connections
+        .saturating_mul(2)
+        .saturating_add(WORKER_HEADROOM)
+        .max(files)
+}
+
 async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -470,4 +544,30 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
         };
     }
     cors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_cap_leaves_a_reserve_and_two_files_per_session() {
+        assert_eq!(derived_max_connections(1024), (1024 - 128) / 2);
+        assert_eq!(derived_max_connections(20_000), (20_000 - 2_500) / 2);
+        assert_eq!(derived_max_connections(256), (256 - 64) / 2);
+        assert_eq!(derived_max_connections(10), 1);
+        assert!(derived_max_connections(u64::MAX) > 0);
+    }
+
+    #[test]
+    fn actix_cap_is_never_the_one_that_binds() {
+        for files in [10, 1024, 20_000, 1 << 20] {
+            let ours = derived_max_connections(files);
+            let actix = worker_connection_cap(ours, files);
+            assert!(actix >= files as usize && actix > 2 * ours, "{files}: {actix}");
+        }
+        // Set above the file limit: still twice as many, and headroom.
+        assert_eq!(worker_connection_cap(100_000, 1024), 200_000 + WORKER_HEADROOM);
+        assert_eq!(worker_connection_cap(usize::MAX, 1024), usize::MAX);
+    }
 }

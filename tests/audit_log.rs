@@ -45,6 +45,9 @@ fn server(db: &TestDb, tweak: impl FnOnce(&mut roomcast::config::Settings)) -> T
         s.api.keys = vec![API_KEY.into()];
         s.socketio.namespaces = vec!["/".into(), "/custom".into()];
         s.audit.flush_interval_ms = 20;
+        // The tests provoke rows with invalid events, up to a hundred per
+        // connection (the default keeps five; tests/hostile_clients.rs).
+        s.limits.audit_rows_per_connection = 1000;
         tweak(s);
     }))
 }
@@ -675,6 +678,8 @@ async fn hostile_strings_stay_in_their_spill_line() {
         s.database.timeout_ms = 500;
         s.audit.spill_file = spill_path;
         s.audit.flush_interval_ms = 20;
+        // Twenty rows from one connection (five by default).
+        s.limits.audit_rows_per_connection = 20;
     }));
     let (mut ws, sid) = open_as(&server, &format!("ua {SQL}")).await;
     join(&mut ws, "/", None).await;

@@ -17,7 +17,12 @@
 //! - requests: the adapter's requests between a Node.js server and roomcast
 //!   (fetchSockets, allRooms, emitWithAck, serverSideEmitWithAck,
 //!   socketsJoin, disconnectSockets; roomcast's cluster-wide presence), in
-//!   the classic and both sharded modes.
+//!   the classic and both sharded modes;
+//! - socket_ids: three roomcast nodes and a Node.js server, in every mode:
+//!   socket ids have Socket.IO's form; a client cannot name a socket id as
+//!   a room (invalid_room, nothing delivered); roomcast's HTTP API, the Node
+//!   server's `io.to(id)` and the emitter's `to(id)` reach exactly that
+//!   socket on any node.
 //!
 //! This test asserts that the suite passes and prints its whole output
 //! (with the processes' logs of a failing test) when it does not. The Node

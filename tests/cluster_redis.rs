@@ -7,6 +7,10 @@
 //!   node is disconnected through another node's HTTP API;
 //! - the HTTP API's room list counts every node's members, and makes a
 //!   socket on another node join and leave a room;
+//! - socket ids and rooms never mix: a client's subscribe, publish and
+//!   presence naming another socket's id (on its node or the other) are
+//!   refused with `invalid_room` and reach nobody; the HTTP API's publish
+//!   to a socket id reaches that socket on its own node and on the other;
 //! - Redis killed: both nodes keep serving their local clients, nobody is
 //!   disconnected, the adapter reports itself degraded; Redis restarted on
 //!   the same port: the nodes subscribe again by themselves and cross-node
@@ -96,6 +100,7 @@ in_every_mode!(
     redis_outage_keeps_local_delivery_and_recovers,
     presence_and_api_disconnect_span_the_nodes,
     api_room_list_and_membership_span_the_nodes,
+    a_socket_is_reached_by_its_id_from_backends_only,
 );
 
 /// A redis-server on `port` that keeps nothing on disk, with `extra` arguments.
@@ -413,6 +418,50 @@ async fn api_room_list_and_membership_span_the_nodes(proto: Proto) {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// POST /api/v1/publish of event "direct" with `data` to `room` (a socket
+/// id) on `server`; the recipients on that node.
+async fn publish_to_id(server: &TestServer, room: &str, data: &str) -> u64 {
+    let body = serde_json::json!({"room": room, "event": "direct", "data": data});
+    let (status, reply) = api(server, reqwest::Method::POST, "/publish", body).await;
+    assert_eq!(status, 202, "{reply}");
+    reply["recipients"].as_u64().unwrap()
+}
+
+async fn a_socket_is_reached_by_its_id_from_backends_only(proto: Proto) {
+    let redis = PrivateRedis::start();
+    let (n1, n2) = (node(&redis, proto), node(&redis, proto));
+    connected(&n1, true).await;
+    connected(&n2, true).await;
+    let ((mut a, a_id), (mut c, c_id)) = (client_with_id(&n1).await, client_with_id(&n1).await);
+    let (mut b, b_id) = client_with_id(&n2).await;
+    assert_eq!((a_id.len(), b_id.len()), (20, 20), "Socket.IO's socket ids");
+
+    // A client names another socket, on the other node or on its own, as
+    // a room: refused, and nothing is sent.
+    for (n, target) in [(10, &b_id), (20, &c_id)] {
+        for (k, event) in ["subscribe", "publish", "presence"].into_iter().enumerate() {
+            let arg = serde_json::json!({"room": target, "event": "direct", "data": "from a client"});
+            let reply = request(&mut a, n + k as u32, event, arg).await;
+            assert!(reply.contains(r#""code":"invalid_room""#), "{event} {target}: {reply}");
+        }
+    }
+    // The API reaches a socket by its id, here and on the other node. Each
+    // socket's first frame is the API's: had a client's publish got through
+    // (locally, or through Redis ahead of node 1's next message), it would
+    // have come first.
+    assert_eq!(publish_to_id(&n1, &b_id, "n1 to b").await, 0, "b is on node 2");
+    assert_eq!(text(&mut b).await, r#"42["direct","n1 to b"]"#);
+    assert_eq!(publish_to_id(&n1, &c_id, "n1 to c").await, 1);
+    assert_eq!(text(&mut c).await, r#"42["direct","n1 to c"]"#);
+    assert_eq!(publish_to_id(&n2, &a_id, "n2 to a").await, 0, "a is on node 1");
+    assert_eq!(text(&mut a).await, r#"42["direct","n2 to a"]"#);
+    assert_eq!(publish_to_id(&n2, &b_id, "n2 to b").await, 1);
+    assert_eq!(text(&mut b).await, r#"42["direct","n2 to b"]"#);
+    // Exactly that socket: c's next frame is its own next message.
+    assert_eq!(publish_to_id(&n2, &c_id, "n2 to c").await, 0);
+    assert_eq!(text(&mut c).await, r#"42["direct","n2 to c"]"#);
 }
 
 /// The sharded channels Redis has subscribers for.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::audit::{rows, store, wait_rows};
 use common::eio::{member, next_text, open, send, Ws};
 use common::raw::{raw, read_response, ws_request, RawWs};
-use common::{eventually, quiet, within, TestServer, SIO};
+use common::{eventually, metric as counter, quiet, within, TestServer, SIO};
 use futures_util::{SinkExt as _, StreamExt as _};
 use roomcast::audit::store::AuditQuery;
 use roomcast::config::Settings;
@@ -29,20 +29,6 @@ fn server(tweak: impl FnOnce(&mut Settings)) -> (TestServer, String) {
     });
     let url = settings.database.url.clone();
     (common::spawn(settings), url)
-}
-
-/// A counter of `/metrics` (`name` with its labels).
-async fn counter(server: &TestServer, name: &str) -> u64 {
-    let body = reqwest::get(format!("{}/metrics", server.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 /// `roomcast_limit_breaches_total{limit="…"}`.

@@ -109,6 +109,9 @@ pub struct AdapterStatus {
     pub lost: AtomicU64,
     /// Messages on the channels that did not decode.
     pub malformed: AtomicU64,
+    /// Requests of other nodes dropped because too many were being served
+    /// (`roomcast_cluster_requests_dropped_total`).
+    pub requests_dropped: AtomicU64,
 }
 
 impl AdapterStatus {

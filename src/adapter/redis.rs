@@ -256,6 +256,18 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// Most broadcasts pipelined into one round trip.
 const BATCH: usize = 256;
+/// Requests of other nodes served at once (a fetch, a room list, a join, a
+/// broadcast with ack…). Each one being served is a task waiting on the
+/// broker and then on the publish queue; a node that floods the request
+/// channel (a bug, or anyone who may publish on this Redis) would otherwise
+/// make them without bound, each holding its decoded request. One is
+/// served in a broker round trip (well under a millisecond unless the
+/// broker is behind), so 256 at once serve tens of thousands a second;
+/// past that the node is behind anyway, and a request dropped costs its
+/// sender one answer, which requesters already wait for only until their
+/// timeout (Node.js `requestsTimeout`; roomcast then answers `partial`).
+/// Dropped requests are counted (`AdapterStatus::requests_dropped`).
+const MAX_REQUESTS_IN_FLIGHT: usize = 256;
 
 /// The adapter actor.
 pub struct RedisAdapter {
@@ -323,6 +335,7 @@ impl Actor for RedisAdapter {
             status: self.status.clone(),
             queue: tx_for(&self.queue),
             pending: self.pending.clone(),
+            serving: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
         };
         match connector {
             Connector::Single(client) if !self.config.sharded() => actix_rt::spawn(subscriber(client, node)),
@@ -447,6 +460,22 @@ struct Node {
     status: Arc<AdapterStatus>,
     queue: mpsc::Sender<(String, Vec<u8>)>,
     pending: PendingMap,
+    /// Permits for the requests being served ([`MAX_REQUESTS_IN_FLIGHT`]).
+    serving: Arc<tokio::sync::Semaphore>,
+}
+
+/// Serves another node's request in a task of its own, unless
+/// [`MAX_REQUESTS_IN_FLIGHT`] are being served: then it is dropped, counted.
+fn serve(node: &Node, nsp: String, request: Request) {
+    match node.serving.clone().try_acquire_owned() {
+        Ok(permit) => {
+            actix_rt::spawn(answer(node.clone(), nsp, request, permit));
+        }
+        Err(_) => {
+            AdapterStatus::add(&node.status.requests_dropped, 1);
+            tracing::debug!("redis adapter: too many requests being served, one from another node dropped");
+        }
+    }
 }
 
 fn tx_for(queue: &Option<mpsc::Sender<(String, Vec<u8>)>>) -> mpsc::Sender<(String, Vec<u8>)> {
@@ -558,7 +587,7 @@ fn route(node: &Node, msg: &redis::Msg, request_prefix: &str, response_prefix: &
     if let Some(rest) = channel.strip_prefix(request_prefix) {
         let nsp = rest.strip_suffix('#').unwrap_or(rest).to_owned();
         if let Some(request) = requests::decode(payload) {
-            actix_rt::spawn(answer(node.clone(), nsp, request));
+            serve(node, nsp, request);
         }
     } else if channel.starts_with(response_prefix) {
         if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(payload) {
@@ -687,9 +716,7 @@ fn route_sharded(node: &Node, data: &[redis::Value]) {
     match sharded::decode(payload) {
         Ok((uid, ..)) if uid == node.uid => {}
         Ok((_, _, ShardMessage::Broadcast(b))) => deliver(b, &node.broker.inbound, &node.status),
-        Ok((_, nsp, ShardMessage::Request(r))) => {
-            actix_rt::spawn(answer(node.clone(), nsp, r));
-        }
+        Ok((_, nsp, ShardMessage::Request(r))) => serve(node, nsp, r),
         Ok((_, _, ShardMessage::Response(answer))) => collect(&node.pending, &answer),
         Ok((_, _, ShardMessage::Ignored)) => {}
         Err(e) => malformed(&node.status, &e),
@@ -697,8 +724,9 @@ fn route_sharded(node: &Node, data: &[redis::Value]) {
 }
 
 /// Answers (or applies) a request of another node; see [`requests`] and
-/// [`sharded`].
-async fn answer(node: Node, nsp: String, r: Request) {
+/// [`sharded`]. `_serving` is its place among the requests being served,
+/// given back when it is done.
+async fn answer(node: Node, nsp: String, r: Request, _serving: tokio::sync::OwnedSemaphorePermit) {
     let own = r.uid.as_deref() == Some(node.uid.as_str());
     let arcs = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
     let nsp_arc: Arc<str> = nsp.as_str().into();
@@ -932,5 +960,166 @@ async fn count_nodes(
             *command.lock().unwrap() = None;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A broker that holds every fetch until released: a busy broker, so
+    /// that the requests being served pile up. It counts the fetches it
+    /// holds now and the most it held at once.
+    struct BusyBroker {
+        released: tokio::sync::watch::Receiver<bool>,
+        holding: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Actor for BusyBroker {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<LocalSockets> for BusyBroker {
+        type Result = ResponseFuture<Vec<SocketInfo>>;
+
+        fn handle(&mut self, _: LocalSockets, _: &mut Self::Context) -> Self::Result {
+            let mut released = self.released.clone();
+            let (holding, most) = (self.holding.clone(), self.most.clone());
+            let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            Box::pin(async move {
+                // unwrap: the sender lives as long as the test.
+                released.wait_for(|r| *r).await.unwrap();
+                holding.fetch_sub(1, Ordering::SeqCst);
+                vec![]
+            })
+        }
+    }
+
+    impl Handler<Inbound> for BusyBroker {
+        type Result = usize;
+
+        fn handle(&mut self, _: Inbound, _: &mut Self::Context) -> usize {
+            0
+        }
+    }
+
+    impl Handler<LocalRooms> for BusyBroker {
+        type Result = MessageResult<LocalRooms>;
+
+        fn handle(&mut self, _: LocalRooms, _: &mut Self::Context) -> Self::Result {
+            MessageResult(vec![])
+        }
+    }
+
+    impl Handler<RemoteOperation> for BusyBroker {
+        type Result = ();
+
+        fn handle(&mut self, _: RemoteOperation, _: &mut Self::Context) {}
+    }
+
+    fn fetch(n: usize) -> Request {
+        // unwrap: a well-formed request.
+        requests::decode(&requests::fetch_request(
+            "other-node",
+            &format!("r{n}"),
+            &["lobby".into()],
+            &[],
+        ))
+        .unwrap()
+    }
+
+    /// Polls `check` (the tasks run on this thread) until it holds.
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_flood_of_requests_past_the_bound_is_dropped_and_counted_and_the_rest_answered() {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let (holding, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let broker = BusyBroker {
+            released,
+            holding: holding.clone(),
+            most: most.clone(),
+        }
+        .start();
+        let flood = 20 * MAX_REQUESTS_IN_FLIGHT;
+        let (queue, mut replies) = mpsc::channel(flood);
+        let status = Arc::new(AdapterStatus::default());
+        let node = Node {
+            uid: "this-node".into(),
+            broker: BrokerPorts {
+                inbound: broker.clone().recipient(),
+                sockets: broker.clone().recipient(),
+                rooms: broker.clone().recipient(),
+                ops: broker.clone().recipient(),
+            },
+            config: RedisConfig {
+                node_id: "this-node".into(),
+                url: "redis://127.0.0.1:1/".into(),
+                key: "socket.io".into(),
+                namespaces: vec!["/".into()],
+                command_timeout: Duration::from_secs(1),
+                reconnect_max: Duration::from_secs(1),
+                queue: flood,
+                requests_timeout: Duration::from_secs(1),
+                mode: Mode::Classic,
+            },
+            status: status.clone(),
+            queue,
+            pending: PendingMap::default(),
+            serving: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
+        };
+
+        for n in 0..flood {
+            serve(&node, "/".into(), fetch(n));
+        }
+        // Everything past the bound was dropped at once, and counted.
+        let dropped = status.requests_dropped.load(Ordering::Relaxed) as usize;
+        assert_eq!(dropped, flood - MAX_REQUESTS_IN_FLIGHT);
+        until("the broker holds the requests being served", || {
+            holding.load(Ordering::SeqCst) == MAX_REQUESTS_IN_FLIGHT
+        })
+        .await;
+        // No more than the bound were ever waiting on the broker: the work
+        // held (tasks, decoded requests) does not grow with the flood.
+        assert_eq!(most.load(Ordering::SeqCst), MAX_REQUESTS_IN_FLIGHT);
+        assert_eq!(node.serving.available_permits(), 0);
+        assert!(replies.is_empty(), "nothing answered while the broker is busy");
+
+        // The broker catches up: every request within the bound is answered.
+        release.send(true).unwrap();
+        let mut answered = HashSet::new();
+        for _ in 0..MAX_REQUESTS_IN_FLIGHT {
+            let (channel, body) = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+                .await
+                .expect("an answer")
+                .expect("the queue is open");
+            assert_eq!(channel, "socket.io-response#/#");
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            answered.insert(body["requestId"].as_str().unwrap().to_owned());
+        }
+        let served: HashSet<String> = (0..MAX_REQUESTS_IN_FLIGHT).map(|n| format!("r{n}")).collect();
+        assert_eq!(answered, served, "the first requests, those within the bound");
+        until("the permits are given back", || {
+            node.serving.available_permits() == MAX_REQUESTS_IN_FLIGHT
+        })
+        .await;
+
+        // With room again, the next request is served, not dropped.
+        serve(&node, "/".into(), fetch(flood));
+        let (_, body) = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+            .await
+            .expect("an answer")
+            .expect("the queue is open");
+        assert!(String::from_utf8_lossy(&body).contains(&format!("\"r{flood}\"")));
+        assert_eq!(status.requests_dropped.load(Ordering::Relaxed) as usize, dropped);
     }
 }

@@ -16,7 +16,8 @@ use crate::adapter::LocalSockets;
 use crate::audit::reader::{AuditReader, Search};
 use crate::audit::store::AuditQuery;
 use crate::broker::{
-    encode_event, room_members, valid_event, valid_room, Broker, Join, JoinError, Kick, Leave, ListRooms, Publish,
+    check_room, encode_event, looks_like_socket_id, room_members, valid_event, BackendPublish, Broker, Join, JoinError,
+    Kick, Leave, ListRooms, Publish,
 };
 
 /// The OpenAPI document of this API.
@@ -87,7 +88,8 @@ impl ResponseError for ApiError {
 
 type Data = web::Data<ApiState>;
 
-/// The `/api/v1` scope.
+/// The `/api/v1` scope: the OpenAPI document, then everything else behind
+/// [`require_key`].
 pub fn scope(state: Data, max_payload: usize) -> actix_web::Scope {
     let json = web::JsonConfig::default()
         .limit(max_payload)
@@ -100,16 +102,42 @@ pub fn scope(state: Data, max_payload: usize) -> actix_web::Scope {
         .app_data(path)
         .app_data(query)
         .route("/openapi.json", web::get().to(openapi))
-        .route("/publish", web::post().to(publish))
-        .route("/rooms", web::get().to(rooms))
-        .route("/rooms/{room}", web::get().to(room))
-        .route("/sockets/{id}/disconnect", web::post().to(disconnect))
-        .route("/sockets/{id}/join", web::post().to(join))
-        .route("/sockets/{id}/leave", web::post().to(leave))
-        .route("/audit", web::get().to(audit))
-        .default_service(web::to(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint or method").error_response()
-        }))
+        .service(
+            web::scope("")
+                .wrap(actix_web::middleware::from_fn(require_key))
+                .route("/publish", web::post().to(publish))
+                .route("/rooms", web::get().to(rooms))
+                .route("/rooms/{room}", web::get().to(room))
+                .route("/sockets/{id}/disconnect", web::post().to(disconnect))
+                .route("/sockets/{id}/join", web::post().to(join))
+                .route("/sockets/{id}/leave", web::post().to(leave))
+                .route("/audit", web::get().to(audit))
+                .default_service(web::to(|| async {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint or method").error_response()
+                })),
+        )
+}
+
+/// Middleware: answers 401 to a request without a valid key before its
+/// handler runs, so before its body is read: a client without a key cannot
+/// make the node buffer and parse `engine.max_payload` bytes of JSON per
+/// request, nor hold a request open by announcing a body it never sends.
+/// (actix-http closes the connection after such an answer, as the body was
+/// not read.) The handlers check the key again, which costs nothing and
+/// keeps a route added outside this scope closed.
+async fn require_key(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse, actix_web::Error> {
+    // No state (never: the scope has it) is no key.
+    let refused = match req.app_data::<Data>() {
+        Some(state) => authorize(req.request(), state).err(),
+        None => Some(unauthorized()),
+    };
+    match refused {
+        None => next.call(req).await.map(|r| r.map_into_boxed_body()),
+        Some(err) => Ok(req.into_response(err.error_response())),
+    }
 }
 
 fn authorize(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
@@ -127,12 +155,16 @@ fn authorize(req: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
         {
             Ok(())
         }
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid API key is required (Authorization: Bearer <key>)",
-        )),
+        _ => Err(unauthorized()),
     }
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid API key is required (Authorization: Bearer <key>)",
+    )
 }
 
 /// Compares without stopping at the first difference, so response times
@@ -154,19 +186,19 @@ fn namespace(state: &ApiState, nsp: Option<&str>) -> Result<Arc<str>, ApiError> 
     }
 }
 
+/// A name that must be a room (join, leave, members): a socket id is not one.
 fn room_name(state: &ApiState, room: &str) -> Result<Arc<str>, ApiError> {
-    if valid_room(room, state.max_room_len) {
-        Ok(room.into())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_room",
-            format!(
-                "room names are 1 to {} bytes of ASCII letters, digits and _-.:@/#=+",
-                state.max_room_len
-            ),
-        ))
+    check_room(room, state.max_room_len)
+        .map(|()| room.into())
+        .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_room", why.to_string()))
+}
+
+/// A publish target: a room, or a socket id (that socket, on any node).
+fn target_name(state: &ApiState, name: &str) -> Result<Arc<str>, ApiError> {
+    if looks_like_socket_id(name) {
+        return Ok(name.into());
     }
+    room_name(state, name)
 }
 
 fn unavailable() -> ApiError {
@@ -214,7 +246,7 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
     };
     let rooms = names
         .iter()
-        .map(|r| room_name(&state, r))
+        .map(|r| target_name(&state, r))
         .collect::<Result<Vec<_>, _>>()?;
     if !valid_event(&body.event) {
         return Err(ApiError::new(
@@ -235,13 +267,13 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
     let frames = encode_event(&nsp, &args, &[]);
     let recipients = state
         .broker
-        .send(Publish {
+        .send(BackendPublish(Publish {
             nsp,
             rooms,
             except: except.iter().map(|s| s.as_str().into()).collect(),
             frames,
             args: (args, vec![]),
-        })
+        }))
         .await
         .map_err(|_| unavailable())?;
     Ok(HttpResponse::Accepted().json(json!({"recipients": recipients})))

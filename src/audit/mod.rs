@@ -108,7 +108,8 @@ impl AuditKind {
 ///
 /// Codes 1–8 are [`DisconnectReason::code`]; 100 + n is an Engine.IO
 /// handshake refused with HTTP error code n; 200–205 are Socket.IO CONNECT
-/// refusals; 300–310 are the limits of [`crate::limits::Limit`].
+/// refusals; 301 + n are the limits of [`crate::limits::Limit`]; 401 and 402
+/// are the summaries of rows held back ([`AuditReason::ROWS_HELD_BACK`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditReason {
     /// Stable string.
@@ -127,6 +128,19 @@ impl From<DisconnectReason> for AuditReason {
 }
 
 impl AuditReason {
+    /// A summary: rows one connection caused past
+    /// `limits.audit_rows_per_connection`, with their count.
+    pub const ROWS_HELD_BACK: Self = Self {
+        name: "audit_rows_per_connection",
+        code: 401,
+    };
+    /// A summary: rows clients caused past `limits.audit_rows_per_second`
+    /// (or while the spill file was half full), with their count.
+    pub const NODE_ROWS_HELD_BACK: Self = Self {
+        name: "audit_rows_per_second",
+        code: 402,
+    };
+
     /// An Engine.IO handshake refused with `code` (the reference server's message).
     pub const fn engineio(code: crate::engineio::ErrorCode) -> Self {
         Self {
@@ -546,6 +560,20 @@ impl AuditHandle {
                 }
             }
         }
+    }
+
+    /// Records an event a client caused while its connection stays open
+    /// (sampled by [`crate::limits::Guards`]): like [`Self::record`], but
+    /// held back (false) once the spill file is half full, so that such rows
+    /// can never take the room the rows that matter (forced closes, parse
+    /// errors that end a connection) need while the database is down.
+    pub fn record_sampled(&self, event: AuditEvent) -> bool {
+        let spill = &self.inner.spill;
+        if spill.pending() && spill.pending_bytes() >= spill.max_bytes() / 2 {
+            return false;
+        }
+        self.record(event);
+        true
     }
 
     /// Bytes waiting in the spill file for the database.

@@ -11,9 +11,14 @@
 //! inserted are skipped by their id. A line that does not parse (a write
 //! cut by a crash) is skipped and logged. JSON escapes every control
 //! character, so a hostile string stays inside its line.
+//!
+//! Rows hold client addresses, user ids and what clients sent: the file is
+//! created readable by roomcast's user only (0600), and so is a directory
+//! roomcast creates for it (0700).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -48,12 +53,22 @@ pub struct Chunk {
     pub eof: bool,
 }
 
+/// Creates `dir` and its missing parents readable by this user only
+/// (0700); a directory that exists keeps its mode. Nothing to do for `""`
+/// (the working directory).
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 impl Spill {
-    /// The spill file at `path` (its directory is created); it may hold
-    /// rows of an earlier run.
+    /// The spill file at `path` (its directory is created, 0700); it may
+    /// hold rows of an earlier run.
     pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<Spill> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
         }
         let mut replay = path.as_os_str().to_owned();
         replay.push(".replay");
@@ -105,7 +120,13 @@ impl Spill {
         }
         let written = (|| -> std::io::Result<()> {
             if state.file.is_none() {
-                state.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+                // 0600: only when it is created (an existing file keeps its mode).
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.path)?;
+                state.file = Some(file);
             }
             // unwrap: opened just above.
             state.file.as_mut().unwrap().write_all(&buf)
@@ -124,6 +145,11 @@ impl Spill {
                 false
             }
         }
+    }
+
+    /// The largest spill file, `audit.spill_max_bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Whether rows wait in the spill file.
@@ -212,5 +238,44 @@ impl Spill {
         }
         state.replaying = false;
         state.offset = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::audit::{AuditEvent, AuditKind, AuditReason};
+    use crate::engineio::ErrorCode;
+
+    fn mode(path: &Path) -> u32 {
+        // unwrap: the test just created it.
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_file_and_the_directories_it_needs_are_private() {
+        let root = std::env::temp_dir().join(format!(
+            "roomcast-spill-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        let path = root.join("data/audit").join("spill.jsonl");
+        let spill = Spill::open(&path, 1 << 20).unwrap();
+        let event = AuditEvent::new(
+            AuditKind::ParseError,
+            AuditReason::engineio(ErrorCode::BadRequest),
+            "test",
+        );
+        assert!(spill.append(&[AuditRow::from_event(event, "node")], &AuditStats::default()));
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&root.join("data/audit")), 0o700);
+        assert_eq!(mode(&root.join("data")), 0o700);
+        // Replayed under another name, it stays private.
+        assert!(spill.begin_replay().unwrap());
+        assert_eq!(mode(&spill.replay_path), 0o600);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

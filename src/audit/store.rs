@@ -88,6 +88,31 @@ fn sqlite_path(url: &str) -> Option<PathBuf> {
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
+/// Creates the SQLite file at `path` readable by this user only (0600),
+/// and its missing directories (0700), before SQLite would create it with
+/// its default 0644: the rows hold client addresses, user ids and what
+/// clients sent. SQLite gives its `-wal`, `-shm` and `-journal` files the
+/// database file's mode. A file that exists keeps its mode (an empty one
+/// is a new database to SQLite).
+fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let cannot =
+        |what: &std::path::Path, e: std::io::Error| StoreError::Url(format!("cannot create {}: {e}", what.display()));
+    if let Some(dir) = path.parent() {
+        super::spill::create_private_dir(dir).map_err(|e| cannot(dir, e))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(cannot(path, e)),
+    }
+}
+
 /// A connection pool on the audit database.
 #[derive(Clone)]
 pub struct Store {
@@ -140,18 +165,17 @@ fn text(value: &str) -> Bind {
 
 impl Store {
     /// A pool on `settings.url` that connects on first use. A SQLite file
-    /// (and its directory) is created if missing. Must be called inside a
+    /// (and its directory) is created if missing, private to this user. Must be called inside a
     /// tokio runtime, where the pool's connections then live.
     pub fn connect_lazy(settings: &DatabaseSettings) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of(&settings.url)?;
         let mut url = settings.url.clone();
         if backend == Backend::Sqlite {
-            if let Some(dir) = sqlite_path(&url).as_deref().and_then(|p| p.parent()) {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| StoreError::Url(format!("cannot create {}: {e}", dir.display())))?;
-                }
+            // Unless the URL asks for an existing file (`mode=ro`, `mode=rw`).
+            let creates = !url.contains("mode=") || url.contains("mode=rwc");
+            if let Some(path) = sqlite_path(&url).filter(|_| creates) {
+                create_private_file(&path)?;
             }
             if !url.contains("mode=") {
                 url.push(if url.contains('?') { '&' } else { '?' });

@@ -29,6 +29,8 @@ use crate::adapter::{
     wire, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo,
 };
 use crate::engineio::Frame;
+use crate::http::peer::TrustedProxies;
+use crate::limits::{AddressKey, Limit};
 use crate::socketio::packet::{encode, PacketType};
 
 /// Room names: 1 to `max` bytes of ASCII letters, digits and `_-.:@/#=+`.
@@ -43,6 +45,75 @@ pub fn valid_room(room: &str, max: usize) -> bool {
 /// Event names a client may publish: 1 to 128 bytes, not reserved.
 pub fn valid_event(event: &str) -> bool {
     !event.is_empty() && event.len() <= 128 && !crate::socketio::packet::RESERVED_EVENTS.contains(&event)
+}
+
+/// Length of a namespace socket id. Socket.IO's own form (the `base64id`
+/// package of the Node.js server: 15 random bytes, base64 with `/` and `+`
+/// made URL-safe, no padding), so that roomcast's ids and a Node.js node's
+/// look alike, and `@socket.io/redis-adapter`'s sharded adapter, which
+/// takes any 20-character room for a socket's private room, publishes a
+/// `.to(id)` to a roomcast socket on the channel every node hears.
+pub const SOCKET_ID_LEN: usize = 20;
+
+/// A new namespace socket id: 120 bits from the operating system's CSPRNG
+/// (through `rand`'s thread-local generator, seeded from it), base64url
+/// without padding: [`SOCKET_ID_LEN`] characters of `[A-Za-z0-9_-]`. It
+/// lives here, next to [`looks_like_socket_id`], so that the form ids are
+/// made in and the form rooms may not have are defined in one place.
+pub fn new_socket_id() -> Arc<str> {
+    use base64::Engine as _;
+    let bytes: [u8; SOCKET_ID_LEN / 4 * 3] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes).into()
+}
+
+/// Whether `name` has the form of a socket id, roomcast's or a Node.js
+/// Socket.IO server's: exactly [`SOCKET_ID_LEN`] characters of
+/// `[A-Za-z0-9_-]`.
+///
+/// Every socket id has this form and no room may have it: no socket joins
+/// such a room ([`JoinError::SocketIdRoom`]), clients may not name one
+/// ([`check_room`]) and a client's [`Publish`] to one reaches nobody. So a
+/// name in a broadcast's rooms is either a socket (a backend's `.to(id)`,
+/// from the API, an emitter or a Node.js node) or a room, never both.
+/// Without that, a client could publish straight to another client by its
+/// id (on this node or, through Redis, on another), or subscribe to a room
+/// named like another socket's id and receive what a backend sends to that
+/// socket alone.
+pub fn looks_like_socket_id(name: &str) -> bool {
+    name.len() == SOCKET_ID_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Why a room name is refused (error ack or API code `invalid_room`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// Empty, too long, or a character outside the room alphabet.
+    #[error("room names are 1 to {max} bytes of ASCII letters, digits and _-.:@/#=+")]
+    Invalid {
+        /// `rooms.max_name_len`.
+        max: usize,
+    },
+    /// Shaped like a socket id ([`looks_like_socket_id`]).
+    #[error(
+        "a room name may not have the form of a socket id (exactly 20 letters, digits, _ or -): such names address single sockets, not rooms"
+    )]
+    SocketId,
+}
+
+/// The check of a room name that names a room (a client's subscribe,
+/// unsubscribe, publish and presence; the API's join, leave and member
+/// list): [`valid_room`], and not shaped like a socket id. Every caller
+/// uses this one function, so the two sets of names stay disjoint.
+pub fn check_room(room: &str, max: usize) -> Result<(), RoomError> {
+    if !valid_room(room, max) {
+        Err(RoomError::Invalid { max })
+    } else if looks_like_socket_id(room) {
+        Err(RoomError::SocketId)
+    } else {
+        Ok(())
+    }
 }
 
 /// Encodes an event (`args` = `[name, ...]`) once, as the frames every
@@ -204,6 +275,9 @@ pub struct Register {
     /// directly: everything the connection wrote for this namespace socket
     /// is already queued there, so order holds.
     pub direct: Option<Arc<dyn DirectSink>>,
+    /// The client's address, for the room quota per address (`None`: not
+    /// known, and not counted).
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// The namespace socket is gone: it leaves every room.
@@ -214,7 +288,10 @@ pub struct Unregister {
     pub socket_id: Arc<str>,
 }
 
-/// Join a room.
+/// Join a room on a backend's or another node's behalf (the API, a
+/// socketsJoin): the room caps apply, the room quotas do not (the backend
+/// decides; the rooms still count towards the quotas, so the client cannot
+/// add more of its own).
 #[derive(Message)]
 #[rtype(result = "Result<(), JoinError>")]
 pub struct Join {
@@ -224,14 +301,57 @@ pub struct Join {
     pub room: Arc<str>,
 }
 
-/// Why a join was refused.
+/// A client's own subscribe: a [`Join`] that the room quotas per address
+/// and per user apply to as well.
+#[derive(Message)]
+#[rtype(result = "Result<(), JoinError>")]
+pub struct Subscribe {
+    /// The namespace socket id.
+    pub socket_id: Arc<str>,
+    /// The room.
+    pub room: Arc<str>,
+}
+
+/// Which room quota a subscribe would go past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// `rooms.max_per_address`: the rooms of the sockets of one client address.
+    Address,
+    /// `rooms.max_per_user`: the rooms of the sockets of one JWT subject.
+    User,
+}
+
+impl Quota {
+    /// The limit, for the breach metric and the audit row.
+    pub fn limit(self) -> Limit {
+        match self {
+            Self::Address => Limit::RoomsPerAddress,
+            Self::User => Limit::RoomsPerUser,
+        }
+    }
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
     /// The socket is in `max_rooms_per_socket` rooms already.
+    #[error("this socket is in too many rooms")]
     TooManyRooms,
     /// The namespace has `max_rooms` rooms already.
+    #[error("the namespace has too many rooms")]
     TooManyRoomsInTotal,
+    /// The sockets of this client address, or of this user, are in as many
+    /// distinct rooms of the namespace as [`RoomQuotas`] allows.
+    #[error("{}", match .0 {
+        Quota::Address => "the sockets of this client address are in too many rooms",
+        Quota::User => "the sockets of this user are in too many rooms",
+    })]
+    RoomQuota(Quota),
+    /// The room is shaped like a socket id ([`looks_like_socket_id`]).
+    #[error("{}", RoomError::SocketId)]
+    SocketIdRoom,
     /// The socket is not registered (it left meanwhile).
+    #[error("no such socket")]
     UnknownSocket,
 }
 
@@ -245,14 +365,18 @@ pub struct Leave {
     pub room: Arc<str>,
 }
 
-/// Publish to the members of some rooms (each member once), here and, with
-/// a cluster, on the other nodes.
+/// A client's publish to the members of some rooms (each member once),
+/// here and, with a cluster, on the other nodes. It reaches rooms only: a
+/// name shaped like a socket id (which clients are refused before it gets
+/// here) makes the whole publish reach nobody, here or elsewhere, so that
+/// no client reaches a socket by its id. A backend's publish is a
+/// [`BackendPublish`].
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct Publish {
     /// Namespace.
     pub nsp: Arc<str>,
-    /// Rooms; a socket id is also the name of that socket's own room.
+    /// Rooms.
     pub rooms: Vec<Arc<str>>,
     /// Sockets (or rooms) that do not receive it (the publisher, `except`).
     pub except: Vec<Arc<str>>,
@@ -262,6 +386,14 @@ pub struct Publish {
     /// other nodes.
     pub args: (serde_json::Value, Vec<bytes::Bytes>),
 }
+
+/// A backend's publish (the HTTP API): as [`Publish`], but a name shaped
+/// like a socket id ([`looks_like_socket_id`]) is that socket, wherever it
+/// lives, as with Socket.IO's `io.to(id)`: delivered here if the socket is
+/// here, and sent to the other nodes, which do the same.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct BackendPublish(pub Publish);
 
 /// Connects the broker to the cluster adapter.
 #[derive(Message)]
@@ -327,6 +459,72 @@ pub struct BrokerConfig {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// The room quotas: distinct rooms of one namespace that the sockets of one
+/// client address, and of one JWT subject, may be in at once. They keep one
+/// address (many connections) or one user (many devices) from filling
+/// `rooms.max_total` for everyone; the per-socket cap alone does not, as it
+/// multiplies with the connections. The default counts nothing.
+#[derive(Debug, Clone, Default)]
+pub struct RoomQuotas {
+    /// `rooms.max_per_address`; 0 = no quota.
+    pub per_address: usize,
+    /// `rooms.max_per_user`; 0 = no quota.
+    pub per_user: usize,
+    /// `limits.exempt`: addresses (a gateway, a monitoring host) whose
+    /// sockets are not counted per address.
+    pub exempt: TrustedProxies,
+}
+
+impl RoomQuotas {
+    /// The quotas of `[rooms]` with the exemptions of `[limits]` (validated
+    /// with the settings: an entry that does not parse is skipped).
+    pub fn of(rooms: &crate::config::RoomSettings, limits: &crate::config::LimitSettings) -> Self {
+        Self {
+            per_address: rooms.max_per_address,
+            per_user: rooms.max_per_user,
+            exempt: TrustedProxies::parse(&limits.exempt).unwrap_or_default(),
+        }
+    }
+}
+
+/// The rooms of one group of sockets (one client address, or one user, in
+/// one namespace): room → how many of the group's sockets are in it. Its
+/// length is what a quota counts; a room leaves it with the group's last
+/// member, and an empty group is removed, so it holds only what sockets
+/// are in.
+type GroupRooms = HashMap<Arc<str>, u32>;
+
+/// Counts one more member of `room` in `group`.
+fn count_in<K: std::hash::Hash + Eq>(groups: &mut HashMap<K, GroupRooms>, group: K, room: &Arc<str>) {
+    *groups.entry(group).or_default().entry(room.clone()).or_default() += 1;
+}
+
+/// Counts one member of `room` in `group` less.
+fn count_out<K: std::hash::Hash + Eq>(groups: &mut HashMap<K, GroupRooms>, group: K, room: &Arc<str>) {
+    let Some(rooms) = groups.get_mut(&group) else { return };
+    if let Some(n) = rooms.get_mut(room) {
+        *n -= 1;
+        if *n == 0 {
+            rooms.remove(room);
+        }
+    }
+    if rooms.is_empty() {
+        groups.remove(&group);
+    }
+}
+
+/// Whether `group` may enter `room` under a quota of `max` distinct rooms.
+fn within_quota<K: std::hash::Hash + Eq>(
+    groups: &HashMap<K, GroupRooms>,
+    group: &K,
+    room: &Arc<str>,
+    max: usize,
+) -> bool {
+    groups
+        .get(group)
+        .is_none_or(|rooms| rooms.len() < max || rooms.contains_key(room))
+}
+
 /// Whom a broadcast goes to.
 enum Targets<'a> {
     /// These sockets.
@@ -360,6 +558,11 @@ struct Member {
     evict: Recipient<Evict>,
     direct: Option<Arc<dyn DirectSink>>,
     rooms: HashSet<Arc<str>>,
+    /// The group this socket counts in for the quota per address: `None`
+    /// when that quota is off, the address unknown or exempt.
+    address: Option<AddressKey>,
+    /// Counted per user: the quota per user is on and the socket has one.
+    per_user: bool,
 }
 
 /// Members of a room in join order (for presence lists).
@@ -393,6 +596,11 @@ pub struct Broker {
     members: HashMap<Arc<str>, Member>,
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, Room>>,
     next_seq: u64,
+    quotas: RoomQuotas,
+    /// Rooms per (namespace, client address), for `quotas.per_address`.
+    by_address: HashMap<(Arc<str>, AddressKey), GroupRooms>,
+    /// Rooms per (namespace, user), for `quotas.per_user`.
+    by_user: HashMap<(Arc<str>, Arc<str>), GroupRooms>,
 }
 
 impl Broker {
@@ -405,7 +613,16 @@ impl Broker {
             members: HashMap::new(),
             rooms: HashMap::new(),
             next_seq: 0,
+            quotas: RoomQuotas::default(),
+            by_address: HashMap::new(),
+            by_user: HashMap::new(),
         }
+    }
+
+    /// The same broker with room quotas (none without this).
+    pub fn with_quotas(mut self, quotas: RoomQuotas) -> Self {
+        self.quotas = quotas;
+        self
     }
 
     /// Hands `broadcast` to one member, through its connection (a member
@@ -495,9 +712,10 @@ impl Broker {
     /// The local members a broadcast reaches, each once: the members of
     /// `rooms` (no rooms = the whole namespace), minus the sockets named in
     /// `except` and the members of rooms named there. With `ids_as_rooms`
-    /// (broadcasts from Socket.IO servers and emitters, where every socket is
-    /// in a room named by its id) a room named by a socket id is that socket;
-    /// clients publishing through the protocol reach rooms only.
+    /// (a backend's publish, broadcasts from Socket.IO servers and emitters,
+    /// where every socket is in a room named by its id) a name shaped like a
+    /// socket id is that socket; clients publishing through the protocol
+    /// reach rooms only. No room has such a name, so the two never mix.
     fn targets(&self, nsp: &Arc<str>, rooms: &[Arc<str>], except: &[Arc<str>], ids_as_rooms: bool) -> Vec<Arc<str>> {
         let ns_rooms = self.rooms.get(nsp);
         let in_nsp = |id: &Arc<str>| self.members.get(id).is_some_and(|m| m.nsp == *nsp);
@@ -524,11 +742,10 @@ impl Broker {
             if let Some(room) = ns_rooms.and_then(|r| r.get(name)) {
                 room.ids().for_each(&mut add);
             }
-            if let Some((id, _)) = self
-                .members
-                .get_key_value(name)
-                .filter(|(id, _)| ids_as_rooms && in_nsp(id))
-            {
+            if !(ids_as_rooms && looks_like_socket_id(name)) {
+                continue;
+            }
+            if let Some((id, _)) = self.members.get_key_value(name).filter(|(id, _)| in_nsp(id)) {
                 add(id);
             }
         }
@@ -538,7 +755,7 @@ impl Broker {
     /// A broadcast to one room with only sockets excepted (the usual
     /// publish), whose members then need no list: `Some(the room, if it
     /// exists)`. `None`: use [`Self::targets`] (several rooms, a room
-    /// excepted, or, with `ids_as_rooms`, a room named by a socket id).
+    /// excepted, or, with `ids_as_rooms`, a name shaped like a socket id).
     fn single_room(
         &self,
         nsp: &Arc<str>,
@@ -551,13 +768,18 @@ impl Broker {
         if except.iter().any(|e| ns_rooms.is_some_and(|r| r.contains_key(e))) {
             return None;
         }
-        if ids_as_rooms && self.members.get(room).is_some_and(|m| m.nsp == *nsp) {
+        if ids_as_rooms && looks_like_socket_id(room) {
             return None;
         }
         Some(ns_rooms.and_then(|r| r.get(room)))
     }
 
-    fn join(&mut self, socket_id: &Arc<str>, room: &Arc<str>) -> Result<(), JoinError> {
+    /// Adds a socket to a room; `quota`: a client's own subscribe, which the
+    /// room quotas apply to (every membership counts towards them).
+    fn join(&mut self, socket_id: &Arc<str>, room: &Arc<str>, quota: bool) -> Result<(), JoinError> {
+        if looks_like_socket_id(room) {
+            return Err(JoinError::SocketIdRoom);
+        }
         let max_per_socket = self.config.max_rooms_per_socket;
         let max_rooms = self.config.max_rooms;
         let member = self.members.get_mut(socket_id).ok_or(JoinError::UnknownSocket)?;
@@ -568,11 +790,35 @@ impl Broker {
             return Err(JoinError::TooManyRooms);
         }
         let nsp = member.nsp.clone();
+        let address = member.address.map(|a| (nsp.clone(), a));
+        let user = member
+            .user
+            .clone()
+            .filter(|_| member.per_user)
+            .map(|u| (nsp.clone(), u));
+        if quota {
+            if let Some(group) = &address {
+                if !within_quota(&self.by_address, group, room, self.quotas.per_address) {
+                    return Err(JoinError::RoomQuota(Quota::Address));
+                }
+            }
+            if let Some(group) = &user {
+                if !within_quota(&self.by_user, group, room, self.quotas.per_user) {
+                    return Err(JoinError::RoomQuota(Quota::User));
+                }
+            }
+        }
         let rooms = self.rooms.entry(nsp.clone()).or_default();
         if !rooms.contains_key(room) && rooms.len() >= max_rooms {
             return Err(JoinError::TooManyRoomsInTotal);
         }
         member.rooms.insert(room.clone());
+        if let Some(group) = address {
+            count_in(&mut self.by_address, group, room);
+        }
+        if let Some(group) = user {
+            count_in(&mut self.by_user, group, room);
+        }
         if let (Some(watch), false) = (&self.room_watch, rooms.contains_key(room)) {
             watch.set(&nsp, room, true);
         }
@@ -599,6 +845,12 @@ impl Broker {
             return false;
         }
         let nsp = member.nsp.clone();
+        if let Some(address) = member.address {
+            count_out(&mut self.by_address, (nsp.clone(), address), room);
+        }
+        if let (true, Some(user)) = (member.per_user, &member.user) {
+            count_out(&mut self.by_user, (nsp.clone(), user.clone()), room);
+        }
         if let Some(rooms) = self.rooms.get_mut(&nsp) {
             if let Some(r) = rooms.get_mut(room) {
                 if let Some(seq) = r.seq.remove(socket_id) {
@@ -620,68 +872,52 @@ impl Broker {
     }
 }
 
-impl Actor for Broker {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Connections `send` joins and publishes and wait when it is full.
-        ctx.set_mailbox_capacity(65_536);
-    }
-}
-
-impl Handler<Register> for Broker {
-    type Result = ();
-
-    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+impl Broker {
+    /// Makes a namespace socket a member (of no room yet).
+    fn register(&mut self, msg: Register) {
+        let address = msg
+            .address
+            .filter(|ip| self.quotas.per_address > 0 && !self.quotas.exempt.contains(*ip))
+            .map(AddressKey::of);
+        // A socket id registered again (never, with random ids) would leave
+        // its old rooms' quota counts behind: it leaves them first.
+        self.unregister(&msg.socket_id);
         self.members.insert(
             msg.socket_id,
             Member {
                 nsp: msg.nsp,
+                per_user: self.quotas.per_user > 0 && msg.user.is_some(),
                 user: msg.user,
                 deliver: msg.deliver,
                 evict: msg.evict,
                 direct: msg.direct,
                 rooms: HashSet::new(),
+                address,
             },
         );
     }
-}
 
-impl Handler<Unregister> for Broker {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
-        let rooms: Vec<Arc<str>> = match self.members.get(&msg.socket_id) {
+    /// The socket leaves every room (giving its quota back) and is forgotten.
+    fn unregister(&mut self, socket_id: &Arc<str>) {
+        let rooms: Vec<Arc<str>> = match self.members.get(socket_id) {
             Some(m) => m.rooms.iter().cloned().collect(),
             None => return,
         };
         for room in rooms {
-            self.leave(&msg.socket_id, &room);
+            self.leave(socket_id, &room);
         }
-        self.members.remove(&msg.socket_id);
+        self.members.remove(socket_id);
     }
-}
 
-impl Handler<Join> for Broker {
-    type Result = Result<(), JoinError>;
-
-    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
-        self.join(&msg.socket_id, &msg.room)
-    }
-}
-
-impl Handler<Leave> for Broker {
-    type Result = bool;
-
-    fn handle(&mut self, msg: Leave, _: &mut Self::Context) -> bool {
-        self.leave(&msg.socket_id, &msg.room)
-    }
-}
-
-impl Handler<Publish> for Broker {
-    type Result = usize;
-
-    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
+    /// Publishes here and hands the publish to the other nodes. `from_client`:
+    /// see [`Publish`] (rooms only) and [`BackendPublish`] (ids too).
+    fn publish(&mut self, msg: Publish, from_client: bool) -> usize {
+        if from_client && msg.rooms.iter().any(|r| looks_like_socket_id(r)) {
+            // Never reached through the protocol (check_room refused it):
+            // forwarded, the other nodes would take the name for a socket.
+            return 0;
+        }
+        let ids_as_rooms = !from_client;
         let at = std::time::Instant::now();
         if let Some(cluster) = &self.cluster {
             let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
@@ -699,14 +935,79 @@ impl Handler<Publish> for Broker {
                 tracing::warn!("cluster adapter mailbox full: a cross-node broadcast was lost");
             }
         }
-        if let Some(room) = self.single_room(&msg.nsp, &msg.rooms, &msg.except, false) {
+        if let Some(room) = self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
             return match room {
                 Some(r) => self.deliver_all(Targets::Room(r, &msg.except), msg.frames, at),
                 None => 0,
             };
         }
-        let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, false);
+        let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
         self.deliver_all(Targets::Ids(&targets), msg.frames, at)
+    }
+}
+
+impl Actor for Broker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Connections `send` joins and publishes and wait when it is full.
+        ctx.set_mailbox_capacity(65_536);
+    }
+}
+
+impl Handler<Register> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        self.register(msg);
+    }
+}
+
+impl Handler<Unregister> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
+        self.unregister(&msg.socket_id);
+    }
+}
+
+impl Handler<Join> for Broker {
+    type Result = Result<(), JoinError>;
+
+    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
+        self.join(&msg.socket_id, &msg.room, false)
+    }
+}
+
+impl Handler<Subscribe> for Broker {
+    type Result = Result<(), JoinError>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        self.join(&msg.socket_id, &msg.room, true)
+    }
+}
+
+impl Handler<Leave> for Broker {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Leave, _: &mut Self::Context) -> bool {
+        self.leave(&msg.socket_id, &msg.room)
+    }
+}
+
+impl Handler<Publish> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
+        self.publish(msg, true)
+    }
+}
+
+impl Handler<BackendPublish> for Broker {
+    type Result = usize;
+
+    fn handle(&mut self, BackendPublish(msg): BackendPublish, _: &mut Self::Context) -> usize {
+        self.publish(msg, false)
     }
 }
 
@@ -785,7 +1086,7 @@ impl Handler<RemoteOperation> for Broker {
                 RemoteOp::Join(rooms) => {
                     for room in rooms {
                         // Server-side: no permission check, caps still apply.
-                        let _ = self.join(&id, room);
+                        let _ = self.join(&id, room, false);
                     }
                 }
                 RemoteOp::Leave(rooms) => {
@@ -955,6 +1256,7 @@ mod tests {
                     deliver: addr.clone().recipient(),
                     evict: addr.clone().recipient(),
                     direct: None,
+                    address: None,
                 })
                 .await
                 .unwrap();
@@ -1022,5 +1324,292 @@ mod tests {
         for (_, _, _, arbiter) in members {
             arbiter.stop();
         }
+    }
+
+    // ------------------------------------------------ socket ids and rooms
+
+    /// A member that counts deliveries, on the test's own thread.
+    fn counting_member() -> (Addr<Member>, Arc<AtomicUsize>) {
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let d = delivered.clone();
+        let addr = Member::create(move |_| Member {
+            delivered: d,
+            evicted: Arc::new(AtomicUsize::new(0)),
+            capacity: 1000,
+        });
+        (addr, delivered)
+    }
+
+    fn registration(id: &Arc<str>, addr: &Addr<Member>, ip: Option<&str>, user: Option<&str>) -> Register {
+        Register {
+            socket_id: id.clone(),
+            nsp: "/".into(),
+            user: user.map(Into::into),
+            deliver: addr.clone().recipient(),
+            evict: addr.clone().recipient(),
+            direct: None,
+            address: ip.map(|ip| ip.parse().unwrap()),
+        }
+    }
+
+    fn config() -> BrokerConfig {
+        BrokerConfig {
+            max_rooms_per_socket: 100,
+            max_rooms: 1000,
+            notify_namespaces: vec![],
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        }
+    }
+
+    fn frames() -> Arc<[Frame]> {
+        Arc::new([Frame::Text("42[\"m\"]".into())])
+    }
+
+    fn publish_to(room: &Arc<str>) -> Publish {
+        Publish {
+            nsp: "/".into(),
+            rooms: vec![room.clone()],
+            except: vec![],
+            frames: frames(),
+            args: (serde_json::json!(["m"]), vec![]),
+        }
+    }
+
+    /// Counts what the broker hands to the other nodes.
+    struct Cluster(Arc<AtomicUsize>);
+
+    impl Actor for Cluster {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Outbound> for Cluster {
+        type Result = ();
+
+        fn handle(&mut self, _: Outbound, _: &mut Self::Context) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn socket_ids_have_socket_io_form_and_no_room_can_look_like_one() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = new_socket_id();
+            assert_eq!(id.len(), 20, "{id}");
+            assert!(looks_like_socket_id(&id), "{id}");
+            assert_eq!(check_room(&id, 128), Err(RoomError::SocketId), "{id}");
+            assert!(seen.insert(id));
+        }
+        // A Node.js socket.io 4.8 id (base64id), and names that are rooms.
+        assert!(looks_like_socket_id("x8WIv7-mJelg7on_ALbx"));
+        for room in [
+            "chat:lobby",
+            "aaaaaaaaaaaaaaaaaaa",   // 19
+            "aaaaaaaaaaaaaaaaaaaaa", // 21
+            "aaaaaaaaa.aaaaaaaaaa",  // 20, with a character no id has
+            "user:ann-0123456789a",
+        ] {
+            assert!(!looks_like_socket_id(room), "{room}");
+            assert_eq!(check_room(room, 128), Ok(()), "{room}");
+        }
+        assert_eq!(check_room("", 128), Err(RoomError::Invalid { max: 128 }));
+        assert_eq!(check_room("a b", 128), Err(RoomError::Invalid { max: 128 }));
+    }
+
+    #[actix_web::test]
+    async fn no_socket_joins_a_room_named_like_a_socket_id() {
+        let mut broker = Broker::new(config());
+        let (addr, _) = counting_member();
+        let (a, b) = (new_socket_id(), new_socket_id());
+        broker.register(registration(&a, &addr, None, None));
+        broker.register(registration(&b, &addr, None, None));
+        assert_eq!(broker.join(&a, &b, true), Err(JoinError::SocketIdRoom));
+        assert_eq!(
+            broker.join(&a, &b, false),
+            Err(JoinError::SocketIdRoom),
+            "not for a backend either"
+        );
+        assert_eq!(broker.join(&a, &a, false), Err(JoinError::SocketIdRoom));
+        assert!(broker.rooms.is_empty());
+    }
+
+    #[actix_web::test]
+    async fn a_client_publish_never_reaches_a_socket_by_its_id_a_backend_publish_does() {
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let cluster = Cluster(forwarded.clone()).start();
+        let broker = Broker::new(config()).start();
+        broker
+            .send(AttachCluster {
+                adapter: cluster.clone().recipient(),
+                rooms: None,
+            })
+            .await
+            .unwrap();
+        let (addr, delivered) = counting_member();
+        let target = new_socket_id();
+        broker.send(registration(&target, &addr, None, None)).await.unwrap();
+
+        // A client's publish naming the socket's id: nobody, here or elsewhere.
+        assert_eq!(broker.send(publish_to(&target)).await.unwrap(), 0);
+        let mut two = publish_to(&"lobby".into());
+        two.rooms.push(target.clone());
+        assert_eq!(broker.send(two).await.unwrap(), 0, "not even next to a room");
+        // A backend's publish to it: that socket, and the other nodes.
+        assert_eq!(broker.send(BackendPublish(publish_to(&target))).await.unwrap(), 1);
+        // A broadcast from another node or an emitter to it: that socket.
+        let inbound = wire::Broadcast {
+            uid: "other".into(),
+            nsp: "/".into(),
+            args: serde_json::json!(["m"]),
+            attachments: vec![],
+            rooms: vec![target.to_string()],
+            except: vec![],
+        };
+        assert_eq!(broker.send(Inbound(inbound.clone())).await.unwrap(), 1);
+        // An id that is not shaped like one is no socket (it could be a room).
+        let odd: Arc<str> = "not-an-id".into();
+        broker.send(registration(&odd, &addr, None, None)).await.unwrap();
+        assert_eq!(broker.send(BackendPublish(publish_to(&odd))).await.unwrap(), 0);
+
+        // Settle: a message to each actor after the others.
+        cluster.send(Outbound(inbound)).await.unwrap();
+        addr.send(Deliver {
+            frames: frames(),
+            at: std::time::Instant::now(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            delivered.load(Ordering::SeqCst),
+            3,
+            "the backend's, the other node's, the settle"
+        );
+        assert_eq!(
+            forwarded.load(Ordering::SeqCst),
+            3,
+            "the backend's two publishes and the settle"
+        );
+    }
+
+    fn quotas(per_address: usize, per_user: usize, exempt: &[&str]) -> RoomQuotas {
+        RoomQuotas {
+            per_address,
+            per_user,
+            exempt: TrustedProxies::parse(&exempt.iter().map(|e| e.to_string()).collect::<Vec<_>>()).unwrap(),
+        }
+    }
+
+    fn room(name: &str) -> Arc<str> {
+        name.into()
+    }
+
+    #[actix_web::test]
+    async fn the_quota_per_address_counts_distinct_rooms_and_is_given_back() {
+        let mut broker = Broker::new(config()).with_quotas(quotas(3, 0, &["192.0.2.0/24"]));
+        let (addr, _) = counting_member();
+        let [a1, a2, b, exempt, v6a, v6b] = std::array::from_fn(|_| new_socket_id());
+        broker.register(registration(&a1, &addr, Some("198.51.100.7"), None));
+        broker.register(registration(&a2, &addr, Some("198.51.100.7"), None));
+        broker.register(registration(&b, &addr, Some("198.51.100.8"), None));
+        broker.register(registration(&exempt, &addr, Some("192.0.2.1"), None));
+        // One IPv6 /64 is one address.
+        broker.register(registration(&v6a, &addr, Some("2001:db8::1"), None));
+        broker.register(registration(&v6b, &addr, Some("2001:db8::2"), None));
+
+        for r in ["r1", "r2", "r3"] {
+            assert_eq!(broker.join(&a1, &room(r), true), Ok(()));
+        }
+        let over = Err(JoinError::RoomQuota(Quota::Address));
+        assert_eq!(broker.join(&a1, &room("r4"), true), over, "a 4th distinct room");
+        assert_eq!(
+            broker.join(&a2, &room("r4"), true),
+            over,
+            "from another socket of the address"
+        );
+        assert_eq!(
+            broker.join(&a2, &room("r1"), true),
+            Ok(()),
+            "a room the address is in already"
+        );
+        assert_eq!(
+            broker.join(&a1, &room("r1"), true),
+            Ok(()),
+            "a room the socket is in already"
+        );
+        for r in ["r4", "r5", "r6"] {
+            assert_eq!(broker.join(&b, &room(r), true), Ok(()), "another address: {r}");
+        }
+        for r in ["r1", "r2", "r3", "r4", "r5"] {
+            assert_eq!(broker.join(&exempt, &room(r), true), Ok(()), "an exempt address: {r}");
+        }
+        for r in ["r1", "r2", "r3"] {
+            assert_eq!(broker.join(&v6a, &room(r), true), Ok(()));
+        }
+        assert_eq!(broker.join(&v6b, &room("r4"), true), over, "the same /64");
+
+        // A backend's join is not refused, and counts.
+        assert_eq!(broker.join(&a2, &room("r9"), false), Ok(()));
+        assert!(broker.leave(&a1, &room("r2")));
+        assert_eq!(broker.join(&a1, &room("r4"), true), over, "r1, r3, r9 still");
+        // Leaving gives a room back once no socket of the address is in it.
+        assert!(broker.leave(&a1, &room("r1")));
+        assert_eq!(broker.join(&a1, &room("r4"), true), over, "a2 is still in r1");
+        assert!(broker.leave(&a2, &room("r1")));
+        assert_eq!(broker.join(&a1, &room("r4"), true), Ok(()));
+        // And so does unregistering.
+        broker.unregister(&a1);
+        broker.unregister(&a2);
+        broker.unregister(&b);
+        assert_eq!(broker.by_address.len(), 1, "only the /64's group is left");
+        broker.unregister(&v6a);
+        assert!(broker.by_address.is_empty(), "no group without members");
+    }
+
+    #[actix_web::test]
+    async fn the_quota_per_user_counts_every_socket_of_the_subject() {
+        let mut broker = Broker::new(config()).with_quotas(quotas(0, 2, &[]));
+        let (addr, _) = counting_member();
+        let [ann1, ann2, bob, anon] = std::array::from_fn(|_| new_socket_id());
+        broker.register(registration(&ann1, &addr, Some("198.51.100.1"), Some("ann")));
+        broker.register(registration(&ann2, &addr, Some("203.0.113.9"), Some("ann")));
+        broker.register(registration(&bob, &addr, Some("198.51.100.1"), Some("bob")));
+        broker.register(registration(&anon, &addr, Some("198.51.100.1"), None));
+        assert_eq!(broker.join(&ann1, &room("r1"), true), Ok(()));
+        assert_eq!(broker.join(&ann2, &room("r2"), true), Ok(()));
+        let over = Err(JoinError::RoomQuota(Quota::User));
+        assert_eq!(broker.join(&ann1, &room("r3"), true), over);
+        assert_eq!(
+            broker.join(&ann2, &room("r1"), true),
+            Ok(()),
+            "a room ann is in already"
+        );
+        for r in ["r2", "r3"] {
+            assert_eq!(broker.join(&bob, &room(r), true), Ok(()), "another user: {r}");
+        }
+        for r in ["r1", "r2", "r3"] {
+            assert_eq!(broker.join(&anon, &room(r), true), Ok(()), "anonymous: {r}");
+        }
+        assert!(broker.by_address.is_empty(), "the quota per address is off");
+        broker.unregister(&ann1);
+        assert_eq!(broker.join(&ann2, &room("r3"), true), over, "ann2 is in r1 and r2");
+        assert!(broker.leave(&ann2, &room("r1")));
+        assert_eq!(broker.join(&ann2, &room("r3"), true), Ok(()));
+    }
+
+    #[actix_web::test]
+    async fn the_quotas_are_off_by_default_and_refuse_with_their_limit() {
+        let mut broker = Broker::new(config());
+        let (addr, _) = counting_member();
+        let a = new_socket_id();
+        broker.register(registration(&a, &addr, Some("198.51.100.7"), Some("ann")));
+        for n in 0..50 {
+            assert_eq!(broker.join(&a, &room(&format!("r{n}")), true), Ok(()));
+        }
+        assert!(
+            broker.by_address.is_empty() && broker.by_user.is_empty(),
+            "nothing counted"
+        );
+        assert_eq!(Quota::Address.limit(), Limit::RoomsPerAddress);
+        assert_eq!(Quota::User.limit(), Limit::RoomsPerUser);
     }
 }

@@ -46,6 +46,10 @@ pub struct WsWriter {
     pub id: u64,
     /// Where frames go.
     pub sink: Box<dyn FrameSink>,
+    /// The bytes the socket's reader took from the node's input budget for
+    /// messages not yet handled: the connection gives each message's share
+    /// back as it takes it.
+    pub held: Option<std::sync::Arc<crate::limits::Held>>,
 }
 
 impl std::fmt::Debug for WsWriter {
@@ -131,6 +135,9 @@ pub enum WsEnd {
     WriteTimeout,
     /// The write queue filled up while the client read nothing.
     QueueFull,
+    /// The node's input budget (`limits.input_budget_bytes`) could not hold
+    /// the message under way (close 1013, try again later).
+    OverBudget,
     /// Any other protocol or I/O error.
     Error(String),
 }

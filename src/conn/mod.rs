@@ -47,6 +47,8 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// Message too big.
     pub const TOO_BIG: u16 = 1009;
+    /// Try again later: the server is overloaded.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// How long a GET is held once polling is paused for an upgrade before it
@@ -145,6 +147,13 @@ pub struct Connection {
     /// The limit the message under way (a Socket.IO packet and its
     /// attachments) went over: it is refused when it completes.
     refused_by: Option<crate::limits::Limit>,
+    /// Audit rows this connection caused while open, and those held back.
+    audit_rows: crate::limits::ClientRows,
+    /// The attachments of the packet under way, in the node's input budget.
+    attachments_held: crate::limits::Held,
+    /// Ends the connection if the packet under way is not complete within
+    /// `limits.attachment_timeout_ms`.
+    attachment_timer: Option<SpawnHandle>,
     span: tracing::Span,
 }
 
@@ -189,6 +198,9 @@ impl Connection {
             flush_scheduled: false,
             rate: crate::limits::ConnectionRate::new(&shared.guards.rate, Instant::now()),
             refused_by: None,
+            audit_rows: Default::default(),
+            attachments_held: crate::limits::Held::new(shared.guards.input.clone()),
+            attachment_timer: None,
             span,
         };
         let addr = conn.start();
@@ -309,9 +321,11 @@ impl Connection {
         };
         if refused == 1 {
             let detail = format!("client sends more than {allowed} per second: messages refused");
-            guards.breach(limit, || {
+            let mut rows = self.audit_rows;
+            guards.connection_breach(limit, &mut rows, || {
                 self.audit_event(crate::audit::AuditKind::LimitExceeded, limit.reason(), detail, None)
             });
+            self.audit_rows = rows;
         } else {
             self.shared.metrics.limit_breach(limit.as_str());
         }
@@ -516,10 +530,19 @@ impl Connection {
             event.excerpt = input.map(excerpt);
             event
         });
+        let held_back = self
+            .shared
+            .guards
+            .held_back_event(&self.audit_rows)
+            .map(|summary| self.audit_event(summary.kind, summary.reason, summary.detail, None));
         // 2. application: every namespace socket ends with this reason.
         self.sio_closed(reason);
-        // 3. audit
+        // 3. audit (and the count of the rows this connection caused that
+        //    were held back while it was open)
         if let Some(event) = audit {
+            self.shared.audit.record(event);
+        }
+        if let Some(event) = held_back {
             self.shared.audit.record(event);
         }
         // 4. log (the detail may quote the client: escaped)
@@ -702,6 +725,13 @@ impl Handler<WsInbound> for Connection {
             WsMessage::Binary(b) | WsMessage::Ping(b) => b.len(),
         };
         self.shared.metrics.bytes_in.inc_by(size as u64);
+        let writer = if via == Via::Active { &self.ws } else { &self.probe };
+        if let (Some(held), false) = (
+            writer.as_ref().and_then(|w| w.held.as_ref()),
+            matches!(msg.message, WsMessage::Ping(_)),
+        ) {
+            held.shrink(size);
+        }
         let packet = match msg.message {
             WsMessage::Ping(payload) => {
                 let writer = if via == Via::Active {
@@ -788,6 +818,19 @@ impl Handler<WsEnded> for Connection {
                         ForcedClose,
                         None,
                         "slow consumer: websocket write queue full".to_string(),
+                    )
+                }
+                WsEnd::OverBudget => {
+                    self.shared
+                        .metrics
+                        .limit_breach(crate::limits::Limit::InputBudget.as_str());
+                    (
+                        ForcedClose,
+                        Some(close_code::TRY_AGAIN_LATER),
+                        format!(
+                            "websocket message refused: the node holds limits.input_budget_bytes ({}) of incomplete input",
+                            self.shared.guards.settings().input_budget_bytes
+                        ),
                     )
                 }
                 WsEnd::Error(e) => (TransportError, None, format!("websocket error: {e}")),

@@ -19,7 +19,7 @@ use super::Connection;
 use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
 use crate::broker::{
-    self, valid_event, valid_room, Broker, Deliver, Evict, Join, JoinError, Leave, Publish, Register, Unregister,
+    self, valid_event, Broker, Deliver, Evict, JoinError, Leave, Publish, Register, Subscribe, Unregister,
 };
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
@@ -160,10 +160,21 @@ impl Connection {
         let Some(state) = self.sio.as_mut() else {
             return;
         };
+        // A packet a rate limit refused is still decoded, so that its
+        // attachments stay in step, but none of its bytes are held.
+        let refused = self.refused_by.is_some();
         let result = match &payload {
             Payload::Text(text) => state.decoder.text(text),
+            Payload::Binary(_) if refused => state.decoder.binary(Bytes::new()),
             Payload::Binary(bytes) => state.decoder.binary(bytes.clone()),
         };
+        if refused {
+            state.decoder.strip();
+        }
+        let (waiting, held) = (state.decoder.is_waiting(), state.decoder.held_bytes());
+        if !self.hold_attachments(waiting, held, ctx) {
+            return;
+        }
         match result {
             Ok(Some(message)) => self.sio_packet(message, ctx),
             Ok(None) => {}
@@ -187,6 +198,49 @@ impl Connection {
                 );
             }
         }
+    }
+
+    /// Accounts for the attachments the decoder holds (`held` bytes, for a
+    /// packet still `waiting` for more) in the node's input budget, and
+    /// times the packet: its attachments must all arrive within
+    /// `limits.attachment_timeout_ms`. False: the connection was closed
+    /// (over the budget).
+    fn hold_attachments(&mut self, waiting: bool, held: usize, ctx: &mut Context<Self>) -> bool {
+        if !waiting {
+            let _ = self.attachments_held.set(0);
+            if let Some(timer) = self.attachment_timer.take() {
+                ctx.cancel_future(timer);
+            }
+            return true;
+        }
+        if let Err(over) = self.attachments_held.set(held) {
+            self.shared
+                .metrics
+                .limit_breach(crate::limits::Limit::InputBudget.as_str());
+            let cause = CloseCause::new(
+                DisconnectReason::ForcedClose,
+                format!("binary attachments refused: {over} ({held} bytes held by this packet)"),
+            );
+            self.close(cause, None, ctx);
+            return false;
+        }
+        let timeout = self.shared.guards.settings().attachment_timeout_ms;
+        if self.attachment_timer.is_none() && timeout > 0 {
+            let timer = ctx.run_later(Duration::from_millis(timeout), move |act, ctx| {
+                act.attachment_timer = None;
+                act.shared
+                    .metrics
+                    .limit_breach(crate::limits::Limit::AttachmentTimeout.as_str());
+                let cause = CloseCause::new(
+                    DisconnectReason::ForcedClose,
+                    format!("binary attachments not complete within limits.attachment_timeout_ms ({timeout} ms)"),
+                );
+                act.close(cause, None, ctx);
+                act.after(ctx);
+            });
+            self.attachment_timer = Some(timer);
+        }
+        true
     }
 
     fn sio_packet(&mut self, message: Message, ctx: &mut Context<Self>) {
@@ -267,12 +321,14 @@ impl Connection {
             let max = self.sio_config().max_namespaces;
             let limit = crate::limits::Limit::Namespaces;
             let guards = self.shared.guards.clone();
-            guards.breach(limit, || {
+            let mut rows = self.audit_rows;
+            guards.connection_breach(limit, &mut rows, || {
                 let detail = format!("CONNECT to {nsp} refused: already in {max} namespaces");
                 let mut event = self.audit_event(AuditKind::LimitExceeded, limit.reason(), detail, None);
                 event.namespace = Some(nsp.clone());
                 event
             });
+            self.audit_rows = rows;
             let data = json!({"message": "Too many namespaces", "data": {"code": "too_many_namespaces"}});
             self.emit_packet(PacketType::ConnectError, &nsp, None, &data, &[], ctx);
             return;
@@ -293,7 +349,7 @@ impl Connection {
         // A second CONNECT for a namespace replaces the first socket.
         self.remove_socket(&nsp, DisconnectReason::ClientNamespaceDisconnect);
         let nsp: Arc<str> = nsp.into();
-        let id: Arc<str> = crate::engineio::generate_sid().into();
+        let id: Arc<str> = broker::new_socket_id();
         let user: Option<Arc<str>> = identity.user.as_deref().map(Into::into);
         let expires = identity.expires;
         if let Some(state) = self.sio.as_mut() {
@@ -317,6 +373,7 @@ impl Connection {
             deliver: ctx.address().recipient(),
             evict: ctx.address().recipient(),
             direct,
+            address: self.peer.ip,
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
         self.shared.metrics.socket(&nsp, 1);
@@ -347,31 +404,46 @@ impl Connection {
         self.shared.audit.record(event);
     }
 
-    /// An event that does not validate: recorded as a parse error (the
-    /// connection stays), answered with an error ack.
+    /// An event that does not validate: answered with an error ack,
+    /// counted (`roomcast_invalid_events_total{code}`), and recorded as a
+    /// parse error within the connection's and the node's allowance of
+    /// client rows (the connection stays).
     fn invalid_event(
         &mut self,
         nsp: &str,
         ack: Option<u64>,
-        code: &str,
+        code: &'static str,
         message: &str,
         args: &Value,
         ctx: &mut Context<Self>,
     ) {
-        let detail = format!("event validation: {code}: {message}");
-        let mut event = self.audit_event(AuditKind::ParseError, DisconnectReason::ParseError, detail, Some(nsp));
-        event.excerpt = Some(excerpt(args.to_string().as_bytes()));
-        self.shared.audit.record(event);
+        self.shared
+            .metrics
+            .invalid_events
+            .get_or_create(&crate::metrics::CodeLabel { code })
+            .inc();
+        let guards = self.shared.guards.clone();
+        let mut rows = self.audit_rows;
+        guards.client_row(&mut rows, || {
+            let detail = format!("event validation: {code}: {message}");
+            let mut event = self.audit_event(AuditKind::ParseError, DisconnectReason::ParseError, detail, Some(nsp));
+            event.excerpt = Some(excerpt(args.to_string().as_bytes()));
+            event
+        });
+        self.audit_rows = rows;
         self.ack_error(nsp, ack, code, message, ctx);
     }
 
-    /// A subscribe refused by a room limit: counted, and recorded (sampled).
-    fn room_limit(&self, nsp: &str, limit: crate::limits::Limit) {
+    /// A subscribe refused by a room limit: counted, and recorded within
+    /// the connection's and the node's allowance of client rows.
+    fn room_limit(&mut self, nsp: &str, limit: crate::limits::Limit) {
         let guards = self.shared.guards.clone();
-        guards.breach(limit, || {
+        let mut rows = self.audit_rows;
+        guards.connection_breach(limit, &mut rows, || {
             let detail = format!("subscribe refused: {}", limit.as_str());
             self.audit_event(AuditKind::LimitExceeded, limit.reason(), detail, Some(nsp))
         });
+        self.audit_rows = rows;
     }
 
     /// Fills in the namespace sockets an audit event is about (`nsp`, or
@@ -439,17 +511,19 @@ impl Connection {
         match name.as_str() {
             "subscribe" | "unsubscribe" | "publish" | "presence" => self.app_event(&name, message, ctx),
             _ if self.sio_config().hooks => self.hook_event(message, ctx),
+            // Not a parse error: the packet was well formed, only no
+            // handler knows its name. An error ack if it asks for one, and a
+            // metric; no audit row, so unknown events cannot flood the log.
             _ => {
                 let (nsp, id) = (message.packet.nsp, message.packet.id);
-                let args = message.packet.data.unwrap_or_default();
-                self.invalid_event(
-                    &nsp,
-                    id,
-                    "unknown_event",
-                    &format!("unknown event {name:?}"),
-                    &args,
-                    ctx,
-                );
+                let code = "unknown_event";
+                self.shared
+                    .metrics
+                    .invalid_events
+                    .get_or_create(&crate::metrics::CodeLabel { code })
+                    .inc();
+                let why = format!("unknown event {:?}", crate::audit::sanitize(&name, 128));
+                self.ack_error(&nsp, id, code, &why, ctx);
             }
         }
     }
@@ -523,13 +597,9 @@ impl Connection {
             let message = "expected an object with a \"room\" string";
             return self.invalid_event(&nsp, ack, "bad_request", message, &Value::Array(args), ctx);
         };
-        if !valid_room(room, self.sio_config().max_room_len) {
-            let message = format!(
-                "room names are 1 to {} bytes of ASCII letters, digits and _-.:@/#=+",
-                self.sio_config().max_room_len
-            );
+        if let Err(why) = broker::check_room(room, self.sio_config().max_room_len) {
             let args = Value::Array(args.clone());
-            return self.invalid_event(&nsp, ack, "invalid_room", &message, &args, ctx);
+            return self.invalid_event(&nsp, ack, "invalid_room", &why.to_string(), &args, ctx);
         }
         let room: Arc<str> = room.into();
         let broker = self.sio_config().broker.clone();
@@ -541,7 +611,7 @@ impl Connection {
                 self.ack_error(&nsp, ack, "forbidden", "not allowed to subscribe to this room", ctx)
             }
             "subscribe" => {
-                let request = broker.send(Join { socket_id, room });
+                let request = broker.send(Subscribe { socket_id, room });
                 ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
                     match result {
                         Ok(Ok(())) => act.ack_ok(&nsp, ack, json!({"ok": true}), ctx),
@@ -552,6 +622,13 @@ impl Connection {
                         Ok(Err(JoinError::TooManyRoomsInTotal)) => {
                             act.room_limit(&nsp, crate::limits::Limit::RoomsTotal);
                             act.ack_error(&nsp, ack, "room_limit", "the namespace has too many rooms", ctx)
+                        }
+                        Ok(Err(why @ JoinError::RoomQuota(quota))) => {
+                            act.room_limit(&nsp, quota.limit());
+                            act.ack_error(&nsp, ack, "room_quota", &why.to_string(), ctx)
+                        }
+                        Ok(Err(why @ JoinError::SocketIdRoom)) => {
+                            act.ack_error(&nsp, ack, "invalid_room", &why.to_string(), ctx)
                         }
                         Ok(Err(JoinError::UnknownSocket)) | Err(_) => {}
                     }

@@ -52,6 +52,17 @@ impl HttpError {
         }
     }
 
+    /// 503 for a handshake beyond `server.max_connections` (send
+    /// `Retry-After`): the status of the drain's refusal, as both send the
+    /// client elsewhere for now, with code 3 as the other limits have.
+    pub const fn at_capacity() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::BadRequest,
+            message: "Server at capacity",
+        }
+    }
+
     /// 429 for a handshake over a per-address limit (send `Retry-After`).
     pub const fn too_many(message: &'static str) -> Self {
         Self {
@@ -76,6 +87,16 @@ impl HttpError {
             status: StatusCode::REQUEST_TIMEOUT,
             code: ErrorCode::BadRequest,
             message: "Request body timeout",
+        }
+    }
+
+    /// 503 for a polling POST body the node's input budget could not hold
+    /// (`limits.input_budget_bytes`); the session was closed.
+    pub const fn over_budget() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::BadRequest,
+            message: "Server busy",
         }
     }
 

@@ -1,6 +1,7 @@
 //! HTTP entry: parse the request into a [`RequestInfo`], then one exhaustive
 //! `match` dispatches to a transport. Errors become Engine.IO JSON bodies.
 
+pub mod cap;
 pub mod error;
 pub mod peer;
 pub mod request;
@@ -31,6 +32,8 @@ pub struct Endpoint {
     pub trusted: peer::TrustedProxies,
     /// Origins that may open sessions (`server.allowed_origins`); empty = any.
     pub allowed_origins: Vec<String>,
+    /// `server.max_connections`, shared by every endpoint.
+    pub cap: Arc<cap::SessionCap>,
 }
 
 /// Who sent `req`.
@@ -114,6 +117,26 @@ fn refusal(
             Some(response)
         }
     }
+}
+
+/// The refusal of a handshake beyond `server.max_connections`: 503 with
+/// `Retry-After`, counted and (sampled) audited as the other limits are.
+fn at_capacity(endpoint: &Endpoint, req: &HttpRequest, peer: &PeerInfo, transport: TransportKind) -> HttpResponse {
+    let limit = Limit::MaxConnections;
+    endpoint.shared.guards.breach(limit, || {
+        let detail = format!("{} sessions open on this node", endpoint.cap.max());
+        let mut event = Guards::event(limit, detail);
+        event.transport = Some(transport.as_str());
+        event.peer = peer.client.clone();
+        event.user_agent = peer.user_agent.clone();
+        event.excerpt = Some(excerpt(req.query_string().as_bytes()));
+        event
+    });
+    let mut response = HttpError::at_capacity().response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(cap::RETRY_AFTER_S));
+    response
 }
 
 /// Middleware: refuses a request whose target or head is above
@@ -205,11 +228,19 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
     if info.sid.is_none() && shared.ops.draining() {
         return HttpError::shutting_down().response();
     }
-    if info.sid.is_none() {
+    // A new session's place under `server.max_connections`, held until
+    // this handler has registered it (or failed to).
+    let _admission = if info.sid.is_none() {
+        let Some(admission) = endpoint.cap.admit() else {
+            return at_capacity(&endpoint, &req, &peer, info.transport);
+        };
         if let Some(response) = refusal(&endpoint, &req, &mut peer, info.transport) {
             return response;
         }
-    }
+        Some(admission)
+    } else {
+        None
+    };
     let result = match (info.transport, info.sid.as_deref(), &info.method) {
         (TransportKind::Polling, None, &Method::GET) => Ok(polling::handshake(shared, peer)),
         (TransportKind::Polling, Some(sid), &Method::GET) => match shared.registry.get(sid) {
@@ -232,8 +263,13 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
                 let max = endpoint.engine.max_payload;
                 let guards = &shared.guards;
                 let timeout = std::time::Duration::from_millis(guards.settings().body_timeout_ms);
-                match polling::post(entry, body, content_length, binary, max, timeout).await {
+                let budget = guards.input.clone();
+                match polling::post(entry, body, content_length, binary, max, timeout, budget).await {
                     Ok(()) => Ok(polling::ok_text("ok".into())),
+                    Err(polling::PostRefused::OverBudget) => {
+                        shared.metrics.limit_breach(Limit::InputBudget.as_str());
+                        Err(HttpError::over_budget())
+                    }
                     Err(polling::PostRefused::TooLarge) => {
                         shared.metrics.limit_breach(Limit::MaxPayload.as_str());
                         Err(HttpError::payload_too_large())
@@ -297,6 +333,7 @@ async fn websocket_request(
         endpoint.engine.max_payload,
         backlog,
         shared.metrics.clone(),
+        shared.guards.input.clone(),
     )
     .ok_or(ErrorCode::BadRequest)?;
     // unwrap: the writer is taken once, here.

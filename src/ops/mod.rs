@@ -84,9 +84,11 @@ const CLIENT_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/socket.io-c
 
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 const DASHBOARD_JS: &str = include_str!("dashboard.js");
-/// Only this server's own scripts, and connections back to it.
-const DASHBOARD_CSP: &str =
-    "default-src 'self'; script-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'";
+/// Only this server's own scripts, and connections back to it; no page may
+/// frame the dashboard (`frame-ancestors 'none'`), so another site cannot
+/// overlay it to trick a click or read it through a frame.
+const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self'; connect-src 'self' ws: wss:; \
+     style-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
 
 /// The routes, for the application factory; `sio_path` is the Socket.IO
 /// path (`/socket.io/`), under which the client bundle is served.
@@ -109,6 +111,8 @@ async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP))
+        // `frame-ancestors` for browsers that predate CSP level 2.
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .body(DASHBOARD_HTML)
 }
 

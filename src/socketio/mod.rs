@@ -69,6 +69,24 @@ impl Decoder {
         Ok(None)
     }
 
+    /// Bytes of attachments held for the pending packet.
+    pub fn held_bytes(&self) -> usize {
+        self.pending
+            .as_ref()
+            .map_or(0, |p| p.attachments.iter().map(Bytes::len).sum())
+    }
+
+    /// Lets go of the pending packet's attachments but keeps counting them:
+    /// the packet is refused when it completes (a rate limit refused part
+    /// of it), so its bytes need not be held until then.
+    pub fn strip(&mut self) {
+        if let Some(pending) = &mut self.pending {
+            for a in &mut pending.attachments {
+                *a = Bytes::new();
+            }
+        }
+    }
+
     /// Whether attachments are awaited.
     pub fn is_waiting(&self) -> bool {
         self.pending.is_some()
@@ -120,6 +138,20 @@ mod tests {
             Err(ParseError::AttachmentsTooLarge(1000))
         );
         assert!(!d.is_waiting());
+    }
+
+    #[test]
+    fn stripped_attachments_are_counted_but_not_held() {
+        let mut d = decoder();
+        let head = r#"52-["m",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
+        assert_eq!(d.text(head), Ok(None));
+        assert_eq!(d.binary(Bytes::from(vec![7u8; 300])), Ok(None));
+        assert_eq!(d.held_bytes(), 300);
+        d.strip();
+        assert_eq!(d.held_bytes(), 0);
+        let m = d.binary(Bytes::new()).unwrap().unwrap();
+        assert_eq!(m.attachments.len(), 2);
+        assert_eq!(d.held_bytes(), 0);
     }
 
     #[test]

@@ -17,12 +17,15 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_http::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
+
+use crate::limits::{Held, OverBudget};
 
 /// A frame header is at most 2 + 8 (length) + 4 (mask) bytes.
 const MAX_HEADER: usize = 14;
@@ -40,6 +43,12 @@ pub struct FrameScanner {
     max_fragments: u32,
     /// Frames of the fragmented message under way (0 = none).
     fragments: u32,
+    /// The current frame is a data frame (text, binary, continuation).
+    data_frame: bool,
+    /// Payload bytes of data frames seen so far (control frames are small
+    /// and answered at once): what actix-http, actix-ws and the mailbox of
+    /// the connection hold until the connection takes the message.
+    data_bytes: u64,
 }
 
 /// Why the scanner refused the stream.
@@ -65,7 +74,14 @@ impl FrameScanner {
             skip: 0,
             max_fragments,
             fragments: 0,
+            data_frame: false,
+            data_bytes: 0,
         }
+    }
+
+    /// Payload bytes of data frames seen so far, in all.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// Follows `data`, the next bytes of the connection.
@@ -75,6 +91,9 @@ impl FrameScanner {
                 let n = self.skip.min(data.len() as u64);
                 self.skip -= n;
                 data = &data[n as usize..];
+                if self.data_frame {
+                    self.data_bytes += n;
+                }
                 continue;
             }
             self.header[self.have] = data[0];
@@ -111,6 +130,7 @@ impl FrameScanner {
             self.count_fragment()?;
             self.skip = len;
             self.have = 0;
+            self.data_frame = self.header[0] & 0x0f < 8;
         }
         Ok(())
     }
@@ -155,21 +175,49 @@ pub struct FrameGuard<S> {
     message_timeout: Option<Duration>,
     /// When the message under way must be complete.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The socket's share of the node's input budget: grown here by the
+    /// data bytes that pass, shrunk by the connection as it takes each
+    /// message.
+    held: Option<Arc<Held>>,
+    /// Data bytes already added to `held`.
+    counted: u64,
 }
 
 impl<S> FrameGuard<S> {
     /// Guards `inner` against frames above `max` bytes, messages in more
     /// than `max_fragments` frames and messages taking longer than
-    /// `message_timeout` to arrive.
-    pub fn new(inner: S, max: usize, max_fragments: u32, message_timeout: Option<Duration>) -> Self {
+    /// `message_timeout` to arrive; with `held`, the data bytes that pass
+    /// count against the node's input budget until the connection takes
+    /// them, and bytes that would go past it end the stream (see
+    /// [`is_over_budget`]).
+    pub fn new(
+        inner: S,
+        max: usize,
+        max_fragments: u32,
+        message_timeout: Option<Duration>,
+        held: Option<Arc<Held>>,
+    ) -> Self {
         Self {
             inner,
             scanner: FrameScanner::new(max, max_fragments),
             failed: false,
             message_timeout,
             deadline: None,
+            held,
+            counted: 0,
         }
     }
+}
+
+/// The error a [`FrameGuard`] ends its stream with when the node's input
+/// budget cannot hold the message under way.
+fn over_budget_error(over: OverBudget) -> PayloadError {
+    PayloadError::Io(std::io::Error::new(std::io::ErrorKind::OutOfMemory, over))
+}
+
+/// Whether `e` is the error of [`over_budget_error`].
+pub fn is_over_budget(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::OutOfMemory)
 }
 
 /// The error a [`FrameGuard`] ends its stream with when a message took
@@ -215,6 +263,15 @@ where
                         Refused::TooLarge(_) | Refused::TooManyFragments => PayloadError::Overflow,
                     };
                     return Poll::Ready(Some(Err(error)));
+                }
+                if let Some(held) = &this.held {
+                    let seen = this.scanner.data_bytes();
+                    let more = usize::try_from(seen - this.counted).unwrap_or(usize::MAX);
+                    if let Err(over) = held.grow(more) {
+                        this.failed = true;
+                        return Poll::Ready(Some(Err(over_budget_error(over))));
+                    }
+                    this.counted = seen;
                 }
                 match (this.scanner.mid_message(), this.message_timeout) {
                     (true, Some(timeout)) if this.deadline.is_none() => {
@@ -320,6 +377,30 @@ mod tests {
         for _ in 0..10_000 {
             assert_eq!(s.scan(&frame(0x00, b"")), Ok(()));
         }
+    }
+
+    #[test]
+    fn counts_the_payload_bytes_of_data_frames_only() {
+        let frame_head = |first: u8, len: u8| vec![first, 0x80 | len, 0, 0, 0, 0];
+        let mut s = FrameScanner::new(1000, 0);
+        // A first fragment of 100 bytes, 40 of them in.
+        s.scan(&frame_head(0x02, 100)).unwrap();
+        assert_eq!(s.data_bytes(), 0);
+        s.scan(&[0u8; 40]).unwrap();
+        assert_eq!(s.data_bytes(), 40);
+        s.scan(&[0u8; 60]).unwrap();
+        assert_eq!(s.data_bytes(), 100);
+        // A ping between fragments is not counted.
+        s.scan(&frame_head(0x89, 4)).unwrap();
+        s.scan(&[0u8; 4]).unwrap();
+        assert_eq!(s.data_bytes(), 100);
+        // The last fragment, and a whole message.
+        let mut rest = frame_head(0x80, 50);
+        rest.extend([0u8; 50]);
+        rest.extend(frame_head(0x81, 10));
+        rest.extend([0u8; 10]);
+        s.scan(&rest).unwrap();
+        assert_eq!(s.data_bytes(), 160);
     }
 
     #[test]

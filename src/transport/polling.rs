@@ -45,6 +45,9 @@ pub enum PostRefused {
     TooLarge,
     /// The body did not arrive within `limits.body_timeout_ms` (408).
     Timeout,
+    /// The node's input budget could not hold the body (503; the session
+    /// is closed).
+    OverBudget,
 }
 
 /// A POST: one at a time per session, body bounded by `max_payload`,
@@ -56,6 +59,7 @@ pub async fn post(
     binary: bool,
     max_payload: usize,
     body_timeout: std::time::Duration,
+    budget: std::sync::Arc<crate::limits::InputBudget>,
 ) -> Result<(), PostRefused> {
     if entry
         .post_busy
@@ -98,12 +102,19 @@ pub async fn post(
     if content_length.is_some_and(|n| n > max_payload) {
         return Err(too_large());
     }
-    let mut buf = bytes::BytesMut::with_capacity(content_length.unwrap_or(0));
+    // The body counts against the node's input budget while it is read
+    // (and until the session has taken it).
+    let held = crate::limits::Held::new(budget);
+    let mut buf = bytes::BytesMut::new();
     let read = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|_| PostRefused::Code(ErrorCode::BadRequest))?;
             if buf.len() + chunk.len() > max_payload {
                 return Err(too_large());
+            }
+            if let Err(over) = held.set(buf.len() + chunk.len()) {
+                close(DisconnectReason::ForcedClose, format!("polling POST refused: {over}"));
+                return Err(PostRefused::OverBudget);
             }
             buf.extend_from_slice(&chunk);
         }

@@ -40,6 +40,8 @@ pub struct Accepted {
     outbox: Arc<Outbox>,
     sink: Option<Box<OutboxSink>>,
     stream: actix_ws::AggregatedMessageStream,
+    /// What the socket's reader holds of the node's input budget.
+    held: Arc<crate::limits::Held>,
 }
 
 /// Verifies the handshake headers (RFC 6455 §4.2.1: GET, `Upgrade:
@@ -54,8 +56,11 @@ pub fn accept(
     max_payload: usize,
     backlog: usize,
     metrics: Arc<crate::metrics::Metrics>,
+    budget: Arc<crate::limits::InputBudget>,
 ) -> Option<Accepted> {
-    let (response, _actix_writer, stream, handover) = open(req, body, ReadLimits::of(websocket, max_payload))?;
+    let limits = ReadLimits::of(websocket, max_payload);
+    let held = Arc::new(crate::limits::Held::new(budget));
+    let (response, _actix_writer, stream, handover) = open(req, body, limits, Some(held.clone()))?;
     let write_timeout =
         (websocket.write_timeout_ms > 0).then(|| std::time::Duration::from_millis(websocket.write_timeout_ms));
     let coalesce = std::time::Duration::from_micros(websocket.broadcast_coalesce_us);
@@ -89,6 +94,7 @@ pub fn accept(
         })),
         outbox,
         stream,
+        held,
     })
 }
 
@@ -127,7 +133,7 @@ pub fn handshake(
     body: web::Payload,
     limits: ReadLimits,
 ) -> Option<(HttpResponse, actix_ws::Session, actix_ws::AggregatedMessageStream)> {
-    open(req, body, limits).map(|(response, session, stream, _)| (response, session, stream))
+    open(req, body, limits, None).map(|(response, session, stream, _)| (response, session, stream))
 }
 
 /// [`handshake`], and the socket's handover if the request came through
@@ -137,6 +143,7 @@ fn open(
     req: &HttpRequest,
     body: web::Payload,
     limits: ReadLimits,
+    held: Option<Arc<crate::limits::Held>>,
 ) -> Option<(
     HttpResponse,
     actix_ws::Session,
@@ -157,8 +164,13 @@ fn open(
         Some(handover) => Box::pin(handover.claim()),
         None => Box::pin(body.into_inner()),
     };
-    let guarded: actix_http::BoxedPayloadStream =
-        Box::pin(FrameGuard::new(source, max_payload, max_fragments, message_timeout));
+    let guarded: actix_http::BoxedPayloadStream = Box::pin(FrameGuard::new(
+        source,
+        max_payload,
+        max_fragments,
+        message_timeout,
+        held,
+    ));
     let mut guarded = actix_web::dev::Payload::from(guarded);
     let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
     let (response, session, stream) = actix_ws::handle(req, body).ok()?;
@@ -187,7 +199,11 @@ impl Accepted {
     /// The write side, for the actor. Taken once.
     pub fn writer(&mut self) -> Option<WsWriter> {
         let sink: Box<dyn FrameSink> = self.sink.take()?;
-        Some(WsWriter { id: self.id, sink })
+        Some(WsWriter {
+            id: self.id,
+            sink,
+            held: Some(self.held.clone()),
+        })
     }
 
     /// The 101 response alone, for a socket whose writer was closed at once.
@@ -250,6 +266,9 @@ pub(crate) fn classify(err: &ProtocolError) -> WsEnd {
         }
         ProtocolError::Io(e) if payload_error(e).is_some_and(crate::transport::frame_guard::is_message_timeout) => {
             WsEnd::MessageTimeout
+        }
+        ProtocolError::Io(e) if payload_error(e).is_some_and(crate::transport::frame_guard::is_over_budget) => {
+            WsEnd::OverBudget
         }
         ProtocolError::Io(e) if payload_error(e).is_some_and(crate::transport::frame_guard::is_protocol_violation) => {
             WsEnd::Error(e.to_string())

@@ -82,6 +82,7 @@ fn close_code(err: &ProtocolError) -> Option<CloseCode> {
         WsEnd::TooLarge => Some(CloseCode::Size),
         WsEnd::InvalidUtf8 => Some(CloseCode::Invalid),
         WsEnd::MessageTimeout => Some(CloseCode::Policy),
+        WsEnd::OverBudget => Some(CloseCode::Again),
         WsEnd::Closed | WsEnd::WriteTimeout | WsEnd::QueueFull => None,
         WsEnd::Error(_) => Some(CloseCode::Protocol),
     }

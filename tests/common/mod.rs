@@ -150,6 +150,20 @@ pub fn rss_kib() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
+/// A counter or gauge of `/metrics` (`name` with its labels), 0 when absent.
+pub async fn metric(server: &TestServer, name: &str) -> u64 {
+    let body = reqwest::get(format!("{}/metrics", server.http()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics text");
+    let prefix = format!("{name} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().expect("a whole number"))
+}
+
 /// Polls `check` until it holds, for at most `SOON`.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

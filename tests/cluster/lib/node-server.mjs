@@ -4,7 +4,8 @@
 // --sharded the sharded adapter on Redis 7 sharded pub/sub), speaking
 // roomcast's client protocol (docs/protocol.md) for the events the cluster
 // tests use: subscribe, unsubscribe, publish (acks as roomcast's) and a
-// node-local presence.
+// node-local presence; and, standing in for a backend, cluster-wide
+// requests through the adapter and `emit-to` (`io.to(id).emit(...)`).
 //
 //   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
 //                            [--sharded dynamic|static]
@@ -28,6 +29,9 @@ const { values: opts } = parseArgs({
 });
 
 const ROOM_RE = /^[A-Za-z0-9_\-.:@/#=+]{1,128}$/;
+// A name shaped like a socket id (20 of [A-Za-z0-9_-]) is not a room, as in
+// roomcast (docs/protocol.md): it addresses one socket.
+const SOCKET_ID_RE = /^[A-Za-z0-9_-]{20}$/;
 const RESERVED = new Set(["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"]);
 const refuse = (code, message) => ({ ok: false, error: { code, message } });
 
@@ -51,6 +55,7 @@ nsp.on("connection", (socket) => {
     if (typeof ack !== "function") return;
     if (!arg || typeof arg !== "object" || typeof arg.room !== "string") return ack(refuse("bad_request", "expected {room}"));
     if (!ROOM_RE.test(arg.room)) return ack(refuse("invalid_room", "bad room name"));
+    if (SOCKET_ID_RE.test(arg.room)) return ack(refuse("invalid_room", "a socket id is not a room"));
     ack(fn(arg));
   };
   socket.on("subscribe", handle(({ room }) => {
@@ -91,6 +96,12 @@ nsp.on("connection", (socket) => {
   socket.on("server-side-emit", cluster(async () => ({ responses: await nsp.serverSideEmitWithAck("hello") })));
   socket.on("sockets-join", cluster(async ({ target, room }) => {
     nsp.in(target).socketsJoin(room);
+    return {};
+  }));
+  // The backend's `io.to(to).emit(event, data)`: `to` a socket id, a room
+  // or a list of them; absent = the whole namespace.
+  socket.on("emit-to", cluster(async ({ to, event, data }) => {
+    (to === undefined ? nsp : nsp.to(to)).emit(event, data);
     return {};
   }));
   socket.on("disconnect-sockets", cluster(async ({ target }) => {
