@@ -28,10 +28,16 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin
 COPY --from=build /usr/local/bin/roomcast /usr/local/bin/roomcast
 # bash and its /dev/tcp: no HTTP client is installed just for the check.
 COPY --chmod=755 deploy/healthcheck /usr/local/bin/roomcast-healthcheck
+# The production profile (docker-compose.yml sets ROOMCAST_CONFIG to it).
+COPY config/production.toml /etc/roomcast/production.toml
 # The working directory holds data/ (the default SQLite audit log and the
 # audit spill file), writable by the roomcast user.
 WORKDIR /var/lib/roomcast
-RUN chown roomcast:roomcast /var/lib/roomcast
+# data/ exists in the image, owned by roomcast, so that a volume mounted
+# there (docker-compose.yml) starts with that owner.
+RUN mkdir -p /var/lib/roomcast/data \
+    && chown roomcast:roomcast /var/lib/roomcast /var/lib/roomcast/data \
+    && chmod 0700 /var/lib/roomcast/data
 USER roomcast
 ENV ROOMCAST__SERVER__HOST=0.0.0.0 \
     ROOMCAST__SERVER__PORT=3000 \
@@ -39,4 +45,9 @@ ENV ROOMCAST__SERVER__HOST=0.0.0.0 \
 EXPOSE 3000
 # GETs the health route of the port in ROOMCAST__SERVER__PORT.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["roomcast-healthcheck"]
+# SIGTERM drains (see config/default.toml, server.drain_window_ms); the
+# process exits within drain_window_ms + audit.shutdown_flush_ms (12 s by
+# default), longer than `docker stop`'s default 10 s: use `docker stop -t
+# 15` (compose sets stop_grace_period: 15s).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["roomcast"]

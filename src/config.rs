@@ -20,9 +20,18 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// A file, a variable or a value did not parse.
-    #[error("configuration could not be loaded")]
-    Load(#[from] config::ConfigError),
+    /// A file, a variable or a value did not parse (the message names the
+    /// key or the file).
+    #[error("configuration: {}", explain(.0))]
+    Load(config::ConfigError),
+    /// The profile file is not one roomcast can read.
+    #[error("configuration file {path}: {message}")]
+    File {
+        /// The file as given.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A value parsed but is not acceptable.
     #[error("configuration key `{key}`: {message}")]
     Invalid {
@@ -31,7 +40,132 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// More than one of the above, in the order found.
+    #[error("{} configuration errors:\n{}", .0.len(), list(.0))]
+    Several(Vec<ConfigError>),
 }
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
+}
+
+impl ConfigError {
+    /// One error for `errors` (which must not be empty): itself when there
+    /// is one.
+    fn of(mut errors: Vec<ConfigError>) -> ConfigError {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            ConfigError::Several(errors)
+        }
+    }
+
+    /// Every single error (a [`ConfigError::Several`] taken apart).
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(all) => all.iter().flat_map(ConfigError::each).collect(),
+            one => vec![one],
+        }
+    }
+}
+
+/// config's message, with the valid values of an enum it names (its own
+/// message for an unknown variant lists none).
+fn explain(e: &config::ConfigError) -> String {
+    let message = e.to_string();
+    let enums = [
+        ("LogFormat", "\"text\", \"json\""),
+        ("RedisMode", "\"classic\", \"sharded\""),
+        ("SubscriptionMode", "\"static\", \"dynamic\""),
+    ];
+    match enums
+        .iter()
+        .find(|(name, _)| message.contains(&format!("enum {name} does not have variant")))
+    {
+        Some((_, valid)) => format!("{message} (valid: {valid})"),
+        None => message,
+    }
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
+}
+
+/// The levels `log.level` accepts (tracing's, case-insensitive).
+pub const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `log.level`: levels or `target=level` directives, comma
+/// separated. A bare word that is not a level is refused although tracing's
+/// filter syntax takes it (as a target name, enabling only that target):
+/// `verbose` would otherwise silence every log line without a word.
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    let valid = "valid: trace, debug, info, warn, error, off, or directives `target=level` separated by commas (e.g. \"info,roomcast=debug\")";
+    if level.trim().is_empty() {
+        return Err(format!("is empty ({valid})"));
+    }
+    for directive in level.split(',').map(str::trim) {
+        let (target, lvl) = match directive.rsplit_once('=') {
+            Some((target, lvl)) => (Some(target), lvl),
+            None => (None, directive),
+        };
+        if target.is_some_and(str::is_empty) || !LOG_LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(format!("{directive:?} is not a level ({valid})"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|e| format!("{level:?}: {e} ({valid})"))
+}
+
+/// This machine's host name (`server.node_name`'s default): the kernel's,
+/// else `$HOSTNAME`, else "roomcast".
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "roomcast".to_owned())
+}
+
+/// The host and port of a `postgres://` URL (5432 when not given), for
+/// messages: a database is named by where it is, never by its URL (which
+/// may hold a password).
+pub fn postgres_endpoint(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.rsplit_once(':') {
+        // Not the inside of a bracketed IPv6 address.
+        Some((h, p)) if !h.starts_with('[') || h.ends_with(']') => (h, p.parse().ok()?),
+        _ => (hostport, 5432),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { "localhost" } else { host };
+    Some((host.to_owned(), port))
+}
+
+/// Where a database or Redis is, for log lines (never the URL, which may
+/// hold a password): `host:port` of PostgreSQL (5432 by default) or Redis,
+/// the file of SQLite.
+pub fn location(url: &str) -> String {
+    if let Some((host, port)) = postgres_endpoint(url) {
+        return format!("{host}:{port}");
+    }
+    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        return rest.split('?').next().unwrap_or_default().to_owned();
+    }
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_owned()
+}
+
+/// Longest `server.node_name`: a host name label's limit (RFC 1035 §2.3.4).
+pub const MAX_NODE_NAME: usize = 63;
 
 /// All settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +197,17 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// Per-address, per-request and per-connection limits.
     pub limits: LimitSettings,
+    /// The internal listener for operators.
+    pub admin: AdminSettings,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// `host:port` of the internal listener for `/metrics`, `/dashboard` and
+    /// `/api/v1` (and health); empty = they are served on the public one.
+    pub address: String,
 }
 
 /// `[limits]`
@@ -131,10 +276,19 @@ pub struct AuditSettings {
     pub flush_interval_ms: u64,
     /// Pause between attempts while the database is down, in ms.
     pub retry_interval_ms: u64,
-    /// The spill file (JSON lines).
+    /// The spill file (JSON lines); `{host}` stands for the host name.
     pub spill_file: String,
-    /// Largest spill file; beyond it rows are dropped (counted).
+    /// Bytes every spill file together may hold (the append file, the
+    /// replay file and the files set aside); beyond it rows are dropped
+    /// (counted), so one cap bounds the disk the audit log can take.
     pub spill_max_bytes: u64,
+    /// When appended rows are forced to the disk (see default.toml for the
+    /// cost of each policy and what a power loss takes with it).
+    pub spill_fsync: SpillFsync,
+    /// Longest the shutdown waits for the database after the drain, in ms;
+    /// what it has not taken by then goes to the spill file. The shutdown
+    /// bound is `server.drain_window_ms` plus this.
+    pub shutdown_flush_ms: u64,
     /// Days rows are kept; 0 = forever.
     pub retention_days: u64,
     /// Seconds between retention runs.
@@ -145,12 +299,44 @@ pub struct AuditSettings {
     pub record_handshake_refusals: bool,
 }
 
+impl AuditSettings {
+    /// `spill_file` with `{host}` replaced by this machine's host name: one
+    /// setting gives every replica sharing a volume a file of its own (a
+    /// spill file is one process's; [`crate::audit::spill::Spill::open`]
+    /// refuses one that another process holds).
+    pub fn spill_path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(self.spill_file.replace("{host}", &host_name()))
+    }
+}
+
+/// `audit.spill_fsync`: when rows appended to the spill file are forced to
+/// the disk. A crash of the process alone (SIGKILL, OOM) loses nothing
+/// appended whatever the policy: the kernel holds it; this is about a crash
+/// of the machine or a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpillFsync {
+    /// After every append, on the appending thread (a connection's, when
+    /// the queue is full).
+    Always,
+    /// After every batch the writer appends; rows connections append when
+    /// the queue is full are forced at the writer's next tick
+    /// (`audit.flush_interval_ms`).
+    Batch,
+    /// Never: the kernel writes back when it likes (about 30 s on Linux).
+    Never,
+}
+
 /// `[redis]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// Redis URL, empty = single node.
+    /// Redis URL, empty = single node; `rediss://` for TLS, with the ACL
+    /// user and password in it (`rediss://user:password@host:port/db`).
     pub url: String,
+    /// PEM file of the CA that signed the Redis servers' certificates
+    /// (`rediss://`); empty = the public web roots built in.
+    pub tls_ca_file: String,
     /// Channel prefix.
     pub key: String,
     /// Command timeout in ms.
@@ -269,8 +455,13 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<String>,
     /// Origins that may open sessions; empty = any.
     pub allowed_origins: Vec<String>,
+    /// A start with no `allowed_origins` is refused (the production profile).
+    pub require_allowed_origins: bool,
     /// Sessions held at once; 0 = from the open-file limit.
     pub max_connections: usize,
+    /// This node's name in audit rows, log lines and metrics; empty in the
+    /// files = the host name (filled in at load, see [`host_name`]).
+    pub node_name: String,
 }
 
 /// `[engine]`
@@ -372,10 +563,18 @@ impl Settings {
         profile: Option<&Path>,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Settings, ConfigError> {
+        Self::from_config(Self::layers(profile, env)?)
+    }
+
+    /// The layers merged: defaults, `profile`, the environment (or `env`).
+    fn layers(
+        profile: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<config::Config, ConfigError> {
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = profile {
-            builder = builder.add_source(config::File::from(path).required(true));
+            builder = builder.add_source(profile_source(path)?);
         }
         builder = builder.add_source(
             config::Environment::with_prefix("ROOMCAST")
@@ -397,7 +596,15 @@ impl Settings {
                 .try_parsing(true)
                 .source(env),
         );
-        Self::from_config(builder.build()?)
+        builder.build().map_err(|e| match profile {
+            // Parsing the profile is the only step of `build` that can fail
+            // on a file: name it (config's own message may not).
+            Some(path) if !e.to_string().contains(&path.display().to_string()) => ConfigError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            },
+            _ => ConfigError::Load(e),
+        })
     }
 
     /// The defaults alone, with overrides applied by the caller (tests).
@@ -413,44 +620,148 @@ impl Settings {
     }
 
     fn from_config(cfg: config::Config) -> Result<Settings, ConfigError> {
-        let settings: Settings = cfg.try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+        Self::typed(cfg).map_err(ConfigError::of)
     }
 
-    /// Checks values that parse but make no sense.
+    /// Every problem of the merged layers, not only the first: each
+    /// section is read on its own (a section that does not parse stands at
+    /// its defaults for the checks of the others), then every value is
+    /// checked. What `roomcast config check` lists.
+    fn typed(cfg: config::Config) -> Result<Settings, Vec<ConfigError>> {
+        let (mut settings, mut errors) = match cfg.clone().try_deserialize::<Settings>() {
+            Ok(settings) => (settings, Vec::new()),
+            Err(whole) => Self::key_by_key(&cfg, whole)?,
+        };
+        if settings.server.node_name.is_empty() {
+            settings.server.node_name = host_name();
+        }
+        errors.extend(settings.problems());
+        if errors.is_empty() {
+            Ok(settings)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// When the merged layers do not deserialise: every key that does not,
+    /// each tried alone over the defaults (serde stops at the first), and
+    /// the settings with the other keys applied, for the value checks.
+    fn key_by_key(
+        cfg: &config::Config,
+        whole: config::ConfigError,
+    ) -> Result<(Settings, Vec<ConfigError>), Vec<ConfigError>> {
+        let defaults =
+            || config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let load = |e| vec![ConfigError::Load(e)];
+        let top: config::Map<String, config::Value> = cfg.clone().try_deserialize().map_err(load)?;
+        let mut keys = Vec::new();
+        for (section, value) in top {
+            match value.clone().into_table() {
+                Ok(table) => keys.extend(table.into_iter().map(|(k, v)| (format!("{section}.{k}"), v))),
+                Err(_) => keys.push((section, value)),
+            }
+        }
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut good = defaults();
+        let mut errors = Vec::new();
+        for (key, value) in keys {
+            let alone = defaults()
+                .set_override(key.as_str(), value.clone())
+                .and_then(|b| b.build())
+                .and_then(config::Config::try_deserialize::<Settings>);
+            match alone {
+                Ok(_) => good = good.set_override(key.as_str(), value).map_err(load)?,
+                Err(e) => errors.push(ConfigError::Load(e)),
+            }
+        }
+        if errors.is_empty() {
+            errors.push(ConfigError::Load(whole));
+        }
+        let settings = good
+            .build()
+            .and_then(config::Config::try_deserialize::<Settings>)
+            .map_err(load)?;
+        Ok((settings, errors))
+    }
+
+    /// The layers merged, before any type or value is checked: what
+    /// `roomcast config show` prints.
+    pub fn merged(
+        profile: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<serde_json::Value, ConfigError> {
+        Ok(Self::layers(profile, env)?.try_deserialize::<serde_json::Value>()?)
+    }
+
+    /// Every problem of `profile` and the environment merged over the
+    /// defaults, or the settings (`roomcast config check`).
+    pub fn check(
+        profile: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, Vec<ConfigError>> {
+        Self::typed(Self::layers(profile, env).map_err(|e| vec![e])?)
+    }
+
+    /// Checks values that parse but make no sense; the first problem, or
+    /// all of them in one [`ConfigError::Several`].
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let errors = self.problems();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::of(errors))
+        }
+    }
+
+    /// Every value that parses but makes no sense, each naming its key and
+    /// what would be valid.
+    pub fn problems(&self) -> Vec<ConfigError> {
         fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
             ConfigError::Invalid {
                 key,
                 message: message.into(),
             }
         }
+        let mut errors = Vec::new();
+        if self.server.require_allowed_origins && self.server.allowed_origins.is_empty() {
+            errors.push(invalid(
+                "server.allowed_origins",
+                "is empty, and server.require_allowed_origins (the production profile) requires the sites whose \
+                 pages may connect, e.g. ROOMCAST__SERVER__ALLOWED_ORIGINS=https://app.example.com",
+            ));
+        }
+        let admin = self.admin.address.trim();
+        if !admin.is_empty() && admin.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(invalid(
+                "admin.address",
+                format!("{admin:?} is not an address and port like \"0.0.0.0:9090\" (empty = no admin listener)"),
+            ));
+        }
         let e = &self.engine;
         if e.ping_interval_ms == 0 {
-            return Err(invalid("engine.ping_interval_ms", "must be at least 1"));
+            errors.push(invalid("engine.ping_interval_ms", "must be at least 1"));
         }
         if e.ping_timeout_ms == 0 {
-            return Err(invalid("engine.ping_timeout_ms", "must be at least 1"));
+            errors.push(invalid("engine.ping_timeout_ms", "must be at least 1"));
         }
         if e.upgrade_timeout_ms == 0 {
-            return Err(invalid("engine.upgrade_timeout_ms", "must be at least 1"));
+            errors.push(invalid("engine.upgrade_timeout_ms", "must be at least 1"));
         }
         if e.max_payload < 16 {
-            return Err(invalid("engine.max_payload", "must be at least 16 bytes"));
+            errors.push(invalid("engine.max_payload", "must be at least 16 bytes"));
         }
         if e.max_buffered_packets == 0 {
-            return Err(invalid("engine.max_buffered_packets", "must be at least 1"));
+            errors.push(invalid("engine.max_buffered_packets", "must be at least 1"));
         }
         if e.max_packets_per_payload == 0 {
-            return Err(invalid("engine.max_packets_per_payload", "must be at least 1"));
+            errors.push(invalid("engine.max_packets_per_payload", "must be at least 1"));
         }
         if e.transports.is_empty() {
-            return Err(invalid("engine.transports", "lists no transport"));
+            errors.push(invalid("engine.transports", "lists no transport"));
         }
         for t in &e.transports {
             if t != "polling" && t != "websocket" {
-                return Err(invalid(
+                errors.push(invalid(
                     "engine.transports",
                     format!("unknown transport {t:?} (expected \"polling\" or \"websocket\")"),
                 ));
@@ -464,32 +775,32 @@ impl Settings {
             let disabled = path.is_empty() && key != "server.path";
             let well_formed = path.starts_with('/') && path.ends_with('/');
             if !(disabled || well_formed) {
-                return Err(invalid(key, format!("{path:?} must start and end with '/'")));
+                errors.push(invalid(key, format!("{path:?} must start and end with '/'")));
             }
         }
         let sio = &self.socketio;
         if sio.namespaces.is_empty() {
-            return Err(invalid("socketio.namespaces", "lists no namespace"));
+            errors.push(invalid("socketio.namespaces", "lists no namespace"));
         }
         for name in &sio.namespaces {
             if !crate::socketio::is_valid_namespace(name) || name.len() > sio.max_namespace_len {
-                return Err(invalid(
+                errors.push(invalid(
                     "socketio.namespaces",
                     format!("{name:?}: a namespace starts with '/', has no comma and at most socketio.max_namespace_len bytes"),
                 ));
             }
         }
         if sio.connect_timeout_ms == 0 {
-            return Err(invalid("socketio.connect_timeout_ms", "must be at least 1"));
+            errors.push(invalid("socketio.connect_timeout_ms", "must be at least 1"));
         }
         if sio.ack_timeout_ms == 0 {
-            return Err(invalid("socketio.ack_timeout_ms", "must be at least 1"));
+            errors.push(invalid("socketio.ack_timeout_ms", "must be at least 1"));
         }
         if self.rooms.max_name_len == 0 {
-            return Err(invalid("rooms.max_name_len", "must be at least 1"));
+            errors.push(invalid("rooms.max_name_len", "must be at least 1"));
         }
         if self.rooms.max_per_socket == 0 {
-            return Err(invalid("rooms.max_per_socket", "must be at least 1"));
+            errors.push(invalid("rooms.max_per_socket", "must be at least 1"));
         }
         if let Err(message) = crate::auth::Verifier::from_settings(&self.auth) {
             let key = if message.contains("public key") {
@@ -499,99 +810,209 @@ impl Settings {
             } else {
                 "auth.jwt_algorithm"
             };
-            return Err(invalid(key, message));
+            errors.push(invalid(key, message));
         }
-        if !self.redis.url.is_empty() && redis::Client::open(self.redis.url.as_str()).is_err() {
-            return Err(invalid("redis.url", "not a Redis URL (redis://host:port/db)"));
+        if !self.redis.url.is_empty() {
+            let r = &self.redis;
+            if let Err(e) = crate::adapter::redis::check_settings(&r.url, r.cluster, &r.tls_ca_file) {
+                let key = match e {
+                    crate::adapter::redis::SetupError::Url(_) => "redis.url",
+                    _ => "redis.tls_ca_file",
+                };
+                errors.push(invalid(key, e.to_string()));
+            }
         }
         if self.redis.key.is_empty() || self.redis.key.contains('#') {
-            return Err(invalid("redis.key", "must be non-empty and without '#'"));
+            errors.push(invalid("redis.key", "must be non-empty and without '#'"));
         }
         if self.redis.command_timeout_ms == 0 || self.redis.queue == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "redis.command_timeout_ms",
                 "timeouts and queue must be at least 1",
             ));
         }
         if self.redis.cluster && self.redis.mode != RedisMode::Sharded {
-            return Err(invalid(
+            errors.push(invalid(
                 "redis.cluster",
                 "a Redis Cluster needs redis.mode = \"sharded\" (classic pub/sub does not shard)",
             ));
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
-            return Err(invalid("api.keys", "every key must be at least 16 characters"));
+            errors.push(invalid("api.keys", "every key must be at least 16 characters"));
         }
         if let Err(message) = crate::http::peer::TrustedProxies::parse(&self.server.trusted_proxies) {
-            return Err(invalid("server.trusted_proxies", message));
+            errors.push(invalid("server.trusted_proxies", message));
         }
         if let Err(message) = crate::http::peer::TrustedProxies::parse(&self.limits.exempt) {
-            return Err(invalid("limits.exempt", message));
+            errors.push(invalid("limits.exempt", message));
         }
         let l = &self.limits;
         if l.handshakes_per_second > 0 && l.handshake_burst == 0 {
-            return Err(invalid("limits.handshake_burst", "must be at least 1"));
+            errors.push(invalid("limits.handshake_burst", "must be at least 1"));
         }
         if l.packets_per_second > 0 && l.packets_burst == 0 {
-            return Err(invalid("limits.packets_burst", "must be at least 1"));
+            errors.push(invalid("limits.packets_burst", "must be at least 1"));
         }
         if l.bytes_per_second > 0 && l.bytes_burst < e.max_payload as u64 {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.bytes_burst",
                 "must be at least engine.max_payload (one largest message must be able to pass)",
             ));
         }
         if l.max_url_len == 0 || l.max_header_bytes == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.max_url_len",
                 "limits.max_url_len and max_header_bytes must be at least 1",
             ));
         }
         if l.request_head_timeout_ms == 0 || l.keep_alive_ms == 0 || l.body_timeout_ms == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "limits.request_head_timeout_ms",
                 "limits.request_head_timeout_ms, keep_alive_ms and body_timeout_ms must be at least 1",
             ));
         }
         if sio.max_namespaces == 0 {
-            return Err(invalid("socketio.max_namespaces", "must be at least 1"));
+            errors.push(invalid("socketio.max_namespaces", "must be at least 1"));
         }
         if let Err(e) = crate::audit::store::Backend::of(&self.database.url) {
-            return Err(invalid("database.url", e.to_string()));
+            errors.push(invalid("database.url", e.to_string()));
         }
         if self.database.max_connections == 0 || self.database.timeout_ms == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "database.max_connections",
                 "database.max_connections and database.timeout_ms must be at least 1",
             ));
         }
         let a = &self.audit;
         if a.queue == 0 || a.batch_size == 0 || a.flush_interval_ms == 0 || a.retry_interval_ms == 0 {
-            return Err(invalid(
+            errors.push(invalid(
                 "audit.queue",
                 "audit.queue, batch_size, flush_interval_ms and retry_interval_ms must be at least 1",
             ));
         }
         if a.batch_size > 10_000 {
-            return Err(invalid("audit.batch_size", "at most 10000"));
+            errors.push(invalid("audit.batch_size", "at most 10000"));
         }
         if a.spill_file.is_empty() {
-            return Err(invalid("audit.spill_file", "must name a file"));
+            errors.push(invalid("audit.spill_file", "must name a file"));
         }
         if a.prune_interval_s == 0 {
-            return Err(invalid("audit.prune_interval_s", "must be at least 1"));
+            errors.push(invalid("audit.prune_interval_s", "must be at least 1"));
         }
         if self.server.path == self.server.echo_path {
-            return Err(invalid("server.echo_path", "must differ from server.path"));
+            errors.push(invalid("server.echo_path", "must differ from server.path"));
         }
         let ws_echo = &self.server.ws_echo_path;
         if !ws_echo.is_empty() && (*ws_echo == self.server.path || *ws_echo == self.server.echo_path) {
-            return Err(invalid(
+            errors.push(invalid(
                 "server.ws_echo_path",
                 "must differ from server.path and server.echo_path",
             ));
         }
-        Ok(())
+        self.more_problems(&mut errors);
+        errors
+    }
+
+    /// The checks added with `config check` (node name, log level, origins,
+    /// namespaces named elsewhere, timeouts).
+    fn more_problems(&self, errors: &mut Vec<ConfigError>) {
+        let mut invalid = |key: &'static str, message: String| errors.push(ConfigError::Invalid { key, message });
+        let name = &self.server.node_name;
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.is_empty() || name.len() > MAX_NODE_NAME || !name.chars().all(name_ok) {
+            invalid(
+                "server.node_name",
+                format!("{name:?}: 1 to {MAX_NODE_NAME} characters of A-Z a-z 0-9 . _ - (empty = the host name)"),
+            );
+        }
+        if self.server.host.trim().is_empty() {
+            invalid(
+                "server.host",
+                "is empty (an address such as \"0.0.0.0\", \"127.0.0.1\", \"::\" or a host name)".into(),
+            );
+        }
+        if self.server.drain_batches == 0 {
+            invalid("server.drain_batches", "must be at least 1".into());
+        }
+        if let Err(message) = check_log_level(&self.log.level) {
+            invalid("log.level", message);
+        }
+        for (key, origins, star) in [
+            ("server.cors_allowed_origins", &self.server.cors_allowed_origins, true),
+            ("server.allowed_origins", &self.server.allowed_origins, false),
+        ] {
+            for origin in origins {
+                let star_ok = star && origin == "*";
+                if !star_ok && !is_origin(origin) {
+                    let valid = if star { "\"*\" or " } else { "" };
+                    invalid(
+                        key,
+                        format!("{origin:?} is not an origin ({valid}scheme://host[:port], e.g. \"https://app.example.com\", no path)"),
+                    );
+                }
+            }
+        }
+        let offered = &self.socketio.namespaces;
+        for (key, names) in [
+            ("auth.anonymous_namespaces", &self.auth.anonymous_namespaces),
+            ("rooms.notify_namespaces", &self.rooms.notify_namespaces),
+        ] {
+            for name in names.iter().filter(|n| !offered.contains(n)) {
+                invalid(
+                    key,
+                    format!("{name:?} is not in socketio.namespaces (valid: {})", offered.join(", ")),
+                );
+            }
+        }
+        for p in &self.websocket.subprotocols {
+            let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+            if p.is_empty() || !p.chars().all(token) {
+                invalid(
+                    "websocket.subprotocols",
+                    format!("{p:?} is not a subprotocol token (letters, digits and !#$%&'*+-.^_`|~)"),
+                );
+            }
+        }
+        if self.redis.requests_timeout_ms == 0 || self.redis.reconnect_max_ms == 0 {
+            invalid(
+                "redis.requests_timeout_ms",
+                "redis.requests_timeout_ms and reconnect_max_ms must be at least 1".into(),
+            );
+        }
+    }
+}
+
+/// `scheme://host[:port]`, as browsers send in `Origin`.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let host_ok = !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@']);
+    scheme_ok && host_ok
+}
+
+/// The `--config` file as a configuration source: TOML, whether its name
+/// ends in `.toml` or has no extension at all (`/etc/roomcast/config`);
+/// anything else is refused naming the file and the format.
+fn profile_source(path: &Path) -> Result<config::File<config::FileSourceFile, config::FileFormat>, ConfigError> {
+    let refuse = |message: String| ConfigError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    if !path.is_file() {
+        let why = if path.exists() {
+            "is not a file"
+        } else {
+            "does not exist"
+        };
+        return Err(refuse(format!("{why} (--config or ROOMCAST_CONFIG)")));
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if !ext.eq_ignore_ascii_case("toml") => Err(refuse(format!(
+            "unsupported format \".{ext}\": roomcast reads TOML (a file ending in .toml, or without extension)"
+        ))),
+        _ => Ok(config::File::from(path).format(config::FileFormat::Toml).required(true)),
     }
 }
 
@@ -638,6 +1059,93 @@ mod tests {
     }
 
     #[test]
+    fn databases_are_named_by_where_they_are() {
+        assert_eq!(
+            postgres_endpoint("postgres://u:pw@db.example:6543/x?sslmode=require"),
+            Some(("db.example".into(), 6543))
+        );
+        assert_eq!(postgres_endpoint("postgresql://db/x"), Some(("db".into(), 5432)));
+        assert_eq!(
+            postgres_endpoint("postgres://u@[::1]:5433/x"),
+            Some(("::1".into(), 5433))
+        );
+        assert_eq!(postgres_endpoint("postgres://[::1]/x"), Some(("::1".into(), 5432)));
+        assert_eq!(postgres_endpoint("sqlite://data/audit.db"), None);
+        assert_eq!(location("postgres://u:secret@h:1/d"), "h:1");
+        assert_eq!(location("sqlite://data/audit.db?mode=rw"), "data/audit.db");
+        assert_eq!(location("redis://:secret@cache:6380/0"), "cache:6380");
+        assert_eq!(location("redis://127.0.0.1/"), "127.0.0.1");
+    }
+
+    #[test]
+    fn log_levels_are_levels() {
+        for good in ["info", "WARN", "off", "info,roomcast=debug", "roomcast::conn=trace"] {
+            assert!(check_log_level(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "", "info,loud", "=debug", "roomcast=chatty"] {
+            let message = check_log_level(bad).unwrap_err();
+            assert!(message.contains("trace, debug, info, warn, error, off"), "{message}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let mut s = Settings::defaults();
+        s.log.level = "verbose".into();
+        s.engine.ping_interval_ms = 0;
+        s.server.node_name = "no spaces".into();
+        s.server.allowed_origins = vec!["app.example.com".into()];
+        s.rooms.notify_namespaces = vec!["/chat".into()];
+        let errors = s.problems();
+        let keys: Vec<String> = errors
+            .iter()
+            .map(|e| match e {
+                ConfigError::Invalid { key, .. } => (*key).to_owned(),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "engine.ping_interval_ms",
+                "server.node_name",
+                "log.level",
+                "server.allowed_origins",
+                "rooms.notify_namespaces"
+            ],
+            "{errors:?}"
+        );
+        let all = s.validate().unwrap_err();
+        assert_eq!(all.each().len(), 5);
+        assert!(all.to_string().starts_with("5 configuration errors"), "{all}");
+    }
+
+    #[test]
+    fn an_empty_node_name_is_the_host_name() {
+        let s = Settings::defaults();
+        assert_eq!(s.server.node_name, host_name());
+        assert!(!s.server.node_name.is_empty());
+    }
+
+    #[test]
+    fn type_errors_are_found_key_by_key_with_valid_values() {
+        let env = std::collections::HashMap::from([
+            ("ROOMCAST__SERVER__PORT".to_owned(), "abc".to_owned()),
+            ("ROOMCAST__LOG__FORMAT".to_owned(), "xml".to_owned()),
+            ("ROOMCAST__LOG__LEVEL".to_owned(), "verbose".to_owned()),
+        ]);
+        let errors = Settings::check(None, Some(env)).unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].contains("log.format") && text[0].contains("\"text\", \"json\""),
+            "{text:#?}"
+        );
+        assert!(text[1].contains("server.port"), "{text:#?}");
+        assert!(text[2].contains("log.level"), "{text:#?}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let mut s = Settings::defaults();
         s.engine.transports = vec!["carrier-pigeon".into()];
@@ -664,10 +1172,7 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let err = Settings::from_config(cfg).unwrap_err();
-        let cause = std::error::Error::source(&err)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        assert!(cause.contains("engine.ping_interval_ms"), "{cause}");
+        let err = Settings::from_config(cfg).unwrap_err().to_string();
+        assert!(err.contains("engine.ping_interval_ms"), "{err}");
     }
 }

@@ -5,15 +5,33 @@
 //! and bounded: transports, configured namespaces, the eight disconnect
 //! reasons; never a room name or an id. The hot paths (events, bytes,
 //! deliveries) touch plain atomic counters without labels.
+//!
+//! Every family is in the exposition from the start, each label value it
+//! can take at 0 (transports, reasons, limits, error-ack codes, configured
+//! namespaces): a query or an alert on a series that does not exist yet
+//! sees nothing rather than 0, and `rate()` misses the first event.
+//! Exceptions, by design: the `roomcast_redis_*` families exist only on a
+//! node with Redis configured (a single node is not "disconnected from
+//! Redis": `roomcast_redis_connected 0` there would page someone for
+//! nothing), and `roomcast_audit_database_up` only with an audit log.
+//!
+//! Beside them, unprefixed: `roomcast_build_info{version,node}` (the
+//! node's name, `server.node_name`) and the usual `process_*` families
+//! (resident and virtual memory, CPU seconds, open and maximum file
+//! descriptors, start time), read from `/proc/self` at each scrape, as
+//! prometheus-client has no process collector.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::adapter::AdapterStatus;
@@ -54,9 +72,24 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// `version="…",node="…"` of `roomcast_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate's version.
+    pub version: &'static str,
+    /// `server.node_name`.
+    pub node: String,
+}
+
+/// The codes of the error acks counted in `roomcast_invalid_events_total`
+/// (`conn::socketio`), declared at 0 from the start.
+pub const INVALID_EVENT_CODES: [&str; 4] = ["bad_request", "invalid_event", "invalid_room", "unknown_event"];
+
 /// Every metric of a server.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Unprefixed: the `process_*` families.
+    process: Registry,
     /// Open Engine.IO sessions by transport.
     pub sessions: Family<TransportLabel, Gauge>,
     /// Connected namespace sockets by namespace.
@@ -107,6 +140,10 @@ pub struct Metrics {
     audit_recorded: Counter,
     audit_dropped: Counter,
     audit_database_errors: Counter,
+    audit_spill_torn_lines: Counter,
+    audit_spill_unparsable_lines: Counter,
+    audit_spill_read_errors: Counter,
+    audit_database_up: Gauge,
     audit: Mutex<Option<AuditHandle>>,
 }
 
@@ -125,8 +162,11 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric at zero.
     pub fn new() -> Self {
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
         let m = Self {
             registry: Mutex::new(Registry::with_prefix("roomcast")),
+            process,
             sessions: Family::default(),
             sockets: Family::default(),
             handshakes: Family::default(),
@@ -158,8 +198,28 @@ impl Metrics {
             audit_recorded: Counter::default(),
             audit_dropped: Counter::default(),
             audit_database_errors: Counter::default(),
+            audit_spill_torn_lines: Counter::default(),
+            audit_spill_unparsable_lines: Counter::default(),
+            audit_spill_read_errors: Counter::default(),
+            audit_database_up: Gauge::default(),
             audit: Mutex::new(None),
         };
+        // Every label value that can occur, at 0 from the start.
+        for transport in ["polling", "websocket"] {
+            drop(m.sessions.get_or_create(&TransportLabel { transport }));
+            drop(m.handshakes.get_or_create(&TransportLabel { transport }));
+        }
+        for reason in crate::reason::DisconnectReason::ALL {
+            drop(m.disconnects.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
+        for limit in crate::limits::Limit::ALL {
+            drop(m.limit_breaches.get_or_create(&LimitLabel { limit: limit.as_str() }));
+        }
+        for code in INVALID_EVENT_CODES {
+            drop(m.invalid_events.get_or_create(&CodeLabel { code }));
+        }
         {
             // unwrap: the lock is new.
             let mut r = m.registry.lock().unwrap();
@@ -229,22 +289,6 @@ impl Metrics {
                 m.cluster_requests_dropped.clone(),
             );
             r.register(
-                "redis_connected",
-                "1 while subscribed to Redis (0: degraded or single node)",
-                m.redis_connected.clone(),
-            );
-            r.register(
-                "redis_published",
-                "Broadcasts published to Redis",
-                m.redis_published.clone(),
-            );
-            r.register(
-                "redis_received",
-                "Broadcasts received from other nodes",
-                m.redis_received.clone(),
-            );
-            r.register("redis_lost", "Cross-node broadcasts lost", m.redis_lost.clone());
-            r.register(
                 "audit_queue",
                 "Audit rows in memory, waiting for the database",
                 m.audit_queue.clone(),
@@ -266,14 +310,74 @@ impl Metrics {
                 "Failed writes to the audit database",
                 m.audit_database_errors.clone(),
             );
+            r.register(
+                "audit_spill_torn_lines",
+                "Torn last lines of a spill file (a crash or a full disk mid-write) set aside at start",
+                m.audit_spill_torn_lines.clone(),
+            );
+            r.register(
+                "audit_spill_unparsable_lines",
+                "Spill file lines that do not parse, set aside during replay",
+                m.audit_spill_unparsable_lines.clone(),
+            );
+            r.register(
+                "audit_spill_read_errors",
+                "Errors reading the spill file during replay (retried)",
+                m.audit_spill_read_errors.clone(),
+            );
         }
         m
     }
 
-    /// Reports the Redis adapter's state too.
+    /// The metrics of a node named `node` (`server.node_name`), with
+    /// `roomcast_build_info`.
+    pub fn for_node(node: &str) -> Self {
+        let m = Self::new();
+        let info = Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            node: node.to_owned(),
+        });
+        // unwrap: the lock is only held to register or encode.
+        m.registry.lock().unwrap().register(
+            "build",
+            "The running build and the node's name (server.node_name)",
+            info,
+        );
+        m
+    }
+
+    /// The namespaces clients may join (`socketio.namespaces`): their
+    /// `roomcast_sockets` series exist, at 0, from the start.
+    pub fn declare_namespaces(&self, namespaces: &[String]) {
+        for namespace in namespaces {
+            drop(self.sockets.get_or_create(&NamespaceLabel {
+                namespace: namespace.clone(),
+            }));
+        }
+    }
+
+    /// Reports the Redis adapter's state too: the `roomcast_redis_*`
+    /// families exist from here on, only on a node with Redis configured.
     pub fn watch_cluster(&self, status: Arc<AdapterStatus>) {
-        // unwrap: the lock is only held to set or clone.
+        // unwrap: the locks are only held to set, clone, register or encode.
         *self.cluster.lock().unwrap() = Some(status);
+        let mut r = self.registry.lock().unwrap();
+        r.register(
+            "redis_connected",
+            "1 while subscribed to Redis, 0 while reconnecting (only where redis.url is set)",
+            self.redis_connected.clone(),
+        );
+        r.register(
+            "redis_published",
+            "Broadcasts published to Redis",
+            self.redis_published.clone(),
+        );
+        r.register(
+            "redis_received",
+            "Broadcasts received from other nodes",
+            self.redis_received.clone(),
+        );
+        r.register("redis_lost", "Cross-node broadcasts lost", self.redis_lost.clone());
     }
 
     /// Reports the bytes of incomplete client input `held` says are held.
@@ -282,10 +386,15 @@ impl Metrics {
         *self.input_held_source.lock().unwrap() = Some(held);
     }
 
-    /// Reports the audit log's queue and spill file too.
+    /// Reports the audit log's queue, spill file and database too.
     pub fn watch_audit(&self, audit: AuditHandle) {
-        // unwrap: the lock is only held to set or read.
+        // unwrap: the locks are only held to set, read, register or encode.
         *self.audit.lock().unwrap() = Some(audit);
+        self.registry.lock().unwrap().register(
+            "audit_database_up",
+            "1 while the audit database took the writer's last write (or the migrations at start), 0 while it is retried and rows spill",
+            self.audit_database_up.clone(),
+        );
     }
 
     /// A session opened on `transport`.
@@ -353,10 +462,15 @@ impl Metrics {
             let stats = audit.stats();
             self.audit_queue.set(AuditStats::get(&stats.in_memory) as i64);
             self.audit_spill.set(audit.spill_bytes() as i64);
+            let down = stats.database_down.load(std::sync::atomic::Ordering::Relaxed);
+            self.audit_database_up.set(i64::from(!down));
             for (counter, value) in [
                 (&self.audit_recorded, &stats.accepted),
                 (&self.audit_dropped, &stats.dropped),
                 (&self.audit_database_errors, &stats.db_errors),
+                (&self.audit_spill_torn_lines, &stats.spill_torn_lines),
+                (&self.audit_spill_unparsable_lines, &stats.spill_unparsable_lines),
+                (&self.audit_spill_read_errors, &stats.spill_read_errors),
             ] {
                 let now = AuditStats::get(value);
                 counter.inc_by(now.saturating_sub(counter.get()));
@@ -365,14 +479,181 @@ impl Metrics {
         let registry = self.registry.lock().unwrap();
         let mut out = String::new();
         // A String never fails to take text.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.process);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
+    }
+}
+
+/// The `process_*` families, read from `/proc/self` at each scrape (the
+/// names and meanings of the Prometheus client libraries' process
+/// collectors). A value that cannot be read is left out.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times: `USER_HZ`, 100 on
+/// every Linux architecture's user-space ABI.
+const USER_HZ: f64 = 100.0;
+
+/// What `/proc/self` says about this process.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessReading {
+    resident_bytes: Option<u64>,
+    virtual_bytes: Option<u64>,
+    cpu_seconds: Option<f64>,
+    start_time_seconds: Option<f64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+}
+
+impl ProcessReading {
+    fn read() -> ProcessReading {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let mut reading = Self::parse(&status, &stat, &boot, &limits);
+        reading.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
+        reading
+    }
+
+    /// From the texts of `/proc/self/status`, `/proc/self/stat`,
+    /// `/proc/stat` and `/proc/self/limits`.
+    fn parse(status: &str, stat: &str, boot: &str, limits: &str) -> ProcessReading {
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|v| v * 1024)
+        };
+        // The fields after the command name, which may hold spaces and
+        // parentheses: utime is the 14th field of the line, stime the 15th,
+        // starttime (ticks after boot) the 22nd.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        let cpu_seconds = ticks(11).zip(ticks(12)).map(|(u, s)| (u + s) as f64 / USER_HZ);
+        let boot_time = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let start_time_seconds = boot_time.zip(ticks(19)).map(|(b, t)| b as f64 + t as f64 / USER_HZ);
+        let max_fds = limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok());
+        ProcessReading {
+            resident_bytes: kib("VmRSS:"),
+            virtual_bytes: kib("VmSize:"),
+            cpu_seconds,
+            start_time_seconds,
+            open_fds: None,
+            max_fds,
+        }
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let r = ProcessReading::read();
+        let gauges: [(&str, &str, Option<Unit>, Option<f64>); 5] = [
+            (
+                "process_resident_memory",
+                "Resident memory size",
+                Some(Unit::Bytes),
+                r.resident_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size",
+                Some(Unit::Bytes),
+                r.virtual_bytes.map(|v| v as f64),
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since the Unix epoch",
+                Some(Unit::Seconds),
+                r.start_time_seconds,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                r.open_fds.map(|v| v as f64),
+            ),
+            (
+                "process_max_fds",
+                "The open-file limit (soft)",
+                None,
+                r.max_fds.map(|v| v as f64),
+            ),
+        ];
+        if let Some(cpu) = r.cpu_seconds {
+            let unit = Unit::Seconds;
+            let metric = encoder.encode_descriptor(
+                "process_cpu",
+                "User and system CPU time spent",
+                Some(&unit),
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cpu).encode(metric)?;
+        }
+        for (name, help, unit, value) in gauges {
+            let Some(value) = value else { continue };
+            let metric = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_figures_come_from_proc() {
+        let status = "Name:\troomcast\nVmSize:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        // A command name with spaces and a parenthesis.
+        let stat = "42 (room cast) x) S 1 42 42 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 3 0 500 0 0";
+        let boot = "cpu  1 2 3\nbtime 1700000000\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 4096                 files\n";
+        let r = ProcessReading::parse(status, stat, boot, limits);
+        assert_eq!(
+            r,
+            ProcessReading {
+                resident_bytes: Some(1024 * 1024),
+                virtual_bytes: Some(2048 * 1024),
+                cpu_seconds: Some(2.0),
+                start_time_seconds: Some(1_700_000_005.0),
+                open_fds: None,
+                max_fds: Some(1024),
+            }
+        );
+        assert_eq!(ProcessReading::parse("", "", "", ""), ProcessReading::default());
+        let live = ProcessReading::read();
+        assert!(
+            live.resident_bytes.unwrap() > 0 && live.open_fds.unwrap() > 0,
+            "{live:?}"
+        );
+    }
+
+    #[test]
+    fn redis_families_only_with_redis() {
+        let m = Metrics::for_node("n1");
+        let text = m.render();
+        assert!(!text.contains("redis"), "{text}");
+        assert!(
+            text.contains("roomcast_build_info{version=\"0.1.0\",node=\"n1\"} 1"),
+            "{text}"
+        );
+        m.watch_cluster(Arc::new(AdapterStatus::default()));
+        assert!(m.render().contains("\nroomcast_redis_connected 0\n"));
+    }
 
     #[test]
     fn renders_counters_with_small_label_sets() {

@@ -16,7 +16,7 @@ use crate::api;
 use crate::audit::reader::AuditReader;
 use crate::audit::spill::Spill;
 use crate::audit::store::Store;
-use crate::audit::writer::{AuditWriter, Flush, WriterConfig};
+use crate::audit::writer::{AuditWriter, Cutoff, Flush, WriterConfig};
 use crate::audit::{AuditHandle, AuditStats, Recording};
 use crate::auth::Verifier;
 use crate::broker::{AttachCluster, Broker, BrokerConfig};
@@ -32,6 +32,7 @@ use crate::socketio::DecodeLimits;
 /// A built server, bound and ready to run.
 pub struct Application {
     port: u16,
+    admin_port: Option<u16>,
     server: Server,
     shutdown: Shutdown,
     /// The Socket.IO endpoint's sessions.
@@ -39,8 +40,13 @@ pub struct Application {
     events: tokio::sync::broadcast::Sender<SocketEvent>,
     /// The cluster adapter's state (never connected on a single node).
     pub cluster: Arc<AdapterStatus>,
-    /// This node's id (the Redis adapter's uid, the audit rows' `node`).
+    /// This process's id: the Redis adapter's uid, by which a node tells
+    /// its own messages apart, so unique per start (two processes may share
+    /// a name).
     pub node_id: Arc<str>,
+    /// This node's name (`server.node_name`): the audit rows' `node`, a
+    /// field of every log line, the `node` label of `roomcast_build_info`.
+    pub node_name: Arc<str>,
     /// Where audit events go.
     pub audit: AuditHandle,
 }
@@ -51,6 +57,48 @@ struct Audit {
     writer: Addr<AuditWriter>,
     reader: Addr<AuditReader>,
     arbiter: actix::ArbiterHandle,
+    /// The shutdown's deadline for the writer's database work.
+    cutoff: Cutoff,
+}
+
+/// What an operator should hear at start about a node open to the network:
+/// anonymous publishing, and sessions from any site's pages, on an address
+/// other than loopback (the defaults suit one machine; see
+/// config/production.toml).
+fn exposure_warnings(settings: &Settings) -> Vec<String> {
+    let host = settings.server.host.trim_matches(['[', ']']);
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Vec::new();
+    }
+    let auth = &settings.auth;
+    let mut warnings = Vec::new();
+    if !auth.anonymous_namespaces.is_empty() && !auth.anonymous_publish.is_empty() {
+        warnings.push(format!(
+            "anonymous sockets may publish (auth.anonymous_publish = {:?} in {:?}) on {host}, an address other than \
+             loopback: anyone who reaches it can send to those rooms (config/production.toml turns it off)",
+            auth.anonymous_publish, auth.anonymous_namespaces
+        ));
+    }
+    if settings.server.allowed_origins.is_empty() {
+        warnings.push(format!(
+            "server.allowed_origins is empty on {host}: pages of any site may open sessions with your users' \
+             cookies (list your sites, or set server.require_allowed_origins)"
+        ));
+    }
+    warnings
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// Everything (no `admin.address`).
+    Only,
+    /// The public listener beside an admin one: the Socket.IO endpoint, its
+    /// client bundle, health.
+    Public,
+    /// `admin.address`: everything, the operators' routes included.
+    Admin,
 }
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
@@ -59,9 +107,15 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 
 /// Starts the audit writer and reader on a new arbiter, where the
 /// database pool lives.
-fn start_audit(settings: &Settings, node_id: Arc<str>) -> std::io::Result<Audit> {
+fn start_audit(settings: &Settings, node_name: Arc<str>) -> std::io::Result<Audit> {
     let a = &settings.audit;
-    let spill = Arc::new(Spill::open(std::path::Path::new(&a.spill_file), a.spill_max_bytes)?);
+    let stats = Arc::new(AuditStats::default());
+    let spill = Arc::new(Spill::open(
+        &a.spill_path(),
+        a.spill_max_bytes,
+        a.spill_fsync,
+        &stats,
+    )?);
     let arbiter = actix::Arbiter::new().handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let database = settings.database.clone();
@@ -72,7 +126,7 @@ fn start_audit(settings: &Settings, node_id: Arc<str>) -> std::io::Result<Audit>
         .recv()
         .map_err(|_| invalid("the audit arbiter did not start"))?
         .map_err(invalid)?;
-    let stats = Arc::new(AuditStats::default());
+    let cutoff = Cutoff::default();
     let config = WriterConfig {
         queue: a.queue,
         batch_size: a.batch_size,
@@ -80,6 +134,7 @@ fn start_audit(settings: &Settings, node_id: Arc<str>) -> std::io::Result<Audit>
         retry_interval: Duration::from_millis(a.retry_interval_ms),
         retention: (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days * 86_400)),
         prune_interval: Duration::from_secs(a.prune_interval_s),
+        cutoff: cutoff.clone(),
     };
     let (s, sp, st) = (store.clone(), spill.clone(), stats.clone());
     let queue = a.queue;
@@ -93,12 +148,13 @@ fn start_audit(settings: &Settings, node_id: Arc<str>) -> std::io::Result<Audit>
         disconnects: a.record_disconnects,
         handshake_refusals: a.record_handshake_refusals,
     };
-    let handle = AuditHandle::new(writer.clone().recipient(), node_id, spill, stats, recording);
+    let handle = AuditHandle::new(writer.clone().recipient(), node_name, spill, stats, recording);
     Ok(Audit {
         handle,
         writer,
         reader,
         arbiter,
+        cutoff,
     })
 }
 
@@ -106,22 +162,38 @@ impl Application {
     /// Binds the listener and assembles the server. Must run inside an actix
     /// system (`#[actix_web::main]` or `#[actix_web::test]`).
     pub fn build(settings: Settings) -> std::io::Result<Application> {
+        for warning in exposure_warnings(&settings) {
+            tracing::warn!("{warning}");
+        }
         let listener = bind(
             &settings.server.host,
             settings.server.port,
             settings.server.listen_backlog,
         )?;
         let port = listener.local_addr()?.port();
+        let admin_listener = match settings.admin.address.trim() {
+            "" => None,
+            address => {
+                let at: std::net::SocketAddr = address
+                    .parse()
+                    .map_err(|e| invalid(format!("admin.address {address:?} is not host:port: {e}")))?;
+                Some(bind(&at.ip().to_string(), at.port(), settings.server.listen_backlog)?)
+            }
+        };
+        let admin_port = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?.map(|a| a.port());
 
         let node_id: Arc<str> = crate::engineio::generate_sid().into();
+        let node_name: Arc<str> = settings.server.node_name.as_str().into();
         let Audit {
             handle: audit,
             writer: audit_writer,
             reader: audit_reader,
             arbiter: audit_arbiter,
-        } = start_audit(&settings, node_id.clone())?;
+            cutoff: audit_cutoff,
+        } = start_audit(&settings, node_name.clone())?;
         let (events, _) = tokio::sync::broadcast::channel(4096);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_node(&node_name));
+        metrics.declare_namespaces(&settings.socketio.namespaces);
         let broker = Broker::new(BrokerConfig {
             max_rooms_per_socket: settings.rooms.max_per_socket,
             max_rooms: settings.rooms.max_total,
@@ -138,6 +210,7 @@ impl Application {
                 RedisConfig {
                     node_id: node_id.to_string(),
                     url: r.url.clone(),
+                    tls_ca_file: r.tls_ca_file.clone(),
                     key: r.key.clone(),
                     namespaces: settings.socketio.namespaces.clone(),
                     command_timeout: Duration::from_millis(r.command_timeout_ms),
@@ -173,7 +246,14 @@ impl Application {
             metrics.watch_cluster(status.clone());
         }
         metrics.watch_audit(audit.clone());
-        let ops = web::Data::new(OpsState::new(metrics.clone(), cluster_status).with_audit(audit.stats().clone()));
+        let ops = web::Data::new(
+            OpsState::new(metrics.clone(), cluster_status)
+                .with_audit(audit.stats().clone())
+                .with_locations(
+                    crate::config::location(&settings.redis.url),
+                    crate::config::location(&settings.database.url),
+                ),
+        );
         let api = web::Data::new(api::ApiState {
             broker: broker.clone(),
             keys: settings.api.keys.clone(),
@@ -224,6 +304,14 @@ impl Application {
             max_connections,
             vec![sio_registry.clone(), echo_registry.clone()],
         ));
+        // `/readyz` is 503 at the cap (and while draining), never for Redis
+        // or the database (see `ops`); the watcher logs their changes.
+        let counted = cap.clone();
+        ops.watch_sessions(Box::new(move || (counted.open(), counted.max())));
+        actix_web::rt::spawn(ops::watch(
+            Arc::downgrade(&ops.clone().into_inner()),
+            Duration::from_secs(1),
+        ));
         let endpoint = |app: App, registry: Registry| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
                 vec![TransportKind::WebSocket.as_str()]
@@ -266,17 +354,20 @@ impl Application {
         let ops_state = ops.clone().into_inner();
         let guards_data = web::Data::from(guards);
         let limits = settings.limits.clone();
-        let make_app = move || {
+        let make_app = move |role: Listener| {
             let cors = cors(&server_settings.cors_allowed_origins);
             // CORS headers only where origins are configured; without them a
             // cross-site page gets none (same-origin requests are unaffected).
             let cors = actix_web::middleware::Condition::new(!server_settings.cors_allowed_origins.is_empty(), cors);
+            let private = role != Listener::Public;
             let mut app = WebApp::new()
                 .app_data(guards_data.clone())
                 .wrap(cors)
                 .wrap(actix_web::middleware::from_fn(http::head_limits))
-                .service(api::scope(api.clone(), max_payload))
-                .configure(ops::configure(ops.clone(), &server_settings.path));
+                .configure(ops::configure(ops.clone(), &server_settings.path, private));
+            if private {
+                app = app.service(api::scope(api.clone(), max_payload));
+            }
             for (path, data) in [
                 (&server_settings.path, Some(&socketio)),
                 (&server_settings.echo_path, echo.as_ref()),
@@ -313,36 +404,55 @@ impl Application {
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        let server = server.listen("roomcast", listener, move || {
-            use actix_service::IntoServiceFactory as _;
-            // Nothing reads the App's host or local address from its
-            // config: requests carry their own.
-            let config = AppConfig::default();
-            let upgrade = crate::transport::handover::factory(make_app().into_factory(), config.clone());
-            actix_http::HttpService::build()
-                // Slow headers and idle connections (`[limits]`).
-                .client_request_timeout(request_head)
-                .keep_alive(keep_alive)
-                .local_addr(local)
-                .on_connect_ext(crate::transport::websocket::record_fd)
-                // Upgrade requests: the same App, then the socket is taken
-                // over (src/transport/handover.rs).
-                .upgrade(upgrade)
-                .finish(actix_service::map_config(make_app().into_factory(), move |_| {
-                    config.clone()
-                }))
-                .tcp()
-        })?;
+        // One HTTP service per listener: the same App (for its role), and
+        // upgrade requests through the handover (src/transport/handover.rs).
+        let serve = move |role: Listener, local: std::net::SocketAddr| {
+            let make_app = make_app.clone();
+            move || {
+                use actix_service::IntoServiceFactory as _;
+                // Nothing reads the App's host or local address from its
+                // config: requests carry their own.
+                let config = AppConfig::default();
+                let upgrade = crate::transport::handover::factory(make_app(role).into_factory(), config.clone());
+                actix_http::HttpService::build()
+                    // Slow headers and idle connections (`[limits]`).
+                    .client_request_timeout(request_head)
+                    .keep_alive(keep_alive)
+                    .local_addr(local)
+                    .on_connect_ext(crate::transport::websocket::record_fd)
+                    // Upgrade requests: the same App, then the socket is
+                    // taken over (src/transport/handover.rs).
+                    .upgrade(upgrade)
+                    .finish(actix_service::map_config(make_app(role).into_factory(), move |_| {
+                        config.clone()
+                    }))
+                    .tcp()
+            }
+        };
+        let public = if admin_listener.is_some() {
+            Listener::Public
+        } else {
+            Listener::Only
+        };
+        let mut server = server.listen("roomcast", listener, serve(public, local))?;
+        if let Some(admin) = admin_listener {
+            let admin_local = admin.local_addr()?;
+            tracing::info!(address = %admin_local, "admin listener: /metrics, /dashboard, /api/v1");
+            server = server.listen("roomcast-admin", admin, serve(Listener::Admin, admin_local))?;
+        }
         let server = server.run();
         Ok(Application {
             port,
+            admin_port,
             shutdown: Shutdown {
                 registries,
                 server: server.handle(),
                 ops: ops_state,
                 drain_window: Duration::from_millis(settings.server.drain_window_ms),
                 drain_batches: settings.server.drain_batches.max(1),
+                flush_window: Duration::from_millis(settings.audit.shutdown_flush_ms),
                 audit: audit_writer,
+                audit_cutoff,
                 audit_arbiter,
             },
             server,
@@ -350,6 +460,7 @@ impl Application {
             events,
             cluster,
             node_id,
+            node_name,
             audit,
         })
     }
@@ -362,6 +473,11 @@ impl Application {
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The admin listener's port, when `admin.address` is set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_port
     }
 
     /// Runs until the server is stopped. SIGINT or SIGTERM runs
@@ -388,7 +504,7 @@ impl Application {
     }
 }
 
-/// Stops the server gracefully.
+/// Stops the server, within one bound ([`Shutdown::bound`]).
 #[derive(Clone)]
 pub struct Shutdown {
     registries: Vec<Registry>,
@@ -396,20 +512,53 @@ pub struct Shutdown {
     ops: Arc<OpsState>,
     drain_window: Duration,
     drain_batches: usize,
+    /// `audit.shutdown_flush_ms`: the flush's part of the bound.
+    flush_window: Duration,
     audit: Addr<AuditWriter>,
+    /// Reaches a database write in flight, which holds the writer.
+    audit_cutoff: Cutoff,
     audit_arbiter: actix::ArbiterHandle,
 }
 
+/// The end of the flush window kept for appending what the database did
+/// not take to the spill file (at most `queue + batch_size` rows: a few
+/// MB, written in milliseconds), at most a quarter of the window.
+const SPILL_MARGIN: Duration = Duration::from_millis(300);
+
 impl Shutdown {
-    /// Drains the server within `server.drain_window_ms`: new sessions are
-    /// refused (503) and `/readyz` turns false at once; the open sessions
-    /// are closed with "server shutting down" in `server.drain_batches`
-    /// batches spread over the first three quarters of the window (no
-    /// Socket.IO DISCONNECT is sent, so clients reconnect, behind a balancer
-    /// to another node, and not all at the same moment); the rest of the
-    /// window lets the last ones end (polling sessions deliver what is
-    /// buffered first). Then the audit log is flushed (to the database, or
-    /// else the spill file) and the workers and the audit arbiter stop.
+    /// The longest [`Self::run`] takes: `server.drain_window_ms +
+    /// audit.shutdown_flush_ms` (12 s by default). What stops the process
+    /// must wait longer before it kills it: compose's `stop_grace_period`
+    /// and `scripts/cluster stop` wait 15 s (`docker stop` alone waits
+    /// 10 s: give it `-t 15`).
+    pub fn bound(&self) -> Duration {
+        self.drain_window + self.flush_window
+    }
+
+    /// Drains the server and flushes the audit log within [`Self::bound`]:
+    /// 1. new sessions are refused (503) and `/readyz` turns false at once;
+    /// 2. the open sessions are closed with "server shutting down" in
+    ///    `server.drain_batches` batches spread over the first three
+    ///    quarters of `server.drain_window_ms` (no Socket.IO DISCONNECT is
+    ///    sent, so clients reconnect, behind a balancer to another node, and
+    ///    not all at the same moment). Each close records its audit row at
+    ///    once. A WebSocket gets what was queued and a close frame; a
+    ///    polling GET that is pending is answered at once (with what is
+    ///    buffered, else the close packet); a polling session with no GET
+    ///    out keeps its last answer for its client's next GET;
+    /// 3. the drain ends when every session is gone, a quarter of the
+    ///    window after the last batch at the latest (so within the window):
+    ///    a polling client that never polls again holds nothing past it;
+    /// 4. the audit log is flushed: the database gets until
+    ///    `audit.shutdown_flush_ms` after the drain (less a margin to
+    ///    spill); what it has not taken by then, or at all when it is
+    ///    known to be down, goes to the spill file, for the next start;
+    /// 5. the HTTP server stops at once (forced: a graceful stop would wait
+    ///    for every connection to end, idle keep-alive ones included,
+    ///    `limits.keep_alive_ms`, or up to actix's 30 s for one that does
+    ///    not; the sessions are closed and their last answers written by
+    ///    now), rows recorded meanwhile are spilled, and the audit arbiter
+    ///    stops.
     pub async fn run(&self) {
         use crate::conn::messages::CloseSession;
         use crate::engineio::CloseCause;
@@ -417,23 +566,40 @@ impl Shutdown {
         let started = tokio::time::Instant::now();
         self.ops.start_draining();
         let sessions: Vec<_> = self.registries.iter().flat_map(|r| r.addrs()).collect();
-        tracing::info!(sessions = sessions.len(), window = ?self.drain_window, batches = self.drain_batches, "draining");
+        tracing::info!(
+            sessions = sessions.len(),
+            window = ?self.drain_window,
+            batches = self.drain_batches,
+            bound = ?self.bound(),
+            "draining"
+        );
         let per_batch = sessions.len().div_ceil(self.drain_batches).max(1);
         let gap = self.drain_window * 3 / 4 / self.drain_batches as u32;
+        let mut last_batch = started;
         for (i, batch) in sessions.chunks(per_batch).enumerate() {
-            tokio::time::sleep_until(started + gap * i as u32).await;
+            last_batch = started + gap * i as u32;
+            tokio::time::sleep_until(last_batch).await;
             for addr in batch {
                 let cause = CloseCause::new(DisconnectReason::ServerShuttingDown, "server shutting down");
                 addr.do_send(CloseSession(cause));
             }
         }
-        let deadline = started + self.drain_window;
+        // A quarter of the window after the last batch: time for a polling
+        // client to come for its last answer, which a live one does at once.
+        let deadline = (last_batch + self.drain_window / 4).min(started + self.drain_window);
         while self.registries.iter().any(|r| !r.is_empty()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.flush_audit().await;
-        self.server.stop(true).await;
+        let end = tokio::time::Instant::now() + self.flush_window;
+        let margin = SPILL_MARGIN.min(self.flush_window / 4);
+        self.audit_cutoff.set(end - margin);
+        let flushed = self.flush_audit_until(end - margin / 2).await;
+        self.server.stop(false).await;
+        // Sessions the stop ended may have recorded rows: the cutoff is
+        // (nearly) past, so they go to the spill file if not yet written.
+        let swept = self.flush_audit_until(end).await;
         self.audit_arbiter.stop();
+        tracing::info!(took = ?started.elapsed(), audit_flushed = flushed && swept, "shut down");
     }
 
     /// Writes every audit row accepted so far to the database (or the spill
@@ -442,10 +608,27 @@ impl Shutdown {
         match self.audit.send(Flush).await {
             Ok(true) => true,
             Ok(false) => {
-                tracing::warn!("audit database unavailable at shutdown: rows kept in the spill file");
+                tracing::warn!("audit database unavailable: rows kept in the spill file");
                 false
             }
             Err(_) => false,
+        }
+    }
+
+    /// [`Self::flush_audit`], given up at `deadline` (the writer answers
+    /// before it: the cutoff stops its database work earlier).
+    async fn flush_audit_until(&self, deadline: tokio::time::Instant) -> bool {
+        match tokio::time::timeout_at(deadline, self.audit.send(Flush)).await {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => {
+                tracing::warn!("audit database unavailable at shutdown: rows kept in the spill file");
+                false
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::error!("audit flush did not finish within audit.shutdown_flush_ms");
+                false
+            }
         }
     }
 }
@@ -509,8 +692,14 @@ async fn wait_for_signal() -> std::io::Result<()> {
 
 /// Binds the listening socket with an explicit listen(2) backlog (std's
 /// `TcpListener::bind` picks its own), trying each address the host resolves
-/// to, as `bind` does.
+/// to, as `bind` does. An error names the address (a port in use says which
+/// one), keeping its kind.
 fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
+    bind_any(host, port, backlog)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {host}:{port}: {e}")))
+}
+
+fn bind_any(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     use std::net::ToSocketAddrs as _;
     let mut last = None;
@@ -549,6 +738,21 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_node_on_a_public_address_is_warned_about() {
+        let mut s = Settings::defaults();
+        s.server.host = "127.0.0.1".into();
+        assert!(exposure_warnings(&s).is_empty(), "loopback: one machine");
+        s.server.host = "0.0.0.0".into();
+        let warnings = exposure_warnings(&s);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("auth.anonymous_publish"));
+        assert!(warnings[1].contains("server.allowed_origins"));
+        s.auth.anonymous_publish.clear();
+        s.server.allowed_origins = vec!["https://app.example.com".into()];
+        assert!(exposure_warnings(&s).is_empty());
+    }
 
     #[test]
     fn the_derived_cap_leaves_a_reserve_and_two_files_per_session() {

@@ -942,12 +942,16 @@ async fn connect_timeout_and_slow_consumer_are_forced_closes() {
 }
 
 /// Two nodes of a cluster write to one PostgreSQL table, each with its
-/// node id (their migrations at start-up do not collide).
+/// node name, `server.node_name` (their migrations at start-up do not
+/// collide).
 #[actix_web::test]
 async fn cluster_nodes_share_one_postgres_table() {
     let db = TestDb::new(Backend::Postgres).await;
-    let nodes = [server(&db, |_| {}), server(&db, |_| {})];
-    assert_ne!(nodes[0].audit.node(), nodes[1].audit.node());
+    let nodes = [
+        server(&db, |s| s.server.node_name = "node-a".into()),
+        server(&db, |s| s.server.node_name = "node-b".into()),
+    ];
+    assert_eq!((nodes[0].audit.node(), nodes[1].audit.node()), ("node-a", "node-b"));
     let mut sids = Vec::new();
     for node in &nodes {
         let (mut ws, sid) = open_as(node, "cluster/1").await;

@@ -20,7 +20,13 @@
 //!   (deploy/healthcheck run against it), while a wrong route fails;
 //! - the Dockerfile builds roomcast (with the socket.io-client bundle from
 //!   an npm stage) and runs it as a non-root user in a slim stage; the
-//!   build context leaves out target/ and node_modules.
+//!   build context leaves out target/ and node_modules;
+//! - what stops a node (compose's `stop_grace_period` with `stop_signal`
+//!   SIGTERM, the image's STOPSIGNAL, scripts/cluster's STOP_TIMEOUT) waits
+//!   longer than its shutdown bound (`server.drain_window_ms +
+//!   audit.shutdown_flush_ms`) plus a second;
+//! - the spill files live in a named volume the image prepares, one file
+//!   per replica (`{host}` in `audit.spill_file`).
 #![cfg(unix)]
 
 mod common;
@@ -51,8 +57,19 @@ fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("docker-compose.yml has no service {name:?}"))
 }
 
+/// The secrets compose requires (`${VAR:?…}`: no baked-in values), as a
+/// test sets them; README lists them.
+const SECRETS: [(&str, &str); 5] = [
+    ("ROOMCAST_API_KEY", "deployment-test-api-key"),
+    ("ROOMCAST_JWT_SECRET", "deployment-test-jwt-secret-of-32-bytes-or-more"),
+    ("ROOMCAST_ALLOWED_ORIGINS", "https://app.example.com"),
+    ("ROOMCAST_POSTGRES_PASSWORD", "deployment-test-password"),
+    ("ROOMCAST_LB_COOKIE_KEY", "deployment-test-cookie-key"),
+];
+
 /// Compose's `${VAR:-default}` / `${VAR-default}` / `${VAR}` with nothing
-/// set in the shell: the defaults.
+/// set in the shell but [`SECRETS`]: the defaults, and the secrets for the
+/// required `${VAR:?message}`.
 fn interpolate(value: &str) -> String {
     let mut out = String::new();
     let mut rest = value;
@@ -60,13 +77,11 @@ fn interpolate(value: &str) -> String {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}').expect("closing brace") + start;
         let inner = &rest[start + 2..end];
-        if let Some((_, default)) = inner.split_once(":-").or_else(|| inner.split_once('-')) {
+        if let Some((name, _)) = inner.split_once(":?") {
+            let secret = SECRETS.iter().find(|(n, _)| *n == name);
+            out.push_str(secret.unwrap_or_else(|| panic!("{value}: {name} is required but not in SECRETS")).1);
+        } else if let Some((_, default)) = inner.split_once(":-").or_else(|| inner.split_once('-')) {
             out.push_str(default);
-        } else {
-            assert!(
-                !inner.contains(":?"),
-                "{value}: a required variable would stop `docker compose up` without a .env"
-            );
         }
         rest = &rest[end + 1..];
     }
@@ -195,14 +210,22 @@ fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
     // The image's ENV, then compose's environment over it.
     let mut env = dockerfile_runtime_env();
     env.extend(environment(node));
+    // The profile: a file the image has, copied from config/.
+    let profile = env.remove("ROOMCAST_CONFIG").map(|in_image| {
+        let copy = dockerfile_instruction(&dockerfile_stages().pop().expect("a stage"), "COPY")
+            .into_iter()
+            .find(|c| c.trim().ends_with(&format!(" {in_image}")))
+            .unwrap_or_else(|| panic!("ROOMCAST_CONFIG={in_image}: the Dockerfile copies no file there"));
+        repo().join(copy.split_whitespace().next().expect("COPY SOURCE DEST"))
+    });
     for var in env.keys().filter(|k| k.starts_with("ROOMCAST")) {
         assert!(
             var.starts_with("ROOMCAST__"),
-            "{var}: roomcast reads ROOMCAST__<SECTION>__<KEY>"
+            "{var}: roomcast reads ROOMCAST__<SECTION>__<KEY> (and ROOMCAST_CONFIG)"
         );
         assert_real_key(var, &format!("the {name} service or the Dockerfile"));
     }
-    let settings = Settings::load_with_env(None, Some(env.clone())).unwrap_or_else(|e| {
+    let settings = Settings::load_with_env(profile.as_deref(), Some(env.clone())).unwrap_or_else(|e| {
         panic!(
             "the {name} service's environment: {e}: {:?}",
             std::error::Error::source(&e)
@@ -283,11 +306,15 @@ fn the_node_service_scales_and_everything_waits_for_healthy_dependencies() {
         assert!(waited_for.contains(needed), "something waits for {needed}");
     }
     // Configuration only through the environment: no config file mounted
-    // into the nodes, no command-line profile.
-    assert!(
-        node.get("volumes").is_none() && node.get("command").is_none(),
-        "{name}: environment only"
-    );
+    // into the nodes (named volumes for data only), no command-line profile.
+    assert!(node.get("command").is_none(), "{name}: environment only");
+    for mount in node.get("volumes").and_then(Value::as_sequence).into_iter().flatten() {
+        let source = mount.as_str().and_then(|m| m.split(':').next()).unwrap_or_default();
+        assert!(
+            !source.is_empty() && !source.starts_with(['.', '/', '~']),
+            "{name}: {mount:?} mounts a host path; environment only (named volumes for data)"
+        );
+    }
 }
 
 /// The lines of deploy/haproxy.cfg HAProxy reads when exactly `defined` are
@@ -611,4 +638,222 @@ fn the_image_builds_with_the_client_bundle_and_runs_unprivileged_in_a_slim_stage
             ".dockerignore leaves out {excluded}"
         );
     }
+}
+
+/// `docker compose` (the plugin) or `docker-compose`; the command to run
+/// `config` with.
+fn compose_cli() -> Command {
+    let plugin = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if plugin {
+        let mut cmd = Command::new("docker");
+        cmd.arg("compose");
+        return cmd;
+    }
+    let standalone = Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        standalone,
+        "neither `docker compose` nor `docker-compose` runs: install one (Debian: apt-get install docker-compose; \
+         scripts/test does) — `config` needs no Docker engine"
+    );
+    Command::new("docker-compose")
+}
+
+/// `docker compose config` in the repository with `secrets` set (and every
+/// other ROOMCAST variable of the caller's environment removed).
+fn compose_config(secrets: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = compose_cli();
+    cmd.current_dir(repo()).args(["-f", "docker-compose.yml", "config"]);
+    for (name, _) in SECRETS {
+        cmd.env_remove(name);
+    }
+    cmd.envs(secrets.iter().copied());
+    cmd.output().expect("compose runs")
+}
+
+#[test]
+fn compose_refuses_to_start_without_its_secrets_and_publishes_only_the_balancer() {
+    assert!(
+        !repo().join(".env").exists(),
+        "a .env in the repository would hand compose its secrets"
+    );
+    // Without any secret, and without each one in turn: refused, naming it.
+    let none = compose_config(&[]);
+    assert!(!none.status.success(), "compose config passed without secrets");
+    for (missing, _) in SECRETS {
+        let others: Vec<_> = SECRETS.iter().copied().filter(|(n, _)| *n != missing).collect();
+        let out = compose_config(&others);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "compose config passed without {missing}");
+        assert!(stderr.contains(missing), "the refusal names {missing}:\n{stderr}");
+    }
+    // With them: accepted; only the balancer publishes a port, and no secret
+    // has a default.
+    let out = compose_config(&SECRETS);
+    assert!(
+        out.status.success(),
+        "compose config with every secret:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resolved: Value = serde_norway::from_slice(&out.stdout).expect("compose config prints YAML");
+    let services = resolved["services"].as_mapping().expect("services");
+    let publishing: Vec<&str> = services
+        .iter()
+        .filter(|(_, s)| s.get("ports").is_some())
+        .map(|(n, _)| n.as_str().unwrap())
+        .collect();
+    assert_eq!(publishing, ["lb"], "only the balancer publishes a port");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (_, value) in SECRETS {
+        assert!(text.contains(value), "{value} reaches the services");
+    }
+    for baked in ["change-me", "compose-api-key", "POSTGRES_PASSWORD: roomcast"] {
+        assert!(!text.contains(baked), "a baked-in secret: {baked}");
+    }
+    // The balancer forwards the nodes' public port, not their admin one.
+    let compose = compose();
+    let (_, node) = node_service(&compose);
+    let env = environment(node);
+    let admin = env.get("ROOMCAST__ADMIN__ADDRESS").expect("the nodes have an admin listener");
+    let admin_port = admin.rsplit(':').next().unwrap();
+    assert_ne!(admin_port, env["ROOMCAST__SERVER__PORT"]);
+    assert_eq!(
+        environment(service(&compose, "lb"))["ROOMCAST_NODES_PORT"],
+        env["ROOMCAST__SERVER__PORT"]
+    );
+}
+
+#[test]
+fn the_production_profile_turns_anonymous_access_off_and_requires_origins() {
+    let profile = repo().join("config/production.toml");
+    let secrets = |origins: &str| {
+        let mut env = HashMap::new();
+        env.insert(
+            "ROOMCAST__AUTH__JWT_SECRET".to_string(),
+            "deployment-test-jwt-secret-of-32-bytes-or-more".to_string(),
+        );
+        env.insert("ROOMCAST__SERVER__ALLOWED_ORIGINS".to_string(), origins.to_string());
+        env
+    };
+    let settings = Settings::load_with_env(Some(&profile), Some(secrets("https://app.example.com")))
+        .expect("the production profile with its secrets");
+    assert!(settings.auth.anonymous_namespaces.is_empty());
+    assert!(settings.auth.anonymous_subscribe.is_empty() && settings.auth.anonymous_publish.is_empty());
+    assert_eq!(settings.server.allowed_origins, ["https://app.example.com"]);
+    let err = Settings::load_with_env(Some(&profile), Some(secrets(""))).expect_err("no origins: refused");
+    assert!(err.to_string().contains("server.allowed_origins"), "{err}");
+}
+
+/// The nodes' configuration as compose gives it: the image's ENV, compose's
+/// environment over it, the profile ROOMCAST_CONFIG names.
+fn node_settings() -> Settings {
+    let compose = compose();
+    let (_, node) = node_service(&compose);
+    let mut env = dockerfile_runtime_env();
+    env.extend(environment(node));
+    let profile = env.remove("ROOMCAST_CONFIG").map(|in_image| {
+        let copy = dockerfile_instruction(&dockerfile_stages().pop().expect("a stage"), "COPY")
+            .into_iter()
+            .find(|c| c.trim().ends_with(&format!(" {in_image}")))
+            .unwrap_or_else(|| panic!("ROOMCAST_CONFIG={in_image}: the Dockerfile copies no file there"));
+        repo().join(copy.split_whitespace().next().expect("COPY SOURCE DEST"))
+    });
+    Settings::load_with_env(profile.as_deref(), Some(env)).expect("the nodes' configuration loads")
+}
+
+/// What a node's shutdown may take: `server.drain_window_ms +
+/// audit.shutdown_flush_ms` (`roomcast::startup::Shutdown::bound`).
+fn shutdown_bound(settings: &Settings) -> std::time::Duration {
+    std::time::Duration::from_millis(settings.server.drain_window_ms + settings.audit.shutdown_flush_ms)
+}
+
+/// Time for the process to exit after its shutdown ends, and for whatever
+/// stops it to notice, kept on top of the bound.
+const EXIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[test]
+fn whatever_stops_a_node_waits_longer_than_its_shutdown_bound() {
+    let compose = compose();
+    let (name, node) = node_service(&compose);
+    let bound = shutdown_bound(&node_settings());
+    // Compose: SIGTERM, then SIGKILL after stop_grace_period.
+    assert_eq!(
+        node.get("stop_signal").and_then(Value::as_str),
+        Some("SIGTERM"),
+        "the {name} service stops its nodes with SIGTERM (the drain)"
+    );
+    let grace = node
+        .get("stop_grace_period")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("the {name} service sets stop_grace_period (Docker's default is 10 s)"));
+    let grace = humantime::parse_duration(grace).expect("stop_grace_period is a duration");
+    assert!(
+        grace >= bound + EXIT_MARGIN,
+        "stop_grace_period {grace:?} vs the shutdown bound {bound:?} (drain_window_ms + shutdown_flush_ms)"
+    );
+    // The image: SIGTERM too (`docker stop` without compose).
+    let runtime = dockerfile_stages().pop().expect("a stage");
+    assert_eq!(dockerfile_instruction(&runtime, "STOPSIGNAL"), ["SIGTERM"]);
+    // scripts/cluster: its SIGKILL comes after STOP_TIMEOUT seconds, and
+    // its nodes run with the defaults.
+    let script = read("scripts/cluster");
+    let timeout: u64 = script
+        .lines()
+        .find_map(|l| l.strip_prefix("STOP_TIMEOUT="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("scripts/cluster sets STOP_TIMEOUT=<seconds>");
+    let defaults = shutdown_bound(&Settings::defaults());
+    assert!(
+        std::time::Duration::from_secs(timeout) >= defaults + EXIT_MARGIN,
+        "scripts/cluster's STOP_TIMEOUT {timeout}s vs the shutdown bound {defaults:?}"
+    );
+}
+
+#[test]
+fn the_spill_files_live_in_a_named_volume_one_per_replica() {
+    let compose = compose();
+    let (name, node) = node_service(&compose);
+    let settings = node_settings();
+    // A relative spill file is under the image's WORKDIR.
+    let runtime = dockerfile_stages().pop().expect("a stage");
+    let workdir = dockerfile_instruction(&runtime, "WORKDIR")
+        .pop()
+        .expect("the runtime stage has a WORKDIR");
+    let spill = Path::new(workdir.trim()).join(&settings.audit.spill_file);
+    let mounts: Vec<&str> = node
+        .get("volumes")
+        .and_then(Value::as_sequence)
+        .unwrap_or_else(|| panic!("the {name} service mounts a volume for its data"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let named = compose.get("volumes").and_then(Value::as_mapping);
+    let holder = mounts
+        .iter()
+        .filter_map(|m| m.split_once(':'))
+        .find(|(_, target)| spill.starts_with(target.split(':').next().unwrap_or_default()))
+        .unwrap_or_else(|| panic!("no volume of {mounts:?} holds the spill file {}", spill.display()));
+    assert!(
+        named.is_some_and(|v| v.contains_key(holder.0)),
+        "{}: a named volume (declared under `volumes:`), which outlives the container",
+        holder.0
+    );
+    // Replicas share the volume: each needs a file of its own.
+    assert!(
+        settings.audit.spill_file.contains("{host}"),
+        "{}: one spill file per replica ({{host}})",
+        settings.audit.spill_file
+    );
+    // The image makes the mount point, owned by roomcast.
+    let runs = dockerfile_instruction(&runtime, "RUN").join("\n");
+    let target = holder.1.split(':').next().unwrap_or_default();
+    assert!(
+        runs.contains(&format!("mkdir -p {target}")) && runs.contains("roomcast:roomcast"),
+        "the image creates {target} for the roomcast user: {runs}"
+    );
 }

@@ -3,8 +3,8 @@
 //!   (polling GET and WebSocket upgrade, on either endpoint) is answered 503
 //!   with `Retry-After` and the Engine.IO JSON body, counted in
 //!   `roomcast_limit_breaches_total{limit="max_connections"}`; `/healthz`,
-//!   `/readyz` and `/metrics` keep answering; a session that ends frees its
-//!   place;
+//!   `/readyz` (503: not ready at the cap) and `/metrics` keep answering; a
+//!   session that ends frees its place;
 //! - a validly signed JWT whose `exp` is above `i64::MAX` is refused with
 //!   CONNECT_ERROR `invalid_token` (it used to panic the connection actor):
 //!   the same connection and a bystander go on working;
@@ -107,10 +107,12 @@ async fn sessions_beyond_max_connections_get_503() {
         &format!("WebSocket upgrade: {}", refused.head),
     );
 
-    // The operations endpoints answer at the cap.
+    // The operations endpoints answer at the cap; /readyz with 503, so a
+    // balancer sends new clients to another node.
     for path in ["/healthz", "/readyz", "/metrics"] {
         let resp = http.get(format!("{}{path}", server.http())).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
+        let expected = if path == "/readyz" { 503 } else { 200 };
+        assert_eq!(resp.status(), expected, "{path}");
     }
     assert_eq!(
         counter(&server, r#"roomcast_limit_breaches_total{limit="max_connections"}"#).await,
@@ -279,7 +281,10 @@ async fn the_api_key_is_checked_before_the_body_is_read() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"recipients": 0}));
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"local_recipients": 0, "cluster": false, "recipients": 0})
+    );
     let resp = http
         .post(format!("{}/api/v1/publish", server.http()))
         .bearer_auth(KEY)

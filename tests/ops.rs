@@ -3,15 +3,19 @@
 //!   by transport, sockets by namespace, deliveries and their
 //!   publish-to-write latency, events and bytes both ways, disconnects by
 //!   reason;
-//! - `/healthz` answers; `/readyz` is ready on a single node and not ready
-//!   while the configured Redis is unreachable;
+//! - `/healthz` answers; `/readyz` is ready on a single node, and stays
+//!   ready (200) while the configured Redis or the audit database is
+//!   unreachable, which its body reports (more in tests/readiness.rs);
 //! - draining (a real roomcast process and SIGTERM): `/readyz` turns false
 //!   and new sessions are refused with 503 at once, the connected clients
 //!   are closed with "server shutting down" (WebSocket close 1001) in
 //!   batches spread over the drain window, the audit log is flushed (every
 //!   closed session's row is in the database after the exit), and the
 //!   process exits 0 within it;
-//! - the audit queue and spill file are reported by `/metrics`.
+//! - the audit queue and spill file are reported by `/metrics`;
+//! - a fresh server exposes every family with samples (each label value at
+//!   0), `roomcast_build_info{version,node}` with `server.node_name`, and
+//!   the `process_*` families read from `/proc/self`.
 mod common;
 
 use std::io::{BufRead as _, BufReader};
@@ -105,13 +109,25 @@ async fn health_and_readiness() {
     assert_eq!(resp.status(), 200);
     let resp = reqwest::get(format!("{}/readyz", server.http())).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let mut body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["database"]["since"].is_string(), "{body}");
+    body["database"].as_object_mut().unwrap().remove("since");
+    let sessions = body["sessions"]["max"].as_u64().unwrap();
+    assert!(sessions > 0, "{body}");
     assert_eq!(
         body,
-        serde_json::json!({"ready": true, "draining": false, "redis": "not configured", "database": "ok"})
+        serde_json::json!({
+            "ready": true,
+            "draining": false,
+            "at_capacity": false,
+            "sessions": {"open": 0, "max": sessions},
+            "redis": {"state": "not configured"},
+            "database": {"state": "up"},
+        })
     );
 
-    // A cluster node whose Redis does not answer is alive but not ready.
+    // A cluster node whose Redis does not answer is alive and ready: Redis
+    // is every node's, and a 503 for it would take them all out at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -125,9 +141,10 @@ async fn health_and_readiness() {
     let resp = reqwest::get(format!("{}/healthz", node.http())).await.unwrap();
     assert_eq!(resp.status(), 200);
     let resp = reqwest::get(format!("{}/readyz", node.http())).await.unwrap();
-    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["redis"], "unreachable");
+    assert_eq!(body["redis"]["state"], "down", "{body}");
+    assert_eq!(body["ready"], true, "{body}");
 
     // So is a node whose audit database does not answer (found by the
     // writer's first write, the migrations at start).
@@ -141,8 +158,9 @@ async fn health_and_readiness() {
             let resp = reqwest::get(format!("{}/readyz", node.http())).await.unwrap();
             let status = resp.status();
             let body: serde_json::Value = resp.json().await.unwrap();
-            if body["database"] == "unreachable" {
-                assert_eq!(status, 503);
+            if body["database"]["state"] == "down" {
+                assert_eq!(status, 200, "{body}");
+                assert_eq!(body["ready"], true, "{body}");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -308,4 +326,57 @@ async fn metrics_report_the_audit_log() {
     assert!(text.contains("roomcast_audit_queue "), "{text}");
     assert!(text.contains("roomcast_audit_spill_bytes "), "{text}");
     assert_eq!(sample(&text, "roomcast_audit_dropped_total"), 0.0);
+}
+
+#[actix_web::test]
+async fn a_fresh_server_exposes_every_family() {
+    let server = common::spawn(common::settings(|s| {
+        common::quiet(s);
+        s.server.node_name = "ops-node".into();
+        s.socketio.namespaces = vec!["/".into(), "/chat".into()];
+    }));
+    let text = metrics(&server).await;
+    // Every family declared has at least one sample.
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (family, kind) = line.split_once(' ').unwrap();
+        let sample = match kind {
+            "counter" => format!("{family}_total"),
+            "info" => format!("{family}_info"),
+            "histogram" => format!("{family}_count"),
+            _ => family.to_owned(),
+        };
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{sample} ")) || l.starts_with(&format!("{sample}{{"))),
+            "family {family} ({kind}) has no sample in\n{text}"
+        );
+    }
+    for line in [
+        r#"roomcast_sessions{transport="polling"} 0"#,
+        r#"roomcast_handshakes_total{transport="websocket"} 0"#,
+        r#"roomcast_disconnects_total{reason="ping timeout"} 0"#,
+        r#"roomcast_disconnects_total{reason="server shutting down"} 0"#,
+        r#"roomcast_limit_breaches_total{limit="max_connections"} 0"#,
+        r#"roomcast_invalid_events_total{code="unknown_event"} 0"#,
+        r#"roomcast_sockets{namespace="/chat"} 0"#,
+        "roomcast_build_info{version=\"0.1.0\",node=\"ops-node\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+    }
+    assert!(sample(&text, "process_resident_memory_bytes") > 1e6, "{text}");
+    assert!(sample(&text, "process_virtual_memory_bytes") > 1e6, "{text}");
+    assert!(sample(&text, "process_open_fds") >= 3.0, "{text}");
+    assert!(
+        sample(&text, "process_max_fds") >= sample(&text, "process_open_fds"),
+        "{text}"
+    );
+    assert!(sample(&text, "process_cpu_seconds_total") >= 0.0, "{text}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sample(&text, "process_start_time_seconds");
+    assert!(started <= now + 1.0 && started > now - 3600.0, "{started} vs {now}");
+    assert!(text.ends_with("# EOF\n"), "one end marker, at the end");
+    assert_eq!(text.matches("# EOF").count(), 1);
 }

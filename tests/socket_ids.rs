@@ -122,7 +122,10 @@ async fn the_api_publishes_to_a_socket_by_its_id_and_keeps_ids_out_of_rooms() {
         json!({"room": a_id, "event": "private", "data": "for a"}),
     )
     .await;
-    assert_eq!((status, body), (202, json!({"recipients": 1})));
+    assert_eq!(
+        (status, body),
+        (202, json!({"local_recipients": 1, "cluster": false, "recipients": 1}))
+    );
     assert_eq!(
         within("A's private event", next_text(&mut a)).await,
         r#"42["private","for a"]"#
@@ -135,7 +138,10 @@ async fn the_api_publishes_to_a_socket_by_its_id_and_keeps_ids_out_of_rooms() {
         json!({"rooms": ["lobby", a_id], "event": "both", "data": 2}),
     )
     .await;
-    assert_eq!((status, body), (202, json!({"recipients": 2})));
+    assert_eq!(
+        (status, body),
+        (202, json!({"local_recipients": 2, "cluster": false, "recipients": 2}))
+    );
     assert_eq!(next_text(&mut a).await, r#"42["both",2]"#);
     assert_eq!(next_text(&mut b).await, r#"42["both",2]"#, "B got nothing before");
 

@@ -1,23 +1,87 @@
-//! How the adapter reaches Redis: one server, or a Redis Cluster.
+//! How the adapter reaches Redis: one server, or a Redis Cluster, in the
+//! clear (`redis://`) or over TLS (`rediss://`).
 //!
 //! Both kinds of connection are multiplexed and cheap to clone; [`Conn`]
 //! lets the publisher, the counters and the sharded subscriber run the
 //! same commands on either. A connection made with a push sender speaks
 //! RESP3 and hands `smessage` pushes (and its own loss) to that sender.
+//!
+//! TLS is rustls. The server's certificate is checked against the CA of
+//! `redis.tls_ca_file` when it is set (a managed Redis with a private CA, a
+//! self-hosted one), else against the public web roots built into the
+//! binary (webpki-roots: the same in a container without a CA bundle). An
+//! ACL user and password travel in the URL (`rediss://user:pass@host:port`)
+//! and are sent with HELLO (RESP3) or AUTH on every connection, a Redis
+//! Cluster's included. A failure names the server and the cause
+//! ([`LinkError`]), since "connection refused" alone does not say which of
+//! several URLs, nor that the certificate was the problem.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisError,
+    RedisFuture, TlsCertificates, Value,
+};
+
+/// Why the adapter's settings cannot make a Redis client (caught when the
+/// settings are validated, before anything listens).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The URL does not parse, or names a scheme this build lacks.
+    #[error("not a Redis URL (redis://host:port/db, rediss://user:password@host:port/db for TLS): {0}")]
+    Url(RedisError),
+    /// The CA file cannot be read, or holds no certificate.
+    #[error("{path}: {why}")]
+    CaFile {
+        /// The file named by `redis.tls_ca_file`.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A CA file for a URL in the clear: almost surely a `redis://` that
+    /// should be `rediss://`, refused rather than silently sent in the clear.
+    #[error("redis.tls_ca_file is set but redis.url is not a TLS URL: use rediss://")]
+    CaWithoutTls,
+}
+
+/// Redis could not be reached, or refused this node: the server (host and
+/// port, and whether over TLS) and the cause, with a hint for the causes
+/// that are a matter of settings.
+#[derive(Debug, thiserror::Error)]
+#[error("Redis at {addr}: {source}{}", hint(.source))]
+pub(crate) struct LinkError {
+    /// `host:port`, ` (TLS)` when it is `rediss://`.
+    addr: String,
+    /// What redis-rs said (for TLS, rustls's reason, e.g. an unknown issuer).
+    source: RedisError,
+}
+
+/// What to check when the cause is a setting.
+fn hint(e: &RedisError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("CertNotValidForName") {
+        " (the server's certificate is not trusted: redis.tls_ca_file must hold the CA that signed it, \
+         for the host name or address in redis.url)"
+    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        " (the server does not speak TLS on this port: use redis:// or the server's tls-port)"
+    } else if e.kind() == redis::ErrorKind::AuthenticationFailed || text.contains("WRONGPASS") {
+        " (check the user and password in redis.url)"
+    } else if text.contains("NOPERM") {
+        " (the ACL user lacks a command or channel the adapter needs)"
+    } else {
+        ""
+    }
+}
 
 /// Where to connect.
 #[derive(Clone)]
 pub(crate) enum Connector {
     /// One Redis server (a standalone node, or any node for classic pub/sub).
     Single(redis::Client),
-    /// A Redis Cluster, found from a seed node.
-    Cluster(Vec<redis::ConnectionInfo>),
+    /// A Redis Cluster, found from a seed node; the CA its TLS trusts.
+    Cluster(Vec<redis::ConnectionInfo>, Option<TlsCertificates>),
 }
 
 /// A connection of either kind.
@@ -27,24 +91,115 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// The trust anchors of `ca_file` (PEM), or `None` (the built-in public
+/// roots) when it is empty.
+fn certificates(ca_file: &str) -> Result<Option<TlsCertificates>, SetupError> {
+    if ca_file.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: String| SetupError::CaFile {
+        path: ca_file.to_owned(),
+        why,
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    // redis-rs would take a file without any certificate as "trust nothing".
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(bad("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into()));
+    }
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
 impl Connector {
-    /// A connector for `url`; `cluster` treats it as a Redis Cluster seed.
-    pub(crate) fn open(url: &str, cluster: bool) -> redis::RedisResult<Self> {
-        Ok(if cluster {
-            Self::Cluster(vec![url.into_connection_info()?])
+    /// A connector for `url`; `cluster` treats it as a Redis Cluster seed;
+    /// `ca_file` (PEM, empty = the public roots) is what TLS trusts.
+    pub(crate) fn open(url: &str, cluster: bool, ca_file: &str) -> Result<Self, SetupError> {
+        let info = url.into_connection_info().map_err(SetupError::Url)?;
+        let tls = matches!(info.addr, ConnectionAddr::TcpTls { .. });
+        let certs = certificates(ca_file)?;
+        if certs.is_some() && !tls {
+            return Err(SetupError::CaWithoutTls);
+        }
+        let connector = if cluster {
+            let connector = Self::Cluster(vec![info], certs);
+            // Parses the CA now rather than at the first connection.
+            connector.cluster_builder().build().map_err(SetupError::Url)?;
+            connector
         } else {
-            Self::Single(redis::Client::open(url)?)
-        })
+            Self::Single(match certs {
+                Some(certs) => redis::Client::build_with_tls(info, certs),
+                None => redis::Client::open(info),
+            }
+            .map_err(SetupError::Url)?)
+        };
+        Ok(connector)
+    }
+
+    /// The server (or the cluster's seed) for messages: `host:port`, and
+    /// whether it is over TLS.
+    pub(crate) fn addr(&self) -> String {
+        let addr = match self {
+            Self::Single(client) => &client.get_connection_info().addr,
+            Self::Cluster(seeds, _) => match seeds.first() {
+                Some(seed) => &seed.addr,
+                None => return "(no seed)".into(),
+            },
+        };
+        match addr {
+            ConnectionAddr::TcpTls { .. } => format!("{addr} (TLS)"),
+            _ => addr.to_string(),
+        }
+    }
+
+    /// `e` with the server it came from.
+    pub(crate) fn error(&self, e: RedisError) -> LinkError {
+        LinkError {
+            addr: self.addr(),
+            source: e,
+        }
+    }
+
+    fn cluster_builder(&self) -> redis::cluster::ClusterClientBuilder {
+        let (seeds, certs) = match self {
+            Self::Cluster(seeds, certs) => (seeds.clone(), certs.clone()),
+            Self::Single(client) => (vec![client.get_connection_info().clone()], None),
+        };
+        let builder = redis::cluster::ClusterClientBuilder::new(seeds);
+        match certs {
+            Some(certs) => builder.certs(certs),
+            None => builder,
+        }
+    }
+
+    /// A RESP2 pub/sub connection (classic mode: PSUBSCRIBE and SUBSCRIBE
+    /// on one server).
+    pub(crate) async fn pubsub(&self) -> Result<PubSub, LinkError> {
+        match self {
+            Self::Single(client) => client.get_async_pubsub().await.map_err(|e| self.error(e)),
+            Self::Cluster(..) => Err(self.error(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "classic pub/sub does not run on a Redis Cluster",
+            )))),
+        }
     }
 
     /// A command connection.
-    pub(crate) async fn command(&self, limit: Duration) -> redis::RedisResult<Conn> {
+    pub(crate) async fn command(&self, limit: Duration) -> Result<Conn, LinkError> {
         self.connect::<fn(PushInfo) -> Result<(), ()>>(limit, None).await
     }
 
     /// A command connection, or (with `push`) a RESP3 one whose pushes go
     /// to `push`.
-    pub(crate) async fn connect<F>(&self, limit: Duration, push: Option<F>) -> redis::RedisResult<Conn>
+    pub(crate) async fn connect<F>(&self, limit: Duration, push: Option<F>) -> Result<Conn, LinkError>
+    where
+        F: Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
+    {
+        self.try_connect(limit, push).await.map_err(|e| self.error(e))
+    }
+
+    async fn try_connect<F>(&self, limit: Duration, push: Option<F>) -> redis::RedisResult<Conn>
     where
         F: Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
     {
@@ -53,6 +208,7 @@ impl Connector {
                 let Some(push) = push else {
                     return Ok(Conn::Single(client.get_multiplexed_async_connection().await?));
                 };
+                // The clone keeps the TLS parameters (the CA) of the client.
                 let mut info = client.get_connection_info().clone();
                 info.redis.protocol = ProtocolVersion::RESP3;
                 let config = AsyncConnectionConfig::new()
@@ -64,8 +220,9 @@ impl Connector {
                     .await?;
                 Ok(Conn::Single(conn))
             }
-            Self::Cluster(seeds) => {
-                let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+            Self::Cluster(..) => {
+                let mut builder = self
+                    .cluster_builder()
                     .use_protocol(ProtocolVersion::RESP3)
                     .connection_timeout(limit)
                     .response_timeout(limit);

@@ -32,6 +32,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::link::{self, Conn, Connector};
+pub use super::link::SetupError;
 use super::requests::{self, kind, Request};
 use super::sharded::{self, Message as ShardMessage};
 use super::wire::{self, Broadcast};
@@ -60,8 +61,12 @@ pub struct RedisConfig {
     /// This node's id: the adapter's `uid`, by which a node recognises its
     /// own messages (also the audit rows' `node`).
     pub node_id: String,
-    /// `redis://…`
+    /// `redis://…`, or `rediss://…` for TLS; an ACL user and password go
+    /// in it (`rediss://user:password@host:port`).
     pub url: String,
+    /// PEM file of the CA that signed the Redis servers' certificates;
+    /// empty = the public web roots built in.
+    pub tls_ca_file: String,
     /// Channel prefix (`socket.io` like the official adapter).
     pub key: String,
     /// Namespaces to relay.
@@ -312,10 +317,10 @@ impl Actor for RedisAdapter {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.config.queue);
         let cluster = matches!(self.config.mode, Mode::Sharded { cluster: true, .. });
-        let connector = match Connector::open(&self.config.url, cluster) {
+        let connector = match Connector::open(&self.config.url, cluster, &self.config.tls_ca_file) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!("redis adapter: bad url: {e}");
+                tracing::error!("redis adapter cannot start: {e}");
                 return;
             }
         };
@@ -338,7 +343,7 @@ impl Actor for RedisAdapter {
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
         };
         match connector {
-            Connector::Single(client) if !self.config.sharded() => actix_rt::spawn(subscriber(client, node)),
+            Connector::Single(_) if !self.config.sharded() => actix_rt::spawn(subscriber(connector, node)),
             _ => actix_rt::spawn(shard_subscriber(connector, node, self.rooms.clone())),
         };
         tracing::info!(uid = %self.uid, url = %redact(&self.config.url), mode = ?self.config.mode, "redis adapter started");
@@ -368,6 +373,9 @@ async fn publisher(
     status: Arc<AdapterStatus>,
 ) {
     let mut conn: Option<Conn> = None;
+    // Why the last connection attempt failed, for the warnings of the
+    // broadcasts lost meanwhile.
+    let mut why = String::new();
     let mut backoff = BACKOFF_START;
     let mut retry_at = Instant::now();
     while let Some(first) = rx.recv().await {
@@ -388,7 +396,11 @@ async fn publisher(
                     conn = Some(c);
                     backoff = BACKOFF_START;
                 }
-                _ => {
+                failed => {
+                    why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("Redis at {}: no connection within {:?}", connector.addr(), config.command_timeout),
+                    };
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(config.reconnect_max);
                 }
@@ -396,7 +408,7 @@ async fn publisher(
         }
         let Some(c) = conn.as_mut() else {
             AdapterStatus::add(&status.lost, n);
-            tracing::warn!(lost = n, "redis adapter: Redis unreachable, cross-node broadcasts lost");
+            tracing::warn!(lost = n, "redis adapter: Redis unreachable ({why}), cross-node broadcasts lost");
             continue;
         };
         let failed = match timeout(config.command_timeout, publish(c, &batch, config.sharded())).await {
@@ -525,7 +537,7 @@ impl Reconnect {
     }
 }
 
-async fn subscriber(client: redis::Client, node: Node) {
+async fn subscriber(connector: Connector, node: Node) {
     let key = &node.config.key;
     let patterns: Vec<String> = node.config.namespaces.iter().map(|n| wire::pattern(key, n)).collect();
     let mut channels = Vec::new();
@@ -537,16 +549,19 @@ async fn subscriber(client: redis::Client, node: Node) {
     let mut retry = Reconnect::new(node.config.reconnect_max);
     loop {
         let connect = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            for p in &patterns {
-                pubsub.psubscribe(p).await?;
-            }
-            for c in &channels {
-                pubsub.subscribe(c).await?;
-            }
-            // A round trip proves the subscriptions are in place.
-            pubsub.ping::<redis::Value>().await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            let mut pubsub = connector.pubsub().await?;
+            let subscribe = async {
+                for p in &patterns {
+                    pubsub.psubscribe(p).await?;
+                }
+                for c in &channels {
+                    pubsub.subscribe(c).await?;
+                }
+                // A round trip proves the subscriptions are in place.
+                pubsub.ping::<redis::Value>().await
+            };
+            subscribe.await.map_err(|e| connector.error(e))?;
+            Ok::<_, link::LinkError>(pubsub)
         };
         match timeout(node.config.command_timeout, connect).await {
             Ok(Ok(pubsub)) => {
@@ -573,7 +588,7 @@ async fn subscriber(client: redis::Client, node: Node) {
                 retry.lost(&node.status);
             }
             Ok(Err(e)) => retry.failed(&e.to_string()),
-            Err(_) => retry.failed("timed out"),
+            Err(_) => retry.failed(&format!("Redis at {}: timed out", connector.addr())),
         }
         retry.pause().await;
     }
@@ -628,9 +643,10 @@ async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch
         let connect = async {
             let mut conn = connector.connect(limit, Some(sender)).await?;
             for channel in &fixed {
-                redis::cmd("SSUBSCRIBE").arg(channel).exec_async(&mut conn).await?;
+                let subscribed = redis::cmd("SSUBSCRIBE").arg(channel).exec_async(&mut conn).await;
+                subscribed.map_err(|e| connector.error(e))?;
             }
-            Ok::<_, redis::RedisError>(conn)
+            Ok::<_, link::LinkError>(conn)
         };
         match timeout(limit, connect).await {
             Ok(Ok(mut conn)) => {
@@ -669,7 +685,7 @@ async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch
                 }
             }
             Ok(Err(e)) => retry.failed(&e.to_string()),
-            Err(_) => retry.failed("timed out"),
+            Err(_) => retry.failed(&format!("Redis at {}: timed out", connector.addr())),
         }
         retry.pause().await;
     }
@@ -837,6 +853,13 @@ fn deliver(b: Broadcast, broker: &Recipient<Inbound>, status: &AdapterStatus) {
 fn malformed(status: &AdapterStatus, e: &wire::WireError) {
     AdapterStatus::add(&status.malformed, 1);
     tracing::debug!("redis adapter: ignored a message: {e}");
+}
+
+/// Whether `url` (a Redis Cluster seed if `cluster`) and `tls_ca_file`
+/// make a client: the URL parses, and the CA file, when set, is a readable
+/// PEM file of certificates for a `rediss://` URL. Nothing is connected.
+pub fn check_settings(url: &str, cluster: bool, tls_ca_file: &str) -> Result<(), SetupError> {
+    Connector::open(url, cluster, tls_ca_file).map(drop)
 }
 
 /// The URL without its password, for logs.
@@ -1064,6 +1087,7 @@ mod tests {
             config: RedisConfig {
                 node_id: "this-node".into(),
                 url: "redis://127.0.0.1:1/".into(),
+                tls_ca_file: String::new(),
                 key: "socket.io".into(),
                 namespaces: vec!["/".into()],
                 command_timeout: Duration::from_secs(1),

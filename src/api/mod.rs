@@ -265,7 +265,7 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
     args.extend(body.data);
     let args = Value::Array(args);
     let frames = encode_event(&nsp, &args, &[]);
-    let recipients = state
+    let local = state
         .broker
         .send(BackendPublish(Publish {
             nsp,
@@ -276,7 +276,17 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
         }))
         .await
         .map_err(|_| unavailable())?;
-    Ok(HttpResponse::Accepted().json(json!({"recipients": recipients})))
+    // Only this node's recipients are known when the answer is sent: the
+    // other nodes deliver from Redis without answering (at most once, as
+    // the official adapter). Counting them would mean a cluster request per
+    // publish, waiting for every node: the answer says what it counts
+    // instead. `recipients` is the old name of `local_recipients`, kept for
+    // the backends that read it.
+    Ok(HttpResponse::Accepted().json(json!({
+        "local_recipients": local,
+        "cluster": state.cluster.is_some(),
+        "recipients": local,
+    })))
 }
 
 #[derive(Deserialize)]

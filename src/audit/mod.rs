@@ -17,9 +17,9 @@
 //!   the event into an [`AuditRow`] (sanitised, with this node's id) and
 //!   `try_send`s it into the writer's bounded mailbox. When that is full the
 //!   row is appended to the spill file instead (counted as an overflow), so
-//!   nothing accepted is dropped; only a spill file above
-//!   `audit.spill_max_bytes` (or one that cannot be written) drops rows, and
-//!   those are counted and logged.
+//!   nothing accepted is dropped; only spill files above
+//!   `audit.spill_max_bytes` together (or one that cannot be written) drop
+//!   rows, and those are counted and logged.
 //! - The writer ([`writer::AuditWriter`], on its own arbiter) inserts in
 //!   batches. While the database is down, batches go to the spill file; when
 //!   it is back, the spill file is replayed in file order before new rows.
@@ -28,12 +28,41 @@
 //!   confirmed can be replayed without being written twice.
 //! - Shutdown ([`crate::startup::Shutdown::run`]) sends [`writer::Flush`]
 //!   after the sessions have closed: the batch and the spill file go to the
-//!   database, or stay in the spill file for the next start.
+//!   database, or stay in the spill file for the next start. The database
+//!   gets `audit.shutdown_flush_ms` for it, no more (a [`writer::Cutoff`]
+//!   reaches a write in flight); known to be down, it is not tried at all.
+//!   So the process exits within `server.drain_window_ms +
+//!   audit.shutdown_flush_ms` (12 s by default) whatever the database
+//!   does, and what stops it must wait longer than that before it kills it
+//!   (compose's `stop_grace_period` and `scripts/cluster stop`: 15 s).
 //! - The writer prunes rows older than `audit.retention_days` in the
 //!   background.
 //! - Each recorded event is also one structured log line (target
 //!   `roomcast::audit`, [`AuditRow::log`]).
 //! - [`store`] holds all the SQL (one schema per database in `migrations/`).
+//!
+//! # What a crash loses
+//!
+//! - **`kill -9`, OOM, a panic that aborts** (the process dies, the machine
+//!   does not): the rows in memory, nothing else. That is the writer's
+//!   mailbox (at most `audit.queue` rows, 4,096) and its batch (at most
+//!   `audit.batch_size`, 256): at most 4,352 rows by default. A row stays
+//!   there at most `audit.flush_interval_ms` (200 ms) waiting for its batch,
+//!   plus one write: while the database answers, an insert (at most
+//!   `database.timeout_ms`, 5 s, to fail) after at most
+//!   [`writer::REPLAY_SLICE`] (1 s) of spill-file replay; while it is known
+//!   to be down, none (the batch is appended at the next tick). So a row is
+//!   lost by a `kill -9` only within about 6.2 s of its event, and
+//!   typically within 200 ms plus an insert. Everything appended to the
+//!   spill file survives (the kernel holds it), and a torn last line is set
+//!   aside at the next start ([`spill`]).
+//! - **A machine crash or power loss** also loses what was appended to the
+//!   spill file and not yet forced to the disk (`audit.spill_fsync`):
+//!   nothing with `always`; with `batch` (the default) the rows connections
+//!   appended since the writer's last tick (at most `flush_interval_ms`);
+//!   with `never` what the kernel had not written back (about 30 s).
+//! - A shutdown (SIGTERM) that is not cut short by a kill loses nothing:
+//!   see above.
 
 pub mod reader;
 pub mod spill;
@@ -460,6 +489,14 @@ pub struct AuditStats {
     pub db_errors: AtomicU64,
     /// Rows removed by retention.
     pub pruned: AtomicU64,
+    /// Torn last lines of a spill file (a crash or a full disk during an
+    /// append), set aside to `.torn-*` files ([`spill`]).
+    pub spill_torn_lines: AtomicU64,
+    /// Lines of a spill file that do not parse, set aside to
+    /// `.unparsable-*` files.
+    pub spill_unparsable_lines: AtomicU64,
+    /// Failed reads of the replay file; the replay is tried again later.
+    pub spill_read_errors: AtomicU64,
     /// The last write to the database failed (it is retried; rows spill).
     pub database_down: std::sync::atomic::AtomicBool,
 }
@@ -564,12 +601,12 @@ impl AuditHandle {
 
     /// Records an event a client caused while its connection stays open
     /// (sampled by [`crate::limits::Guards`]): like [`Self::record`], but
-    /// held back (false) once the spill file is half full, so that such rows
+    /// held back (false) once the spill files are half full, so that such rows
     /// can never take the room the rows that matter (forced closes, parse
     /// errors that end a connection) need while the database is down.
     pub fn record_sampled(&self, event: AuditEvent) -> bool {
         let spill = &self.inner.spill;
-        if spill.pending() && spill.pending_bytes() >= spill.max_bytes() / 2 {
+        if spill.pending() && spill.used_bytes() >= spill.max_bytes() / 2 {
             return false;
         }
         self.record(event);
@@ -579,6 +616,12 @@ impl AuditHandle {
     /// Bytes waiting in the spill file for the database.
     pub fn spill_bytes(&self) -> u64 {
         self.inner.spill.pending_bytes()
+    }
+
+    /// Bytes every spill file takes (what `audit.spill_max_bytes` bounds:
+    /// the rows waiting and the files set aside).
+    pub fn spill_used_bytes(&self) -> u64 {
+        self.inner.spill.used_bytes()
     }
 
     /// The counters of the audit path.

@@ -8,6 +8,14 @@
 //! of queries and their cursor; `at` is RFC 3339 text that sorts as time.
 //! Parameters are `$n`, which both drivers understand. Values are always
 //! bound, never spliced into the statement.
+//!
+//! PostgreSQL over TLS (rustls) is asked for in the URL, as with libpq:
+//! `sslmode=require` (encrypted, the certificate not checked),
+//! `verify-ca` (signed by a trusted CA), `verify-full` (and naming the
+//! host), with `sslrootcert=/path/ca.pem` for a private CA (trusted besides
+//! the public web roots built in). The default, `prefer`, uses TLS when the
+//! server offers it. A failure to connect names the server and the sslmode
+//! ([`StoreError::Connect`]).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -55,6 +63,47 @@ pub enum StoreError {
     /// A URL for a database this build does not know.
     #[error("database.url: {0}")]
     Url(String),
+    /// The PostgreSQL server could not be reached or the TLS handshake
+    /// failed: which server, with which sslmode, and why.
+    #[error("database at {target}: {source}{}", connect_hint(.source))]
+    Connect {
+        /// `host:port (sslmode=…)`.
+        target: String,
+        /// What sqlx said (for TLS, rustls's reason).
+        source: sqlx::Error,
+    },
+}
+
+/// What to check when a connection failure is a matter of settings.
+fn connect_hint(e: &sqlx::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("does not support TLS") {
+        " (the server has ssl off: turn it on, or lower sslmode in database.url)"
+    } else if text.contains("certificate") || text.contains("UnknownIssuer") {
+        " (the server's certificate is not trusted: sslrootcert in database.url must name the CA \
+         that signed it; verify-full also needs it to name the host of the URL)"
+    } else {
+        ""
+    }
+}
+
+/// `host:port (sslmode=…)` of a PostgreSQL URL, for errors.
+fn postgres_target(url: &str) -> Option<String> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    let options = PgConnectOptions::from_str(url).ok()?;
+    let mode = match options.get_ssl_mode() {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    };
+    Some(format!(
+        "{}:{} (sslmode={mode})",
+        options.get_host(),
+        options.get_port()
+    ))
 }
 
 /// Which database a URL is for.
@@ -119,6 +168,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     timeout: Duration,
+    /// PostgreSQL's `host:port (sslmode=…)`, named by connection errors.
+    target: Option<String>,
 }
 
 /// A text or integer parameter.
@@ -183,6 +234,7 @@ impl Store {
             }
         }
         let options = AnyConnectOptions::from_str(&url)?;
+        let target = (backend == Backend::Postgres).then(|| postgres_target(&url)).flatten();
         let timeout = Duration::from_millis(settings.timeout_ms);
         let sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
@@ -199,7 +251,12 @@ impl Store {
                 })
             })
             .connect_lazy_with(options);
-        Ok(Store { pool, backend, timeout })
+        Ok(Store {
+            pool,
+            backend,
+            timeout,
+            target,
+        })
     }
 
     /// Which database.
@@ -214,6 +271,24 @@ impl Store {
         tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(|e| self.located(e))
+    }
+
+    /// A failure to reach PostgreSQL (I/O, TLS; also inside a migration)
+    /// as [`StoreError::Connect`], naming the server.
+    fn located(&self, e: StoreError) -> StoreError {
+        use sqlx::migrate::MigrateError;
+        let Some(target) = &self.target else { return e };
+        let connecting = |s: &sqlx::Error| matches!(s, sqlx::Error::Tls(_) | sqlx::Error::Io(_));
+        match e {
+            StoreError::Sqlx(source) | StoreError::Migrate(MigrateError::Execute(source)) if connecting(&source) => {
+                StoreError::Connect {
+                    target: target.clone(),
+                    source,
+                }
+            }
+            other => other,
+        }
     }
 
     /// Applies the migrations of this database that are not applied yet.

@@ -7,15 +7,35 @@
 //! mailbox plus one batch, and rows beyond that go to the spill file.
 //! Because every write (batch, replay, shutdown flush) runs this way, two
 //! never overlap, which keeps the spill file's replay single-threaded.
+//!
+//! How long a row stays in memory (what `kill -9` loses, see the module
+//! [`super`]): at most `audit.flush_interval_ms` in the batch, then one
+//! write. A write is bounded: its replay of the spill file stops after
+//! [`REPLAY_SLICE`] (the batch then goes to the spill file, behind the rows
+//! still to replay, so file order holds), and each statement after
+//! `database.timeout_ms`. While the database is known to be down, batches
+//! go to the spill file at each tick without trying it.
+//!
+//! The shutdown sets a [`Cutoff`]: database work in flight gives up at it
+//! (its rows go to the spill file, a commit that did happen is recognised
+//! by the rows' ids at the replay), and no write tries the database after
+//! it, so a dead database cannot hold the exit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
+use tokio::sync::watch;
 
 use super::spill::Spill;
 use super::store::{Store, StoreError};
 use super::{format_time, AuditRow, AuditStats};
+
+/// Longest a write replays the spill file before it lets the batch go (to
+/// the spill file) and the mailbox move; the replay goes on at the next
+/// write. Keeps the time a row spends in memory short while a large spill
+/// file is replayed.
+pub const REPLAY_SLICE: Duration = Duration::from_secs(1);
 
 /// Writer settings (from `[audit]`).
 #[derive(Debug, Clone)]
@@ -32,11 +52,84 @@ pub struct WriterConfig {
     pub retention: Option<Duration>,
     /// Time between retention runs.
     pub prune_interval: Duration,
+    /// The shutdown's deadline for database work.
+    pub cutoff: Cutoff,
+}
+
+/// The instant after which the writer no longer waits on the database, set
+/// by the shutdown. Shared (cheap to clone) because the shutdown must reach
+/// a write in flight, which holds the actor (`ctx.wait`): a message would
+/// only be read after it.
+#[derive(Debug, Clone)]
+pub struct Cutoff(Arc<watch::Sender<Option<tokio::time::Instant>>>);
+
+impl Default for Cutoff {
+    fn default() -> Self {
+        Cutoff(Arc::new(watch::Sender::new(None)))
+    }
+}
+
+impl Cutoff {
+    /// From `at` on, database work gives up and rows go to the spill file.
+    pub fn set(&self, at: tokio::time::Instant) {
+        self.0.send_replace(Some(at));
+    }
+
+    /// Whether a shutdown set it.
+    pub fn is_set(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    fn passed(&self) -> bool {
+        self.0.borrow().is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
+    /// Runs `work` until it ends or the cutoff passes (set before or while
+    /// it runs), whichever comes first.
+    async fn bound<T>(&self, work: impl std::future::Future<Output = Result<T, WriteError>>) -> Result<T, WriteError> {
+        let mut watch = self.0.subscribe();
+        tokio::pin!(work);
+        loop {
+            let at = *watch.borrow_and_update();
+            let cutoff = async move {
+                match at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                result = &mut work => return result,
+                () = cutoff => return Err(WriteError::Cutoff),
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        return work.await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a write did not put everything in the database (its rows are in
+/// the spill file).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The database failed or did not answer in time.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The replay file could not be read (tried again later).
+    #[error("audit spill file could not be read: {0}")]
+    SpillRead(std::io::Error),
+    /// The shutdown's cutoff passed first.
+    #[error("the shutdown's deadline for the database passed")]
+    Cutoff,
 }
 
 /// Writes everything it holds (batch and spill file) to the database now;
 /// answers whether the database took it all (if not, it is in the spill
-/// file). Sent by the shutdown after the sessions closed.
+/// file). Sent by the shutdown after the sessions closed, under a
+/// [`Cutoff`]: with the database known to be down it does not try it.
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Flush;
@@ -71,18 +164,25 @@ impl AuditWriter {
 
     /// Starts a write of the batch (and the spill file) unless there is
     /// nothing to write. While the database is known to be down, the batch
-    /// goes to the spill file without trying it, unless `force`.
+    /// goes to the spill file without trying it, unless `force` (and no
+    /// shutdown cutoff is set); once the cutoff passed, always.
     fn write(&mut self, force: bool, ctx: &mut Context<Self>, done: Option<tokio::sync::oneshot::Sender<bool>>) {
         let rows = std::mem::take(&mut self.batch);
-        let waiting = self.down_until.is_some_and(|t| Instant::now() < t);
+        let cutoff = &self.config.cutoff;
+        let down = self.down_until.is_some();
+        let closing = cutoff.passed() || (cutoff.is_set() && down);
+        let waiting = closing || (self.down_until.is_some_and(|t| Instant::now() < t) && !force);
         let idle = rows.is_empty() && !self.spill.pending() && self.migrated;
-        if idle || (waiting && !force) {
+        if idle || waiting {
             spill_rows(&self.spill, &self.stats, rows);
             if let Some(done) = done {
                 let _ = done.send(!self.spill.pending() && !waiting);
             }
             return;
         }
+        // A flush replays all it can (until the cutoff, at shutdown); other
+        // writes a slice at a time.
+        let slice = done.is_none().then(|| Instant::now() + REPLAY_SLICE);
         let job = write(
             self.store.clone(),
             self.spill.clone(),
@@ -90,18 +190,33 @@ impl AuditWriter {
             rows,
             self.migrated,
             self.config.batch_size,
+            slice,
+            self.config.cutoff.clone(),
         );
         ctx.wait(job.into_actor(self).map(move |result, act, _| {
-            let ok = result.is_ok();
-            act.stats.database_down.store(!ok, std::sync::atomic::Ordering::Relaxed);
+            let ok = matches!(result, Ok(true));
             match result {
-                Ok(()) => {
+                Ok(_) => {
+                    act.stats
+                        .database_down
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     if act.down_until.take().is_some() {
-                        tracing::info!("audit database is back; spill file replayed");
+                        tracing::info!("audit database is back; replaying the spill file");
                     }
                     act.migrated = true;
                 }
+                Err(WriteError::SpillRead(e)) => {
+                    // The database is fine (as far as we know): try again
+                    // after the usual pause, without marking it down.
+                    AuditStats::add(&act.stats.spill_read_errors, 1);
+                    tracing::error!("{e}; the replay is tried again in {:?}", act.config.retry_interval);
+                    act.migrated = true;
+                    act.down_until = Some(Instant::now() + act.config.retry_interval);
+                }
                 Err(e) => {
+                    act.stats
+                        .database_down
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     AuditStats::add(&act.stats.db_errors, 1);
                     if act.down_until.is_none() {
                         tracing::error!("audit database unavailable, rows go to the spill file: {e}");
@@ -117,7 +232,7 @@ impl AuditWriter {
 
     fn prune(&mut self, ctx: &mut Context<Self>) {
         let Some(retention) = self.config.retention else { return };
-        if self.down_until.is_some() || !self.migrated {
+        if self.down_until.is_some() || !self.migrated || self.config.cutoff.is_set() {
             return;
         }
         let cutoff = format_time(
@@ -143,16 +258,21 @@ impl AuditWriter {
     }
 }
 
-/// Rows that cannot go to the database now: to the spill file.
+/// Rows that cannot go to the database now: to the spill file, forced to
+/// the disk as `audit.spill_fsync` says.
 fn spill_rows(spill: &Spill, stats: &AuditStats, rows: Vec<AuditRow>) {
     if !rows.is_empty() {
         spill.append(&rows, stats);
         stats.leave_memory(rows.len() as u64);
     }
+    spill.sync();
 }
 
 /// Migrations if not yet applied, then the spill file in order, then
-/// `rows`; on failure `rows` go to the spill file.
+/// `rows`, all before the cutoff; `rows` go to the spill file when that
+/// fails, or when the replay did not finish by `slice` (they come after
+/// the rows still to replay). Ok(whether the database took everything).
+#[allow(clippy::too_many_arguments)]
 async fn write(
     store: Store,
     spill: Arc<Spill>,
@@ -160,47 +280,51 @@ async fn write(
     rows: Vec<AuditRow>,
     migrated: bool,
     chunk: usize,
-) -> Result<(), StoreError> {
-    let result = async {
+    slice: Option<Instant>,
+    cutoff: Cutoff,
+) -> Result<bool, WriteError> {
+    let work = async {
         if !migrated {
             store.migrate().await?;
         }
-        replay(&store, &spill, &stats, chunk).await?;
+        if !replay(&store, &spill, &stats, chunk, slice).await? {
+            return Ok(false);
+        }
         if !rows.is_empty() {
             let n = store.insert(&rows).await?;
             AuditStats::add(&stats.inserted, n);
-            stats.leave_memory(rows.len() as u64);
         }
-        Ok(())
-    }
-    .await;
-    if result.is_err() {
+        Ok(true)
+    };
+    let result = cutoff.bound(work).await;
+    if matches!(result, Ok(true)) {
+        stats.leave_memory(rows.len() as u64);
+    } else {
+        // A cut-off insert may have committed: the replay skips its rows
+        // by their ids.
         spill_rows(&spill, &stats, rows);
     }
     result
 }
 
-/// Inserts the spill file, in file order, chunk by chunk. Overflow keeps
-/// appending while this runs: a few rounds take those too.
-async fn replay(store: &Store, spill: &Spill, stats: &AuditStats, chunk: usize) -> Result<(), StoreError> {
+/// Inserts the spill file, in file order, chunk by chunk, until `slice`
+/// passes. Overflow keeps appending while this runs: a few rounds take
+/// those too. Ok(whether it is all in).
+async fn replay(
+    store: &Store,
+    spill: &Spill,
+    stats: &AuditStats,
+    chunk: usize,
+    slice: Option<Instant>,
+) -> Result<bool, WriteError> {
     for _round in 0..4 {
         match spill.begin_replay() {
             Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(e) => {
-                tracing::error!("audit spill file cannot be replayed: {e}");
-                return Ok(());
-            }
+            Ok(false) => return Ok(true),
+            Err(e) => return Err(WriteError::SpillRead(e)),
         }
         loop {
-            let next = match spill.read_chunk(chunk) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("audit spill file unreadable, set aside: {e}");
-                    spill.set_aside();
-                    break;
-                }
-            };
+            let next = spill.read_chunk(chunk, stats).map_err(WriteError::SpillRead)?;
             if !next.rows.is_empty() {
                 let n = store.insert(&next.rows).await?;
                 AuditStats::add(&stats.inserted, n);
@@ -210,12 +334,16 @@ async fn replay(store: &Store, spill: &Spill, stats: &AuditStats, chunk: usize) 
             if next.eof {
                 if let Err(e) = spill.finish_replay() {
                     tracing::error!("audit spill file replayed but not removed: {e}");
+                    return Err(WriteError::SpillRead(e));
                 }
                 break;
             }
+            if slice.is_some_and(|s| Instant::now() >= s) {
+                return Ok(false);
+            }
         }
     }
-    Ok(())
+    Ok(!spill.pending())
 }
 
 impl Actor for AuditWriter {
@@ -225,7 +353,11 @@ impl Actor for AuditWriter {
         ctx.set_mailbox_capacity(self.config.queue);
         // Migrations (and a spill file left by an earlier run) first.
         self.write(true, ctx, None);
-        ctx.run_interval(self.config.flush_interval, |act, ctx| act.write(false, ctx, None));
+        ctx.run_interval(self.config.flush_interval, |act, ctx| {
+            act.write(false, ctx, None);
+            // Rows connections appended when the queue was full.
+            act.spill.sync();
+        });
         ctx.run_interval(self.config.prune_interval, |act, ctx| act.prune(ctx));
         // The first retention run once the migrations are through.
         ctx.run_later(Duration::from_millis(10), |act, ctx| act.prune(ctx));

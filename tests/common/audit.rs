@@ -170,10 +170,13 @@ pub async fn count(url: &str) -> (i64, i64) {
 /// A PostgreSQL server of its own (initdb in a scratch directory, trust
 /// auth, a free port), stopped and removed on drop. Run as the `postgres`
 /// user when the tests run as root (PostgreSQL refuses to run as root).
+/// With [`PrivatePostgres::start_with_ssl`] it serves TLS only.
 pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     running: bool,
+    /// `-c` options of `postgres` beyond the port and addresses (TLS).
+    extra: String,
 }
 
 fn as_root() -> bool {
@@ -209,6 +212,18 @@ fn pg(program: &str, args: &[&str]) -> Output {
 impl PrivatePostgres {
     /// initdb and start.
     pub fn start() -> PrivatePostgres {
+        Self::start_with(None)
+    }
+
+    /// initdb and start with `ssl=on`, serving `cert` and `key` (PEM
+    /// files, copied into its directory as PostgreSQL wants the key: owned
+    /// by the server's user, mode 0600); TCP clients must use TLS
+    /// (`hostssl` only in pg_hba.conf), so a row that arrives came over TLS.
+    pub fn start_with_ssl(cert: &std::path::Path, key: &std::path::Path) -> PrivatePostgres {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(ssl: Option<(&std::path::Path, &std::path::Path)>) -> PrivatePostgres {
         for program in ["initdb", "pg_ctl", "postgres"] {
             assert!(
                 super::suite::find_on_path(program).is_some(),
@@ -240,10 +255,34 @@ impl PrivatePostgres {
                 "UTF8",
             ],
         );
+        let mut extra = String::new();
+        if let Some((cert, key)) = ssl {
+            use std::os::unix::fs::PermissionsExt as _;
+            let (crt, pem_key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::copy(cert, &crt).expect("copy the server certificate");
+            std::fs::copy(key, &pem_key).expect("copy the server key");
+            std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if as_root() {
+                for file in [&crt, &pem_key] {
+                    let ok = Command::new("chown")
+                        .args(["postgres:", file.to_str().unwrap()])
+                        .status();
+                    assert!(ok.is_ok_and(|s| s.success()), "chown postgres {}", file.display());
+                }
+            }
+            let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n";
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+            extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                pem_key.display()
+            );
+        }
         let mut me = PrivatePostgres {
             port,
             dir,
             running: false,
+            extra,
         };
         me.resume();
         me
@@ -260,9 +299,10 @@ impl PrivatePostgres {
     pub fn resume(&mut self) {
         let log = self.dir.join("log");
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra
         );
         let out = self.ctl(&["-l", log.to_str().unwrap(), "-o", &options, "-w", "-t", "30", "start"]);
         assert!(

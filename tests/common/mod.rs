@@ -9,6 +9,8 @@ pub mod eio;
 pub mod raw;
 #[cfg(unix)]
 pub mod suite;
+#[cfg(unix)]
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ pub struct TestServer {
     pub cluster: std::sync::Arc<roomcast::adapter::AdapterStatus>,
     /// The audit log's handle (counters, node id).
     pub audit: roomcast::audit::AuditHandle,
+    /// The admin listener's port (`admin.address`).
+    pub admin_port: Option<u16>,
 }
 
 impl TestServer {
@@ -86,6 +90,7 @@ pub fn settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
 pub fn spawn(settings: Settings) -> TestServer {
     let app = Application::build(settings).expect("server starts");
     let port = app.port();
+    let admin_port = app.admin_port();
     let handle = app.handle();
     let registry = app.registry.clone();
     let events = app.events();
@@ -101,6 +106,7 @@ pub fn spawn(settings: Settings) -> TestServer {
         shutdown,
         cluster,
         audit,
+        admin_port,
     }
 }
 

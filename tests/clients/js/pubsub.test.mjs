@@ -121,11 +121,11 @@ pubsubTest(
     // of the above can still be on its way.
     const marker = await apiRequest(server, "POST", "/publish", { body: { rooms: ROOMS, event: "marker", data: "/" } });
     assert.equal(marker.status, 202, marker.text);
-    assert.deepEqual(marker.json, { recipients: N + 1 }, "the marker reaches each of / once (dual too)");
+    assert.deepEqual(marker.json, { local_recipients: N + 1, cluster: false, recipients: N + 1 }, "the marker reaches each of / once (dual too)");
     const otherMarker = await apiRequest(server, "POST", "/publish", {
       body: { namespace: "/other", rooms: ROOMS, event: "marker", data: "/other" },
     });
-    assert.deepEqual(otherMarker.json, { recipients: ROOMS.length });
+    assert.deepEqual(otherMarker.json, { local_recipients: ROOMS.length, cluster: false, recipients: ROOMS.length });
     await Promise.all(
       [...inbox.entries()].map(([s, box]) => box.marker.until((l) => l.length >= 1, 5000, `marker at ${s.id}`)),
     );

@@ -257,10 +257,14 @@ export class Cluster {
     );
   }
 
-  /** A request to `node`'s HTTP API (`path` under /api/v1) with the test API key. */
+  /**
+   * A request to `node`'s HTTP API (`path` under /api/v1) with the test API
+   * key: on its admin listener where it has one (`admin.address`).
+   */
   async api(node, method, path, body) {
+    const base = node.admin ?? node.url;
     const request = () =>
-      fetch(`${node.url}/api/v1${path}`, {
+      fetch(`${base}/api/v1${path}`, {
         method,
         headers: { authorization: `Bearer ${API_KEY}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
         body: body === undefined ? undefined : JSON.stringify(body),

@@ -16,7 +16,7 @@ export const NODE_NAMES = ["node1", "node2", "node3"];
 /** Runs scripts/cluster `command`; resolves with its output, rejects with it. */
 function runScript(command, env, timeoutMs) {
   return new Promise((resolveRun, rejectRun) => {
-    execFile(SCRIPT, [command], { cwd: REPO_ROOT, env, timeout: timeoutMs, killSignal: "SIGKILL" }, (err, stdout, stderr) => {
+    execFile(SCRIPT, command.split(" "), { cwd: REPO_ROOT, env, timeout: timeoutMs, killSignal: "SIGKILL" }, (err, stdout, stderr) => {
       const output = `$ scripts/cluster ${command}\n${stdout}${stderr}`;
       if (err) rejectRun(new Error(`scripts/cluster ${command} failed (${err.code ?? err.signal}):\n${output}`));
       else resolveRun(output);
@@ -42,11 +42,13 @@ function tail(file, max) {
  * Starts the topology in `runDir` (every port free and chosen here; `env`
  * adds variables, e.g. ROOMCAST__* for the nodes). Resolves with
  * `{lb, nodes}`: `lb` is the balancer as a Cluster node (`url`, `log`,
- * `kill` = scripts/cluster stop), `nodes` the roomcast nodes by name
- * (`url` straight to the node, `pid()`).
+ * `kill` = scripts/cluster stop, `down`/`up` of Redis or PostgreSQL), `nodes`
+ * the roomcast nodes by name (`url` straight to the node, `admin` its admin
+ * listener, `pid()`).
  */
 export async function startTopology(runDir, env = {}) {
-  const [lbPort, redisPort, pgPort, ...nodePorts] = await freePorts(6);
+  const [lbPort, redisPort, pgPort, ...ports] = await freePorts(9);
+  const [nodePorts, adminPorts] = [ports.slice(0, 3), ports.slice(3)];
   const fullEnv = {
     ...process.env,
     ROOMCAST_CLUSTER_DIR: runDir,
@@ -54,6 +56,7 @@ export async function startTopology(runDir, env = {}) {
     ROOMCAST_CLUSTER_REDIS_PORT: String(redisPort),
     ROOMCAST_CLUSTER_PG_PORT: String(pgPort),
     ROOMCAST_CLUSTER_NODE_PORTS: nodePorts.join(" "),
+    ROOMCAST_CLUSTER_ADMIN_PORTS: adminPorts.join(" "),
     ROOMCAST_CLUSTER_API_KEY: API_KEY,
     ...env,
   };
@@ -70,6 +73,8 @@ export async function startTopology(runDir, env = {}) {
       {
         name,
         url: vars[`ROOMCAST_CLUSTER_${name.toUpperCase()}`],
+        /** The node's admin listener (/metrics, /dashboard, the HTTP API). */
+        admin: vars[`ROOMCAST_CLUSTER_${name.toUpperCase()}_ADMIN`],
         pid: () => Number(readFileSync(join(runDir, `${name}.pid`), "utf8").trim()),
       },
     ]),
@@ -91,6 +96,10 @@ export async function startTopology(runDir, env = {}) {
     kill: async () => {
       outputs.push(await runScript("stop", fullEnv, 60_000).catch((err) => err.message));
     },
+    /** An outage of a shared service ("redis": SIGKILL, "postgres": stopped at once). */
+    down: async (service) => outputs.push(await runScript(`down ${service}`, fullEnv, 60_000)),
+    /** The service back, on the same port and data. */
+    up: async (service) => outputs.push(await runScript(`up ${service}`, fullEnv, 60_000)),
   };
   return { lb, nodes };
 }
