@@ -45,9 +45,12 @@ fn server(db: &TestDb, tweak: impl FnOnce(&mut roomcast::config::Settings)) -> T
         s.api.keys = vec![API_KEY.into()];
         s.socketio.namespaces = vec!["/".into(), "/custom".into()];
         s.audit.flush_interval_ms = 20;
-        // The tests provoke rows with invalid events, up to a hundred per
-        // connection (the default keeps five; tests/hostile_clients.rs).
-        s.limits.audit_rows_per_connection = 1000;
+        // The tests provoke rows with invalid events, thousands per
+        // connection and per second: the audit path is under test here, not
+        // the allowance of client rows (five per connection and a hundred
+        // per second by default; tests/hostile_clients.rs).
+        s.limits.audit_rows_per_connection = 1_000_000;
+        s.limits.audit_rows_per_second = 1_000_000;
         tweak(s);
     }))
 }

@@ -338,15 +338,7 @@ async fn api(
     path: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .request(method, format!("{}/api/v1{path}", server.http()))
-        .bearer_auth(API_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or_default())
+    common::api(server, API_KEY, method, path, body).await
 }
 
 /// Waits until the API reports `count` members in `room` (the join or leave

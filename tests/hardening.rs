@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::eio::{next_text, open, send, Polling, Ws};
-use common::raw::{raw, raw_request, read_response, ws_request};
+use common::raw::{raw, raw_request, ws_request};
 use common::{eventually, quiet, within, TestServer, ECHO, SIO};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -92,14 +92,7 @@ async fn sessions_beyond_max_connections_get_503() {
         let body = resp.bytes().await.unwrap();
         assert_at_capacity(status, retry.as_deref(), &body, &format!("polling on {path}"));
     }
-    let refused = read_response(
-        raw(
-            &server,
-            ws_request(&format!("{SIO}?EIO=4&transport=websocket")).as_bytes(),
-        )
-        .await,
-    )
-    .await;
+    let refused = raw_request(&server, &ws_request(&format!("{SIO}?EIO=4&transport=websocket"))).await;
     assert_at_capacity(
         refused.status,
         refused.header("retry-after"),

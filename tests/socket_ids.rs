@@ -43,14 +43,7 @@ async fn request(ws: &mut Ws, id: u32, event: &str, arg: Value) -> Value {
 }
 
 async fn api(server: &TestServer, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .request(method, format!("{}/api/v1{path}", server.http()))
-        .bearer_auth(API_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
+    common::api(server, API_KEY, method, path, body).await
 }
 
 #[actix_web::test]

@@ -8,8 +8,6 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Emitter } from "@socket.io/redis-emitter";
-import { createClient } from "redis";
 import { Cluster, binaryBytes, uniq } from "./lib/cluster.mjs";
 
 describe("@socket.io/redis-emitter 5.x into roomcast nodes", { timeout: 60_000 }, () => {
@@ -31,11 +29,7 @@ describe("@socket.io/redis-emitter 5.x into roomcast nodes", { timeout: 60_000 }
         cluster.client(B, "B-sport", { transport: "polling", rooms: ["sport"] }),
       ]);
       for (const socket of all) s[socket.label] = socket;
-      const redis = createClient({ url: cluster.redis.url });
-      redis.on("error", () => {});
-      await redis.connect();
-      cluster.onClose(() => redis.quit());
-      emitter = new Emitter(redis);
+      emitter = await cluster.emitter();
     }),
   );
   after(() => cluster.close());

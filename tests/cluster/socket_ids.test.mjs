@@ -19,8 +19,6 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Emitter } from "@socket.io/redis-emitter";
-import { createClient } from "redis";
 import { Cluster, MODES, ack, uniq } from "./lib/cluster.mjs";
 
 const SOCKET_ID = /^[A-Za-z0-9_-]{20}$/;
@@ -44,11 +42,7 @@ for (const mode of MODES) describe(`socket ids are not rooms: three roomcast nod
       ]);
       for (const socket of sockets) s[socket.label] = socket;
       if (mode === "classic") {
-        const redis = createClient({ url: cluster.redis.url });
-        redis.on("error", () => {});
-        await redis.connect();
-        cluster.onClose(() => redis.quit());
-        emitter = new Emitter(redis);
+        emitter = await cluster.emitter();
       }
     }),
   );

@@ -156,6 +156,25 @@ pub fn rss_kib() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
+/// A request to the HTTP API of `server` with the bearer `key` and a JSON
+/// `body` (null for none): the status and the JSON answer (null when none).
+pub async fn api(
+    server: &TestServer,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}/api/v1{path}", server.http()))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("an API answer");
+    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
+}
+
 /// A counter or gauge of `/metrics` (`name` with its labels), 0 when absent.
 pub async fn metric(server: &TestServer, name: &str) -> u64 {
     let body = reqwest::get(format!("{}/metrics", server.http()))

@@ -11,6 +11,8 @@
 // stray copy that went through Redis would have arrived before the markers.
 
 import assert from "node:assert/strict";
+import { Emitter } from "@socket.io/redis-emitter";
+import { createClient } from "redis";
 import { io as ioClient } from "socket.io-client";
 import { API_KEY, startNodeServer, startRedis, startRoomcast } from "./procs.mjs";
 
@@ -146,6 +148,15 @@ export class Cluster {
   /** Runs `fn` at cleanup (before the processes are killed). */
   onClose(fn) {
     this.closers.push(fn);
+  }
+
+  /** An `@socket.io/redis-emitter` on the cluster's Redis (closed at cleanup). */
+  async emitter() {
+    const redis = createClient({ url: this.redis.url });
+    redis.on("error", () => {});
+    await redis.connect();
+    this.onClose(() => redis.quit());
+    return new Emitter(redis);
   }
 
   /**
