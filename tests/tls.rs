@@ -200,7 +200,10 @@ async fn a_wrong_ca_is_refused_clearly_and_the_node_serves_its_own_clients() {
     // A wrong password: refused, and the log says what to check.
     let n = node(&redis.url(ADAPTER_USER, "not-the-password"), &pki.ca, |_| {});
     let line = logged(&[&server, "check the user and password"]).await;
-    assert!(!line.contains("not-the-password"), "the password stays out of the log: {line}");
+    assert!(
+        !line.contains("not-the-password"),
+        "the password stays out of the log: {line}"
+    );
     assert!(!n.cluster.connected.load(Ordering::Relaxed));
 }
 
@@ -217,7 +220,10 @@ fn tls_settings_are_checked_before_start() {
     let msg = invalid("redis://127.0.0.1:6379/", &ca);
     assert!(msg.contains("redis.tls_ca_file") && msg.contains("rediss://"), "{msg}");
     let msg = invalid("rediss://127.0.0.1:6379/", "/nonexistent/ca.pem");
-    assert!(msg.contains("/nonexistent/ca.pem") && msg.contains("cannot read"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/ca.pem") && msg.contains("cannot read"),
+        "{msg}"
+    );
     let msg = invalid("rediss://127.0.0.1:6379/", &pki.server_key.display().to_string());
     assert!(msg.contains("no PEM certificate"), "{msg}");
     let msg = invalid("http://127.0.0.1:6379/", "");
@@ -281,12 +287,18 @@ async fn audit_rows_reach_postgres_over_tls_verify_full() {
     assert!(ssl);
 
     // The wrong CA: refused, naming the server and the certificate.
-    let wrong = pg_url(&pg, &format!("sslmode=verify-full&sslrootcert={}", pki.other_ca.display()));
+    let wrong = pg_url(
+        &pg,
+        &format!("sslmode=verify-full&sslrootcert={}", pki.other_ca.display()),
+    );
     let e = pg_store(&wrong).migrate().await.expect_err("an untrusted certificate");
     assert!(matches!(e, StoreError::Connect { .. }), "{e:?}");
     let msg = e.to_string();
     let target = format!("127.0.0.1:{} (sslmode=verify-full)", pg.port);
-    assert!(msg.contains(&target) && msg.contains("UnknownIssuer") && msg.contains("sslrootcert"), "{msg}");
+    assert!(
+        msg.contains(&target) && msg.contains("UnknownIssuer") && msg.contains("sslrootcert"),
+        "{msg}"
+    );
 }
 
 #[actix_web::test]
@@ -298,7 +310,10 @@ async fn sslmode_require_to_a_server_without_ssl_fails_clearly() {
         .expect_err("no TLS on the server");
     let msg = e.to_string();
     let target = format!("127.0.0.1:{} (sslmode=require)", pg.port);
-    assert!(msg.contains(&target) && msg.contains("does not support TLS") && msg.contains("ssl off"), "{msg}");
+    assert!(
+        msg.contains(&target) && msg.contains("does not support TLS") && msg.contains("ssl off"),
+        "{msg}"
+    );
     // The same server in the clear (sslmode=prefer, the default) works.
     pg_store(&pg.url()).migrate().await.expect("migrations without TLS");
 }

@@ -128,11 +128,11 @@ impl Connector {
             connector.cluster_builder().build().map_err(SetupError::Url)?;
             connector
         } else {
-            Self::Single(match certs {
+            let client = match certs {
                 Some(certs) => redis::Client::build_with_tls(info, certs),
                 None => redis::Client::open(info),
-            }
-            .map_err(SetupError::Url)?)
+            };
+            Self::Single(client.map_err(SetupError::Url)?)
         };
         Ok(connector)
     }
@@ -289,6 +289,47 @@ pub(crate) fn subscriber_count(v: &Value, channel: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_server_and_whether_it_is_tls() {
+        // unwrap: valid URLs without a CA file.
+        let tls = Connector::open("rediss://u:secret@127.0.0.1:6380/", false, "").unwrap();
+        let clear = Connector::open("redis://127.0.0.1:6379/", false, "").unwrap();
+        let seed = Connector::open("rediss://127.0.0.1:7000/", true, "").unwrap();
+        assert_eq!(tls.addr(), "127.0.0.1:6380 (TLS)");
+        assert_eq!(clear.addr(), "127.0.0.1:6379");
+        assert_eq!(seed.addr(), "127.0.0.1:7000 (TLS)");
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        let message = tls.error(RedisError::from(refused)).to_string();
+        assert!(message.starts_with("Redis at 127.0.0.1:6380 (TLS): invalid peer certificate: UnknownIssuer (the server's certificate is not trusted: redis.tls_ca_file"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_tls_url_and_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("roomcast-link-{}", std::process::id()));
+        // unwrap (three): the temporary directory is writable, its path UTF-8.
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        let empty = empty.to_str().unwrap();
+        assert!(matches!(
+            Connector::open("redis://127.0.0.1:6379/", false, empty),
+            Err(SetupError::CaFile { .. })
+        ));
+        assert!(matches!(
+            Connector::open("rediss://127.0.0.1:6379/", false, "/nonexistent/ca.pem"),
+            Err(SetupError::CaFile { .. })
+        ));
+        assert!(matches!(
+            Connector::open("localhost:6379", false, ""),
+            Err(SetupError::Url(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn counts_are_read_from_arrays_and_maps() {

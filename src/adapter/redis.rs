@@ -31,8 +31,8 @@ use std::sync::Mutex;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::link::{self, Conn, Connector};
 pub use super::link::SetupError;
+use super::link::{self, Conn, Connector};
 use super::requests::{self, kind, Request};
 use super::sharded::{self, Message as ShardMessage};
 use super::wire::{self, Broadcast};
@@ -399,7 +399,11 @@ async fn publisher(
                 failed => {
                     why = match failed {
                         Ok(Err(e)) => e.to_string(),
-                        _ => format!("Redis at {}: no connection within {:?}", connector.addr(), config.command_timeout),
+                        _ => format!(
+                            "Redis at {}: no connection within {:?}",
+                            connector.addr(),
+                            config.command_timeout
+                        ),
                     };
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(config.reconnect_max);
@@ -408,7 +412,10 @@ async fn publisher(
         }
         let Some(c) = conn.as_mut() else {
             AdapterStatus::add(&status.lost, n);
-            tracing::warn!(lost = n, "redis adapter: Redis unreachable ({why}), cross-node broadcasts lost");
+            tracing::warn!(
+                lost = n,
+                "redis adapter: Redis unreachable ({why}), cross-node broadcasts lost"
+            );
             continue;
         };
         let failed = match timeout(config.command_timeout, publish(c, &batch, config.sharded())).await {

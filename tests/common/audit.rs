@@ -261,11 +261,12 @@ impl PrivatePostgres {
             let (crt, pem_key) = (dir.join("server.crt"), dir.join("server.key"));
             std::fs::copy(cert, &crt).expect("copy the server certificate");
             std::fs::copy(key, &pem_key).expect("copy the server key");
-            std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(&pem_key, private).expect("chmod 0600 the server key");
             if as_root() {
                 for file in [&crt, &pem_key] {
                     let ok = Command::new("chown")
-                        .args(["postgres:", file.to_str().unwrap()])
+                        .args(["postgres:", file.to_str().expect("a UTF-8 path")])
                         .status();
                     assert!(ok.is_ok_and(|s| s.success()), "chown postgres {}", file.display());
                 }

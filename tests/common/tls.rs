@@ -16,7 +16,9 @@ pub struct Pki {
     pub ca: PathBuf,
     /// A CA that signed nothing a server here presents.
     pub other_ca: PathBuf,
-    /// For IP 127.0.0.1 and DNS localhost, signed by `ca`.
+    /// For IP 127.0.0.1 and DNS localhost, signed by `ca`; for clients
+    /// too, since a Redis Cluster's nodes present it to each other on the
+    /// bus (which always asks for a client certificate).
     pub server_cert: PathBuf,
     /// Its key (PEM, unencrypted).
     pub server_key: PathBuf,
@@ -94,7 +96,7 @@ impl Pki {
         std::fs::write(
             dir.join("server.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .expect("write server.ext");
         openssl(
@@ -334,9 +336,10 @@ impl Drop for TlsRedisCluster {
     }
 }
 
-/// redis-cli over TLS as the admin user on `port`.
+/// redis-cli over TLS as the admin user on `port`, killed after 30 s
+/// (`--cluster create` waits for ever for nodes that cannot meet).
 pub fn redis_cli(pki: &Pki, port: u16, args: &[&str]) -> std::process::Output {
-    Command::new("redis-cli")
+    let mut child = Command::new("redis-cli")
         .args([
             "--tls",
             "--cacert",
@@ -354,10 +357,22 @@ pub fn redis_cli(pki: &Pki, port: u16, args: &[&str]) -> std::process::Output {
             "--no-auth-warning",
         ])
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| {
             panic!("redis-cli could not be run ({e}): install it (Debian: apt-get install redis-tools)")
-        })
+        });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // unwrap: try_wait on a child of ours does not fail.
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("redis-cli's output")
 }
 
 // ---------------------------------------------------------------- logs
