@@ -110,12 +110,7 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 fn start_audit(settings: &Settings, node_name: Arc<str>) -> std::io::Result<Audit> {
     let a = &settings.audit;
     let stats = Arc::new(AuditStats::default());
-    let spill = Arc::new(Spill::open(
-        &a.spill_path(),
-        a.spill_max_bytes,
-        a.spill_fsync,
-        &stats,
-    )?);
+    let spill = Arc::new(Spill::open(&a.spill_path(), a.spill_max_bytes, a.spill_fsync, &stats)?);
     let arbiter = actix::Arbiter::new().handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let database = settings.database.clone();
@@ -180,7 +175,11 @@ impl Application {
                 Some(bind(&at.ip().to_string(), at.port(), settings.server.listen_backlog)?)
             }
         };
-        let admin_port = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?.map(|a| a.port());
+        let admin_port = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?
+            .map(|a| a.port());
 
         let node_id: Arc<str> = crate::engineio::generate_sid().into();
         let node_name: Arc<str> = settings.server.node_name.as_str().into();

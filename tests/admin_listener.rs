@@ -23,7 +23,13 @@ async fn operators_routes_move_to_the_admin_listener() {
     let public = server.http();
     let admin = format!("http://127.0.0.1:{}", server.admin_port.expect("an admin port"));
     assert_ne!(admin, public);
-    for path in ["/metrics", "/dashboard", "/dashboard.js", "/api/v1/rooms", "/api/v1/audit"] {
+    for path in [
+        "/metrics",
+        "/dashboard",
+        "/dashboard.js",
+        "/api/v1/rooms",
+        "/api/v1/audit",
+    ] {
         assert_eq!(status(format!("{public}{path}")).await, 404, "public {path}");
     }
     for path in ["/healthz", "/readyz"] {
@@ -32,7 +38,11 @@ async fn operators_routes_move_to_the_admin_listener() {
     }
     assert_eq!(status(format!("{admin}/metrics")).await, 200);
     assert_eq!(status(format!("{admin}/dashboard")).await, 200);
-    assert_eq!(status(format!("{admin}/api/v1/rooms")).await, 401, "the API, behind its key");
+    assert_eq!(
+        status(format!("{admin}/api/v1/rooms")).await,
+        401,
+        "the API, behind its key"
+    );
     let rooms = reqwest::Client::new()
         .get(format!("{admin}/api/v1/rooms"))
         .bearer_auth("admin-listener-test-key")

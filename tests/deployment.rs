@@ -79,7 +79,11 @@ fn interpolate(value: &str) -> String {
         let inner = &rest[start + 2..end];
         if let Some((name, _)) = inner.split_once(":?") {
             let secret = SECRETS.iter().find(|(n, _)| *n == name);
-            out.push_str(secret.unwrap_or_else(|| panic!("{value}: {name} is required but not in SECRETS")).1);
+            out.push_str(
+                secret
+                    .unwrap_or_else(|| panic!("{value}: {name} is required but not in SECRETS"))
+                    .1,
+            );
         } else if let Some((_, default)) = inner.split_once(":-").or_else(|| inner.split_once('-')) {
             out.push_str(default);
         }
@@ -719,7 +723,9 @@ fn compose_refuses_to_start_without_its_secrets_and_publishes_only_the_balancer(
     let compose = compose();
     let (_, node) = node_service(&compose);
     let env = environment(node);
-    let admin = env.get("ROOMCAST__ADMIN__ADDRESS").expect("the nodes have an admin listener");
+    let admin = env
+        .get("ROOMCAST__ADMIN__ADDRESS")
+        .expect("the nodes have an admin listener");
     let admin_port = admin.rsplit(':').next().unwrap();
     assert_ne!(admin_port, env["ROOMCAST__SERVER__PORT"]);
     assert_eq!(

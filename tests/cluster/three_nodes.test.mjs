@@ -90,7 +90,8 @@ describe("three roomcast nodes on one Redis", { timeout: 60_000 }, () => {
       const tag = uniq("http");
       const res = await cluster.api(A, "POST", "/publish", { room: ROOM, event: "news", data: { tag, from: "api@A", text: "from the backend" } });
       assert.equal(res.status, 202, `POST /api/v1/publish on A: ${res.text}`);
-      assert.deepEqual(res.json, { recipients: members.filter((m) => m.node === A).length }, "recipients on node A");
+      const local = members.filter((m) => m.node === A).length;
+      assert.deepEqual(res.json, { local_recipients: local, cluster: true, recipients: local }, "recipients on node A");
 
       // `except` names a socket id; that socket is on node C.
       const exceptTag = uniq("http-except");

@@ -53,25 +53,25 @@ pubsubTest("POST /publish reaches the subscribed sockets (room, rooms, except, n
   const publish = (body) => apiRequest(server, "POST", "/publish", { body });
   let res = await publish({ room: "open:r1", event: "news", data: { n: 1 } });
   assert.equal(res.status, 202, res.text);
-  assert.deepEqual(res.json, { recipients: 2 });
+  assert.deepEqual(res.json, { local_recipients: 2, cluster: false, recipients: 2 });
 
   // rooms: b is in both, and gets it once.
   res = await publish({ rooms: ["open:r1", "open:r2"], event: "news", data: { n: 2 } });
-  assert.deepEqual([res.status, res.json], [202, { recipients: 3 }]);
+  assert.deepEqual([res.status, res.json], [202, { local_recipients: 3, cluster: false, recipients: 3 }]);
 
   // except: skips the listed socket ids (unknown ids are harmless).
   res = await publish({ rooms: ["open:r1", "open:r2"], event: "news", data: { n: 3 }, except: [b.id, "no-such-id"] });
-  assert.deepEqual([res.status, res.json], [202, { recipients: 2 }]);
+  assert.deepEqual([res.status, res.json], [202, { local_recipients: 2, cluster: false, recipients: 2 }]);
 
   // An explicit namespace.
   res = await publish({ namespace: "/other", room: "open:r1", event: "news", data: { n: 4 } });
-  assert.deepEqual([res.status, res.json], [202, { recipients: 1 }]);
+  assert.deepEqual([res.status, res.json], [202, { local_recipients: 1, cluster: false, recipients: 1 }]);
   res = await publish({ namespace: "/", room: "open:r2", event: "news", data: { n: 5 } });
-  assert.deepEqual([res.status, res.json], [202, { recipients: 2 }]);
+  assert.deepEqual([res.status, res.json], [202, { local_recipients: 2, cluster: false, recipients: 2 }]);
 
   // A room nobody is in.
   res = await publish({ room: "open:nobody", event: "news", data: { n: 0 } });
-  assert.deepEqual([res.status, res.json], [202, { recipients: 0 }]);
+  assert.deepEqual([res.status, res.json], [202, { local_recipients: 0, cluster: false, recipients: 0 }]);
 
   // JSON values of every kind as data, in order; no data at all.
   // (null has a test of its own below.)
@@ -79,11 +79,11 @@ pubsubTest("POST /publish reaches the subscribed sockets (room, rooms, except, n
   const valuesAtA = collect(a, "value");
   for (const data of values) {
     res = await publish({ room: "open:r1", event: "value", data });
-    assert.deepEqual(res.json, { recipients: 2 });
+    assert.deepEqual(res.json, { local_recipients: 2, cluster: false, recipients: 2 });
   }
   const noArgs = new Promise((resolve) => a.once("bare", (...args) => resolve(args)));
   res = await publish({ room: "open:r1", event: "bare" });
-  assert.deepEqual(res.json, { recipients: 2 });
+  assert.deepEqual(res.json, { local_recipients: 2, cluster: false, recipients: 2 });
   assert.deepEqual(await noArgs, [], "an event without data has no argument");
   assert.deepEqual(valuesAtA.list, values);
 
@@ -111,7 +111,7 @@ pubsubTest('POST /publish with "data": null delivers null as the argument', asyn
   assert.deepEqual(await viaSocket, [null], "socket publish with data null");
   const viaApi = new Promise((resolve) => a.once("nil", (...args) => resolve(args)));
   const res = await apiRequest(server, "POST", "/publish", { body: { room: "open:nil", event: "nil", data: null } });
-  assert.deepEqual([res.status, res.json], [202, { recipients: 1 }]);
+  assert.deepEqual([res.status, res.json], [202, { local_recipients: 1, cluster: false, recipients: 1 }]);
   assert.deepEqual(await viaApi, [null], 'API publish with "data": null');
 });
 
@@ -250,7 +250,7 @@ pubsubTest("errors: unknown namespace 404, invalid body/room/event 400, unknown 
   );
   // Limits that are fine.
   const ok = await post({ rooms: Array.from({ length: 100 }, (_, i) => `open:${i}`), event: "e".repeat(128), except: [] });
-  assert.deepEqual([ok.status, ok.json], [202, { recipients: 0 }]);
+  assert.deepEqual([ok.status, ok.json], [202, { local_recipients: 0, cluster: false, recipients: 0 }]);
 
   assertApiError(await apiRequest(server, "GET", "/rooms/bad%20room!"), 400, "invalid_room", "GET /rooms/bad room!");
   assertApiError(await apiRequest(server, "GET", `/rooms/${"x".repeat(129)}`), 400, "invalid_room", "GET /rooms/<129 bytes>");

@@ -119,7 +119,7 @@ pubsubTest("token patterns: subscribe, presence and publish allowed and denied",
   const marker = await apiRequest(server, "POST", "/publish", {
     body: { namespace: "/private", rooms: ["chat:random", "dm:ab", "chat:general"], event: "msg", data: "marker" },
   });
-  assert.deepEqual(marker.json, { recipients: 2 }, marker.text); // listener and ann (in chat:general)
+  assert.deepEqual(marker.json, { local_recipients: 2, cluster: false, recipients: 2 }, marker.text); // listener and ann (in chat:general)
   await got.until((l) => l.includes("marker"));
   assert.deepEqual(got.list, ["chat:general", "user:zed", "marker"]);
 
