@@ -23,46 +23,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::eio::{next, open, send, Ws};
-use common::{within, TestServer, SIO, SOON};
+use common::redis::{await_listening, client, connected, redis_server, text, PrivateRedis};
+use common::{within, TestServer, SIO};
 use roomcast::config::{RedisMode, SubscriptionMode};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A redis-server of its own on a free port, killed on drop.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = PrivateRedis { port, child: None };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        self.child = Some(redis_server(self.port, &[]));
-        await_listening(self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// The adapter protocol a test's nodes speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,35 +67,6 @@ in_every_mode!(
     a_socket_is_reached_by_its_id_from_backends_only,
 );
 
-/// A redis-server on `port` that keeps nothing on disk, with `extra` arguments.
-fn redis_server(port: u16, extra: &[&str]) -> Child {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("redis-server could not be started ({e}): install it (Debian: apt-get install redis-server)")
-        })
-}
-
-fn await_listening(port: u16) {
-    let deadline = std::time::Instant::now() + SOON;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn node(redis: &PrivateRedis, proto: Proto) -> TestServer {
     node_at(redis.url(), proto, false)
 }
@@ -154,36 +89,6 @@ fn node_at(url: String, proto: Proto, cluster: bool) -> TestServer {
 }
 
 const API_KEY: &str = "cluster-test-key-0123";
-
-async fn connected(server: &TestServer, want: bool) {
-    within("the adapter state", async {
-        while server.cluster.connected.load(Ordering::Relaxed) != want {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
-/// A Socket.IO client in "/" over WebSocket.
-async fn client(server: &TestServer) -> Ws {
-    let (mut ws, _) = open(server, SIO).await;
-    send(&mut ws, "40").await;
-    let connected = text(&mut ws).await;
-    assert!(connected.starts_with("40{"), "{connected}");
-    ws
-}
-
-/// The next text frame that is not a ping (pings are answered).
-async fn text(ws: &mut Ws) -> String {
-    loop {
-        match next(ws).await {
-            Message::Text(t) if t.as_str() == "2" => send(ws, "3").await,
-            Message::Text(t) => return t.to_string(),
-            Message::Binary(b) => return format!("<binary {b:?}>"),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
 
 async fn request(ws: &mut Ws, id: u32, event: &str, arg: serde_json::Value) -> String {
     send(ws, format!("42{id}{}", serde_json::json!([event, arg]))).await;

@@ -25,7 +25,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::audit::{by_sid, store, wait_rows, PrivatePostgres};
-use common::eio::{next, open, send, Ws};
+use common::eio::{open, send, Ws};
+use common::redis::{client, connected, text};
 use common::tls::{
     capture_logs, logs, Pki, TlsRedis, TlsRedisCluster, ADAPTER_PASSWORD, ADAPTER_USER, ADMIN_PASSWORD, ADMIN_USER,
 };
@@ -33,7 +34,6 @@ use common::{within, TestServer, SIO, SOON};
 use roomcast::audit::store::{Store, StoreError};
 use roomcast::config::{DatabaseSettings, RedisMode, Settings};
 use sqlx::Connection as _;
-use tokio_tungstenite::tungstenite::Message;
 
 /// A node on `url`, trusting `ca`.
 fn node(url: &str, ca: &std::path::Path, tweak: impl FnOnce(&mut Settings)) -> TestServer {
@@ -46,35 +46,6 @@ fn node(url: &str, ca: &std::path::Path, tweak: impl FnOnce(&mut Settings)) -> T
         s.redis.reconnect_max_ms = 200;
         tweak(s);
     }))
-}
-
-async fn connected(server: &TestServer, want: bool) {
-    within("the adapter state", async {
-        while server.cluster.connected.load(Ordering::Relaxed) != want {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
-/// A Socket.IO client in "/" over WebSocket.
-async fn client(server: &TestServer) -> Ws {
-    let (mut ws, _) = open(server, SIO).await;
-    send(&mut ws, "40").await;
-    let connected = text(&mut ws).await;
-    assert!(connected.starts_with("40{"), "{connected}");
-    ws
-}
-
-/// The next text frame that is not a ping (pings are answered).
-async fn text(ws: &mut Ws) -> String {
-    loop {
-        match next(ws).await {
-            Message::Text(t) if t.as_str() == "2" => send(ws, "3").await,
-            Message::Text(t) => return t.to_string(),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }
 
 async fn request(ws: &mut Ws, id: u32, event: &str, arg: serde_json::Value) -> String {

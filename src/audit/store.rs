@@ -279,7 +279,10 @@ impl Store {
     fn located(&self, e: StoreError) -> StoreError {
         use sqlx::migrate::MigrateError;
         let Some(target) = &self.target else { return e };
-        let connecting = |s: &sqlx::Error| matches!(s, sqlx::Error::Tls(_) | sqlx::Error::Io(_));
+        // A pool that timed out waiting for a connection could not open one
+        // (sqlx keeps the cause to itself): the server is named all the same.
+        let connecting =
+            |s: &sqlx::Error| matches!(s, sqlx::Error::Tls(_) | sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut);
         match e {
             StoreError::Sqlx(source) | StoreError::Migrate(MigrateError::Execute(source)) if connecting(&source) => {
                 StoreError::Connect {

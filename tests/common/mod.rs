@@ -8,6 +8,8 @@ pub mod audit;
 pub mod eio;
 pub mod raw;
 #[cfg(unix)]
+pub mod redis;
+#[cfg(unix)]
 pub mod suite;
 #[cfg(unix)]
 pub mod tls;
