@@ -23,7 +23,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::eio::{next, open, send, Ws};
-use common::redis::{await_listening, client, connected, redis_server, text, PrivateRedis};
+use common::redis::{
+    await_listening, client, connected, publish, redis_server, request, subscribe, text, PrivateRedis,
+};
 use common::{within, TestServer, SIO};
 use roomcast::config::{RedisMode, SubscriptionMode};
 use tokio_tungstenite::tungstenite::Message;
@@ -89,28 +91,6 @@ fn node_at(url: String, proto: Proto, cluster: bool) -> TestServer {
 }
 
 const API_KEY: &str = "cluster-test-key-0123";
-
-async fn request(ws: &mut Ws, id: u32, event: &str, arg: serde_json::Value) -> String {
-    send(ws, format!("42{id}{}", serde_json::json!([event, arg]))).await;
-    let reply = text(ws).await;
-    assert!(reply.starts_with(&format!("43{id}")), "{reply}");
-    reply
-}
-
-async fn subscribe(ws: &mut Ws, room: &str) {
-    let reply = request(ws, 1, "subscribe", serde_json::json!({"room": room})).await;
-    assert_eq!(reply, r#"431[{"ok":true}]"#);
-}
-
-async fn publish(ws: &mut Ws, room: &str, data: serde_json::Value) {
-    request(
-        ws,
-        2,
-        "publish",
-        serde_json::json!({"room": room, "event": "chat", "data": data}),
-    )
-    .await;
-}
 
 async fn publishes_cross_nodes_exactly_once(proto: Proto) {
     let redis = PrivateRedis::start();

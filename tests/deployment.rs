@@ -210,18 +210,8 @@ fn exposed_port() -> u16 {
 #[test]
 fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
     let compose = compose();
-    let (name, node) = node_service(&compose);
-    // The image's ENV, then compose's environment over it.
-    let mut env = dockerfile_runtime_env();
-    env.extend(environment(node));
-    // The profile: a file the image has, copied from config/.
-    let profile = env.remove("ROOMCAST_CONFIG").map(|in_image| {
-        let copy = dockerfile_instruction(&dockerfile_stages().pop().expect("a stage"), "COPY")
-            .into_iter()
-            .find(|c| c.trim().ends_with(&format!(" {in_image}")))
-            .unwrap_or_else(|| panic!("ROOMCAST_CONFIG={in_image}: the Dockerfile copies no file there"));
-        repo().join(copy.split_whitespace().next().expect("COPY SOURCE DEST"))
-    });
+    let (name, _) = node_service(&compose);
+    let (env, profile) = node_env();
     for var in env.keys().filter(|k| k.starts_with("ROOMCAST")) {
         assert!(
             var.starts_with("ROOMCAST__"),
@@ -755,9 +745,10 @@ fn the_production_profile_turns_anonymous_access_off_and_requires_origins() {
     assert!(err.to_string().contains("server.allowed_origins"), "{err}");
 }
 
-/// The nodes' configuration as compose gives it: the image's ENV, compose's
-/// environment over it, the profile ROOMCAST_CONFIG names.
-fn node_settings() -> Settings {
+/// The nodes' environment (the image's ENV, compose's environment over
+/// it, without `ROOMCAST_CONFIG`) and the profile file in the repository
+/// that `ROOMCAST_CONFIG` names in the image.
+fn node_env() -> (HashMap<String, String>, Option<PathBuf>) {
     let compose = compose();
     let (_, node) = node_service(&compose);
     let mut env = dockerfile_runtime_env();
@@ -769,6 +760,13 @@ fn node_settings() -> Settings {
             .unwrap_or_else(|| panic!("ROOMCAST_CONFIG={in_image}: the Dockerfile copies no file there"));
         repo().join(copy.split_whitespace().next().expect("COPY SOURCE DEST"))
     });
+    (env, profile)
+}
+
+/// The nodes' configuration as compose gives it: the image's ENV, compose's
+/// environment over it, the profile ROOMCAST_CONFIG names.
+fn node_settings() -> Settings {
+    let (env, profile) = node_env();
     Settings::load_with_env(profile.as_deref(), Some(env)).expect("the nodes' configuration loads")
 }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use common::audit::{by_sid, store, wait_rows, PrivatePostgres};
 use common::eio::{open, send, Ws};
-use common::redis::{client, connected, text};
+use common::redis::{client, connected, publish, request, subscribe, text};
 use common::tls::{
     capture_logs, logs, Pki, TlsRedis, TlsRedisCluster, ADAPTER_PASSWORD, ADAPTER_USER, ADMIN_PASSWORD, ADMIN_USER,
 };
@@ -46,23 +46,6 @@ fn node(url: &str, ca: &std::path::Path, tweak: impl FnOnce(&mut Settings)) -> T
         s.redis.reconnect_max_ms = 200;
         tweak(s);
     }))
-}
-
-async fn request(ws: &mut Ws, id: u32, event: &str, arg: serde_json::Value) -> String {
-    send(ws, format!("42{id}{}", serde_json::json!([event, arg]))).await;
-    let reply = text(ws).await;
-    assert!(reply.starts_with(&format!("43{id}")), "{reply}");
-    reply
-}
-
-async fn subscribe(ws: &mut Ws, room: &str) {
-    let reply = request(ws, 1, "subscribe", serde_json::json!({"room": room})).await;
-    assert_eq!(reply, r#"431[{"ok":true}]"#);
-}
-
-async fn publish(ws: &mut Ws, room: &str, data: serde_json::Value) {
-    let arg = serde_json::json!({"room": room, "event": "chat", "data": data});
-    request(ws, 2, "publish", arg).await;
 }
 
 /// Presence of `room` as `ws` sees it: (count, partial).

@@ -115,3 +115,23 @@ pub async fn text(ws: &mut Ws) -> String {
         }
     }
 }
+
+/// Sends event `event` with `arg` and ack id `id`; its ack.
+pub async fn request(ws: &mut Ws, id: u32, event: &str, arg: serde_json::Value) -> String {
+    send(ws, format!("42{id}{}", serde_json::json!([event, arg]))).await;
+    let reply = text(ws).await;
+    assert!(reply.starts_with(&format!("43{id}")), "{reply}");
+    reply
+}
+
+/// Subscribes to `room` (which must succeed).
+pub async fn subscribe(ws: &mut Ws, room: &str) {
+    let reply = request(ws, 1, "subscribe", serde_json::json!({"room": room})).await;
+    assert_eq!(reply, r#"431[{"ok":true}]"#);
+}
+
+/// Publishes event "chat" with `data` to `room`.
+pub async fn publish(ws: &mut Ws, room: &str, data: serde_json::Value) {
+    let arg = serde_json::json!({"room": room, "event": "chat", "data": data});
+    request(ws, 2, "publish", arg).await;
+}
