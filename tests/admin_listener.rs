@@ -69,7 +69,14 @@ async fn without_an_admin_address_everything_is_on_one_listener() {
 #[test]
 fn a_bad_admin_address_names_the_key() {
     let mut settings = roomcast::config::Settings::defaults();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
     settings.admin.address = "not-an-address".into();
+    let problems = settings.problems();
+    assert!(
+        problems.iter().any(|p| p.to_string().contains("admin.address")),
+        "{problems:?}"
+    );
     let err = actix_web::rt::System::new()
         .block_on(async { roomcast::startup::Application::build(settings).err().expect("refused") });
     assert!(err.to_string().contains("admin.address"), "{err}");
