@@ -29,10 +29,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -53,31 +52,9 @@ const DRAIN_WINDOW_MS: u64 = 4000;
 /// A roomcast process started with `--config <profile>`; its port, and a
 /// thread keeping its stderr drained.
 fn start_roomcast(profile: &Path) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .arg("--config")
-        .arg(profile)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("roomcast starts");
-    // unwrap: stderr is piped just above.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("roomcast logs its address")
-            .expect("stderr is text");
-        if let Some(rest) = line.split("roomcast listening on http://127.0.0.1:").nth(1) {
-            break rest
-                .split('/')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .expect("a port in the log line");
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, port)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    cmd.arg("--config").arg(profile);
+    common::start_binary(cmd)
 }
 
 fn signal(child: &Child, name: &str) {

@@ -18,8 +18,7 @@
 //!   the `process_*` families read from `/proc/self`.
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::eio::{member, next_text, open, send};
@@ -171,25 +170,11 @@ async fn health_and_readiness() {
 
 /// A roomcast process on a free port; its pid and port.
 fn start_roomcast(env: &[(&str, &str)]) -> (std::process::Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .env("ROOMCAST__SERVER__HOST", "127.0.0.1")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    cmd.env("ROOMCAST__SERVER__HOST", "127.0.0.1")
         .env("ROOMCAST__SERVER__PORT", "0")
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("roomcast starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("roomcast logs its address").unwrap();
-        if let Some(rest) = line.split("roomcast listening on http://127.0.0.1:").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep reading so the pipe never fills.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, port)
+        .envs(env.iter().copied());
+    common::start_binary(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

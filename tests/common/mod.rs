@@ -177,6 +177,36 @@ pub async fn api(
     (resp.status().as_u16(), resp.json().await.unwrap_or_default())
 }
 
+/// Starts the roomcast binary as `cmd` says (its stdout discarded, stderr
+/// read), waits for the line that says where it listens on 127.0.0.1, and
+/// keeps reading its log so the pipe never fills; the process and its port.
+pub fn start_binary(mut cmd: std::process::Command) -> (std::process::Child, u16) {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("roomcast starts");
+    // unwrap: stderr is piped just above.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("roomcast logs its address")
+            .expect("stderr is text");
+        if let Some(rest) = line.split("roomcast listening on http://127.0.0.1:").nth(1) {
+            break rest
+                .split('/')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("a port in the log line");
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
 /// A counter or gauge of `/metrics` (`name` with its labels), 0 when absent.
 pub async fn metric(server: &TestServer, name: &str) -> u64 {
     let body = reqwest::get(format!("{}/metrics", server.http()))
