@@ -425,6 +425,11 @@ impl Metrics {
         self.limit_breaches.get_or_create(&LimitLabel { limit }).inc();
     }
 
+    /// A client event refused with the error ack `code`.
+    pub fn invalid_event(&self, code: &'static str) {
+        self.invalid_events.get_or_create(&CodeLabel { code }).inc();
+    }
+
     /// A namespace socket joined (`+1`) or left (`-1`).
     pub fn socket(&self, namespace: &str, delta: i64) {
         self.sockets

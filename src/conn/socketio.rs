@@ -417,11 +417,7 @@ impl Connection {
         args: &Value,
         ctx: &mut Context<Self>,
     ) {
-        self.shared
-            .metrics
-            .invalid_events
-            .get_or_create(&crate::metrics::CodeLabel { code })
-            .inc();
+        self.shared.metrics.invalid_event(code);
         let guards = self.shared.guards.clone();
         let mut rows = self.audit_rows;
         guards.client_row(&mut rows, || {
@@ -517,11 +513,7 @@ impl Connection {
             _ => {
                 let (nsp, id) = (message.packet.nsp, message.packet.id);
                 let code = "unknown_event";
-                self.shared
-                    .metrics
-                    .invalid_events
-                    .get_or_create(&crate::metrics::CodeLabel { code })
-                    .inc();
+                self.shared.metrics.invalid_event(code);
                 let why = format!("unknown event {:?}", crate::audit::sanitize(&name, 128));
                 self.ack_error(&nsp, id, code, &why, ctx);
             }
