@@ -61,6 +61,44 @@ struct Claims {
     exp: u64,
 }
 
+/// Why `[auth]` cannot make a [`Verifier`].
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `auth.jwt_algorithm` is none of the supported ones.
+    #[error("unsupported algorithm {0:?} (HS256, RS256 or ES256)")]
+    Algorithm(String),
+    /// `auth.jwt_secret` is too short for HS256.
+    #[error("the HS256 secret must be at least 32 bytes")]
+    ShortSecret,
+    /// `auth.jwt_public_key_file` cannot be read.
+    #[error("public key {path:?} could not be read: {source}")]
+    KeyUnreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `auth.jwt_public_key_file` holds no key of the algorithm.
+    #[error("public key {path:?} is not a PEM key: {source}")]
+    KeyInvalid {
+        /// The file.
+        path: String,
+        /// Why.
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
+impl SettingsError {
+    /// The configuration key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SettingsError::Algorithm(_) => "auth.jwt_algorithm",
+            SettingsError::ShortSecret => "auth.jwt_secret",
+            SettingsError::KeyUnreadable { .. } | SettingsError::KeyInvalid { .. } => "auth.jwt_public_key_file",
+        }
+    }
+}
+
 /// Checks CONNECT payloads.
 #[derive(Clone)]
 pub struct Verifier {
@@ -71,26 +109,28 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Builds the verifier; the error says what is wrong with the settings.
-    pub fn from_settings(s: &AuthSettings) -> Result<Verifier, String> {
+    /// Builds the verifier; the error says what is wrong with the settings
+    /// and names the key.
+    pub fn from_settings(s: &AuthSettings) -> Result<Verifier, SettingsError> {
         let jwt = match s.jwt_algorithm.as_str() {
             "" => None,
             alg @ ("HS256" | "RS256" | "ES256") => {
-                let algorithm: Algorithm = alg.parse().map_err(|e| format!("{e}"))?;
+                let algorithm: Algorithm = alg.parse().map_err(|_| SettingsError::Algorithm(alg.to_owned()))?;
                 let key = if algorithm == Algorithm::HS256 {
                     if s.jwt_secret.len() < 32 {
-                        return Err("the HS256 secret must be at least 32 bytes".into());
+                        return Err(SettingsError::ShortSecret);
                     }
                     DecodingKey::from_secret(s.jwt_secret.as_bytes())
                 } else {
+                    let path = || s.jwt_public_key_file.clone();
                     let pem = std::fs::read(&s.jwt_public_key_file)
-                        .map_err(|e| format!("public key {:?} could not be read: {e}", s.jwt_public_key_file))?;
+                        .map_err(|source| SettingsError::KeyUnreadable { path: path(), source })?;
                     let key = if algorithm == Algorithm::RS256 {
                         DecodingKey::from_rsa_pem(&pem)
                     } else {
                         DecodingKey::from_ec_pem(&pem)
                     };
-                    key.map_err(|e| format!("public key {:?} is not a PEM key: {e}", s.jwt_public_key_file))?
+                    key.map_err(|source| SettingsError::KeyInvalid { path: path(), source })?
                 };
                 let mut validation = Validation::new(algorithm);
                 validation.leeway = s.jwt_leeway_s;
@@ -110,7 +150,7 @@ impl Verifier {
                 validation.set_required_spec_claims(&required);
                 Some((key, validation))
             }
-            other => return Err(format!("unsupported algorithm {other:?} (HS256, RS256 or ES256)")),
+            other => return Err(SettingsError::Algorithm(other.to_owned())),
         };
         Ok(Verifier {
             jwt,
@@ -363,11 +403,14 @@ mod tests {
     fn settings_are_checked() {
         let mut s = settings();
         s.jwt_secret = "short".into();
-        assert!(Verifier::from_settings(&s).unwrap_err().contains("secret"));
+        assert!(Verifier::from_settings(&s).unwrap_err().to_string().contains("secret"));
         s.jwt_algorithm = "none".into();
         assert!(Verifier::from_settings(&s).is_err());
         s.jwt_algorithm = "RS256".into();
         s.jwt_public_key_file = "/nonexistent.pem".into();
-        assert!(Verifier::from_settings(&s).unwrap_err().contains("public key"));
+        assert!(Verifier::from_settings(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("public key"));
     }
 }

@@ -5,6 +5,11 @@
 //! variables `ROOMCAST__<SECTION>__<KEY>`. Every key has its default and a
 //! comment in `config/default.toml`; unknown keys are rejected so a typo does
 //! not silently fall back to a default.
+//!
+//! This module checks its own values and imports no owner of them: the
+//! owners' checks (auth, Redis, the audit store, IP ranges) run where
+//! `startup` builds each of them, reporting the key (see
+//! [`Settings::validate`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -54,7 +59,7 @@ impl From<config::ConfigError> for ConfigError {
 impl ConfigError {
     /// One error for `errors` (which must not be empty): itself when there
     /// is one.
-    fn of(mut errors: Vec<ConfigError>) -> ConfigError {
+    pub fn of(mut errors: Vec<ConfigError>) -> ConfigError {
         if errors.len() == 1 {
             errors.remove(0)
         } else {
@@ -620,14 +625,18 @@ impl Settings {
     }
 
     fn from_config(cfg: config::Config) -> Result<Settings, ConfigError> {
-        Self::typed(cfg).map_err(ConfigError::of)
+        Self::typed(cfg, |_| Vec::new()).map_err(ConfigError::of)
     }
 
     /// Every problem of the merged layers, not only the first: each
     /// section is read on its own (a section that does not parse stands at
     /// its defaults for the checks of the others), then every value is
-    /// checked. What `roomcast config check` lists.
-    fn typed(cfg: config::Config) -> Result<Settings, Vec<ConfigError>> {
+    /// checked, by this module and by `owners`. What `roomcast config check`
+    /// lists.
+    fn typed(
+        cfg: config::Config,
+        owners: impl Fn(&Settings) -> Vec<ConfigError>,
+    ) -> Result<Settings, Vec<ConfigError>> {
         let (mut settings, mut errors) = match cfg.clone().try_deserialize::<Settings>() {
             Ok(settings) => (settings, Vec::new()),
             Err(whole) => Self::key_by_key(&cfg, whole)?,
@@ -636,6 +645,7 @@ impl Settings {
             settings.server.node_name = host_name();
         }
         errors.extend(settings.problems());
+        errors.extend(owners(&settings));
         if errors.is_empty() {
             Ok(settings)
         } else {
@@ -694,27 +704,30 @@ impl Settings {
     }
 
     /// Every problem of `profile` and the environment merged over the
-    /// defaults, or the settings (`roomcast config check`).
+    /// defaults, or the settings: this module's checks only.
     pub fn check(
         profile: Option<&Path>,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Settings, Vec<ConfigError>> {
-        Self::typed(Self::layers(profile, env).map_err(|e| vec![e])?)
+        Self::check_with(profile, env, |_| Vec::new())
     }
 
-    /// Checks values that parse but make no sense; the first problem, or
-    /// all of them in one [`ConfigError::Several`].
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let errors = self.problems();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::of(errors))
-        }
+    /// [`Settings::check`], with the checks of the values' owners
+    /// (`startup::owner_problems`), all listed together: `roomcast config
+    /// check`.
+    pub fn check_with(
+        profile: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+        owners: impl Fn(&Settings) -> Vec<ConfigError>,
+    ) -> Result<Settings, Vec<ConfigError>> {
+        Self::typed(Self::layers(profile, env).map_err(|e| vec![e])?, owners)
     }
 
-    /// Every value that parses but makes no sense, each naming its key and
-    /// what would be valid.
+    /// Every value that parses but makes no sense on its own, each naming
+    /// its key and what would be valid. What only an owner can tell (a key
+    /// file that does not read, a URL its client refuses, an address range)
+    /// the owner reports where `startup` builds it;
+    /// [`Settings::validate`] (defined there) runs both.
     pub fn problems(&self) -> Vec<ConfigError> {
         fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
             ConfigError::Invalid {
@@ -802,26 +815,6 @@ impl Settings {
         if self.rooms.max_per_socket == 0 {
             errors.push(invalid("rooms.max_per_socket", "must be at least 1"));
         }
-        if let Err(message) = crate::auth::Verifier::from_settings(&self.auth) {
-            let key = if message.contains("public key") {
-                "auth.jwt_public_key_file"
-            } else if message.contains("secret") {
-                "auth.jwt_secret"
-            } else {
-                "auth.jwt_algorithm"
-            };
-            errors.push(invalid(key, message));
-        }
-        if !self.redis.url.is_empty() {
-            let r = &self.redis;
-            if let Err(e) = crate::adapter::redis::check_settings(&r.url, r.cluster, &r.tls_ca_file) {
-                let key = match e {
-                    crate::adapter::redis::SetupError::Url(_) => "redis.url",
-                    _ => "redis.tls_ca_file",
-                };
-                errors.push(invalid(key, e.to_string()));
-            }
-        }
         if self.redis.key.is_empty() || self.redis.key.contains('#') {
             errors.push(invalid("redis.key", "must be non-empty and without '#'"));
         }
@@ -839,12 +832,6 @@ impl Settings {
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
             errors.push(invalid("api.keys", "every key must be at least 16 characters"));
-        }
-        if let Err(message) = crate::http::peer::TrustedProxies::parse(&self.server.trusted_proxies) {
-            errors.push(invalid("server.trusted_proxies", message));
-        }
-        if let Err(message) = crate::http::peer::TrustedProxies::parse(&self.limits.exempt) {
-            errors.push(invalid("limits.exempt", message));
         }
         let l = &self.limits;
         if l.handshakes_per_second > 0 && l.handshake_burst == 0 {
@@ -873,9 +860,6 @@ impl Settings {
         }
         if sio.max_namespaces == 0 {
             errors.push(invalid("socketio.max_namespaces", "must be at least 1"));
-        }
-        if let Err(e) = crate::audit::store::Backend::of(&self.database.url) {
-            errors.push(invalid("database.url", e.to_string()));
         }
         if self.database.max_connections == 0 || self.database.timeout_ms == 0 {
             errors.push(invalid(

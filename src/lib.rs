@@ -40,11 +40,33 @@
 //! - [`config`]: typed settings; [`telemetry`]: logging;
 //!   [`startup`]: the composition root.
 //!
-//! Imports point downstream only (http → transport → conn → broker →
-//! adapter; api → broker, adapter); messages travelling back up are defined
-//! downstream and reach their actor through a `Recipient`, and the one
-//! thing the broker writes to directly, a WebSocket's outbox, is a trait
-//! the broker defines (`broker::DirectSink`) and the transport implements.
+//! # Layers
+//!
+//! From the top. A module imports only modules on lines below its own
+//! (`tests/layering.rs` checks every `crate::` path against this list);
+//! messages travelling back up are defined downstream and reach their actor
+//! through a `Recipient`, and the one thing the broker writes to directly, a
+//! WebSocket's outbox, is a trait the broker defines (`broker::DirectSink`)
+//! and the transport implements.
+//!
+//! 1. `startup`: the composition root, the one module that knows every
+//!    concrete type (and the checks that need the owners: [`config::Settings::validate`]).
+//! 2. `api`, `ops`: the backends' and the operators' HTTP routes.
+//! 3. `http`: request parsing, dispatch, the session cap.
+//! 4. `transport`: long-polling and WebSocket plumbing.
+//! 5. `conn`: the connection actor.
+//! 6. `cluster`: everything "across the nodes", one handle over the broker and the adapter.
+//! 7. `broker`: this node's rooms and fan-out.
+//! 8. `auth`: JWT verification, room permissions.
+//! 9. `limits`: rate limits, quotas, the input budget.
+//! 10. `metrics`: the Prometheus registry.
+//! 11. `adapter`: the Redis adapter and its wire format.
+//! 12. `audit`: audit events, the writer, the spill file, the SQL store.
+//! 13. `telemetry`: logging.
+//! 14. `config`: typed settings, checked on their own.
+//! 15. `net`: IP addresses and ranges.
+//! 16. `engineio`, `socketio`: the protocols, pure (no actix, tokio, redis).
+//! 17. `reason`: close reasons with Socket.IO's exact strings.
 
 #![warn(missing_docs)]
 
@@ -53,12 +75,14 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod engineio;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod reason;
 pub mod socketio;

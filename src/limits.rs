@@ -14,109 +14,12 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{AuditEvent, AuditHandle, AuditKind, AuditReason};
 use crate::config::LimitSettings;
-use crate::http::peer::TrustedProxies;
 use crate::metrics::Metrics;
+use crate::net::IpRanges;
 
-/// A limit that refused something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Limit {
-    /// `limits.handshakes_per_second` for one client address.
-    HandshakeRate,
-    /// `limits.connections_per_ip`.
-    ConnectionsPerIp,
-    /// `limits.max_url_len`.
-    UrlLength,
-    /// `limits.max_header_bytes`.
-    HeaderSize,
-    /// `server.allowed_origins`.
-    Origin,
-    /// `limits.packets_per_second` on one connection.
-    PacketRate,
-    /// `limits.bytes_per_second` on one connection.
-    ByteRate,
-    /// `socketio.max_namespaces`.
-    Namespaces,
-    /// `websocket.message_timeout_ms`.
-    MessageTimeout,
-    /// `websocket.write_timeout_ms`.
-    WriteTimeout,
-    /// `limits.body_timeout_ms`.
-    BodyTimeout,
-    /// `engine.max_payload` (and `websocket.max_fragments`): 413 or 1009.
-    MaxPayload,
-    /// `engine.max_packets_per_payload`.
-    PacketsPerPayload,
-    /// `socketio.max_attachments` and `max_attachment_bytes`.
-    Attachments,
-    /// `rooms.max_per_socket`.
-    RoomsPerSocket,
-    /// `rooms.max_total`.
-    RoomsTotal,
-    /// `limits.input_budget_bytes`: the node holds too much incomplete input.
-    InputBudget,
-    /// `limits.attachment_timeout_ms`.
-    AttachmentTimeout,
-    /// `rooms.max_per_address`.
-    RoomsPerAddress,
-    /// `rooms.max_per_user`.
-    RoomsPerUser,
-    /// `server.max_connections`.
-    MaxConnections,
-}
+pub use crate::reason::Limit;
 
 impl Limit {
-    /// Every limit.
-    pub const ALL: [Limit; 21] = [
-        Self::HandshakeRate,
-        Self::ConnectionsPerIp,
-        Self::UrlLength,
-        Self::HeaderSize,
-        Self::Origin,
-        Self::PacketRate,
-        Self::ByteRate,
-        Self::Namespaces,
-        Self::MessageTimeout,
-        Self::WriteTimeout,
-        Self::BodyTimeout,
-        Self::MaxPayload,
-        Self::PacketsPerPayload,
-        Self::Attachments,
-        Self::RoomsPerSocket,
-        Self::RoomsTotal,
-        Self::InputBudget,
-        Self::AttachmentTimeout,
-        Self::RoomsPerAddress,
-        Self::RoomsPerUser,
-        Self::MaxConnections,
-    ];
-
-    /// The metric label, also the audit reason.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::HandshakeRate => "handshakes_per_second",
-            Self::ConnectionsPerIp => "connections_per_ip",
-            Self::UrlLength => "max_url_len",
-            Self::HeaderSize => "max_header_bytes",
-            Self::Origin => "allowed_origins",
-            Self::PacketRate => "packets_per_second",
-            Self::ByteRate => "bytes_per_second",
-            Self::Namespaces => "max_namespaces",
-            Self::MessageTimeout => "message_timeout",
-            Self::WriteTimeout => "write_timeout",
-            Self::BodyTimeout => "body_timeout",
-            Self::MaxPayload => "max_payload",
-            Self::PacketsPerPayload => "max_packets_per_payload",
-            Self::Attachments => "max_attachments",
-            Self::RoomsPerSocket => "rooms_per_socket",
-            Self::RoomsTotal => "rooms_total",
-            Self::InputBudget => "input_budget",
-            Self::AttachmentTimeout => "attachment_timeout",
-            Self::RoomsPerAddress => "rooms_per_address",
-            Self::RoomsPerUser => "rooms_per_user",
-            Self::MaxConnections => "max_connections",
-        }
-    }
-
     /// The audit reason: the label, and 301 + its place in [`Limit::ALL`].
     pub fn reason(self) -> AuditReason {
         let n = Self::ALL.iter().position(|l| *l == self).unwrap_or_default();
@@ -430,9 +333,11 @@ pub struct ClientRows {
 /// The limits of one server and the record of their breaches.
 pub struct Guards {
     settings: LimitSettings,
-    exempt: TrustedProxies,
-    /// Proxies whose `X-Forwarded-For` names the client.
-    pub trusted: TrustedProxies,
+    /// `limits.exempt`.
+    exempt: IpRanges,
+    /// Proxies whose `X-Forwarded-For` names the client
+    /// (`server.trusted_proxies`).
+    pub trusted: IpRanges,
     addresses: Mutex<HashMap<AddressKey, AddressEntry>>,
     /// The address table is swept of idle entries when it grows past this.
     sweep_at: Mutex<usize>,
@@ -459,19 +364,21 @@ impl std::fmt::Debug for Guards {
 const SWEEP_FLOOR: usize = 4096;
 
 impl Guards {
-    /// The guards of `settings` (already validated). Inside a Tokio
+    /// The guards of `settings`, believing the `X-Forwarded-For` of
+    /// `trusted` proxies and not counting `exempt` addresses. Inside a Tokio
     /// runtime a task summarises, once a second, the client rows the node's
     /// allowance held back (it ends with the guards).
     pub fn new(
         settings: &LimitSettings,
-        trusted: TrustedProxies,
+        trusted: IpRanges,
+        exempt: IpRanges,
         metrics: Arc<Metrics>,
         audit: Option<AuditHandle>,
     ) -> Arc<Self> {
         let guards = Arc::new(Self {
             input: InputBudget::new(usize::try_from(settings.input_budget_bytes).unwrap_or(usize::MAX)),
             node_held_back: std::sync::atomic::AtomicU64::new(0),
-            exempt: TrustedProxies::parse(&settings.exempt).unwrap_or_default(),
+            exempt,
             trusted,
             addresses: Mutex::new(HashMap::new()),
             sweep_at: Mutex::new(SWEEP_FLOOR),
@@ -672,7 +579,9 @@ mod tests {
 
     fn guards(tweak: impl FnOnce(&mut LimitSettings)) -> Arc<Guards> {
         let metrics = Arc::new(Metrics::new());
-        Guards::new(&settings(tweak), TrustedProxies::default(), metrics, None)
+        let settings = settings(tweak);
+        let exempt = IpRanges::parse(&settings.exempt).unwrap();
+        Guards::new(&settings, IpRanges::default(), exempt, metrics, None)
     }
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));

@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `config check` and `config show`: they report a configuration that does
 /// not load instead of stopping at its first error.
 fn config_command(profile: Option<&std::path::Path>, command: ConfigCommand) -> anyhow::Result<()> {
-    let checked = Settings::check(profile, None);
+    let checked = Settings::check_with(profile, None, roomcast::startup::owner_problems);
     match command {
         ConfigCommand::Check => match checked {
             Ok(settings) => {
@@ -347,7 +347,7 @@ fn token(settings: &Settings, args: TokenArgs) -> anyhow::Result<()> {
     let mut check = auth.clone();
     check.jwt_audience = aud.clone().unwrap_or_default();
     check.jwt_issuer = iss.clone().unwrap_or_default();
-    let verifier = roomcast::auth::Verifier::from_settings(&check).map_err(anyhow::Error::msg)?;
+    let verifier = roomcast::auth::Verifier::from_settings(&check)?;
     let probe = serde_json::json!({ "token": token });
     let nsp = settings.socketio.namespaces.first().map_or("/", String::as_str);
     if let Err(e) = verifier.check(nsp, &probe) {

@@ -214,7 +214,7 @@ impl Metrics {
                 reason: reason.as_str(),
             }));
         }
-        for limit in crate::limits::Limit::ALL {
+        for limit in crate::reason::Limit::ALL {
             drop(m.limit_breaches.get_or_create(&LimitLabel { limit: limit.as_str() }));
         }
         for code in INVALID_EVENT_CODES {

@@ -1,4 +1,5 @@
-//! Why a connection (or one namespace socket on it) ended.
+//! Why a connection (or one namespace socket on it) ended, and which limit
+//! refused something.
 //!
 //! Close reasons are data: every variant carries the exact string Socket.IO
 //! reports for it, a stable numeric code for the audit log, and whether it was
@@ -109,6 +110,107 @@ impl DisconnectReason {
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A limit that refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `limits.handshakes_per_second` for one client address.
+    HandshakeRate,
+    /// `limits.connections_per_ip`.
+    ConnectionsPerIp,
+    /// `limits.max_url_len`.
+    UrlLength,
+    /// `limits.max_header_bytes`.
+    HeaderSize,
+    /// `server.allowed_origins`.
+    Origin,
+    /// `limits.packets_per_second` on one connection.
+    PacketRate,
+    /// `limits.bytes_per_second` on one connection.
+    ByteRate,
+    /// `socketio.max_namespaces`.
+    Namespaces,
+    /// `websocket.message_timeout_ms`.
+    MessageTimeout,
+    /// `websocket.write_timeout_ms`.
+    WriteTimeout,
+    /// `limits.body_timeout_ms`.
+    BodyTimeout,
+    /// `engine.max_payload` (and `websocket.max_fragments`): 413 or 1009.
+    MaxPayload,
+    /// `engine.max_packets_per_payload`.
+    PacketsPerPayload,
+    /// `socketio.max_attachments` and `max_attachment_bytes`.
+    Attachments,
+    /// `rooms.max_per_socket`.
+    RoomsPerSocket,
+    /// `rooms.max_total`.
+    RoomsTotal,
+    /// `limits.input_budget_bytes`: the node holds too much incomplete input.
+    InputBudget,
+    /// `limits.attachment_timeout_ms`.
+    AttachmentTimeout,
+    /// `rooms.max_per_address`.
+    RoomsPerAddress,
+    /// `rooms.max_per_user`.
+    RoomsPerUser,
+    /// `server.max_connections`.
+    MaxConnections,
+}
+
+impl Limit {
+    /// Every limit.
+    pub const ALL: [Limit; 21] = [
+        Self::HandshakeRate,
+        Self::ConnectionsPerIp,
+        Self::UrlLength,
+        Self::HeaderSize,
+        Self::Origin,
+        Self::PacketRate,
+        Self::ByteRate,
+        Self::Namespaces,
+        Self::MessageTimeout,
+        Self::WriteTimeout,
+        Self::BodyTimeout,
+        Self::MaxPayload,
+        Self::PacketsPerPayload,
+        Self::Attachments,
+        Self::RoomsPerSocket,
+        Self::RoomsTotal,
+        Self::InputBudget,
+        Self::AttachmentTimeout,
+        Self::RoomsPerAddress,
+        Self::RoomsPerUser,
+        Self::MaxConnections,
+    ];
+
+    /// The metric label, also the audit reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HandshakeRate => "handshakes_per_second",
+            Self::ConnectionsPerIp => "connections_per_ip",
+            Self::UrlLength => "max_url_len",
+            Self::HeaderSize => "max_header_bytes",
+            Self::Origin => "allowed_origins",
+            Self::PacketRate => "packets_per_second",
+            Self::ByteRate => "bytes_per_second",
+            Self::Namespaces => "max_namespaces",
+            Self::MessageTimeout => "message_timeout",
+            Self::WriteTimeout => "write_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::MaxPayload => "max_payload",
+            Self::PacketsPerPayload => "max_packets_per_payload",
+            Self::Attachments => "max_attachments",
+            Self::RoomsPerSocket => "rooms_per_socket",
+            Self::RoomsTotal => "rooms_total",
+            Self::InputBudget => "input_budget",
+            Self::AttachmentTimeout => "attachment_timeout",
+            Self::RoomsPerAddress => "rooms_per_address",
+            Self::RoomsPerUser => "rooms_per_user",
+            Self::MaxConnections => "max_connections",
+        }
     }
 }
 

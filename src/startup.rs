@@ -20,12 +20,14 @@ use crate::audit::writer::{AuditWriter, Cutoff, Flush, WriterConfig};
 use crate::audit::{AuditHandle, AuditStats, Recording};
 use crate::auth::Verifier;
 use crate::broker::{AttachCluster, Broker, BrokerConfig};
-use crate::config::{RedisMode, Settings, SubscriptionMode};
+use crate::cluster::Cluster;
+use crate::config::{ConfigError, RedisMode, Settings, SubscriptionMode};
 use crate::conn::events::SocketEvent;
 use crate::conn::{App, EngineShared, Registry, SioConfig};
 use crate::engineio::TransportKind;
 use crate::http::{self, Endpoint};
 use crate::metrics::Metrics;
+use crate::net::IpRanges;
 use crate::ops::{self, OpsState};
 use crate::socketio::DecodeLimits;
 
@@ -101,13 +103,94 @@ enum Listener {
     Admin,
 }
 
-fn invalid(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+/// Why a server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting its owner refused; the error names the key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener, a file or a thread.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn invalid(key: &'static str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    }
+}
+
+/// What the owners make of the settings before anything starts, each made
+/// once.
+struct Parts {
+    verifier: Verifier,
+    /// `server.trusted_proxies`.
+    trusted: IpRanges,
+    /// `limits.exempt`.
+    exempt: IpRanges,
+}
+
+impl Parts {
+    /// The parts, or every problem with its key.
+    fn of(settings: &Settings) -> Result<Parts, Vec<ConfigError>> {
+        let verifier = Verifier::from_settings(&settings.auth).map_err(|e| invalid(e.key(), e));
+        let trusted =
+            IpRanges::parse(&settings.server.trusted_proxies).map_err(|e| invalid("server.trusted_proxies", e));
+        let exempt = IpRanges::parse(&settings.limits.exempt).map_err(|e| invalid("limits.exempt", e));
+        match (verifier, trusted, exempt) {
+            (Ok(verifier), Ok(trusted), Ok(exempt)) => Ok(Parts {
+                verifier,
+                trusted,
+                exempt,
+            }),
+            (verifier, trusted, exempt) => Err([verifier.err(), trusted.err(), exempt.err()]
+                .into_iter()
+                .flatten()
+                .collect()),
+        }
+    }
+}
+
+/// The problems of `settings` that only their owners find (a key file that
+/// does not read, a Redis URL or CA file its client refuses, a database
+/// URL of no supported kind, an address range that does not parse), each
+/// with its key: what [`Settings::validate`] and `roomcast config check`
+/// add to the settings' own checks.
+pub fn owner_problems(settings: &Settings) -> Vec<ConfigError> {
+    let mut errors = Parts::of(settings).err().unwrap_or_default();
+    let r = &settings.redis;
+    if !r.url.is_empty() {
+        if let Err(e) = crate::adapter::redis::check_settings(&r.url, r.cluster, &r.tls_ca_file) {
+            errors.push(invalid(e.key(), e));
+        }
+    }
+    if let Err(e) = crate::audit::store::Backend::of(&settings.database.url) {
+        errors.push(invalid("database.url", e));
+    }
+    errors
+}
+
+impl Settings {
+    /// Checks values that parse but make no sense, the settings' own
+    /// ([`Settings::problems`]) and their owners' ([`owner_problems`]): the
+    /// first problem, or all of them in one [`ConfigError::Several`].
+    /// Defined here, with the composition root, because it asks every
+    /// owner; `config` imports none of them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = self.problems();
+        errors.extend(owner_problems(self));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::of(errors))
+        }
+    }
 }
 
 /// Starts the audit writer and reader on a new arbiter, where the
 /// database pool lives.
-fn start_audit(settings: &Settings, node_name: Arc<str>) -> std::io::Result<Audit> {
+fn start_audit(settings: &Settings, node_name: Arc<str>) -> Result<Audit, StartError> {
     let a = &settings.audit;
     let stats = Arc::new(AuditStats::default());
     let spill = Arc::new(Spill::open(&a.spill_path(), a.spill_max_bytes, a.spill_fsync, &stats)?);
@@ -119,8 +202,8 @@ fn start_audit(settings: &Settings, node_name: Arc<str>) -> std::io::Result<Audi
     });
     let store = rx
         .recv()
-        .map_err(|_| invalid("the audit arbiter did not start"))?
-        .map_err(invalid)?;
+        .map_err(|_| std::io::Error::other("the audit arbiter did not start"))?
+        .map_err(|e| invalid("database.url", e))?;
     let cutoff = Cutoff::default();
     let config = WriterConfig {
         queue: a.queue,
@@ -156,10 +239,15 @@ fn start_audit(settings: &Settings, node_name: Arc<str>) -> std::io::Result<Audi
 impl Application {
     /// Binds the listener and assembles the server. Must run inside an actix
     /// system (`#[actix_web::main]` or `#[actix_web::test]`).
-    pub fn build(settings: Settings) -> std::io::Result<Application> {
+    pub fn build(settings: Settings) -> Result<Application, StartError> {
         for warning in exposure_warnings(&settings) {
             tracing::warn!("{warning}");
         }
+        let Parts {
+            verifier,
+            trusted,
+            exempt,
+        } = Parts::of(&settings).map_err(ConfigError::of)?;
         let listener = bind(
             &settings.server.host,
             settings.server.port,
@@ -171,7 +259,7 @@ impl Application {
             address => {
                 let at: std::net::SocketAddr = address
                     .parse()
-                    .map_err(|e| invalid(format!("admin.address {address:?} is not host:port: {e}")))?;
+                    .map_err(|e| invalid("admin.address", format!("{address:?} is not host:port: {e}")))?;
                 Some(bind(&at.ip().to_string(), at.port(), settings.server.listen_backlog)?)
             }
         };
@@ -199,7 +287,7 @@ impl Application {
             notify_namespaces: settings.rooms.notify_namespaces.clone(),
             metrics: metrics.clone(),
         })
-        .with_quotas(crate::broker::RoomQuotas::of(&settings.rooms, &settings.limits))
+        .with_quotas(crate::broker::RoomQuotas::of(&settings.rooms, exempt.clone()))
         .start();
         let cluster = Arc::new(AdapterStatus::default());
         let mut adapter_addr = None;
@@ -231,7 +319,8 @@ impl Application {
                     ops: broker.clone().recipient(),
                 },
                 cluster.clone(),
-            );
+            )
+            .map_err(|e| invalid(e.key(), e))?;
             let rooms = adapter.room_watch();
             let adapter = adapter.start();
             broker.do_send(AttachCluster {
@@ -253,13 +342,13 @@ impl Application {
                     crate::config::location(&settings.database.url),
                 ),
         );
+        let cluster_handle = Cluster::new(broker.clone(), adapter_addr);
         let api = web::Data::new(api::ApiState {
-            broker: broker.clone(),
+            cluster: cluster_handle.clone(),
             keys: settings.api.keys.clone(),
             namespaces: settings.socketio.namespaces.clone(),
             max_room_len: settings.rooms.max_name_len,
             presence_limit: settings.rooms.presence_limit,
-            cluster: adapter_addr.clone(),
             audit: audit_reader,
         });
         let max_payload = settings.engine.max_payload;
@@ -273,17 +362,15 @@ impl Application {
             },
             ack_timeout: Duration::from_millis(settings.socketio.ack_timeout_ms),
             hooks: settings.testing.hooks,
-            verifier: Verifier::from_settings(&settings.auth).map_err(invalid)?,
-            broker: broker.clone(),
+            verifier,
+            cluster: cluster_handle,
             max_room_len: settings.rooms.max_name_len,
             presence_limit: settings.rooms.presence_limit,
-            cluster: adapter_addr.clone(),
             coalesce: Duration::from_micros(settings.websocket.broadcast_coalesce_us),
             max_namespaces: settings.socketio.max_namespaces,
         };
-        let trusted = crate::http::peer::TrustedProxies::parse(&settings.server.trusted_proxies).map_err(invalid)?;
         let guards =
-            crate::limits::Guards::new(&settings.limits, trusted.clone(), metrics.clone(), Some(audit.clone()));
+            crate::limits::Guards::new(&settings.limits, trusted, exempt, metrics.clone(), Some(audit.clone()));
         // Every endpoint's sessions count against one cap.
         let (sio_registry, echo_registry) = (Registry::default(), Registry::default());
         let open_files = open_file_limit();
@@ -329,14 +416,13 @@ impl Application {
                     registry,
                     audit: audit.clone(),
                     metrics: metrics.clone(),
-                    ops: ops.clone().into_inner(),
                     guards: guards.clone(),
                 }),
                 engine: settings.engine.clone(),
                 websocket: settings.websocket.clone(),
-                trusted: trusted.clone(),
                 allowed_origins: settings.server.allowed_origins.clone(),
                 cap: cap.clone(),
+                draining: ops.draining_flag(),
             })
         };
         let socketio = endpoint(App::SocketIo, sio_registry);

@@ -46,6 +46,16 @@ pub enum SetupError {
     CaWithoutTls,
 }
 
+impl SetupError {
+    /// The configuration key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SetupError::Url(_) => "redis.url",
+            SetupError::CaFile { .. } | SetupError::CaWithoutTls => "redis.tls_ca_file",
+        }
+    }
+}
+
 /// Redis could not be reached, or refused this node: the server (host and
 /// port, and whether over TLS) and the cause, with a hint for the causes
 /// that are a matter of settings.

@@ -281,7 +281,7 @@ pub struct RedisAdapter {
     broker: BrokerPorts,
     status: Arc<AdapterStatus>,
     queue: Option<mpsc::Sender<(String, Vec<u8>)>>,
-    connector: Option<Connector>,
+    connector: Connector,
     /// A command connection for the subscriber counts, made on first use.
     command: Arc<Mutex<Option<Conn>>>,
     pending: PendingMap,
@@ -289,19 +289,23 @@ pub struct RedisAdapter {
 }
 
 impl RedisAdapter {
-    /// An adapter for `config` that delivers to `broker`.
-    pub fn new(config: RedisConfig, broker: BrokerPorts, status: Arc<AdapterStatus>) -> Self {
-        Self {
+    /// An adapter for `config` that delivers to `broker`; the error (a URL
+    /// or CA file that cannot make a client) names its key
+    /// ([`SetupError::key`]).
+    pub fn new(config: RedisConfig, broker: BrokerPorts, status: Arc<AdapterStatus>) -> Result<Self, SetupError> {
+        let cluster = matches!(config.mode, Mode::Sharded { cluster: true, .. });
+        let connector = Connector::open(&config.url, cluster, &config.tls_ca_file)?;
+        Ok(Self {
             uid: config.node_id.clone(),
             config,
             broker,
             status,
             queue: None,
-            connector: None,
+            connector,
             command: Arc::default(),
             pending: Arc::default(),
             rooms: Arc::default(),
-        }
+        })
     }
 
     /// The room set the broker must keep up to date: only the sharded
@@ -316,14 +320,7 @@ impl Actor for RedisAdapter {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.config.queue);
-        let cluster = matches!(self.config.mode, Mode::Sharded { cluster: true, .. });
-        let connector = match Connector::open(&self.config.url, cluster, &self.config.tls_ca_file) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("redis adapter cannot start: {e}");
-                return;
-            }
-        };
+        let connector = self.connector.clone();
         let (tx, rx) = mpsc::channel(self.config.queue);
         self.queue = Some(tx);
         actix_rt::spawn(publisher(
@@ -332,7 +329,6 @@ impl Actor for RedisAdapter {
             self.config.clone(),
             self.status.clone(),
         ));
-        self.connector = Some(connector.clone());
         let node = Node {
             uid: self.uid.clone(),
             broker: self.broker.clone(),
@@ -881,7 +877,8 @@ impl Handler<FetchSockets> for RedisAdapter {
     type Result = ResponseFuture<RemoteSockets>;
 
     fn handle(&mut self, msg: FetchSockets, _: &mut Self::Context) -> Self::Result {
-        let (Some(connector), Some(queue)) = (self.connector.clone(), self.queue.clone()) else {
+        let connector = self.connector.clone();
+        let Some(queue) = self.queue.clone() else {
             return Box::pin(async { RemoteSockets::default() });
         };
         let command = self.command.clone();

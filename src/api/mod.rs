@@ -11,14 +11,10 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, RedisAdapter};
-use crate::adapter::LocalSockets;
 use crate::audit::reader::{AuditReader, Search};
 use crate::audit::store::AuditQuery;
-use crate::broker::{
-    check_room, encode_event, looks_like_socket_id, room_members, valid_event, BackendPublish, Broker, Join, JoinError,
-    Kick, Leave, ListRooms, Publish,
-};
+use crate::broker::{check_room, looks_like_socket_id, Publish, PublishError};
+use crate::cluster::{Cluster, Membership, Unavailable};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -28,8 +24,8 @@ pub const MAX_TARGETS: usize = 100;
 
 /// What the API handlers share.
 pub struct ApiState {
-    /// The room broker.
-    pub broker: Addr<Broker>,
+    /// This node and the others.
+    pub cluster: Cluster,
     /// Accepted Bearer keys.
     pub keys: Vec<String>,
     /// Configured namespaces.
@@ -38,8 +34,6 @@ pub struct ApiState {
     pub max_room_len: usize,
     /// Members listed per room.
     pub presence_limit: usize,
-    /// The cluster adapter, if any.
-    pub cluster: Option<Addr<RedisAdapter>>,
     /// Queries of the audit log.
     pub audit: Addr<AuditReader>,
 }
@@ -201,12 +195,10 @@ fn target_name(state: &ApiState, name: &str) -> Result<Arc<str>, ApiError> {
     room_name(state, name)
 }
 
-fn unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "the broker is not running",
-    )
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+    }
 }
 
 async fn openapi() -> HttpResponse {
@@ -248,34 +240,16 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
         .iter()
         .map(|r| target_name(&state, r))
         .collect::<Result<Vec<_>, _>>()?;
-    if !valid_event(&body.event) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_event",
-            "\"event\" must be a non-reserved name of 1 to 128 bytes",
-        ));
-    }
     let except = body.except.unwrap_or_default();
+    let ids = except.iter().map(|s| s.as_str().into()).collect();
+    let publish = Publish::event(nsp, rooms, ids, &body.event, body.data, vec![])
+        .map_err(|e: PublishError| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
     if except.len() > MAX_TARGETS {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_TARGETS} ids in \"except\""
         )));
     }
-    let mut args = vec![json!(body.event)];
-    args.extend(body.data);
-    let args = Value::Array(args);
-    let frames = encode_event(&nsp, &args, &[]);
-    let local = state
-        .broker
-        .send(BackendPublish(Publish {
-            nsp,
-            rooms,
-            except: except.iter().map(|s| s.as_str().into()).collect(),
-            frames,
-            args: (args, vec![]),
-        }))
-        .await
-        .map_err(|_| unavailable())?;
+    let local = state.cluster.backend_publish(publish).await?;
     // Only this node's recipients are known when the answer is sent: the
     // other nodes deliver from Redis without answering (at most once, as
     // the official adapter). Counting them would mean a cluster request per
@@ -284,7 +258,7 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
     // the backends that read it.
     Ok(HttpResponse::Accepted().json(json!({
         "local_recipients": local,
-        "cluster": state.cluster.is_some(),
+        "cluster": state.cluster.spans_nodes(),
         "recipients": local,
     })))
 }
@@ -297,26 +271,12 @@ struct NamespaceQuery {
 async fn rooms(req: HttpRequest, state: Data, query: web::Query<NamespaceQuery>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let nsp = namespace(&state, query.namespace.as_deref())?;
-    let local = state
-        .broker
-        .send(ListRooms { nsp: nsp.clone() })
-        .await
-        .map_err(|_| unavailable())?;
-    let mut counts: std::collections::BTreeMap<String, usize> =
-        local.iter().map(|(name, n)| (name.to_string(), *n)).collect();
+    let all = state.cluster.rooms(nsp.clone()).await?;
     let mut body = serde_json::Map::new();
-    if let Some(cluster) = &state.cluster {
-        // Every socket of the other nodes with its rooms, counted per room.
-        let fetch = FetchSockets {
-            nsp: nsp.to_string(),
-            rooms: vec![],
-        };
-        let remote = cluster.send(fetch).await.unwrap_or_default();
-        for room in remote.sockets.iter().flat_map(|s| s.rooms.iter()) {
-            *counts.entry(room.clone()).or_default() += 1;
-        }
-        body.insert("partial".into(), json!(remote.partial));
+    if let Some(partial) = all.partial {
+        body.insert("partial".into(), json!(partial));
     }
+    let counts = all.counts;
     let rooms: Vec<Value> = counts
         .iter()
         .map(|(name, n)| json!({"name": name, "members": n}))
@@ -335,15 +295,10 @@ async fn room(
     authorize(&req, &state)?;
     let nsp = namespace(&state, query.namespace.as_deref())?;
     let room = room_name(&state, &path)?;
-    let m = room_members(
-        &state.broker,
-        state.cluster.as_ref(),
-        nsp.clone(),
-        room.clone(),
-        state.presence_limit,
-    )
-    .await
-    .ok_or_else(unavailable)?;
+    let m = state
+        .cluster
+        .room_members(nsp.clone(), room.clone(), state.presence_limit)
+        .await?;
     let mut body = m.to_json();
     body.insert("namespace".into(), json!(&*nsp));
     body.insert("room".into(), json!(&*room));
@@ -362,17 +317,14 @@ async fn disconnect(
     query: web::Query<DisconnectQuery>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let found = state
-        .broker
-        .send(Kick {
-            socket_id: path.as_str().into(),
-            detail: "disconnected through the API".into(),
-        })
-        .await
-        .map_err(|_| unavailable())?;
-    // Not here: ask the other nodes whether they have it, then ask them to
-    // disconnect it (a socket id is also the name of its own room).
-    let found = found || remote_disconnect(&state, query.namespace.as_deref(), &path).await?;
+    // The namespace matters only to ask the other nodes: a wrong one is an
+    // error only when the socket is not here.
+    let nsp = namespace(&state, query.namespace.as_deref());
+    let detail = "disconnected through the API".to_owned();
+    let found = state.cluster.kick(&path, nsp.as_ref().ok().cloned(), detail).await?;
+    if !found && state.cluster.spans_nodes() {
+        nsp?;
+    }
     if found {
         Ok(HttpResponse::Accepted().json(json!({"disconnected": true})))
     } else {
@@ -384,26 +336,6 @@ async fn disconnect(
     }
 }
 
-async fn remote_disconnect(state: &ApiState, nsp: Option<&str>, id: &str) -> Result<bool, ApiError> {
-    let Some(cluster) = &state.cluster else {
-        return Ok(false);
-    };
-    let nsp = namespace(state, nsp)?;
-    let fetch = FetchSockets {
-        nsp: nsp.to_string(),
-        rooms: vec![id.to_owned()],
-    };
-    let remote = cluster.send(fetch).await.unwrap_or_default();
-    if !remote.sockets.iter().any(|s| s.id == id) {
-        return Ok(false);
-    }
-    cluster.do_send(DisconnectRemote {
-        nsp: nsp.to_string(),
-        socket_id: id.to_owned(),
-    });
-    Ok(true)
-}
-
 /// `GET /audit`: one page of the audit log, newest first.
 async fn audit(req: HttpRequest, state: Data, query: web::Query<AuditQuery>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
@@ -412,7 +344,7 @@ async fn audit(req: HttpRequest, state: Data, query: web::Query<AuditQuery>) -> 
         .audit
         .send(Search(filter))
         .await
-        .map_err(|_| unavailable())?
+        .map_err(|_| Unavailable)?
         .map_err(|e| {
             tracing::warn!("audit query failed: {e}");
             ApiError::new(
@@ -461,60 +393,17 @@ async fn membership(
     let nsp = namespace(&state, body.namespace.as_deref())?;
     let room = room_name(&state, &body.room)?;
     let socket_id: Arc<str> = path.as_str().into();
-    let here = LocalSockets {
-        nsp: nsp.clone(),
-        rooms: vec![socket_id.clone()],
-        except: vec![],
-    };
-    let local = !state.broker.send(here).await.map_err(|_| unavailable())?.is_empty();
-    if local && join {
-        let joined = state.broker.send(Join {
-            socket_id: socket_id.clone(),
-            room: room.clone(),
-        });
-        if let Err(JoinError::TooManyRooms | JoinError::TooManyRoomsInTotal) =
-            joined.await.map_err(|_| unavailable())?
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "room_limit",
-                "a room limit was reached",
-            ));
-        }
-    } else if local {
-        let left = state.broker.send(Leave {
-            socket_id: socket_id.clone(),
-            room: room.clone(),
-        });
-        left.await.map_err(|_| unavailable())?;
-    }
-    let found = local || remote_membership(&state, &nsp, &socket_id, &room, join).await;
-    if found {
-        Ok(HttpResponse::Accepted().json(json!({"ok": true})))
-    } else {
-        Err(ApiError::new(
+    match state.cluster.membership(nsp, socket_id, room, join).await? {
+        Membership::Done => Ok(HttpResponse::Accepted().json(json!({"ok": true}))),
+        Membership::RoomLimit => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "room_limit",
+            "a room limit was reached",
+        )),
+        Membership::NotFound => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no socket with this id",
-        ))
+        )),
     }
-}
-
-async fn remote_membership(state: &ApiState, nsp: &str, id: &str, room: &str, join: bool) -> bool {
-    let Some(cluster) = &state.cluster else { return false };
-    let fetch = FetchSockets {
-        nsp: nsp.to_owned(),
-        rooms: vec![id.to_owned()],
-    };
-    let remote = cluster.send(fetch).await.unwrap_or_default();
-    if !remote.sockets.iter().any(|s| s.id == id) {
-        return false;
-    }
-    cluster.do_send(MembershipRemote {
-        nsp: nsp.to_owned(),
-        socket_id: id.to_owned(),
-        room: room.to_owned(),
-        join,
-    });
-    true
 }

@@ -29,8 +29,8 @@ use crate::adapter::{
     wire, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo,
 };
 use crate::engineio::Frame;
-use crate::http::peer::TrustedProxies;
 use crate::limits::{AddressKey, Limit};
+use crate::net::IpRanges;
 use crate::socketio::packet::{encode, PacketType};
 
 /// Room names: 1 to `max` bytes of ASCII letters, digits and `_-.:@/#=+`.
@@ -43,7 +43,7 @@ pub fn valid_room(room: &str, max: usize) -> bool {
 }
 
 /// Event names a client may publish: 1 to 128 bytes, not reserved.
-pub fn valid_event(event: &str) -> bool {
+fn valid_event(event: &str) -> bool {
     !event.is_empty() && event.len() <= 128 && !crate::socketio::packet::RESERVED_EVENTS.contains(&event)
 }
 
@@ -128,77 +128,6 @@ pub fn encode_event(nsp: &str, args: &serde_json::Value, attachments: &[bytes::B
     std::iter::once(Frame::Text(text.into()))
         .chain(attachments.iter().cloned().map(Frame::Binary))
         .collect()
-}
-
-/// The members of a room across the cluster: this node's (from the
-/// broker) and the other nodes' (a REMOTE_FETCH through the adapter).
-/// `None` when the broker is gone.
-pub async fn room_members(
-    broker: &Addr<Broker>,
-    cluster: Option<&Addr<crate::adapter::redis::RedisAdapter>>,
-    nsp: Arc<str>,
-    room: Arc<str>,
-    limit: usize,
-) -> Option<ClusterMembers> {
-    let local = broker
-        .send(Members {
-            nsp: nsp.clone(),
-            room: room.clone(),
-            limit,
-        })
-        .await
-        .ok()?;
-    let mut out = ClusterMembers {
-        count: local.count,
-        members: local
-            .members
-            .iter()
-            .map(|(id, u)| (id.to_string(), u.as_deref().map(str::to_owned)))
-            .collect(),
-        partial: None,
-    };
-    if let Some(cluster) = cluster {
-        let fetch = crate::adapter::redis::FetchSockets {
-            nsp: nsp.to_string(),
-            rooms: vec![room.to_string()],
-        };
-        let remote = cluster.send(fetch).await.unwrap_or_default();
-        out.partial = Some(remote.partial);
-        out.count += remote.sockets.len();
-        let room_left = limit.saturating_sub(out.members.len());
-        out.members
-            .extend(remote.sockets.into_iter().take(room_left).map(|s| (s.id, s.user)));
-    }
-    Some(out)
-}
-
-/// A room's members across the cluster.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterMembers {
-    /// Members on every node that answered.
-    pub count: usize,
-    /// `(socket id, user)`, up to the limit: this node's first.
-    pub members: Vec<(String, Option<String>)>,
-    /// A node did not answer in time (`None` on a single node).
-    pub partial: Option<bool>,
-}
-
-impl ClusterMembers {
-    /// `{count, members:[{id, user}]}`, and `partial` in a cluster.
-    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        let members: Vec<_> = self
-            .members
-            .iter()
-            .map(|(id, user)| json!({"id": id, "user": user}))
-            .collect();
-        let mut out = serde_json::Map::new();
-        out.insert("count".into(), json!(self.count));
-        out.insert("members".into(), json!(members));
-        if let Some(partial) = self.partial {
-            out.insert("partial".into(), json!(partial));
-        }
-        out
-    }
 }
 
 /// Frames for one namespace socket's connection, shared by every recipient.
@@ -374,17 +303,68 @@ pub struct Leave {
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct Publish {
-    /// Namespace.
-    pub nsp: Arc<str>,
-    /// Rooms.
-    pub rooms: Vec<Arc<str>>,
+    nsp: Arc<str>,
+    rooms: Vec<Arc<str>>,
     /// Sockets (or rooms) that do not receive it (the publisher, `except`).
-    pub except: Vec<Arc<str>>,
-    /// The encoded packet.
-    pub frames: Arc<[Frame]>,
-    /// `[event, args...]` (with placeholders) and the attachments, for the
-    /// other nodes.
-    pub args: (serde_json::Value, Vec<bytes::Bytes>),
+    except: Vec<Arc<str>>,
+    /// The event encoded for this node's members (made here, on the
+    /// publisher's thread, not on the broker's) ...
+    frames: Arc<[Frame]>,
+    /// ... and as the other nodes get it: `[event, data]` (with
+    /// placeholders) and the attachments. Both come from
+    /// [`Publish::event`], the one way to make a publish.
+    args: (serde_json::Value, Vec<bytes::Bytes>),
+}
+
+/// Why a publish was refused before it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The event name is empty, too long, or reserved.
+    #[error("\"event\" must be a non-reserved name of 1 to 128 bytes")]
+    InvalidEvent,
+}
+
+impl PublishError {
+    /// The stable code of the error (an ack's or the API's `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PublishError::InvalidEvent => "invalid_event",
+        }
+    }
+}
+
+impl Publish {
+    /// The publish of `event` with `data` (none: an event without
+    /// arguments) and `attachments` (the binary values `data`'s
+    /// placeholders stand for) to the members of `rooms` in `nsp`, but
+    /// not to `except`: what a client's `publish` and the HTTP API make.
+    pub fn event(
+        nsp: Arc<str>,
+        rooms: Vec<Arc<str>>,
+        except: Vec<Arc<str>>,
+        event: &str,
+        data: Option<serde_json::Value>,
+        attachments: Vec<bytes::Bytes>,
+    ) -> Result<Publish, PublishError> {
+        if !valid_event(event) {
+            return Err(PublishError::InvalidEvent);
+        }
+        let mut args = vec![serde_json::Value::from(event)];
+        args.extend(data);
+        let args = serde_json::Value::Array(args);
+        Ok(Publish {
+            frames: encode_event(&nsp, &args, &attachments),
+            nsp,
+            rooms,
+            except,
+            args: (args, attachments),
+        })
+    }
+
+    /// Bytes of its frames (what the publisher's window counts).
+    pub fn size(&self) -> usize {
+        self.frames.iter().map(Frame::len).sum()
+    }
 }
 
 /// A backend's publish (the HTTP API): as [`Publish`], but a name shaped
@@ -472,17 +452,16 @@ pub struct RoomQuotas {
     pub per_user: usize,
     /// `limits.exempt`: addresses (a gateway, a monitoring host) whose
     /// sockets are not counted per address.
-    pub exempt: TrustedProxies,
+    pub exempt: IpRanges,
 }
 
 impl RoomQuotas {
-    /// The quotas of `[rooms]` with the exemptions of `[limits]` (validated
-    /// with the settings: an entry that does not parse is skipped).
-    pub fn of(rooms: &crate::config::RoomSettings, limits: &crate::config::LimitSettings) -> Self {
+    /// The quotas of `[rooms]`, not counting `exempt` addresses.
+    pub fn of(rooms: &crate::config::RoomSettings, exempt: IpRanges) -> Self {
         Self {
             per_address: rooms.max_per_address,
             per_user: rooms.max_per_user,
-            exempt: TrustedProxies::parse(&limits.exempt).unwrap_or_default(),
+            exempt,
         }
     }
 }
@@ -1495,7 +1474,7 @@ mod tests {
         RoomQuotas {
             per_address,
             per_user,
-            exempt: TrustedProxies::parse(&exempt.iter().map(|e| e.to_string()).collect::<Vec<_>>()).unwrap(),
+            exempt: IpRanges::parse(&exempt.iter().map(|e| e.to_string()).collect::<Vec<_>>()).unwrap(),
         }
     }
 

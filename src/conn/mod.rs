@@ -90,8 +90,6 @@ pub struct EngineShared {
     pub audit: AuditHandle,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Whether the server drains (new sessions are refused).
-    pub ops: Arc<crate::ops::OpsState>,
     /// Per-address and per-connection limits, and their breaches.
     pub guards: Arc<crate::limits::Guards>,
 }

@@ -18,9 +18,8 @@ use super::events::SocketEvent;
 use super::Connection;
 use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
-use crate::broker::{
-    self, valid_event, Broker, Deliver, Evict, JoinError, Leave, Publish, Register, Subscribe, Unregister,
-};
+use crate::broker::{Broker, Deliver, Evict, JoinError, Leave, Publish, Register, Subscribe, Unregister};
+use crate::cluster::Cluster;
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
 use crate::socketio::packet::encode;
@@ -73,14 +72,12 @@ pub struct SioConfig {
     pub hooks: bool,
     /// Checks CONNECT payloads.
     pub verifier: Verifier,
-    /// The room broker.
-    pub broker: Addr<Broker>,
+    /// This node's broker and the other nodes.
+    pub cluster: Cluster,
     /// Longest room name.
     pub max_room_len: usize,
     /// Members listed by presence.
     pub presence_limit: usize,
-    /// The cluster adapter, for cluster-wide presence.
-    pub cluster: Option<Addr<crate::adapter::redis::RedisAdapter>>,
     /// How long a broadcast may wait for more to write with it.
     pub coalesce: Duration,
     /// Namespaces one connection may be in at once.
@@ -349,7 +346,7 @@ impl Connection {
         // A second CONNECT for a namespace replaces the first socket.
         self.remove_socket(&nsp, DisconnectReason::ClientNamespaceDisconnect);
         let nsp: Arc<str> = nsp.into();
-        let id: Arc<str> = broker::new_socket_id();
+        let id: Arc<str> = crate::broker::new_socket_id();
         let user: Option<Arc<str>> = identity.user.as_deref().map(Into::into);
         let expires = identity.expires;
         if let Some(state) = self.sio.as_mut() {
@@ -366,7 +363,7 @@ impl Connection {
         // The CONNECT goes to the socket before the broker may write there.
         self.flush(ctx);
         let direct = self.direct_sink();
-        self.sio_config().broker.do_send(Register {
+        self.sio_config().cluster.broker().do_send(Register {
             socket_id: id.clone(),
             nsp: nsp.clone(),
             user,
@@ -589,12 +586,13 @@ impl Connection {
             let message = "expected an object with a \"room\" string";
             return self.invalid_event(&nsp, ack, "bad_request", message, &Value::Array(args), ctx);
         };
-        if let Err(why) = broker::check_room(room, self.sio_config().max_room_len) {
+        if let Err(why) = crate::broker::check_room(room, self.sio_config().max_room_len) {
             let args = Value::Array(args.clone());
             return self.invalid_event(&nsp, ack, "invalid_room", &why.to_string(), &args, ctx);
         }
         let room: Arc<str> = room.into();
-        let broker = self.sio_config().broker.clone();
+        let cluster = self.sio_config().cluster.clone();
+        let broker = cluster.broker().clone();
         // unwrap: socket_id() found the socket.
         let identity = &self.sio.as_ref().unwrap().sockets[&nsp].identity;
         let (may_subscribe, may_publish) = (identity.may_subscribe(&room), identity.may_publish(&room));
@@ -633,12 +631,11 @@ impl Connection {
             }
             "presence" => {
                 let limit = self.sio_config().presence_limit;
-                let cluster = self.sio_config().cluster.clone();
                 let (n, r) = (nsp.clone(), room.clone());
-                let request = async move { broker::room_members(&broker, cluster.as_ref(), n, r, limit).await };
+                let request = async move { cluster.room_members(n, r, limit).await };
                 ctx.spawn(
                     actix::fut::wrap_future::<_, Self>(request).map(move |result, act, ctx| {
-                        if let Some(m) = result {
+                        if let Ok(m) = result {
                             let mut reply = m.to_json();
                             reply.insert("ok".into(), json!(true));
                             reply.insert("room".into(), json!(&*room));
@@ -652,28 +649,17 @@ impl Connection {
             _ => {
                 // unwrap: `arg` held the room.
                 let arg = arg.unwrap();
-                let event = match arg.get("event").and_then(Value::as_str) {
-                    Some(e) if valid_event(e) => e,
-                    _ => {
-                        let message = "\"event\" must be a non-reserved name of 1 to 128 bytes";
+                let event = arg.get("event").and_then(Value::as_str).unwrap_or_default();
+                let data = arg.get("data").cloned();
+                let publish = match Publish::event(nsp.clone(), vec![room], vec![socket_id], event, data, attachments) {
+                    Ok(publish) => publish,
+                    Err(e) => {
                         let args = Value::Array(args.clone());
-                        return self.invalid_event(&nsp, ack, "invalid_event", message, &args, ctx);
+                        return self.invalid_event(&nsp, ack, e.code(), &e.to_string(), &args, ctx);
                     }
                 };
-                let mut out = vec![json!(event)];
-                if let Some(data) = arg.get("data") {
-                    out.push(data.clone());
-                }
-                let args = Value::Array(out);
-                let frames = broker::encode_event(&nsp, &args, &attachments);
-                let size: usize = frames.iter().map(Frame::len).sum();
-                let request = broker.send(Publish {
-                    nsp: nsp.clone(),
-                    rooms: vec![room],
-                    except: vec![socket_id],
-                    frames,
-                    args: (args, attachments),
-                });
+                let size = publish.size();
+                let request = cluster.publish(publish);
                 self.publishes_in_flight += 1;
                 self.publish_bytes_in_flight += size;
                 let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
@@ -826,7 +812,7 @@ impl Connection {
 
     /// Leaves the broker and tells the watchers.
     fn socket_left(&self, nsp: Arc<str>, socket_id: Arc<str>, reason: DisconnectReason) {
-        self.sio_config().broker.do_send(Unregister {
+        self.sio_config().cluster.broker().do_send(Unregister {
             socket_id: socket_id.clone(),
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*socket_id, reason = reason.as_str(), "namespace left");

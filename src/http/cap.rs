@@ -12,7 +12,7 @@
 //! registered yet. A handshake first counts itself in, then compares: two
 //! racing for the last place may both be refused, but never both admitted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::conn::Registry;
 
@@ -20,6 +20,23 @@ use crate::conn::Registry;
 /// Places free up as sessions end; a client behind a balancer is better off
 /// trying another node than coming back at once.
 pub const RETRY_AFTER_S: u32 = 5;
+
+/// Whether the node is draining (stopping): new sessions are refused, and
+/// `/readyz` says so. Set once, by the shutdown.
+#[derive(Debug, Default)]
+pub struct Draining(AtomicBool);
+
+impl Draining {
+    /// Whether new sessions are refused.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// From now on new sessions are refused.
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// The sessions of a node and their cap.
 pub struct SessionCap {

@@ -16,6 +16,7 @@ use crate::conn::messages::AttachProbe;
 use crate::conn::{Connection, EngineShared, PeerInfo};
 use crate::engineio::{ErrorCode, TransportKind};
 use crate::limits::{Guards, Limit};
+use crate::net::IpRanges;
 use crate::transport::{polling, websocket};
 pub use error::HttpError;
 pub use request::RequestInfo;
@@ -28,18 +29,18 @@ pub struct Endpoint {
     pub engine: crate::config::EngineSettings,
     /// `[websocket]`: subprotocols, fragment limit.
     pub websocket: crate::config::WebSocketSettings,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted: peer::TrustedProxies,
     /// Origins that may open sessions (`server.allowed_origins`); empty = any.
     pub allowed_origins: Vec<String>,
     /// `server.max_connections`, shared by every endpoint.
     pub cap: Arc<cap::SessionCap>,
+    /// Set while the node drains: new sessions are refused.
+    pub draining: Arc<cap::Draining>,
 }
 
 /// Who sent `req`.
-fn peer_info(req: &HttpRequest, trusted: &peer::TrustedProxies) -> PeerInfo {
+fn peer_info(req: &HttpRequest, trusted: &IpRanges) -> PeerInfo {
     let forwarded = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok());
-    let client = trusted.client_addr(req.peer_addr(), forwarded);
+    let client = peer::client_addr(trusted, req.peer_addr(), forwarded);
     PeerInfo {
         addr: req.peer_addr(),
         client: client.map(|c| c.to_string()),
@@ -216,7 +217,7 @@ fn refused(
 
 /// Handles any request on an Engine.IO path.
 pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::Payload) -> HttpResponse {
-    let mut peer = peer_info(&req, &endpoint.trusted);
+    let mut peer = peer_info(&req, &endpoint.shared.guards.trusted);
     let info = match RequestInfo::parse(&req, &endpoint.engine) {
         Ok(info) => info,
         Err(err) => {
@@ -225,7 +226,7 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
         }
     };
     let shared = &endpoint.shared;
-    if info.sid.is_none() && shared.ops.draining() {
+    if info.sid.is_none() && endpoint.draining.is_on() {
         return HttpError::shutting_down().response();
     }
     // A new session's place under `server.max_connections`, held until

@@ -20,7 +20,7 @@
 //! `roomcast_audit_database_up`), and as a log line when each goes down
 //! and when it comes back ([`watch`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -29,16 +29,16 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::adapter::AdapterStatus;
+use crate::http::cap::Draining;
 use crate::metrics::Metrics;
 
 /// Sessions open on this node and its cap (`server.max_connections`), read
-/// when `/readyz` is asked. A function rather than the cap itself: the cap
-/// lives in `http`, which is upstream of this module.
+/// when `/readyz` is asked.
 pub type SessionCount = Box<dyn Fn() -> (usize, usize) + Send + Sync>;
 
 /// What the operations endpoints report on.
 pub struct OpsState {
-    draining: AtomicBool,
+    draining: Arc<Draining>,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
     /// The Redis adapter, when there is one.
@@ -112,7 +112,7 @@ impl OpsState {
             .as_ref()
             .map(|s| if s.degraded() { State::Down } else { State::Up });
         Self {
-            draining: AtomicBool::new(false),
+            draining: Arc::default(),
             metrics,
             cluster,
             audit: None,
@@ -150,12 +150,18 @@ impl OpsState {
 
     /// Whether new sessions are refused.
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.is_on()
     }
 
     /// From now on new sessions are refused and `/readyz` says so.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+        self.draining.start();
+    }
+
+    /// The flag [`OpsState::start_draining`] sets, for the endpoints that
+    /// refuse new sessions while it is on.
+    pub fn draining_flag(&self) -> Arc<Draining> {
+        self.draining.clone()
     }
 
     /// Redis's state now; `None` on a single node.

@@ -1,0 +1,274 @@
+//! Everything "across the nodes", behind one handle: publish, presence,
+//! room lists, kick, join and leave. This node's part is the broker's; the
+//! other nodes' part goes through the adapter, which only this module and
+//! the composition root name. The HTTP API and the connection hold a
+//! [`Cluster`] and never see Redis, so another adapter (or a store of
+//! recent broadcasts) plugs in here.
+//!
+//! Each operation asks this node first, then the others: a socket is on
+//! one node only, and this node answers at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::dev::Request;
+use actix::Addr;
+use serde_json::json;
+
+use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, RedisAdapter};
+use crate::adapter::LocalSockets;
+use crate::broker::{BackendPublish, Broker, Join, JoinError, Kick, Leave, ListRooms, Members, Publish};
+
+/// The broker is gone (the node is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker is not running")]
+pub struct Unavailable;
+
+/// The cluster as one node sees it.
+#[derive(Clone)]
+pub struct Cluster {
+    broker: Addr<Broker>,
+    remote: Option<Addr<RedisAdapter>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("spans_nodes", &self.spans_nodes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A room's members across the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMembers {
+    /// Members on every node that answered.
+    pub count: usize,
+    /// `(socket id, user)`, up to the limit: this node's first.
+    pub members: Vec<(String, Option<String>)>,
+    /// A node did not answer in time (`None` on a single node).
+    pub partial: Option<bool>,
+}
+
+impl ClusterMembers {
+    /// `{count, members:[{id, user}]}`, and `partial` in a cluster.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let members: Vec<_> = self
+            .members
+            .iter()
+            .map(|(id, user)| json!({"id": id, "user": user}))
+            .collect();
+        let mut out = serde_json::Map::new();
+        out.insert("count".into(), json!(self.count));
+        out.insert("members".into(), json!(members));
+        if let Some(partial) = self.partial {
+            out.insert("partial".into(), json!(partial));
+        }
+        out
+    }
+}
+
+/// The rooms of a namespace across the cluster, with their member counts.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterRooms {
+    /// Room name → members, on every node that answered.
+    pub counts: BTreeMap<String, usize>,
+    /// A node did not answer in time (`None` on a single node).
+    pub partial: Option<bool>,
+}
+
+/// What became of a join or leave asked for a socket by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Done here, or asked of the node that has the socket.
+    Done,
+    /// A room limit refused the join (the socket is here).
+    RoomLimit,
+    /// No node has the socket.
+    NotFound,
+}
+
+impl Cluster {
+    /// This node's `broker`, and the other nodes through `remote` (none on
+    /// a single node).
+    pub fn new(broker: Addr<Broker>, remote: Option<Addr<RedisAdapter>>) -> Self {
+        Self { broker, remote }
+    }
+
+    /// Whether other nodes may exist (an adapter is configured).
+    pub fn spans_nodes(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// This node's broker, for what concerns this node's sockets only
+    /// (register, subscribe, leave).
+    pub fn broker(&self) -> &Addr<Broker> {
+        &self.broker
+    }
+
+    /// A client's publish, here and on the other nodes (the broker hands
+    /// it to the adapter): the request resolves to this node's recipients.
+    pub fn publish(&self, publish: Publish) -> Request<Broker, Publish> {
+        self.broker.send(publish)
+    }
+
+    /// A backend's publish (see [`BackendPublish`]): this node's recipients.
+    pub async fn backend_publish(&self, publish: Publish) -> Result<usize, Unavailable> {
+        self.broker.send(BackendPublish(publish)).await.map_err(|_| Unavailable)
+    }
+
+    /// The members of `room`: this node's (from the broker) and the other
+    /// nodes' (a REMOTE_FETCH), up to `limit` listed.
+    pub async fn room_members(
+        &self,
+        nsp: Arc<str>,
+        room: Arc<str>,
+        limit: usize,
+    ) -> Result<ClusterMembers, Unavailable> {
+        let local = self
+            .broker
+            .send(Members {
+                nsp: nsp.clone(),
+                room: room.clone(),
+                limit,
+            })
+            .await
+            .map_err(|_| Unavailable)?;
+        let mut out = ClusterMembers {
+            count: local.count,
+            members: local
+                .members
+                .iter()
+                .map(|(id, u)| (id.to_string(), u.as_deref().map(str::to_owned)))
+                .collect(),
+            partial: None,
+        };
+        if let Some(remote) = &self.remote {
+            let fetch = FetchSockets {
+                nsp: nsp.to_string(),
+                rooms: vec![room.to_string()],
+            };
+            let answer = remote.send(fetch).await.unwrap_or_default();
+            out.partial = Some(answer.partial);
+            out.count += answer.sockets.len();
+            let room_left = limit.saturating_sub(out.members.len());
+            out.members
+                .extend(answer.sockets.into_iter().take(room_left).map(|s| (s.id, s.user)));
+        }
+        Ok(out)
+    }
+
+    /// The rooms of `nsp` with their members, counted over every node
+    /// (the other nodes' sockets with their rooms).
+    pub async fn rooms(&self, nsp: Arc<str>) -> Result<ClusterRooms, Unavailable> {
+        let local = self
+            .broker
+            .send(ListRooms { nsp: nsp.clone() })
+            .await
+            .map_err(|_| Unavailable)?;
+        let mut out = ClusterRooms {
+            counts: local.iter().map(|(name, n)| (name.to_string(), *n)).collect(),
+            partial: None,
+        };
+        if let Some(remote) = &self.remote {
+            let fetch = FetchSockets {
+                nsp: nsp.to_string(),
+                rooms: vec![],
+            };
+            let answer = remote.send(fetch).await.unwrap_or_default();
+            for room in answer.sockets.iter().flat_map(|s| s.rooms.iter()) {
+                *out.counts.entry(room.clone()).or_default() += 1;
+            }
+            out.partial = Some(answer.partial);
+        }
+        Ok(out)
+    }
+
+    /// Disconnects the socket `id` wherever it is: here, or (when `nsp` is
+    /// known) on the node that reports having it. Whether a node had it.
+    pub async fn kick(&self, id: &str, nsp: Option<Arc<str>>, detail: String) -> Result<bool, Unavailable> {
+        let here = self
+            .broker
+            .send(Kick {
+                socket_id: id.into(),
+                detail,
+            })
+            .await
+            .map_err(|_| Unavailable)?;
+        if here {
+            return Ok(true);
+        }
+        let (Some(remote), Some(nsp)) = (&self.remote, nsp) else {
+            return Ok(false);
+        };
+        // A socket id is also the name of its own room.
+        if !self.remote_has(remote, &nsp, id).await {
+            return Ok(false);
+        }
+        remote.do_send(DisconnectRemote {
+            nsp: nsp.to_string(),
+            socket_id: id.to_owned(),
+        });
+        Ok(true)
+    }
+
+    /// Makes the socket `id` join (or leave) `room`, here or on the node
+    /// that has it.
+    pub async fn membership(
+        &self,
+        nsp: Arc<str>,
+        id: Arc<str>,
+        room: Arc<str>,
+        join: bool,
+    ) -> Result<Membership, Unavailable> {
+        let here = LocalSockets {
+            nsp: nsp.clone(),
+            rooms: vec![id.clone()],
+            except: vec![],
+        };
+        let local = !self.broker.send(here).await.map_err(|_| Unavailable)?.is_empty();
+        if local && join {
+            let joined = self.broker.send(Join {
+                socket_id: id.clone(),
+                room: room.clone(),
+            });
+            if let Err(JoinError::TooManyRooms | JoinError::TooManyRoomsInTotal) =
+                joined.await.map_err(|_| Unavailable)?
+            {
+                return Ok(Membership::RoomLimit);
+            }
+            return Ok(Membership::Done);
+        }
+        if local {
+            let left = self.broker.send(Leave {
+                socket_id: id.clone(),
+                room: room.clone(),
+            });
+            left.await.map_err(|_| Unavailable)?;
+            return Ok(Membership::Done);
+        }
+        let Some(remote) = &self.remote else {
+            return Ok(Membership::NotFound);
+        };
+        if !self.remote_has(remote, &nsp, &id).await {
+            return Ok(Membership::NotFound);
+        }
+        remote.do_send(MembershipRemote {
+            nsp: nsp.to_string(),
+            socket_id: id.to_string(),
+            room: room.to_string(),
+            join,
+        });
+        Ok(Membership::Done)
+    }
+
+    /// Whether another node reports the socket `id` in `nsp`.
+    async fn remote_has(&self, remote: &Addr<RedisAdapter>, nsp: &str, id: &str) -> bool {
+        let fetch = FetchSockets {
+            nsp: nsp.to_owned(),
+            rooms: vec![id.to_owned()],
+        };
+        let answer = remote.send(fetch).await.unwrap_or_default();
+        answer.sockets.iter().any(|s| s.id == id)
+    }
+}
