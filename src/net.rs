@@ -2,6 +2,22 @@
 
 use std::net::IpAddr;
 
+/// An entry of an address list that is not an address or a range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// Not an IP address.
+    #[error("{0:?} is not an address")]
+    NotAnAddress(String),
+    /// A prefix length that is not a number up to 32 (IPv4) or 128 (IPv6).
+    #[error("{entry:?}: prefix length above {max}")]
+    Prefix {
+        /// The entry.
+        entry: String,
+        /// The longest prefix of its family.
+        max: u8,
+    },
+}
+
 /// A set of addresses and CIDR ranges.
 #[derive(Debug, Clone, Default)]
 pub struct IpRanges {
@@ -12,7 +28,7 @@ impl IpRanges {
     /// Parses `"10.0.0.5"`, `"10.0.0.0/8"`, `"::1"`, `"fd00::/8"`; the error
     /// names the entry. Blank entries are skipped, so that an empty
     /// environment variable (`ROOMCAST__LIMITS__EXEMPT=`) means an empty list.
-    pub fn parse(entries: &[String]) -> Result<IpRanges, String> {
+    pub fn parse(entries: &[String]) -> Result<IpRanges, RangeError> {
         let ranges = entries
             .iter()
             .filter(|entry| !entry.trim().is_empty())
@@ -24,7 +40,7 @@ impl IpRanges {
                 let ip: IpAddr = addr
                     .trim()
                     .parse()
-                    .map_err(|_| format!("{entry:?} is not an address"))?;
+                    .map_err(|_| RangeError::NotAnAddress(entry.clone()))?;
                 let max = if ip.is_ipv4() { 32 } else { 128 };
                 let bits = match bits {
                     None => max,
@@ -33,11 +49,14 @@ impl IpRanges {
                         .parse::<u8>()
                         .ok()
                         .filter(|b| *b <= max)
-                        .ok_or_else(|| format!("{entry:?}: prefix length above {max}"))?,
+                        .ok_or_else(|| RangeError::Prefix {
+                            entry: entry.clone(),
+                            max,
+                        })?,
                 };
                 Ok((ip, bits))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, RangeError>>()?;
         Ok(IpRanges { ranges })
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Close reasons are data: every variant carries the exact string Socket.IO
 //! reports for it, a stable numeric code for the audit log, and whether it was
-//! the server's decision to end a healthy connection (`is_forced`).
+//! the server's decision to end a connection (`is_server_initiated`).
 
 use std::fmt;
 
@@ -77,11 +77,6 @@ impl DisconnectReason {
         }
     }
 
-    /// The server ended a connection that was working.
-    pub const fn is_forced(self) -> bool {
-        matches!(self, Self::ForcedClose)
-    }
-
     /// The server decided to end a connection or namespace socket that was
     /// working (a forced close, a shutdown, a server namespace disconnect).
     pub const fn is_server_initiated(self) -> bool {
@@ -89,13 +84,6 @@ impl DisconnectReason {
             self,
             Self::ForcedClose | Self::ServerShuttingDown | Self::ServerNamespaceDisconnect
         )
-    }
-
-    /// Whether a close for this reason is always written to the audit log
-    /// (server-initiated closes and parse errors; the others only with
-    /// `audit.record_disconnects`).
-    pub const fn is_audited(self) -> bool {
-        self.is_server_initiated() || matches!(self, Self::ParseError)
     }
 
     /// Whether the server decided to close a healthy session, so that data it
@@ -221,6 +209,7 @@ mod tests {
     #[test]
     fn codes_are_unique_and_strings_exact() {
         let mut codes: Vec<u16> = DisconnectReason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), 8);
         let strings: Vec<&str> = DisconnectReason::ALL.iter().map(|r| r.as_str()).collect();

@@ -39,7 +39,7 @@ pub struct Application {
     shutdown: Shutdown,
     /// The Socket.IO endpoint's sessions.
     pub registry: Registry,
-    events: tokio::sync::broadcast::Sender<SocketEvent>,
+    events: Option<tokio::sync::broadcast::Sender<SocketEvent>>,
     /// The cluster adapter's state (never connected on a single node).
     pub cluster: Arc<AdapterStatus>,
     /// This process's id: the Redis adapter's uid, by which a node tells
@@ -240,6 +240,16 @@ impl Application {
     /// Binds the listener and assembles the server. Must run inside an actix
     /// system (`#[actix_web::main]` or `#[actix_web::test]`).
     pub fn build(settings: Settings) -> Result<Application, StartError> {
+        Self::assemble(settings, false)
+    }
+
+    /// [`Application::build`], with the [`SocketEvent`] stream of
+    /// [`Application::events`] (tests watch it; a server has no use for it).
+    pub fn build_watched(settings: Settings) -> Result<Application, StartError> {
+        Self::assemble(settings, true)
+    }
+
+    fn assemble(settings: Settings, watched: bool) -> Result<Application, StartError> {
         for warning in exposure_warnings(&settings) {
             tracing::warn!("{warning}");
         }
@@ -278,7 +288,7 @@ impl Application {
             arbiter: audit_arbiter,
             cutoff: audit_cutoff,
         } = start_audit(&settings, node_name.clone())?;
-        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let events = watched.then(|| tokio::sync::broadcast::channel(4096).0);
         let metrics = Arc::new(Metrics::for_node(&node_name));
         metrics.declare_namespaces(&settings.socketio.namespaces);
         let broker = Broker::new(BrokerConfig {
@@ -550,9 +560,14 @@ impl Application {
         })
     }
 
-    /// Namespace sockets joining and leaving, with their reasons.
+    /// Namespace sockets joining and leaving, with their reasons: only for
+    /// an application from [`Application::build_watched`] (otherwise the
+    /// receiver is closed at once).
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<SocketEvent> {
-        self.events.subscribe()
+        match &self.events {
+            Some(events) => events.subscribe(),
+            None => tokio::sync::broadcast::channel(1).1,
+        }
     }
 
     /// The bound port (useful with port 0).

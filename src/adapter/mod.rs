@@ -23,10 +23,22 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
-/// A broadcast this node sends to the others (the adapter fills in its uid).
+/// A broadcast this node sends to the others: a [`wire::Broadcast`] once
+/// the adapter has added its node id.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct Outbound(pub wire::Broadcast);
+pub struct Outbound {
+    /// Namespace.
+    pub nsp: String,
+    /// `[event, args...]` with placeholders for binary values.
+    pub args: serde_json::Value,
+    /// The binary values, in placeholder order.
+    pub attachments: Vec<bytes::Bytes>,
+    /// Target rooms; empty = the whole namespace.
+    pub rooms: Vec<String>,
+    /// Rooms (socket ids included) that do not receive it.
+    pub except: Vec<String>,
+}
 
 /// A broadcast from another node or an emitter, for the local broker; the
 /// result is the number of local recipients.

@@ -349,8 +349,15 @@ impl Actor for RedisAdapter {
 impl Handler<Outbound> for RedisAdapter {
     type Result = ();
 
-    fn handle(&mut self, Outbound(mut b): Outbound, _: &mut Self::Context) {
-        b.uid.clone_from(&self.uid);
+    fn handle(&mut self, out: Outbound, _: &mut Self::Context) {
+        let b = Broadcast {
+            uid: self.uid.clone(),
+            nsp: out.nsp,
+            args: out.args,
+            attachments: out.attachments,
+            rooms: out.rooms,
+            except: out.except,
+        };
         let sent = self
             .queue
             .as_ref()

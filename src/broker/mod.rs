@@ -25,9 +25,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde_json::json;
 
-use crate::adapter::{
-    wire, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo,
-};
+use crate::adapter::{Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo};
 use crate::engineio::Frame;
 use crate::limits::{AddressKey, Limit};
 use crate::net::IpRanges;
@@ -143,7 +141,7 @@ pub struct Deliver {
 /// A publish as the broker hands it to a member it writes to directly
 /// ([`DirectSink`]): the frames, and their WebSocket encoding, made once by
 /// the first sink that needs it and shared by the others.
-pub struct Broadcast {
+pub struct Outgoing {
     /// The encoded packet (and its binary attachments).
     pub frames: Arc<[Frame]>,
     /// The frames as they go on the wire, made on first use.
@@ -171,7 +169,7 @@ pub enum Pushed {
 /// waits.
 pub trait DirectSink: Send + Sync {
     /// Queues `broadcast` after everything queued before.
-    fn push_broadcast(&self, broadcast: &Broadcast) -> Pushed;
+    fn push_broadcast(&self, broadcast: &Outgoing) -> Pushed;
 }
 
 /// A namespace socket is put out (the API's kick, another node's
@@ -606,7 +604,7 @@ impl Broker {
 
     /// Hands `broadcast` to one member, through its connection (a member
     /// the broker writes to directly is handed it by [`Self::deliver_all`]).
-    fn deliver(&self, socket_id: &Arc<str>, broadcast: &Broadcast, tally: &mut Tally) {
+    fn deliver(&self, socket_id: &Arc<str>, broadcast: &Outgoing, tally: &mut Tally) {
         let Some(member) = self.members.get(socket_id) else {
             return;
         };
@@ -634,7 +632,7 @@ impl Broker {
     /// members of that room that are not named in `except`); how many it
     /// reached. Counted once per call, not per member.
     fn deliver_all(&self, targets: Targets<'_>, frames: Arc<[Frame]>, at: std::time::Instant) -> usize {
-        let broadcast = Broadcast {
+        let broadcast = Outgoing {
             frames,
             wire: std::cell::OnceCell::new(),
             at,
@@ -901,14 +899,13 @@ impl Broker {
         if let Some(cluster) = &self.cluster {
             let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
             let (args, attachments) = msg.args;
-            let outbound = Outbound(wire::Broadcast {
-                uid: String::new(),
+            let outbound = Outbound {
                 nsp: msg.nsp.to_string(),
                 args,
                 attachments,
                 rooms: strings(&msg.rooms),
                 except: strings(&msg.except),
-            });
+            };
             // The adapter's mailbox is its queue: full means lost, counted there.
             if cluster.try_send(outbound).is_err() {
                 tracing::warn!("cluster adapter mailbox full: a cross-node broadcast was lost");
@@ -1436,7 +1433,7 @@ mod tests {
         // A backend's publish to it: that socket, and the other nodes.
         assert_eq!(broker.send(BackendPublish(publish_to(&target))).await.unwrap(), 1);
         // A broadcast from another node or an emitter to it: that socket.
-        let inbound = wire::Broadcast {
+        let inbound = crate::adapter::wire::Broadcast {
             uid: "other".into(),
             nsp: "/".into(),
             args: serde_json::json!(["m"]),
@@ -1451,7 +1448,14 @@ mod tests {
         assert_eq!(broker.send(BackendPublish(publish_to(&odd))).await.unwrap(), 0);
 
         // Settle: a message to each actor after the others.
-        cluster.send(Outbound(inbound)).await.unwrap();
+        let settle = Outbound {
+            nsp: inbound.nsp,
+            args: inbound.args,
+            attachments: vec![],
+            rooms: inbound.rooms,
+            except: vec![],
+        };
+        cluster.send(settle).await.unwrap();
         addr.send(Deliver {
             frames: frames(),
             at: std::time::Instant::now(),

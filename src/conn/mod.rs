@@ -82,8 +82,9 @@ pub struct EngineShared {
     pub app: App,
     /// Socket.IO settings (for [`App::SocketIo`]).
     pub sio: Option<SioConfig>,
-    /// Namespace sockets joining and leaving.
-    pub events: tokio::sync::broadcast::Sender<events::SocketEvent>,
+    /// Namespace sockets joining and leaving, when someone watches
+    /// ([`crate::startup::Application::build_watched`]).
+    pub events: Option<tokio::sync::broadcast::Sender<events::SocketEvent>>,
     /// Sessions by sid.
     pub registry: Registry,
     /// Where forced closes and parse errors go.

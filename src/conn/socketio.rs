@@ -374,7 +374,7 @@ impl Connection {
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
         self.shared.metrics.socket(&nsp, 1);
-        let _ = self.shared.events.send(SocketEvent::Connected {
+        self.watched(SocketEvent::Connected {
             sid: self.sid.clone(),
             nsp: nsp.clone(),
             socket_id: id.clone(),
@@ -817,12 +817,19 @@ impl Connection {
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*socket_id, reason = reason.as_str(), "namespace left");
         self.shared.metrics.socket(&nsp, -1);
-        let _ = self.shared.events.send(SocketEvent::Disconnected {
+        self.watched(SocketEvent::Disconnected {
             sid: self.sid.clone(),
             nsp,
             socket_id,
             reason,
         });
+    }
+
+    /// Tells the watchers, if any (a lagging one loses old events).
+    fn watched(&self, event: SocketEvent) {
+        if let Some(events) = &self.shared.events {
+            let _ = events.send(event);
+        }
     }
 
     /// The session ended: every namespace socket ends with its reason.

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use bytes::{Buf as _, Bytes, BytesMut};
 
-use crate::broker::{Broadcast, DirectSink, Pushed};
+use crate::broker::{DirectSink, Outgoing, Pushed};
 use crate::engineio::Frame;
 use crate::metrics::Metrics;
 
@@ -441,7 +441,7 @@ impl Outbox {
 }
 
 impl DirectSink for Outbox {
-    fn push_broadcast(&self, broadcast: &Broadcast) -> Pushed {
+    fn push_broadcast(&self, broadcast: &Outgoing) -> Pushed {
         let wire = broadcast.wire.get_or_init(|| encode_frames(&broadcast.frames));
         let frames = broadcast.frames.len();
         // (The broker counts what it queued, once per publish.)
@@ -635,8 +635,8 @@ mod tests {
         Outbox::new(limit, write_timeout, Duration::ZERO, Arc::new(Metrics::new()))
     }
 
-    fn broadcast(text: &str) -> Broadcast {
-        Broadcast {
+    fn broadcast(text: &str) -> Outgoing {
+        Outgoing {
             frames: Arc::new([Frame::Text(text.into())]),
             wire: std::cell::OnceCell::new(),
             at: Instant::now(),

@@ -90,7 +90,7 @@ pub fn settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
 
 /// Starts a server inside the current actix system (use `#[actix_web::test]`).
 pub fn spawn(settings: Settings) -> TestServer {
-    let app = Application::build(settings).expect("server starts");
+    let app = Application::build_watched(settings).expect("server starts");
     let port = app.port();
     let admin_port = app.admin_port();
     let handle = app.handle();
