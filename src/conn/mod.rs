@@ -133,26 +133,12 @@ pub struct Connection {
     sio: Option<SioState>,
     /// The client stopped reading: drop the socket instead of closing it.
     abort_transport: bool,
-    /// Publishes sent to the broker whose answer has not come back.
-    publishes_in_flight: usize,
-    /// Their encoded size.
-    publish_bytes_in_flight: usize,
-    /// Their answers' queue, awaited in order (created by the first publish).
-    publish_answers: Option<tokio::sync::mpsc::UnboundedSender<socketio::PendingPublish>>,
     /// Broadcast frames wait for a timer to be written (coalescing).
     flush_scheduled: bool,
     /// Messages and bytes per second from the client (`[limits]`).
     rate: crate::limits::ConnectionRate,
-    /// The limit the message under way (a Socket.IO packet and its
-    /// attachments) went over: it is refused when it completes.
-    refused_by: Option<crate::limits::Limit>,
     /// Audit rows this connection caused while open, and those held back.
     audit_rows: crate::limits::ClientRows,
-    /// The attachments of the packet under way, in the node's input budget.
-    attachments_held: crate::limits::Held,
-    /// Ends the connection if the packet under way is not complete within
-    /// `limits.attachment_timeout_ms`.
-    attachment_timer: Option<SpawnHandle>,
     span: tracing::Span,
 }
 
@@ -189,17 +175,11 @@ impl Connection {
             probe: None,
             timer: None,
             closed_by: None,
-            sio: shared.sio.as_ref().map(SioState::new),
+            sio: shared.sio.as_ref().map(|c| SioState::new(c, &shared.guards.input)),
             abort_transport: false,
-            publishes_in_flight: 0,
-            publish_bytes_in_flight: 0,
-            publish_answers: None,
             flush_scheduled: false,
             rate: crate::limits::ConnectionRate::new(&shared.guards.rate, Instant::now()),
-            refused_by: None,
             audit_rows: Default::default(),
-            attachments_held: crate::limits::Held::new(shared.guards.input.clone()),
-            attachment_timer: None,
             span,
         };
         let addr = conn.start();
@@ -294,7 +274,9 @@ impl Connection {
             }
             // The Socket.IO layer still decodes it (attachments must stay
             // in step) and refuses the packet it completes.
-            self.refused_by = Some(limit);
+            if let Some(sio) = self.sio.as_mut() {
+                sio.refused_by = Some(limit);
+            }
         }
         match self.shared.app {
             App::Echo => {

@@ -100,7 +100,8 @@ struct PendingAck {
     handler: AckHandler,
 }
 
-/// The Socket.IO state of one connection.
+/// The Socket.IO state of one connection (the Engine.IO state is the
+/// [`Connection`]'s own).
 pub struct SioState {
     decoder: Decoder,
     sockets: HashMap<Arc<str>, NsSocket>,
@@ -108,17 +109,57 @@ pub struct SioState {
     joined: bool,
     next_ack_id: u64,
     acks: HashMap<u64, PendingAck>,
+    /// The limit the message under way (a packet and its attachments) went
+    /// over: it is refused when it completes.
+    pub(super) refused_by: Option<crate::limits::Limit>,
+    /// The attachments of the packet under way, in the node's input budget.
+    attachments_held: crate::limits::Held,
+    /// Ends the connection if the packet under way is not complete within
+    /// `limits.attachment_timeout_ms`.
+    attachment_timer: Option<SpawnHandle>,
+    /// Publishes waiting on the broker.
+    window: PublishWindow,
+}
+
+/// The publishes a connection has sent to the broker whose answer has not
+/// come back (see [`MAX_PUBLISHES_IN_FLIGHT`]).
+#[derive(Default)]
+struct PublishWindow {
+    count: usize,
+    bytes: usize,
+    /// Their answers' queue, awaited in order (made by the first publish).
+    answers: Option<tokio::sync::mpsc::UnboundedSender<PendingPublish>>,
+}
+
+impl PublishWindow {
+    /// Counts a publish of `size` bytes in; whether the window still has
+    /// room with it.
+    fn open(&mut self, size: usize) -> bool {
+        self.count += 1;
+        self.bytes += size;
+        self.count <= MAX_PUBLISHES_IN_FLIGHT && self.bytes <= MAX_PUBLISH_BYTES_IN_FLIGHT
+    }
+
+    /// The answer to a publish of `size` bytes came back.
+    fn close(&mut self, size: usize) {
+        self.count -= 1;
+        self.bytes -= size;
+    }
 }
 
 impl SioState {
-    /// Fresh state for a new connection.
-    pub fn new(config: &SioConfig) -> Self {
+    /// Fresh state for a new connection, holding its attachments in `input`.
+    pub fn new(config: &SioConfig, input: &Arc<crate::limits::InputBudget>) -> Self {
         Self {
             decoder: Decoder::new(config.limits),
             sockets: HashMap::new(),
             joined: false,
             next_ack_id: 0,
             acks: HashMap::new(),
+            refused_by: None,
+            attachments_held: crate::limits::Held::new(input.clone()),
+            attachment_timer: None,
+            window: PublishWindow::default(),
         }
     }
 }
@@ -159,7 +200,7 @@ impl Connection {
         };
         // A packet a rate limit refused is still decoded, so that its
         // attachments stay in step, but none of its bytes are held.
-        let refused = self.refused_by.is_some();
+        let refused = state.refused_by.is_some();
         let result = match &payload {
             Payload::Text(text) => state.decoder.text(text),
             Payload::Binary(_) if refused => state.decoder.binary(Bytes::new()),
@@ -203,14 +244,16 @@ impl Connection {
     /// `limits.attachment_timeout_ms`. False: the connection was closed
     /// (over the budget).
     fn hold_attachments(&mut self, waiting: bool, held: usize, ctx: &mut Context<Self>) -> bool {
+        let Some(state) = self.sio.as_mut() else { return true };
         if !waiting {
-            let _ = self.attachments_held.set(0);
-            if let Some(timer) = self.attachment_timer.take() {
+            let _ = state.attachments_held.set(0);
+            if let Some(timer) = state.attachment_timer.take() {
                 ctx.cancel_future(timer);
             }
             return true;
         }
-        if let Err(over) = self.attachments_held.set(held) {
+        let timing = state.attachment_timer.is_some();
+        if let Err(over) = state.attachments_held.set(held) {
             self.shared
                 .metrics
                 .limit_breach(crate::limits::Limit::InputBudget.as_str());
@@ -222,9 +265,11 @@ impl Connection {
             return false;
         }
         let timeout = self.shared.guards.settings().attachment_timeout_ms;
-        if self.attachment_timer.is_none() && timeout > 0 {
+        if !timing && timeout > 0 {
             let timer = ctx.run_later(Duration::from_millis(timeout), move |act, ctx| {
-                act.attachment_timer = None;
+                if let Some(state) = act.sio.as_mut() {
+                    state.attachment_timer = None;
+                }
                 act.shared
                     .metrics
                     .limit_breach(crate::limits::Limit::AttachmentTimeout.as_str());
@@ -235,14 +280,16 @@ impl Connection {
                 act.close(cause, None, ctx);
                 act.after(ctx);
             });
-            self.attachment_timer = Some(timer);
+            if let Some(state) = self.sio.as_mut() {
+                state.attachment_timer = Some(timer);
+            }
         }
         true
     }
 
     fn sio_packet(&mut self, message: Message, ctx: &mut Context<Self>) {
         let nsp = message.packet.nsp.as_str();
-        if let Some(limit) = self.refused_by.take() {
+        if let Some(limit) = self.sio.as_mut().and_then(|s| s.refused_by.take()) {
             match message.packet.kind {
                 PacketType::Event | PacketType::BinaryEvent => {
                     let why = format!("too many messages ({})", limit.as_str());
@@ -660,18 +707,17 @@ impl Connection {
                 };
                 let size = publish.size();
                 let request = cluster.publish(publish);
-                self.publishes_in_flight += 1;
-                self.publish_bytes_in_flight += size;
+                // unwrap: socket_id() found the socket.
+                let in_window = self.sio.as_mut().unwrap().window.open(size);
                 let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
-                    act.publishes_in_flight -= 1;
-                    act.publish_bytes_in_flight -= size;
+                    if let Some(state) = act.sio.as_mut() {
+                        state.window.close(size);
+                    }
                     let recipients = result.unwrap_or_default();
                     act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
                     act.after(ctx);
                 };
-                if self.publishes_in_flight <= MAX_PUBLISHES_IN_FLIGHT
-                    && self.publish_bytes_in_flight <= MAX_PUBLISH_BYTES_IN_FLIGHT
-                {
+                if in_window {
                     self.answer_in_order(request, Box::new(ack_answer), ctx);
                 } else {
                     // Past a bound the connection stops taking packets until
@@ -693,7 +739,8 @@ impl Connection {
     /// spawned on a context at each of its wake-ups, and a thousand spawned
     /// answers would cost a thousand polls per publish.
     fn answer_in_order(&mut self, request: Request<Broker, Publish>, answer: PublishAnswer, ctx: &mut Context<Self>) {
-        let queue = self.publish_answers.get_or_insert_with(|| {
+        let Some(state) = self.sio.as_mut() else { return };
+        let queue = state.window.answers.get_or_insert_with(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PendingPublish>();
             ctx.add_stream(futures_util::stream::unfold(rx, |mut rx| async move {
                 let (request, answer) = rx.recv().await?;
