@@ -112,6 +112,14 @@ pub struct PeerInfo {
     pub slot: Option<Arc<crate::limits::AddressSlot>>,
 }
 
+impl PeerInfo {
+    /// Names this peer (its client address and user agent) in `event`.
+    pub fn tag(&self, event: &mut AuditEvent) {
+        event.peer.clone_from(&self.client);
+        event.user_agent.clone_from(&self.user_agent);
+    }
+}
+
 /// One Engine.IO session.
 pub struct Connection {
     sid: Arc<str>,
@@ -548,8 +556,7 @@ impl Connection {
         let mut event = AuditEvent::new(kind, reason, detail);
         event.sid = Some(self.sid.to_string());
         event.transport = Some(self.session.transport().as_str());
-        event.peer = self.peer.client.clone();
-        event.user_agent = self.peer.user_agent.clone();
+        self.peer.tag(&mut event);
         self.sio_scope(&mut event, nsp);
         event
     }

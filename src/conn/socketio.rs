@@ -164,6 +164,15 @@ impl SioState {
     }
 }
 
+/// One `subscribe`, `unsubscribe`, `presence` or `publish` of a namespace
+/// socket, its room checked.
+struct AppRequest {
+    nsp: Arc<str>,
+    ack: Option<u64>,
+    socket_id: Arc<str>,
+    room: Arc<str>,
+}
+
 /// Why a CONNECT was refused.
 struct Refusal {
     /// Stable code (`CONNECT_ERROR.data.code`).
@@ -638,98 +647,140 @@ impl Connection {
             return self.invalid_event(&nsp, ack, "invalid_room", &why.to_string(), &args, ctx);
         }
         let room: Arc<str> = room.into();
-        let cluster = self.sio_config().cluster.clone();
-        let broker = cluster.broker().clone();
         // unwrap: socket_id() found the socket.
         let identity = &self.sio.as_ref().unwrap().sockets[&nsp].identity;
         let (may_subscribe, may_publish) = (identity.may_subscribe(&room), identity.may_publish(&room));
+        let request = AppRequest {
+            nsp,
+            ack,
+            socket_id,
+            room,
+        };
         match name {
             "subscribe" | "presence" if !may_subscribe => {
-                self.ack_error(&nsp, ack, "forbidden", "not allowed to subscribe to this room", ctx)
+                let message = "not allowed to subscribe to this room";
+                self.ack_error(&request.nsp, ack, "forbidden", message, ctx)
             }
-            "subscribe" => {
-                let request = broker.send(Subscribe { socket_id, room });
-                ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
-                    match result {
-                        Ok(Ok(())) => act.ack_ok(&nsp, ack, json!({"ok": true}), ctx),
-                        Ok(Err(JoinError::TooManyRooms)) => {
-                            act.room_limit(&nsp, crate::limits::Limit::RoomsPerSocket);
-                            act.ack_error(&nsp, ack, "too_many_rooms", "this socket is in too many rooms", ctx)
-                        }
-                        Ok(Err(JoinError::TooManyRoomsInTotal)) => {
-                            act.room_limit(&nsp, crate::limits::Limit::RoomsTotal);
-                            act.ack_error(&nsp, ack, "room_limit", "the namespace has too many rooms", ctx)
-                        }
-                        Ok(Err(why @ JoinError::RoomQuota(quota))) => {
-                            act.room_limit(&nsp, quota.limit());
-                            act.ack_error(&nsp, ack, "room_quota", &why.to_string(), ctx)
-                        }
-                        Ok(Err(why @ JoinError::SocketIdRoom)) => {
-                            act.ack_error(&nsp, ack, "invalid_room", &why.to_string(), ctx)
-                        }
-                        Ok(Err(JoinError::UnknownSocket)) | Err(_) => {}
-                    }
-                    act.after(ctx);
-                }));
-            }
+            "subscribe" => self.subscribe(request, ctx),
             "unsubscribe" => {
-                broker.do_send(Leave { socket_id, room });
+                let AppRequest {
+                    nsp, socket_id, room, ..
+                } = request;
+                self.sio_config().cluster.broker().do_send(Leave { socket_id, room });
                 self.ack_ok(&nsp, ack, json!({"ok": true}), ctx);
             }
-            "presence" => {
-                let limit = self.sio_config().presence_limit;
-                let (n, r) = (nsp.clone(), room.clone());
-                let request = async move { cluster.room_members(n, r, limit).await };
-                ctx.spawn(
-                    actix::fut::wrap_future::<_, Self>(request).map(move |result, act, ctx| {
-                        if let Ok(m) = result {
-                            let mut reply = m.to_json();
-                            reply.insert("ok".into(), json!(true));
-                            reply.insert("room".into(), json!(&*room));
-                            act.ack_ok(&nsp, ack, Value::Object(reply), ctx);
-                        }
-                        act.after(ctx);
-                    }),
-                );
+            "presence" => self.presence(request, ctx),
+            _ if !may_publish => {
+                let message = "not allowed to publish to this room";
+                self.ack_error(&request.nsp, ack, "forbidden", message, ctx)
             }
-            _ if !may_publish => self.ack_error(&nsp, ack, "forbidden", "not allowed to publish to this room", ctx),
-            _ => {
-                // unwrap: `arg` held the room.
-                let arg = arg.unwrap();
-                let event = arg.get("event").and_then(Value::as_str).unwrap_or_default();
-                let data = arg.get("data").cloned();
-                let publish = match Publish::event(nsp.clone(), vec![room], vec![socket_id], event, data, attachments) {
-                    Ok(publish) => publish,
-                    Err(e) => {
-                        let args = Value::Array(args.clone());
-                        return self.invalid_event(&nsp, ack, e.code(), &e.to_string(), &args, ctx);
-                    }
-                };
-                let size = publish.size();
-                let request = cluster.publish(publish);
-                // unwrap: socket_id() found the socket.
-                let in_window = self.sio.as_mut().unwrap().window.open(size);
-                let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
-                    if let Some(state) = act.sio.as_mut() {
-                        state.window.close(size);
-                    }
-                    let recipients = result.unwrap_or_default();
-                    act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
-                    act.after(ctx);
-                };
-                if in_window {
-                    self.answer_in_order(request, Box::new(ack_answer), ctx);
-                } else {
-                    // Past a bound the connection stops taking packets until
-                    // this publish is answered: its read pump then waits on
-                    // the full mailbox and TCP pushes back on the publisher,
-                    // instead of publishes piling up in memory while the
-                    // broker is behind. (Its ack may then overtake those of
-                    // earlier publishes: acks are matched by id.)
-                    self.shared.metrics.publish_backpressure.inc();
-                    ctx.wait(request.into_actor(self).map(ack_answer));
+            // unwrap: `arg` held the room.
+            _ => self.publish(request, arg.unwrap(), &args, attachments, ctx),
+        }
+    }
+
+    /// `subscribe`: joins the room (room limits and quotas apply).
+    fn subscribe(&mut self, request: AppRequest, ctx: &mut Context<Self>) {
+        let AppRequest {
+            nsp,
+            ack,
+            socket_id,
+            room,
+        } = request;
+        let joined = self.sio_config().cluster.broker().send(Subscribe { socket_id, room });
+        ctx.spawn(joined.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(Ok(())) => act.ack_ok(&nsp, ack, json!({"ok": true}), ctx),
+                Ok(Err(JoinError::TooManyRooms)) => {
+                    act.room_limit(&nsp, crate::limits::Limit::RoomsPerSocket);
+                    act.ack_error(&nsp, ack, "too_many_rooms", "this socket is in too many rooms", ctx)
                 }
+                Ok(Err(JoinError::TooManyRoomsInTotal)) => {
+                    act.room_limit(&nsp, crate::limits::Limit::RoomsTotal);
+                    act.ack_error(&nsp, ack, "room_limit", "the namespace has too many rooms", ctx)
+                }
+                Ok(Err(why @ JoinError::RoomQuota(quota))) => {
+                    act.room_limit(&nsp, quota.limit());
+                    act.ack_error(&nsp, ack, "room_quota", &why.to_string(), ctx)
+                }
+                Ok(Err(why @ JoinError::SocketIdRoom)) => {
+                    act.ack_error(&nsp, ack, "invalid_room", &why.to_string(), ctx)
+                }
+                Ok(Err(JoinError::UnknownSocket)) | Err(_) => {}
             }
+            act.after(ctx);
+        }));
+    }
+
+    /// `presence`: the room's members across the cluster.
+    fn presence(&mut self, request: AppRequest, ctx: &mut Context<Self>) {
+        let AppRequest { nsp, ack, room, .. } = request;
+        let limit = self.sio_config().presence_limit;
+        let cluster = self.sio_config().cluster.clone();
+        let (n, r) = (nsp.clone(), room.clone());
+        let members = async move { cluster.room_members(n, r, limit).await };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(members).map(move |result, act, ctx| {
+                if let Ok(m) = result {
+                    let mut reply = m.to_json();
+                    reply.insert("ok".into(), json!(true));
+                    reply.insert("room".into(), json!(&*room));
+                    act.ack_ok(&nsp, ack, Value::Object(reply), ctx);
+                }
+                act.after(ctx);
+            }),
+        );
+    }
+
+    /// `publish`: `arg.event` with `arg.data` to the room's members but the
+    /// publisher, acked with this node's recipients. `args` is the whole
+    /// event, for the audit row of an invalid one.
+    fn publish(
+        &mut self,
+        request: AppRequest,
+        arg: &serde_json::Map<String, Value>,
+        args: &[Value],
+        attachments: Vec<Bytes>,
+        ctx: &mut Context<Self>,
+    ) {
+        let AppRequest {
+            nsp,
+            ack,
+            socket_id,
+            room,
+        } = request;
+        let event = arg.get("event").and_then(Value::as_str).unwrap_or_default();
+        let data = arg.get("data").cloned();
+        let publish = match Publish::event(nsp.clone(), vec![room], vec![socket_id], event, data, attachments) {
+            Ok(publish) => publish,
+            Err(e) => {
+                let args = Value::Array(args.to_vec());
+                return self.invalid_event(&nsp, ack, e.code(), &e.to_string(), &args, ctx);
+            }
+        };
+        let size = publish.size();
+        let answered = self.sio_config().cluster.publish(publish);
+        // unwrap: the publisher's socket was found, so this is Socket.IO.
+        let in_window = self.sio.as_mut().unwrap().window.open(size);
+        let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
+            if let Some(state) = act.sio.as_mut() {
+                state.window.close(size);
+            }
+            let recipients = result.unwrap_or_default();
+            act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
+            act.after(ctx);
+        };
+        if in_window {
+            self.answer_in_order(answered, Box::new(ack_answer), ctx);
+        } else {
+            // Past a bound the connection stops taking packets until this
+            // publish is answered: its read pump then waits on the full
+            // mailbox and TCP pushes back on the publisher, instead of
+            // publishes piling up in memory while the broker is behind.
+            // (Its ack may then overtake those of earlier publishes: acks
+            // are matched by id.)
+            self.shared.metrics.publish_backpressure.inc();
+            ctx.wait(answered.into_actor(self).map(ack_answer));
         }
     }
 

@@ -70,8 +70,7 @@ fn refusal(
         guards.breach(limit, || {
             let mut event = Guards::event(limit, detail);
             event.transport = Some(transport.as_str());
-            event.peer = peer.client.clone();
-            event.user_agent = peer.user_agent.clone();
+            peer.tag(&mut event);
             event.excerpt = Some(excerpt(excerpt_of));
             event
         });
@@ -128,8 +127,7 @@ fn at_capacity(endpoint: &Endpoint, req: &HttpRequest, peer: &PeerInfo, transpor
         let detail = format!("{} sessions open on this node", endpoint.cap.max());
         let mut event = Guards::event(limit, detail);
         event.transport = Some(transport.as_str());
-        event.peer = peer.client.clone();
-        event.user_agent = peer.user_agent.clone();
+        peer.tag(&mut event);
         event.excerpt = Some(excerpt(req.query_string().as_bytes()));
         event
     });
@@ -179,8 +177,7 @@ pub async fn head_limits(
     let peer = peer_info(req.request(), &guards.trusted);
     guards.breach(limit, || {
         let mut event = Guards::event(limit, detail);
-        event.peer = peer.client.clone();
-        event.user_agent = peer.user_agent.clone();
+        peer.tag(&mut event);
         event.excerpt = Some(excerpt(req.path().as_bytes()));
         event
     });
@@ -209,8 +206,7 @@ fn refused(
         format!("{} {} refused: {}", req.method(), req.path(), code.message()),
     );
     event.transport = transport.map(TransportKind::as_str);
-    event.peer = peer.client.clone();
-    event.user_agent = peer.user_agent.clone();
+    peer.tag(&mut event);
     event.excerpt = Some(excerpt(req.query_string().as_bytes()));
     shared.audit.record(event);
 }
@@ -284,8 +280,7 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
                             );
                             event.sid = Some(sid.to_owned());
                             event.transport = Some(TransportKind::Polling.as_str());
-                            event.peer = peer.client.clone();
-                            event.user_agent = peer.user_agent.clone();
+                            peer.tag(&mut event);
                             event
                         });
                         let mut response = HttpError::body_timeout().response();
