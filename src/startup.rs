@@ -236,6 +236,211 @@ fn start_audit(settings: &Settings, node_name: Arc<str>) -> Result<Audit, StartE
     })
 }
 
+/// The public listener and, with `admin.address`, the admin one.
+fn listeners(settings: &Settings) -> Result<(TcpListener, Option<TcpListener>), StartError> {
+    let listener = bind(
+        &settings.server.host,
+        settings.server.port,
+        settings.server.listen_backlog,
+    )?;
+    let admin = match settings.admin.address.trim() {
+        "" => None,
+        address => {
+            let at: std::net::SocketAddr = address
+                .parse()
+                .map_err(|e| invalid("admin.address", format!("{address:?} is not host:port: {e}")))?;
+            Some(bind(&at.ip().to_string(), at.port(), settings.server.listen_backlog)?)
+        }
+    };
+    Ok((listener, admin))
+}
+
+/// Starts this node's broker and, with `redis.url`, the adapter to the
+/// other nodes: the cluster's handle, and the adapter's state (never
+/// connected on a single node).
+fn start_cluster(
+    settings: &Settings,
+    node_id: &str,
+    metrics: &Arc<Metrics>,
+    exempt: IpRanges,
+) -> Result<(Cluster, Arc<AdapterStatus>), StartError> {
+    let broker = Broker::new(BrokerConfig {
+        max_rooms_per_socket: settings.rooms.max_per_socket,
+        max_rooms: settings.rooms.max_total,
+        notify_namespaces: settings.rooms.notify_namespaces.clone(),
+        metrics: metrics.clone(),
+    })
+    .with_quotas(crate::broker::RoomQuotas::of(&settings.rooms, exempt))
+    .start();
+    let status = Arc::new(AdapterStatus::default());
+    if settings.redis.url.is_empty() {
+        return Ok((Cluster::new(broker, None), status));
+    }
+    let r = &settings.redis;
+    let adapter = RedisAdapter::new(
+        RedisConfig {
+            node_id: node_id.to_owned(),
+            url: r.url.clone(),
+            tls_ca_file: r.tls_ca_file.clone(),
+            key: r.key.clone(),
+            namespaces: settings.socketio.namespaces.clone(),
+            command_timeout: Duration::from_millis(r.command_timeout_ms),
+            reconnect_max: Duration::from_millis(r.reconnect_max_ms),
+            queue: r.queue,
+            requests_timeout: Duration::from_millis(r.requests_timeout_ms),
+            mode: match r.mode {
+                RedisMode::Classic => Mode::Classic,
+                RedisMode::Sharded => Mode::Sharded {
+                    dynamic: r.subscription_mode == SubscriptionMode::Dynamic,
+                    cluster: r.cluster,
+                },
+            },
+        },
+        BrokerPorts {
+            inbound: broker.clone().recipient(),
+            sockets: broker.clone().recipient(),
+            rooms: broker.clone().recipient(),
+            ops: broker.clone().recipient(),
+        },
+        status.clone(),
+    )
+    .map_err(|e| invalid(e.key(), e))?;
+    let rooms = adapter.room_watch();
+    let adapter = adapter.start();
+    broker.do_send(AttachCluster {
+        adapter: adapter.clone().recipient(),
+        rooms,
+    });
+    Ok((Cluster::new(broker, Some(adapter)), status))
+}
+
+/// What the listeners route to.
+#[derive(Clone)]
+struct Routes {
+    server: crate::config::ServerSettings,
+    guards: web::Data<crate::limits::Guards>,
+    ops: web::Data<OpsState>,
+    api: web::Data<api::ApiState>,
+    socketio: web::Data<Endpoint>,
+    echo: Option<web::Data<Endpoint>>,
+    ws_echo: web::Data<crate::transport::ws_echo::WsEcho>,
+    max_payload: usize,
+}
+
+impl Routes {
+    /// The App of a listener with `role`.
+    fn app(
+        &self,
+        role: Listener,
+    ) -> WebApp<
+        impl actix_service::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+    > {
+        let server = &self.server;
+        // CORS headers only where origins are configured; without them a
+        // cross-site page gets none (same-origin requests are unaffected).
+        let cors = actix_web::middleware::Condition::new(
+            !server.cors_allowed_origins.is_empty(),
+            cors(&server.cors_allowed_origins),
+        );
+        let private = role != Listener::Public;
+        let mut app = WebApp::new()
+            .app_data(self.guards.clone())
+            .wrap(cors)
+            .wrap(actix_web::middleware::from_fn(http::head_limits))
+            .configure(ops::configure(self.ops.clone(), &server.path, private));
+        if private {
+            app = app.service(api::scope(self.api.clone(), self.max_payload));
+        }
+        for (path, data) in [
+            (&server.path, Some(&self.socketio)),
+            (&server.echo_path, self.echo.as_ref()),
+        ] {
+            let Some(data) = data else { continue };
+            let bare = path.trim_end_matches('/').to_string();
+            app = app.service(
+                web::resource([path.clone(), bare])
+                    .app_data(data.clone())
+                    .default_service(web::to(http::handle)),
+            );
+        }
+        if !server.ws_echo_path.is_empty() {
+            let path = &server.ws_echo_path;
+            app = app.service(
+                web::resource([path.clone(), path.trim_end_matches('/').to_string()])
+                    .app_data(self.ws_echo.clone())
+                    .route(web::get().to(crate::transport::ws_echo::handle)),
+            );
+        }
+        app
+    }
+}
+
+/// Runs the HTTP server on `listener` (and `admin`): one HTTP service per
+/// listener, the App of its role, and upgrade requests through the
+/// handover (src/transport/handover.rs).
+fn serve(
+    routes: Routes,
+    settings: &Settings,
+    worker_cap: usize,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+) -> Result<Server, StartError> {
+    let request_head = Duration::from_millis(settings.limits.request_head_timeout_ms);
+    let keep_alive = Duration::from_millis(settings.limits.keep_alive_ms);
+    // Signals are handled by `run_until_stopped`, which closes sessions
+    // with "server shutting down" before the workers stop.
+    // actix-server's own cap (25,600 connections per worker unless set)
+    // makes a worker stop accepting, without an answer, /healthz included:
+    // set above what sessions can reach (see `worker_connection_cap`),
+    // roomcast's own cap binds first and answers 503.
+    let mut server = Server::build().disable_signals().max_concurrent_connections(worker_cap);
+    if settings.server.workers > 0 {
+        server = server.workers(settings.server.workers);
+    }
+    let service = move |role: Listener, local: std::net::SocketAddr| {
+        let routes = routes.clone();
+        move || {
+            use actix_service::IntoServiceFactory as _;
+            // Nothing reads the App's host or local address from its
+            // config: requests carry their own.
+            let config = AppConfig::default();
+            let upgrade = crate::transport::handover::factory(routes.app(role).into_factory(), config.clone());
+            actix_http::HttpService::build()
+                // Slow headers and idle connections (`[limits]`).
+                .client_request_timeout(request_head)
+                .keep_alive(keep_alive)
+                .local_addr(local)
+                .on_connect_ext(crate::transport::websocket::record_fd)
+                // Upgrade requests: the same App, then the socket is
+                // taken over (src/transport/handover.rs).
+                .upgrade(upgrade)
+                .finish(actix_service::map_config(routes.app(role).into_factory(), move |_| {
+                    config.clone()
+                }))
+                .tcp()
+        }
+    };
+    let public = if admin.is_some() {
+        Listener::Public
+    } else {
+        Listener::Only
+    };
+    let local = listener.local_addr()?;
+    let mut server = server.listen("roomcast", listener, service(public, local))?;
+    if let Some(admin) = admin {
+        let admin_local = admin.local_addr()?;
+        tracing::info!(address = %admin_local, "admin listener: /metrics, /dashboard, /api/v1");
+        server = server.listen("roomcast-admin", admin, service(Listener::Admin, admin_local))?;
+    }
+    Ok(server.run())
+}
+
 impl Application {
     /// Binds the listener and assembles the server. Must run inside an actix
     /// system (`#[actix_web::main]` or `#[actix_web::test]`).
@@ -258,21 +463,8 @@ impl Application {
             trusted,
             exempt,
         } = Parts::of(&settings).map_err(ConfigError::of)?;
-        let listener = bind(
-            &settings.server.host,
-            settings.server.port,
-            settings.server.listen_backlog,
-        )?;
+        let (listener, admin_listener) = listeners(&settings)?;
         let port = listener.local_addr()?.port();
-        let admin_listener = match settings.admin.address.trim() {
-            "" => None,
-            address => {
-                let at: std::net::SocketAddr = address
-                    .parse()
-                    .map_err(|e| invalid("admin.address", format!("{address:?} is not host:port: {e}")))?;
-                Some(bind(&at.ip().to_string(), at.port(), settings.server.listen_backlog)?)
-            }
-        };
         let admin_port = admin_listener
             .as_ref()
             .map(|l| l.local_addr())
@@ -291,55 +483,8 @@ impl Application {
         let events = watched.then(|| tokio::sync::broadcast::channel(4096).0);
         let metrics = Arc::new(Metrics::for_node(&node_name));
         metrics.declare_namespaces(&settings.socketio.namespaces);
-        let broker = Broker::new(BrokerConfig {
-            max_rooms_per_socket: settings.rooms.max_per_socket,
-            max_rooms: settings.rooms.max_total,
-            notify_namespaces: settings.rooms.notify_namespaces.clone(),
-            metrics: metrics.clone(),
-        })
-        .with_quotas(crate::broker::RoomQuotas::of(&settings.rooms, exempt.clone()))
-        .start();
-        let cluster = Arc::new(AdapterStatus::default());
-        let mut adapter_addr = None;
-        if !settings.redis.url.is_empty() {
-            let r = &settings.redis;
-            let adapter = RedisAdapter::new(
-                RedisConfig {
-                    node_id: node_id.to_string(),
-                    url: r.url.clone(),
-                    tls_ca_file: r.tls_ca_file.clone(),
-                    key: r.key.clone(),
-                    namespaces: settings.socketio.namespaces.clone(),
-                    command_timeout: Duration::from_millis(r.command_timeout_ms),
-                    reconnect_max: Duration::from_millis(r.reconnect_max_ms),
-                    queue: r.queue,
-                    requests_timeout: Duration::from_millis(r.requests_timeout_ms),
-                    mode: match r.mode {
-                        RedisMode::Classic => Mode::Classic,
-                        RedisMode::Sharded => Mode::Sharded {
-                            dynamic: r.subscription_mode == SubscriptionMode::Dynamic,
-                            cluster: r.cluster,
-                        },
-                    },
-                },
-                BrokerPorts {
-                    inbound: broker.clone().recipient(),
-                    sockets: broker.clone().recipient(),
-                    rooms: broker.clone().recipient(),
-                    ops: broker.clone().recipient(),
-                },
-                cluster.clone(),
-            )
-            .map_err(|e| invalid(e.key(), e))?;
-            let rooms = adapter.room_watch();
-            let adapter = adapter.start();
-            broker.do_send(AttachCluster {
-                adapter: adapter.clone().recipient(),
-                rooms,
-            });
-            adapter_addr = Some(adapter);
-        }
-        let cluster_status = adapter_addr.is_some().then(|| cluster.clone());
+        let (cluster_handle, cluster) = start_cluster(&settings, &node_id, &metrics, exempt.clone())?;
+        let cluster_status = cluster_handle.spans_nodes().then(|| cluster.clone());
         if let Some(status) = &cluster_status {
             metrics.watch_cluster(status.clone());
         }
@@ -352,7 +497,6 @@ impl Application {
                     crate::config::location(&settings.database.url),
                 ),
         );
-        let cluster_handle = Cluster::new(broker.clone(), adapter_addr);
         let api = web::Data::new(api::ApiState {
             cluster: cluster_handle.clone(),
             keys: settings.api.keys.clone(),
@@ -445,97 +589,18 @@ impl Application {
             limits: crate::transport::websocket::ReadLimits::of(&settings.websocket, max_payload),
         });
 
-        let server_settings = settings.server.clone();
         let ops_state = ops.clone().into_inner();
-        let guards_data = web::Data::from(guards);
-        let limits = settings.limits.clone();
-        let make_app = move |role: Listener| {
-            let cors = cors(&server_settings.cors_allowed_origins);
-            // CORS headers only where origins are configured; without them a
-            // cross-site page gets none (same-origin requests are unaffected).
-            let cors = actix_web::middleware::Condition::new(!server_settings.cors_allowed_origins.is_empty(), cors);
-            let private = role != Listener::Public;
-            let mut app = WebApp::new()
-                .app_data(guards_data.clone())
-                .wrap(cors)
-                .wrap(actix_web::middleware::from_fn(http::head_limits))
-                .configure(ops::configure(ops.clone(), &server_settings.path, private));
-            if private {
-                app = app.service(api::scope(api.clone(), max_payload));
-            }
-            for (path, data) in [
-                (&server_settings.path, Some(&socketio)),
-                (&server_settings.echo_path, echo.as_ref()),
-            ] {
-                let Some(data) = data else { continue };
-                let bare = path.trim_end_matches('/').to_string();
-                app = app.service(
-                    web::resource([path.clone(), bare])
-                        .app_data(data.clone())
-                        .default_service(web::to(http::handle)),
-                );
-            }
-            if !server_settings.ws_echo_path.is_empty() {
-                let path = &server_settings.ws_echo_path;
-                app = app.service(
-                    web::resource([path.clone(), path.trim_end_matches('/').to_string()])
-                        .app_data(ws_echo.clone())
-                        .route(web::get().to(crate::transport::ws_echo::handle)),
-                );
-            }
-            app
+        let routes = Routes {
+            server: settings.server.clone(),
+            guards: web::Data::from(guards),
+            ops,
+            api,
+            socketio,
+            echo,
+            ws_echo,
+            max_payload,
         };
-        let request_head = Duration::from_millis(limits.request_head_timeout_ms);
-        let keep_alive = Duration::from_millis(limits.keep_alive_ms);
-        let local = listener.local_addr()?;
-        // Signals are handled by `run_until_stopped`, which closes sessions
-        // with "server shutting down" before the workers stop.
-        // actix-server's own cap (25,600 connections per worker unless
-        // set) makes a worker stop accepting, without an answer, /healthz
-        // included: set above what sessions can reach (see
-        // `worker_connection_cap`), roomcast's own cap binds first and
-        // answers 503.
-        let mut server = Server::build().disable_signals().max_concurrent_connections(worker_cap);
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
-        // One HTTP service per listener: the same App (for its role), and
-        // upgrade requests through the handover (src/transport/handover.rs).
-        let serve = move |role: Listener, local: std::net::SocketAddr| {
-            let make_app = make_app.clone();
-            move || {
-                use actix_service::IntoServiceFactory as _;
-                // Nothing reads the App's host or local address from its
-                // config: requests carry their own.
-                let config = AppConfig::default();
-                let upgrade = crate::transport::handover::factory(make_app(role).into_factory(), config.clone());
-                actix_http::HttpService::build()
-                    // Slow headers and idle connections (`[limits]`).
-                    .client_request_timeout(request_head)
-                    .keep_alive(keep_alive)
-                    .local_addr(local)
-                    .on_connect_ext(crate::transport::websocket::record_fd)
-                    // Upgrade requests: the same App, then the socket is
-                    // taken over (src/transport/handover.rs).
-                    .upgrade(upgrade)
-                    .finish(actix_service::map_config(make_app(role).into_factory(), move |_| {
-                        config.clone()
-                    }))
-                    .tcp()
-            }
-        };
-        let public = if admin_listener.is_some() {
-            Listener::Public
-        } else {
-            Listener::Only
-        };
-        let mut server = server.listen("roomcast", listener, serve(public, local))?;
-        if let Some(admin) = admin_listener {
-            let admin_local = admin.local_addr()?;
-            tracing::info!(address = %admin_local, "admin listener: /metrics, /dashboard, /api/v1");
-            server = server.listen("roomcast-admin", admin, serve(Listener::Admin, admin_local))?;
-        }
-        let server = server.run();
+        let server = serve(routes, &settings, worker_cap, listener, admin_listener)?;
         Ok(Application {
             port,
             admin_port,

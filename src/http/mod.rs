@@ -211,6 +211,55 @@ fn refused(
     shared.audit.record(event);
 }
 
+/// A polling POST to the session `entry` (`sid`): its body's packets
+/// reach the connection, or the refusal says why not.
+async fn polling_post(
+    endpoint: &Endpoint,
+    req: &HttpRequest,
+    body: web::Payload,
+    entry: crate::conn::Entry,
+    sid: &str,
+    peer: &PeerInfo,
+) -> HttpResponse {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let content_length = header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+    let binary = header(header::CONTENT_TYPE).is_some_and(|v| v.starts_with("application/octet-stream"));
+    let shared = &endpoint.shared;
+    let max = endpoint.engine.max_payload;
+    let guards = &shared.guards;
+    let timeout = std::time::Duration::from_millis(guards.settings().body_timeout_ms);
+    let budget = guards.input.clone();
+    let refused = match polling::post(entry, body, content_length, binary, max, timeout, budget).await {
+        Ok(()) => return polling::ok_text("ok".into()),
+        Err(polling::PostRefused::OverBudget) => {
+            shared.metrics.limit_breach(Limit::InputBudget.as_str());
+            HttpError::over_budget()
+        }
+        Err(polling::PostRefused::TooLarge) => {
+            shared.metrics.limit_breach(Limit::MaxPayload.as_str());
+            HttpError::payload_too_large()
+        }
+        Err(polling::PostRefused::Code(code)) => code.into(),
+        Err(polling::PostRefused::Timeout) => {
+            guards.breach(Limit::BodyTimeout, || {
+                let detail = format!("polling POST body not complete within {} ms", timeout.as_millis());
+                let mut event = Guards::event(Limit::BodyTimeout, detail);
+                event.sid = Some(sid.to_owned());
+                event.transport = Some(TransportKind::Polling.as_str());
+                peer.tag(&mut event);
+                event
+            });
+            let mut response = HttpError::body_timeout().response();
+            // The rest of the body is not read: no reuse.
+            response
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            return response;
+        }
+    };
+    refused.response()
+}
+
 /// Handles any request on an Engine.IO path.
 pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::Payload) -> HttpResponse {
     let mut peer = peer_info(&req, &endpoint.shared.guards.trusted);
@@ -246,52 +295,7 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
         },
         (TransportKind::Polling, Some(sid), &Method::POST) => match shared.registry.get(sid) {
             None => Err(ErrorCode::UnknownSid.into()),
-            Some(entry) => {
-                let content_length = req
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
-                let binary = req
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("application/octet-stream"));
-                let max = endpoint.engine.max_payload;
-                let guards = &shared.guards;
-                let timeout = std::time::Duration::from_millis(guards.settings().body_timeout_ms);
-                let budget = guards.input.clone();
-                match polling::post(entry, body, content_length, binary, max, timeout, budget).await {
-                    Ok(()) => Ok(polling::ok_text("ok".into())),
-                    Err(polling::PostRefused::OverBudget) => {
-                        shared.metrics.limit_breach(Limit::InputBudget.as_str());
-                        Err(HttpError::over_budget())
-                    }
-                    Err(polling::PostRefused::TooLarge) => {
-                        shared.metrics.limit_breach(Limit::MaxPayload.as_str());
-                        Err(HttpError::payload_too_large())
-                    }
-                    Err(polling::PostRefused::Code(code)) => Err(code.into()),
-                    Err(polling::PostRefused::Timeout) => {
-                        guards.breach(Limit::BodyTimeout, || {
-                            let mut event = Guards::event(
-                                Limit::BodyTimeout,
-                                format!("polling POST body not complete within {} ms", timeout.as_millis()),
-                            );
-                            event.sid = Some(sid.to_owned());
-                            event.transport = Some(TransportKind::Polling.as_str());
-                            peer.tag(&mut event);
-                            event
-                        });
-                        let mut response = HttpError::body_timeout().response();
-                        // The rest of the body is not read: no reuse.
-                        response
-                            .head_mut()
-                            .set_connection_type(actix_web::http::ConnectionType::Close);
-                        return response;
-                    }
-                }
-            }
+            Some(entry) => return polling_post(&endpoint, &req, body, entry, sid, &peer).await,
         },
         (TransportKind::Polling, Some(_), _) => Err(ErrorCode::BadRequest.into()),
         (TransportKind::WebSocket, sid, _) => {
