@@ -1,7 +1,7 @@
 //! The `roomcast` binary: config → telemetry → startup; or one of the
 //! operators' commands: the audit log's (`migrate`, `audit`), the
-//! configuration's (`config check`, `config show`) and `token` (a signed
-//! test token).
+//! configuration's (`config check`, `config show`, `config defaults`) and
+//! `token` (a signed test token).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,14 +23,27 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A realtime pub/sub server speaking Engine.IO v4 / Socket.IO v5.
 #[derive(Parser)]
-#[command(name = "roomcast", version)]
+#[command(name = "roomcast", version, after_help = CONFIGURATION_HELP)]
 struct Cli {
-    /// A profile layered over the defaults (see config/default.toml).
+    /// A profile (TOML) layered over the built-in defaults, which
+    /// `roomcast config defaults` prints.
     #[arg(long, env = "ROOMCAST_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// How the configuration is put together, after `--help`: the defaults
+/// are compiled in, so this names no file an installed binary may lack.
+const CONFIGURATION_HELP: &str = "\
+Configuration, later layers winning:
+  1. the built-in defaults: `roomcast config defaults` prints every key with
+     its default and what it does (TOML, a profile to start from);
+  2. the profile given with --config FILE (or ROOMCAST_CONFIG=FILE);
+  3. environment variables ROOMCAST__<SECTION>__<KEY>, e.g.
+     ROOMCAST__SERVER__PORT=8080 (lists comma separated).
+`roomcast config check` validates the result, naming the key of each error;
+`roomcast config show` prints it, secrets redacted.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -40,8 +53,9 @@ enum Command {
     Migrate,
     /// Print the audit log (`database.url`), oldest first, one event a line.
     Audit(AuditArgs),
-    /// Check or print the configuration (defaults, `--config`, environment).
-    #[command(subcommand)]
+    /// Check or print the configuration (built-in defaults, `--config`,
+    /// environment).
+    #[command(subcommand, after_help = CONFIGURATION_HELP)]
     Config(ConfigCommand),
     /// Print a signed token for the configured `auth.jwt_*`, for tests.
     Token(TokenArgs),
@@ -59,6 +73,12 @@ enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the built-in defaults: every key, its default and what it does.
+    ///
+    /// TOML with a comment for every key, a valid profile to start from.
+    /// The defaults are compiled in (no file is read); `--config` and the
+    /// environment do not change what this prints.
+    Defaults,
 }
 
 #[derive(clap::Args)]
@@ -170,9 +190,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `config check` and `config show`: they report a configuration that does
-/// not load instead of stopping at its first error.
+/// `config check`, `config show` and `config defaults`. The first two
+/// report a configuration that does not load instead of stopping at its
+/// first error; the last prints the compiled-in defaults alone.
 fn config_command(profile: Option<&std::path::Path>, command: ConfigCommand) -> anyhow::Result<()> {
+    if let ConfigCommand::Defaults = command {
+        print!("{}", roomcast::config::DEFAULT_TOML);
+        return Ok(());
+    }
     let checked = Settings::check_with(profile, None, roomcast::startup::owner_problems);
     match command {
         ConfigCommand::Check => match checked {
@@ -210,6 +235,7 @@ fn config_command(profile: Option<&std::path::Path>, command: ConfigCommand) -> 
                 )),
             }
         }
+        ConfigCommand::Defaults => unreachable!("handled above"),
     }
 }
 

@@ -9,6 +9,12 @@
 //! - `config show`: the effective configuration (file, then environment),
 //!   as TOML or JSON, the node name resolved, secrets redacted (API keys,
 //!   the JWT secret, passwords in the Redis and database URLs);
+//! - `--help` stands on its own where roomcast is installed without its
+//!   source tree (the image, a package): no help text names a file, the
+//!   top one says how the configuration is layered and that `config
+//!   defaults` prints the defaults; `config defaults`, run where there is
+//!   no `config/`, prints the compiled-in defaults, a comment before every
+//!   key, whatever the environment says, and they are a valid profile;
 //! - `token`: an HS256 token from the configured secret, RS256 and ES256
 //!   tokens from a private key given on the command line, each accepted by
 //!   the configured verifier with its `sub` and `exp`; a key that is not
@@ -168,6 +174,114 @@ fn config_show_prints_the_effective_configuration_without_secrets() {
     assert_eq!(shown["server"]["port"], 4321);
     assert_eq!(shown["api"]["keys"], json!(["<redacted>", "<redacted>"]));
     assert_eq!(shown["log"]["level"], "info");
+}
+
+/// The help texts an operator reads: the top one and each command's.
+const HELP_PAGES: [&[&str]; 10] = [
+    &["--help"],
+    &["serve", "--help"],
+    &["migrate", "--help"],
+    &["audit", "--help"],
+    &["token", "--help"],
+    &["config", "--help"],
+    &["config", "check", "--help"],
+    &["config", "show", "--help"],
+    &["config", "defaults", "--help"],
+    &["help", "config"],
+];
+
+#[test]
+fn help_names_no_file_and_config_defaults_prints_the_compiled_in_defaults() {
+    // A directory without the source tree's config/, as in the image.
+    let dir = common::scratch_dir("help");
+    for args in HELP_PAGES {
+        let out = roomcast(&dir, args, &[]);
+        assert!(out.status.success(), "roomcast {args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        for file in [".toml", ".json", "config/"] {
+            assert!(
+                !text.contains(file),
+                "`roomcast {}` names a file ({file}) that an installed roomcast may not have:\n{text}",
+                args.join(" ")
+            );
+        }
+    }
+    let top = stdout(&roomcast(&dir, &["--help"], &[]));
+    for needle in [
+        "roomcast config defaults",
+        "--config FILE",
+        "ROOMCAST_CONFIG",
+        "ROOMCAST__<SECTION>__<KEY>",
+        "roomcast config check",
+        "roomcast config show",
+    ] {
+        assert!(
+            top.contains(needle),
+            "`roomcast --help` does not mention {needle}:\n{top}"
+        );
+    }
+    let config = stdout(&roomcast(&dir, &["config", "--help"], &[]));
+    assert!(
+        config.lines().any(|l| l.trim_start().starts_with("defaults ")),
+        "`roomcast config --help` lists `defaults`:\n{config}"
+    );
+
+    // The compiled-in defaults, untouched by the environment or a profile.
+    std::fs::write(dir.join("profile.toml"), "[server]\nport = 4000\n").unwrap();
+    let out = roomcast(
+        &dir,
+        &["--config", "profile.toml", "config", "defaults"],
+        &[("ROOMCAST__SERVER__WORKERS", "7")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let defaults = stdout(&out);
+    assert_eq!(defaults, roomcast::config::DEFAULT_TOML);
+    assert!(
+        !dir.join("config").exists(),
+        "config defaults wrote a config/ directory"
+    );
+
+    // A comment says what each key does: every run of `key = value` lines
+    // follows a comment line.
+    let mut previous = "";
+    let mut keys = 0;
+    for line in defaults.lines().map(str::trim) {
+        let is_key = !line.starts_with('#') && !line.starts_with('[') && line.contains(" = ");
+        if is_key {
+            keys += 1;
+            let after_key = !previous.starts_with('#') && previous.contains(" = ");
+            assert!(
+                previous.starts_with('#') || after_key,
+                "config defaults: `{line}` has no comment before it"
+            );
+        }
+        previous = line;
+    }
+    assert!(keys > 50, "config defaults printed {keys} keys");
+
+    // They are a valid profile to start from, with the default port.
+    std::fs::write(dir.join("defaults.toml"), &defaults).unwrap();
+    let out = roomcast(&dir, &["--config", "defaults.toml", "config", "check"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(":3000)"), "{}", stdout(&out));
+    // ... and hold every key of the effective configuration.
+    let out = roomcast(&dir, &["config", "show", "--json"], &[]);
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for (section, keys) in shown.as_object().expect("sections") {
+        let block = defaults
+            .split_once(&format!("\n[{section}]\n"))
+            .unwrap_or_else(|| panic!("config defaults has no [{section}]"))
+            .1
+            .split("\n[")
+            .next()
+            .unwrap_or_default();
+        for key in keys.as_object().expect("keys").keys() {
+            assert!(
+                block.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "config defaults has no {section}.{key}"
+            );
+        }
+    }
 }
 
 /// The configured verifier's view of `token`: its user.

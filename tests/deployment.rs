@@ -1,7 +1,9 @@
 //! Covers: the deployment files agree with each other and with roomcast,
 //! without Docker: `Dockerfile`, `.dockerignore`, `docker-compose.yml`,
 //! `deploy/haproxy.cfg` (the balancer's config, shared by compose and
-//! `scripts/cluster`), `deploy/healthcheck` and `scripts/cluster`.
+//! `scripts/cluster`), `deploy/healthcheck`, `scripts/cluster`, the
+//! Kubernetes manifests of `deploy/kubernetes/` and the systemd unit of
+//! `deploy/systemd/`.
 //! - every `ROOMCAST__*` variable of compose, the Dockerfile and
 //!   scripts/cluster is a key of config/default.toml, and the nodes'
 //!   environment in compose is a valid configuration;
@@ -26,7 +28,30 @@
 //!   longer than its shutdown bound (`server.drain_window_ms +
 //!   audit.shutdown_flush_ms`) plus a second;
 //! - the spill files live in a named volume the image prepares, one file
-//!   per replica (`{host}` in `audit.spill_file`).
+//!   per replica (`{host}` in `audit.spill_file`);
+//! - Kubernetes: the kustomization lists every manifest; no Secret is
+//!   committed, one Secret feeds the secrets and docs/deployment.md creates
+//!   it with exactly the keys the Deployment reads; every variable is a
+//!   real key and the environment with the profile is a valid
+//!   configuration; the profile is a ConfigMap holding
+//!   config/production.toml, mounted where ROOMCAST_CONFIG and the image
+//!   put it; the container ports are server.port (the Dockerfile's EXPOSE)
+//!   and admin.address's, Prometheus scrapes the admin one, each Service
+//!   targets one of them and keeps a client on one pod; the grace period
+//!   exceeds the shutdown bound; several replicas, rolled and disrupted
+//!   one at a time; the image's non-root user, a read-only root file
+//!   system and a writable volume for the spill file; the readiness probe
+//!   asks compose's health route, liveness another, and against a real
+//!   roomcast on those listeners both answer 200 and, while it drains,
+//!   readiness 503 and liveness still 200;
+//! - systemd: the unit runs the binary, profile and environment file its
+//!   header installs from the repository, checks the configuration first,
+//!   has no ExecReload; the environment file names real keys, is refused
+//!   as shipped naming each empty one, and is valid once filled in (with
+//!   its commented examples too); SIGTERM, and TimeoutStopSec above the
+//!   shutdown bound; an unprivileged user without capabilities (ports
+//!   above 1024), the hardening options, the data under the state
+//!   directory; `systemd-analyze verify` finds nothing to say.
 #![cfg(unix)]
 
 mod common;
@@ -859,5 +884,699 @@ fn the_spill_files_live_in_a_named_volume_one_per_replica() {
     assert!(
         runs.contains(&format!("mkdir -p {target}")) && runs.contains("roomcast:roomcast"),
         "the image creates {target} for the roomcast user: {runs}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes: deploy/kubernetes/
+
+const KUBERNETES: &str = "deploy/kubernetes";
+
+/// Every object of the manifests the kustomization lists, with its file;
+/// the kustomization lists every manifest of the directory.
+fn kubernetes_objects() -> Vec<(String, Value)> {
+    use serde::Deserialize as _;
+    let kustomization: Value =
+        serde_norway::from_str(&read(&format!("{KUBERNETES}/kustomization.yaml"))).expect("kustomization.yaml is YAML");
+    assert_eq!(kustomization["kind"].as_str(), Some("Kustomization"));
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_sequence()
+        .expect("kustomization.yaml lists resources")
+        .iter()
+        .map(|r| r.as_str().expect("a file name").to_string())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(repo().join(KUBERNETES))
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("an entry").file_name().to_string_lossy().to_string())
+        .filter(|f| (f.ends_with(".yaml") || f.ends_with(".yml")) && f != "kustomization.yaml")
+        .collect();
+    assert_eq!(
+        listed, present,
+        "kustomization.yaml lists every manifest of {KUBERNETES}, and only those"
+    );
+    let mut objects = Vec::new();
+    for file in listed {
+        let text = read(&format!("{KUBERNETES}/{file}"));
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let object = Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            if object.is_null() {
+                continue;
+            }
+            for field in ["apiVersion", "kind"] {
+                assert!(object[field].as_str().is_some(), "{file}: an object without {field}");
+            }
+            assert!(
+                object["metadata"]["name"].as_str().is_some(),
+                "{file}: an object without a name"
+            );
+            objects.push((file.clone(), object));
+        }
+    }
+    objects
+}
+
+/// The objects of `kind`.
+fn of_kind<'a>(objects: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
+    objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == kind)
+        .map(|(_, o)| o)
+        .collect()
+}
+
+/// The one object of `kind`.
+fn the<'a>(objects: &'a [(String, Value)], kind: &str) -> &'a Value {
+    let found = of_kind(objects, kind);
+    assert_eq!(found.len(), 1, "one {kind} in {KUBERNETES}");
+    found[0]
+}
+
+/// The Deployment's pod template and its roomcast container.
+fn pod_and_container(deployment: &Value) -> (&Value, &Value) {
+    let pod = &deployment["spec"]["template"];
+    let containers = pod["spec"]["containers"].as_sequence().expect("containers");
+    assert_eq!(containers.len(), 1, "one container per pod");
+    (pod, &containers[0])
+}
+
+/// `selector` (a label map) picks the pods of `template`.
+fn selects(selector: &Value, pod: &Value, whose: &str) {
+    let labels = pod["metadata"]["labels"].as_mapping().expect("pod labels");
+    let selector = selector.as_mapping().unwrap_or_else(|| panic!("{whose}: a selector"));
+    assert!(!selector.is_empty(), "{whose}: an empty selector picks every pod");
+    for (k, v) in selector {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "{whose} selects {k:?}={v:?}, which the pods lack"
+        );
+    }
+}
+
+/// A stand-in for what the Secret holds, by the variable it feeds.
+fn kubernetes_secret_sample(var: &str) -> &'static str {
+    match var {
+        "ROOMCAST__API__KEYS" => "kubernetes-test-api-key-0123",
+        "ROOMCAST__AUTH__JWT_SECRET" => "kubernetes-test-jwt-secret-of-32-bytes-or-more",
+        "ROOMCAST__SERVER__ALLOWED_ORIGINS" => "https://app.example.com",
+        "ROOMCAST__REDIS__URL" => "redis://redis:6379/0",
+        "ROOMCAST__DATABASE__URL" => "postgres://roomcast:password@postgres:5432/roomcast",
+        other => panic!("{other} comes from the Secret: give this test a sample value for it"),
+    }
+}
+
+/// The container's environment: plain values, and the Secret's keys each
+/// variable reads (`(secret, key)`).
+fn container_env(container: &Value) -> (HashMap<String, String>, HashMap<String, (String, String)>) {
+    let mut plain = HashMap::new();
+    let mut from_secret = HashMap::new();
+    for var in container["env"].as_sequence().expect("the container's env") {
+        let name = var["name"].as_str().expect("env name").to_string();
+        if let Some(value) = var.get("value") {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                other => panic!("{name}: env values are strings in Kubernetes, not {other:?}"),
+            };
+            plain.insert(name, value);
+        } else {
+            let secret = &var["valueFrom"]["secretKeyRef"];
+            let (Some(secret_name), Some(key)) = (secret["name"].as_str(), secret["key"].as_str()) else {
+                panic!("{name}: a value or a secretKeyRef");
+            };
+            from_secret.insert(name, (secret_name.to_string(), key.to_string()));
+        }
+    }
+    (plain, from_secret)
+}
+
+/// The nodes' configuration in Kubernetes, with stand-ins for the Secret:
+/// the profile ROOMCAST_CONFIG names (which must be the ConfigMap's copy
+/// of config/production.toml), then the container's environment.
+fn kubernetes_settings(objects: &[(String, Value)]) -> Settings {
+    let (_, container) = pod_and_container(the(objects, "Deployment"));
+    let (mut env, from_secret) = container_env(container);
+    for var in from_secret.keys() {
+        env.insert(var.clone(), kubernetes_secret_sample(var).to_string());
+    }
+    let profile = env
+        .remove("ROOMCAST_CONFIG")
+        .map(|_| repo().join("config/production.toml"));
+    Settings::load_with_env(profile.as_deref(), Some(env))
+        .unwrap_or_else(|e| panic!("the Deployment's environment: {e}: {:?}", std::error::Error::source(&e)))
+}
+
+/// A container port's number by its name.
+fn container_port(container: &Value, name: &str) -> u16 {
+    container["ports"]
+        .as_sequence()
+        .expect("container ports")
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("the container has no port named {name}"))
+}
+
+/// The port of `host:port`.
+fn port_of(address: &str) -> u16 {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("{address:?} is not host:port"))
+}
+
+#[test]
+fn kubernetes_manifests_match_the_configuration_the_image_and_the_shutdown_bound() {
+    let objects = kubernetes_objects();
+    for (file, object) in &objects {
+        assert_ne!(
+            object["kind"].as_str(),
+            Some("Secret"),
+            "{file}: no Secret is committed (its values are created in the cluster)"
+        );
+    }
+    let deployment = the(&objects, "Deployment");
+    let (pod, container) = pod_and_container(deployment);
+    selects(&deployment["spec"]["selector"]["matchLabels"], pod, "the Deployment");
+
+    // The image this repository builds, as compose tags it.
+    let compose = compose();
+    let (_, node) = node_service(&compose);
+    assert_eq!(container["image"], node["image"], "the image docker-compose.yml builds");
+
+    // Every variable is a key of the configuration, and together with the
+    // profile they make a valid one.
+    let (plain, from_secret) = container_env(container);
+    for var in plain.keys().chain(from_secret.keys()) {
+        if var != "ROOMCAST_CONFIG" {
+            assert_real_key(var, "deploy/kubernetes/deployment.yaml");
+        }
+    }
+    let settings = kubernetes_settings(&objects);
+
+    // Secrets: one Secret, created by hand as docs/deployment.md says
+    // (every key it reads, and only those).
+    let secrets: BTreeSet<&str> = from_secret.values().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(secrets.len(), 1, "one Secret feeds the nodes: {secrets:?}");
+    for (var, value) in &plain {
+        assert!(
+            !["SECRET", "KEYS", "PASSWORD"].iter().any(|s| var.contains(s)) && !value.contains('@'),
+            "{var} is a secret: read it from the Secret"
+        );
+    }
+    for required in [
+        "ROOMCAST__AUTH__JWT_SECRET",
+        "ROOMCAST__API__KEYS",
+        "ROOMCAST__SERVER__ALLOWED_ORIGINS",
+    ] {
+        assert!(from_secret.contains_key(required), "{required} comes from the Secret");
+    }
+    let keys: BTreeSet<&str> = from_secret.values().map(|(_, k)| k.as_str()).collect();
+    let docs = read("docs/deployment.md");
+    let documented: BTreeSet<&str> = docs
+        .split("--from-literal=")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert_eq!(
+        documented, keys,
+        "docs/deployment.md's `kubectl create secret` names the Secret's keys the Deployment reads"
+    );
+    let secret_name = secrets.iter().next().expect("a Secret");
+    assert!(
+        docs.contains(&format!("kubectl create secret generic {secret_name}")),
+        "docs/deployment.md creates the Secret {secret_name}"
+    );
+
+    // The profile: ROOMCAST_CONFIG is where the image has
+    // config/production.toml, and the ConfigMap mounted there holds the
+    // same file.
+    let profile = plain.get("ROOMCAST_CONFIG").expect("ROOMCAST_CONFIG names the profile");
+    let (_, in_image) = node_env();
+    assert!(
+        in_image.is_some_and(|p| p.ends_with("config/production.toml")),
+        "the image has config/production.toml"
+    );
+    assert!(
+        read("Dockerfile").contains(&format!("COPY config/production.toml {profile}\n")),
+        "the Dockerfile copies config/production.toml to {profile}, where ROOMCAST_CONFIG points"
+    );
+    let profile_path = Path::new(profile);
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .expect("volume mounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(Path::new) == profile_path.parent())
+        .unwrap_or_else(|| panic!("a volume is mounted at {profile}'s directory"));
+    let volume = pod["spec"]["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume is declared");
+    let config_map_name = volume["configMap"]["name"]
+        .as_str()
+        .expect("the profile comes from a ConfigMap");
+    let config_map = of_kind(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == config_map_name)
+        .unwrap_or_else(|| panic!("no ConfigMap {config_map_name}"));
+    let file_name = profile_path.file_name().expect("a file").to_string_lossy();
+    assert_eq!(
+        config_map["data"][&*file_name].as_str(),
+        Some(read("config/production.toml").as_str()),
+        "the ConfigMap's {file_name} is config/production.toml"
+    );
+
+    // Ports: the public one is the image's and the configuration's; the
+    // admin listener (metrics, dashboard, API) has its own.
+    assert_eq!(container_port(container, "http"), settings.server.port, "server.port");
+    assert_eq!(
+        container_port(container, "http"),
+        exposed_port(),
+        "the Dockerfile's EXPOSE"
+    );
+    assert_eq!(settings.server.host, "0.0.0.0", "a pod listens on every interface");
+    let admin = port_of(&settings.admin.address);
+    assert_eq!(container_port(container, "admin"), admin, "admin.address");
+    assert!(
+        settings.admin.address.starts_with("0.0.0.0:"),
+        "the admin listener is reachable from other pods (Prometheus, backends)"
+    );
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(admin.to_string().as_str())
+    );
+    assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"));
+
+    // Services: each targets a port of the container, the public one
+    // sticky (a long-polling session's requests must reach its pod).
+    let services = of_kind(&objects, "Service");
+    let mut targeted = BTreeSet::new();
+    for service in &services {
+        let name = service["metadata"]["name"].as_str().unwrap_or_default();
+        selects(&service["spec"]["selector"], pod, &format!("Service {name}"));
+        assert_eq!(
+            service["spec"]["sessionAffinity"].as_str(),
+            Some("ClientIP"),
+            "Service {name} keeps a client on one pod"
+        );
+        for port in service["spec"]["ports"].as_sequence().expect("service ports") {
+            let target = port["targetPort"].as_str().expect("targetPort by name");
+            container_port(container, target);
+            targeted.insert(target.to_string());
+        }
+    }
+    assert_eq!(
+        targeted,
+        BTreeSet::from(["http".to_string(), "admin".to_string()]),
+        "Services for the public and the admin port"
+    );
+
+    // Whatever stops a pod waits longer than its shutdown bound.
+    let bound = shutdown_bound(&settings);
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds (Kubernetes' default is 30 s)");
+    assert!(
+        std::time::Duration::from_secs(grace) >= bound + EXIT_MARGIN,
+        "terminationGracePeriodSeconds {grace} vs the shutdown bound {bound:?} (drain_window_ms + shutdown_flush_ms)"
+    );
+
+    // Several replicas, replaced and disrupted one at a time.
+    let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+    assert!(replicas >= 2, "more than one node: {replicas}");
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"].as_u64(),
+        Some(0),
+        "a rollout starts a new node before an old one drains"
+    );
+    let pdb = the(&objects, "PodDisruptionBudget");
+    selects(&pdb["spec"]["selector"]["matchLabels"], pod, "the PodDisruptionBudget");
+    let allowed = match (
+        pdb["spec"]["maxUnavailable"].as_u64(),
+        pdb["spec"]["minAvailable"].as_u64(),
+    ) {
+        (Some(max), None) => max,
+        (None, Some(min)) => replicas.saturating_sub(min),
+        other => panic!("the PodDisruptionBudget sets maxUnavailable or minAvailable as a number: {other:?}"),
+    };
+    assert!(
+        (1..replicas).contains(&allowed),
+        "voluntary disruptions take some pods but never all: {allowed} of {replicas}"
+    );
+
+    // Unprivileged as in the image, with a read-only root file system and
+    // a writable volume for the data the working directory holds.
+    let uid = read("Dockerfile")
+        .split_once("--uid ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|u| u.parse::<u64>().ok())
+        .expect("the Dockerfile's useradd --uid");
+    let security = &pod["spec"]["securityContext"];
+    assert_eq!(security["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(security["runAsUser"].as_u64(), Some(uid), "the image's roomcast user");
+    let container_security = &container["securityContext"];
+    assert_eq!(container_security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(container_security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    let workdir = dockerfile_instruction(&dockerfile_stages().pop().expect("a stage"), "WORKDIR")
+        .pop()
+        .expect("the runtime stage has a WORKDIR");
+    let spill = Path::new(workdir.trim()).join(&settings.audit.spill_file);
+    let writable = container["volumeMounts"]
+        .as_sequence()
+        .expect("volume mounts")
+        .iter()
+        .filter(|m| m["readOnly"].as_bool() != Some(true))
+        .filter_map(|m| m["mountPath"].as_str())
+        .any(|path| spill.starts_with(path));
+    assert!(writable, "a writable volume holds the spill file {}", spill.display());
+}
+
+/// `GET path` on `port`: the status.
+async fn status_of(port: u16, path: &str) -> u16 {
+    reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .status()
+        .as_u16()
+}
+
+#[actix_web::test]
+async fn kubernetes_probes_ask_real_routes_and_only_readiness_fails_while_draining() {
+    let objects = kubernetes_objects();
+    let (_, container) = pod_and_container(the(&objects, "Deployment"));
+    let settings = kubernetes_settings(&objects);
+    let probe = |name: &str| {
+        let get = &container[name]["httpGet"];
+        let path = get["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} is an httpGet with a path"))
+            .to_string();
+        let port = container_port(container, get["port"].as_str().expect("a port by name"));
+        (path, port)
+    };
+    let (ready_path, ready_port) = probe("readinessProbe");
+    let (live_path, live_port) = probe("livenessProbe");
+    // The route the balancer and the image's HEALTHCHECK ask as well.
+    assert_eq!(
+        ready_path,
+        health_paths()[0].0,
+        "readiness asks the health route of compose"
+    );
+    assert_ne!(
+        live_path, ready_path,
+        "liveness is not readiness: a draining or full node would be restarted"
+    );
+
+    // A real roomcast with the Kubernetes listeners: the public one and the
+    // admin one, each probe on the listener of its port.
+    let server = common::spawn(common::settings(|s| {
+        s.admin.address = "127.0.0.1:0".into();
+        // Long enough that the drain below is still going on when the
+        // probes are asked.
+        s.server.drain_window_ms = 60_000;
+    }));
+    let admin_port = server.admin_port.expect("the admin listener");
+    let listener = |port: u16| {
+        if port == settings.server.port {
+            server.port
+        } else if port == port_of(&settings.admin.address) {
+            admin_port
+        } else {
+            panic!("a probe asks port {port}, which roomcast does not listen on")
+        }
+    };
+    let (ready_port, live_port) = (listener(ready_port), listener(live_port));
+    assert_eq!(status_of(ready_port, &ready_path).await, 200, "readiness {ready_path}");
+    assert_eq!(status_of(live_port, &live_path).await, 200, "liveness {live_path}");
+
+    // Draining (SIGTERM): readiness fails at once, liveness holds.
+    let session = reqwest::get(format!("{}{}?EIO=4&transport=polling", server.http(), common::SIO))
+        .await
+        .expect("a handshake");
+    assert_eq!(session.status().as_u16(), 200, "a session keeps the drain going");
+    let shutdown = server.shutdown.clone();
+    actix_web::rt::spawn(async move { shutdown.run().await });
+    common::within("readiness to fail while draining", async {
+        while status_of(ready_port, &ready_path).await != 503 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        status_of(live_port, &live_path).await,
+        200,
+        "liveness {live_path} while draining: the kubelet would kill the drain"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// systemd: deploy/systemd/
+
+/// The unit's sections: each key's values in order (a key may repeat).
+fn systemd_unit() -> HashMap<String, HashMap<String, Vec<String>>> {
+    let mut sections: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+    let mut current = None;
+    for line in read("deploy/systemd/roomcast.service").lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        assert!(!line.ends_with('\\'), "no continuation lines: {line}");
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = Some(name.to_string());
+            sections.entry(name.to_string()).or_default();
+            continue;
+        }
+        let section = current.clone().unwrap_or_else(|| panic!("{line}: outside a section"));
+        let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("{line}: not KEY=value"));
+        sections
+            .get_mut(&section)
+            .expect("the section")
+            .entry(key.trim().to_string())
+            .or_default()
+            .push(value.trim().to_string());
+    }
+    sections
+}
+
+/// The one value of `key` in `[Service]`.
+fn unit_value(unit: &HashMap<String, HashMap<String, Vec<String>>>, key: &str) -> String {
+    let values = unit["Service"]
+        .get(key)
+        .unwrap_or_else(|| panic!("roomcast.service sets {key}"));
+    assert_eq!(values.len(), 1, "{key} once");
+    values[0].clone()
+}
+
+/// The `install … SOURCE DEST` lines of the unit's header: where each file
+/// of the repository goes.
+fn systemd_installs() -> HashMap<String, String> {
+    read("deploy/systemd/roomcast.service")
+        .lines()
+        .filter_map(|l| l.trim_start_matches('#').trim().strip_prefix("install "))
+        .map(|l| {
+            let words: Vec<&str> = l
+                .split_whitespace()
+                .filter(|w| !w.starts_with('-') && !w.chars().all(|c| c.is_ascii_digit()))
+                .collect();
+            assert_eq!(words.len(), 2, "install [OPTIONS] SOURCE DEST: {l}");
+            (words[0].to_string(), words[1].to_string())
+        })
+        .collect()
+}
+
+/// The example environment file: `(variable, value, commented out)`.
+fn systemd_env_file() -> Vec<(String, String, bool)> {
+    read("deploy/systemd/roomcast.env")
+        .lines()
+        .filter_map(|l| {
+            let (commented, l) = match l.strip_prefix('#') {
+                Some(rest) => (true, rest),
+                None => (false, l),
+            };
+            let (k, v) = l.split_once('=')?;
+            (k.starts_with("ROOMCAST") && !k.contains(' ')).then(|| (k.to_string(), v.to_string(), commented))
+        })
+        .collect()
+}
+
+/// A stand-in for a value the operator fills in.
+fn systemd_sample(var: &str) -> &'static str {
+    match var {
+        "ROOMCAST__AUTH__JWT_SECRET" => "systemd-test-jwt-secret-of-32-bytes-or-more",
+        "ROOMCAST__SERVER__ALLOWED_ORIGINS" => "https://app.example.com",
+        "ROOMCAST__API__KEYS" => "systemd-test-api-key-0123",
+        other => panic!("roomcast.env leaves {other} empty: give this test a sample value for it"),
+    }
+}
+
+#[test]
+fn the_systemd_unit_runs_the_installed_binary_with_a_valid_configuration_and_waits_for_the_drain() {
+    let unit = systemd_unit();
+    for section in ["Unit", "Service", "Install"] {
+        assert!(unit.contains_key(section), "roomcast.service has [{section}]");
+    }
+    // What the header installs comes from the repository, and the unit
+    // uses it from where it goes.
+    let installs = systemd_installs();
+    for source in installs.keys() {
+        assert!(
+            source.starts_with("target/release/") || repo().join(source).is_file(),
+            "roomcast.service's header installs {source}, which the repository lacks"
+        );
+    }
+    let binary = &installs["target/release/roomcast"];
+    let profile = &installs["config/production.toml"];
+    let env_file = &installs["deploy/systemd/roomcast.env"];
+    assert!(installs.contains_key("deploy/systemd/roomcast.service"));
+    let exec_start = unit_value(&unit, "ExecStart");
+    let words: Vec<&str> = exec_start.split_whitespace().collect();
+    assert_eq!(words[0], binary, "ExecStart runs the installed binary");
+    assert_eq!(&words[1..], ["--config", profile, "serve"], "ExecStart: {exec_start}");
+    assert_eq!(
+        unit_value(&unit, "ExecStartPre"),
+        format!("{binary} --config {profile} config check"),
+        "the configuration is checked before the start, every error in the journal"
+    );
+    assert_eq!(&unit_value(&unit, "EnvironmentFile"), env_file);
+    // roomcast reloads nothing: a reload signal would end it (SIGHUP's
+    // default), so there is no ExecReload.
+    assert!(
+        !unit["Service"].contains_key("ExecReload"),
+        "roomcast has no reload; `systemctl restart` drains and starts it again"
+    );
+    assert_eq!(unit_value(&unit, "Type"), "exec");
+
+    // The environment file: real keys only. As shipped it is refused,
+    // naming what to fill in; filled in, with its examples or without, it
+    // is a valid configuration over the profile.
+    let entries = systemd_env_file();
+    assert!(entries.len() >= 5, "roomcast.env sets the nodes' variables");
+    for (var, _, _) in &entries {
+        assert_real_key(var, "deploy/systemd/roomcast.env");
+    }
+    let active: HashMap<String, String> = entries
+        .iter()
+        .filter(|(_, _, commented)| !commented)
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    let empty: Vec<&String> = active.iter().filter(|(_, v)| v.is_empty()).map(|(k, _)| k).collect();
+    assert!(!empty.is_empty(), "roomcast.env leaves the secrets for the operator");
+    let profile_file = repo().join("config/production.toml");
+    let refused = Settings::load_with_env(Some(&profile_file), Some(active.clone()))
+        .expect_err("roomcast.env as shipped (its secrets empty) is refused");
+    let refused = format!("{refused}: {:?}", std::error::Error::source(&refused));
+    let errors = Settings::check(Some(&profile_file), Some(active.clone())).expect_err("refused");
+    let listed = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    for var in &empty {
+        let key = var
+            .trim_start_matches("ROOMCAST__")
+            .to_lowercase()
+            .replacen("__", ".", 1);
+        assert!(listed.contains(&key), "the refusal names {key}:\n{listed}\n{refused}");
+    }
+    let mut filled = active.clone();
+    for var in &empty {
+        filled.insert((*var).clone(), systemd_sample(var).to_string());
+    }
+    let settings = Settings::load_with_env(Some(&profile_file), Some(filled.clone()))
+        .unwrap_or_else(|e| panic!("roomcast.env filled in: {e}: {:?}", std::error::Error::source(&e)));
+    let mut with_examples = filled.clone();
+    for (k, v, _) in entries.iter().filter(|(_, _, commented)| *commented) {
+        with_examples.insert(k.clone(), v.clone());
+    }
+    Settings::load_with_env(Some(&profile_file), Some(with_examples)).unwrap_or_else(|e| {
+        panic!(
+            "roomcast.env with its examples: {e}: {:?}",
+            std::error::Error::source(&e)
+        )
+    });
+
+    // SIGTERM drains; systemd's SIGKILL comes after the shutdown bound.
+    assert_eq!(unit_value(&unit, "KillSignal"), "SIGTERM");
+    let timeout =
+        humantime::parse_duration(&unit_value(&unit, "TimeoutStopSec")).expect("TimeoutStopSec is a duration");
+    let bound = shutdown_bound(&settings);
+    assert!(
+        timeout >= bound + EXIT_MARGIN,
+        "TimeoutStopSec {timeout:?} vs the shutdown bound {bound:?} (drain_window_ms + shutdown_flush_ms)"
+    );
+
+    // Unprivileged: its own user, no capability, so its ports are not
+    // privileged ones.
+    assert!(
+        unit_value(&unit, "DynamicUser") == "yes"
+            || unit["Service"]
+                .get("User")
+                .is_some_and(|u| u[0] != "root" && u[0] != "0"),
+        "roomcast runs as an unprivileged user"
+    );
+    assert_eq!(unit_value(&unit, "CapabilityBoundingSet"), "", "no capability");
+    for port in [settings.server.port, port_of(&settings.admin.address)] {
+        assert!(
+            port >= 1024,
+            "port {port} needs CAP_NET_BIND_SERVICE, which the unit drops"
+        );
+    }
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("UMask", "0077"),
+    ] {
+        assert_eq!(unit_value(&unit, key), value, "hardening: {key}");
+    }
+    // With ProtectSystem=strict only the state directory is writable: the
+    // working directory is it, and the data paths are relative to it.
+    let state = unit_value(&unit, "StateDirectory");
+    assert_eq!(unit_value(&unit, "WorkingDirectory"), format!("/var/lib/{state}"));
+    assert!(
+        Path::new(&settings.audit.spill_file).is_relative(),
+        "the spill file is under the state directory"
+    );
+    let sqlite = settings
+        .database
+        .url
+        .strip_prefix("sqlite://")
+        .expect("SQLite by default");
+    assert!(
+        Path::new(sqlite).is_relative(),
+        "the SQLite audit log is under the state directory"
+    );
+    let nofile: u64 = unit_value(&unit, "LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE is a number");
+    assert!(nofile >= 65536, "sessions follow the open-file limit: {nofile}");
+
+    // systemd itself reads every line (a misspelt key or a bad value is
+    // only a warning to it), with the binary where the test built it.
+    let analyze = common::suite::find_on_path("systemd-analyze").unwrap_or_else(|| {
+        panic!("systemd-analyze is not on PATH: install systemd (Debian: apt-get install systemd); scripts/test does")
+    });
+    let dir = common::scratch_dir("systemd");
+    let copy = dir.join("roomcast.service");
+    std::fs::write(
+        &copy,
+        read("deploy/systemd/roomcast.service").replace(binary.as_str(), env!("CARGO_BIN_EXE_roomcast")),
+    )
+    .expect("a copy of the unit");
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("running systemd-analyze verify");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify roomcast.service:\n{said}"
     );
 }
