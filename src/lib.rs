@@ -9,36 +9,31 @@
 //!              ──▶ transport::{polling, websocket}   (bytes in/out: actix-ws reads,
 //!                     │                               transport::outbox writes)
 //!              ──▶ conn::Connection actor            (one per Engine.IO session: life cycle,
-//!                     │  engineio::Session (sans-IO)   heartbeat, Socket.IO namespaces, acks,
-//!                     │  socketio::Decoder (sans-IO)   the pub/sub protocol, single close path)
+//!                     │  engineio::Session (sans-IO)   heartbeat, single close path; its
+//!                     │  conn::SioState                Socket.IO state: namespaces, acks,
+//!                     │  socketio::Decoder (sans-IO)   the pub/sub protocol)
+//!                     ▼
+//!              cluster::Cluster                      (one handle for "across the nodes":
+//!                     │                               publish, presence, rooms, kick, join,
+//!                     │                               leave; this node first, then the others)
 //!                     ▼
 //!              broker::Broker actor                  (rooms → members; fan-out of frames
 //!                     │                               encoded once, appended to each member's
 //!                     │                               outbox (a broker::DirectSink) or sent to
-//!                     │                               its connection; presence)
+//!                     │                               its connection)
 //!              adapter::redis::RedisAdapter          (other nodes: @socket.io/redis-adapter
 //!                                                     wire format, requests with timeouts)
-//! api (/api/v1) ──▶ broker, adapter                  (backends: publish, rooms, kick)
+//! api (/api/v1) ──▶ cluster                          (backends: publish, rooms, kick, join)
 //!
 //! side sinks: audit (forced closes and parse errors → writer actor → SQL,
 //!             spill file while the database is down), tracing.
 //! api GET /api/v1/audit, `roomcast audit` ──▶ audit::store (SQL)
 //! ```
 //!
-//! - [`engineio`], [`socketio`]: the protocols, pure (no actix, tokio, redis).
-//! - [`reason`]: close reasons with Socket.IO's exact strings.
-//! - [`http`]: request parsing, dispatch, Engine.IO HTTP errors.
-//! - [`transport`]: long-polling and WebSocket plumbing.
-//! - [`conn`]: the connection actor, the messages transports send it, the
-//!   Socket.IO layer and the `SocketEvent` stream.
-//! - [`auth`]: JWT verification and room permissions.
-//! - [`broker`]: rooms and fan-out.
-//! - [`adapter`]: the cluster (Redis) adapter and its wire format.
-//! - [`api`]: the HTTP API for backends.
-//! - [`audit`]: the audit log: events, the writer actor, the spill file,
-//!   the SQL store (SQLite or PostgreSQL, `migrations/`).
-//! - [`config`]: typed settings; [`telemetry`]: logging;
-//!   [`startup`]: the composition root.
+//! A publish is made in one place, [`broker::Publish::event`], whether a
+//! client or the HTTP API sends it. Settings are checked by
+//! [`config`] on their own, and by each owner where [`startup`] builds it
+//! ([`config::Settings::validate`] runs both).
 //!
 //! # Layers
 //!
