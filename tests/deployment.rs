@@ -1469,7 +1469,12 @@ fn the_systemd_unit_runs_the_installed_binary_with_a_valid_configuration_and_wai
     let refused = Settings::load_with_env(Some(&profile_file), Some(active.clone()))
         .expect_err("roomcast.env as shipped (its secrets empty) is refused");
     let refused = format!("{refused}: {:?}", std::error::Error::source(&refused));
-    let errors = Settings::check(Some(&profile_file), Some(active.clone())).expect_err("refused");
+    let errors = Settings::check_with(
+        Some(&profile_file),
+        Some(active.clone()),
+        roomcast::startup::owner_problems,
+    )
+    .expect_err("refused");
     let listed = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
     for var in &empty {
         let key = var
