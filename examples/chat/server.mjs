@@ -112,4 +112,9 @@ server.listen(port, host, async () => {
   }
 });
 
+server.on("error", (e) => {
+  console.error(`cannot listen on ${host}:${port}: ${e.message} (choose another port: PORT=8001)`);
+  process.exit(1);
+});
+
 for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => process.exit(0));
