@@ -312,7 +312,7 @@ const CLIENT_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/socket.io-c
 /// does: the bundle's route answers 404 and the dashboard has no live view.
 /// For the dashboard's tests of that fallback (tests/clients/js), so that
 /// they run the binary every other test runs.
-pub const NO_CLIENT_BUNDLE: &str = "ROOMCAST_NO_CLIENT_BUNDLE";
+const NO_CLIENT_BUNDLE: &str = "ROOMCAST_NO_CLIENT_BUNDLE";
 
 /// The bundle this process serves, or why there is none (the 404's hint,
 /// also shown by the dashboard).
@@ -348,7 +348,7 @@ const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self'; connect-src 
 pub fn configure(state: web::Data<OpsState>, sio_path: &str, private: bool) -> impl FnOnce(&mut web::ServiceConfig) {
     let bundle = format!("{}/socket.io.js", sio_path.trim_end_matches('/'));
     let bundle_min = format!("{}/socket.io.min.js", sio_path.trim_end_matches('/'));
-    let page: Arc<str> = dashboard_page(sio_path, &bundle, served_bundle().err()).into();
+    let page = web::Bytes::from(dashboard_page(sio_path, &bundle, served_bundle().err()));
     move |cfg| {
         cfg.app_data(state)
             .route("/healthz", web::get().to(healthz))
@@ -394,13 +394,13 @@ fn escape_html(text: &str) -> String {
     out
 }
 
-async fn dashboard(page: Arc<str>) -> HttpResponse {
+async fn dashboard(page: web::Bytes) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP))
         // `frame-ancestors` for browsers that predate CSP level 2.
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-        .body(page.to_string())
+        .body(page)
 }
 
 async fn dashboard_js() -> HttpResponse {

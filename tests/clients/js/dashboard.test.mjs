@@ -211,7 +211,7 @@ async function startAtPath(path) {
 test("the dashboard follows server.path for the bundle and its socket", { timeout: 60000 }, async () => {
   const path = "/realtime/";
   const server = await startAtPath(path);
-  const other = ioClient(server.url, { path, forceNew: true, ...WS });
+  const other = ioClient(server.url, { path, forceNew: true, autoConnect: false, ...WS });
   try {
     assert.equal((await fetch(`${server.url}/realtime/socket.io.js`)).status, 200);
     assert.equal((await fetch(`${server.url}/socket.io/socket.io.js`)).status, 404);
@@ -228,6 +228,7 @@ test("the dashboard follows server.path for the bundle and its socket", { timeou
 
       // Its numbers: its own socket, then a client's too.
       await sessionsAre(page, 1);
+      other.connect();
       await connected(other);
       await sessionsAre(page, 2);
 
@@ -240,7 +241,9 @@ test("the dashboard follows server.path for the bundle and its socket", { timeou
       assert.deepEqual(problems, [], "errors on the page");
     });
   } catch (e) {
-    e.message += `\n--- roomcast at ${path} ---\n${server.log()}`;
+    const log = `\n--- roomcast at ${path} ---\n${server.log()}`;
+    e.message += log;
+    if (typeof e.stack === "string") e.stack += log;
     throw e;
   } finally {
     other.io.reconnection(false);

@@ -203,7 +203,11 @@ async function withLogs(procs, fn) {
   try {
     await fn();
   } catch (e) {
-    for (const [name, proc] of Object.entries(procs)) e.message += `\n--- ${name} ---\n${proc.log()}`;
+    for (const [name, proc] of Object.entries(procs)) {
+      const log = `\n--- ${name} ---\n${proc.log()}`;
+      e.message += log;
+      if (typeof e.stack === "string") e.stack += log;
+    }
     throw e;
   }
 }
