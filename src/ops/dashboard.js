@@ -1,10 +1,14 @@
 // The roomcast dashboard: live numbers from /metrics (and, with an API key,
 // rooms and audit events from /api/v1), a publish form, and a socket of its
-// own (the socket.io-client bundle served at /socket.io/socket.io.js) to
-// watch a room.
+// own to watch a room: the live view, which needs the socket.io-client
+// bundle the server serves under its Socket.IO path (server.path). The
+// server writes that path, the bundle's URL and, when it has no bundle, why
+// into <body>'s data attributes. Without the bundle the numbers still
+// update and the page says why the live view is off.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const server = document.body.dataset;
 const keyInput = $("api-key");
 keyInput.value = sessionStorage.getItem("roomcast-api-key") || "";
 keyInput.addEventListener("change", () => sessionStorage.setItem("roomcast-api-key", keyInput.value));
@@ -88,28 +92,59 @@ async function refresh() {
   text($("updated"), `updated ${new Date().toLocaleTimeString()}`);
 }
 
-// The dashboard's own socket: it counts as a connection, watches a room and
-// publishes when no API key is given.
-const socket = io({ transports: ["websocket", "polling"] });
-socket.on("connect", () => {
-  $("status").classList.add("live");
-  text($("status"), "live");
-});
-socket.on("disconnect", (reason) => {
-  $("status").classList.remove("live");
-  text($("status"), `disconnected: ${reason}`);
-});
-socket.onAny((event, data) => {
-  if (event.startsWith("presence:")) return;
-  const log = $("watch-log");
-  log.textContent = `${event} ${JSON.stringify(data)}\n${log.textContent}`.slice(0, 4000);
-});
+// The numbers first: they need nothing but /metrics (and the API).
+const report = (e) => text($("updated"), `error: ${e.message}`);
+refresh().catch(report);
+setInterval(() => refresh().catch(report), 1000);
 
-$("watch").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  const reply = await socket.emitWithAck("subscribe", { room: $("watch-room").value });
-  $("watch-log").textContent = `subscribe: ${JSON.stringify(reply)}\n${$("watch-log").textContent}`;
-});
+// The live view: the dashboard's own socket, which counts as a connection,
+// watches a room and publishes when no API key is given. Null when off.
+let socket = null;
+
+function liveOff(why) {
+  $("status").classList.remove("live");
+  $("status").classList.add("off");
+  text($("status"), "no live view");
+  const hint = $("live-hint");
+  text(hint, `Live view off: ${why}. The numbers still update from /metrics; publishing needs the API key.`);
+  hint.hidden = false;
+  for (const el of $("watch").elements) el.disabled = true;
+}
+
+function liveOn() {
+  socket = io({ path: server.sioPath, transports: ["websocket", "polling"] });
+  socket.on("connect", () => {
+    $("status").classList.add("live");
+    text($("status"), "live");
+  });
+  socket.on("disconnect", (reason) => {
+    $("status").classList.remove("live");
+    text($("status"), `disconnected: ${reason}`);
+  });
+  socket.onAny((event, data) => {
+    if (event.startsWith("presence:")) return;
+    const log = $("watch-log");
+    log.textContent = `${event} ${JSON.stringify(data)}\n${log.textContent}`.slice(0, 4000);
+  });
+  $("watch").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const reply = await socket.emitWithAck("subscribe", { room: $("watch-room").value });
+    $("watch-log").textContent = `subscribe: ${JSON.stringify(reply)}\n${$("watch-log").textContent}`;
+  });
+}
+
+if (server.clientMissing) {
+  liveOff(server.clientMissing);
+} else if (typeof io !== "function") {
+  liveOff(`the socket.io-client bundle did not load from ${server.clientBundle}`);
+} else {
+  try {
+    liveOn();
+  } catch (e) {
+    socket = null;
+    liveOff(`the socket.io-client bundle failed (${e.message})`);
+  }
+}
 
 $("publish").addEventListener("submit", async (e) => {
   e.preventDefault();
@@ -129,10 +164,9 @@ $("publish").addEventListener("submit", async (e) => {
       body: JSON.stringify(message),
     });
     out.textContent = `HTTP ${res.status} ${await res.text()}`;
-  } else {
+  } else if (socket) {
     out.textContent = JSON.stringify(await socket.emitWithAck("publish", message));
+  } else {
+    out.textContent = "enter the API key to publish: the live view (the dashboard's own socket) is off";
   }
 });
-
-refresh().catch((e) => text($("updated"), `error: ${e.message}`));
-setInterval(() => refresh().catch((e) => text($("updated"), `error: ${e.message}`)), 1000);

@@ -314,6 +314,30 @@ pub async fn watch(state: Weak<OpsState>, every: Duration) {
 const CLIENT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/socket.io.min.js"));
 /// Its npm version, for the ETag.
 const CLIENT_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/socket.io-client.version"));
+/// Set (to anything but `0`) to serve no bundle, as a build without it
+/// does: the bundle's route answers 404 and the dashboard has no live view.
+/// For the dashboard's tests of that fallback (tests/clients/js), so that
+/// they run the binary every other test runs.
+const NO_CLIENT_BUNDLE: &str = "ROOMCAST_NO_CLIENT_BUNDLE";
+
+/// The bundle this process serves, or why there is none (the 404's hint,
+/// also shown by the dashboard).
+fn served_bundle() -> Result<&'static [u8], &'static str> {
+    static SERVED: OnceLock<Result<&'static [u8], &'static str>> = OnceLock::new();
+    *SERVED.get_or_init(|| {
+        if std::env::var(NO_CLIENT_BUNDLE).is_ok_and(|v| !v.is_empty() && v != "0") {
+            Err("this server serves no socket.io-client bundle: ROOMCAST_NO_CLIENT_BUNDLE is set")
+        } else if CLIENT_BUNDLE.is_empty() {
+            Err(
+                "this build has no socket.io-client bundle: build roomcast where npm is installed and can \
+                 reach its registry (build.rs installs web/package.json), or run `npm ci --prefix web`, then \
+                 build again",
+            )
+        } else {
+            Ok(CLIENT_BUNDLE)
+        }
+    })
+}
 
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 const DASHBOARD_JS: &str = include_str!("dashboard.js");
@@ -323,14 +347,14 @@ const DASHBOARD_JS: &str = include_str!("dashboard.js");
 const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self'; connect-src 'self' ws: wss:; \
      style-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
 
-/// The routes, for the application factory; `sio_path` is the Socket.IO
-/// path (`/socket.io/`), under which the client bundle is served.
-/// The routes of this module: health and the client bundle always, and
+/// The routes of this module: health and the client bundle (under
+/// `sio_path`, the Socket.IO path, as `/socket.io/socket.io.js`) always, and
 /// with `private` (no separate admin listener, or on it) the operators'
 /// `/metrics` and `/dashboard`.
 pub fn configure(state: web::Data<OpsState>, sio_path: &str, private: bool) -> impl FnOnce(&mut web::ServiceConfig) {
     let bundle = format!("{}/socket.io.js", sio_path.trim_end_matches('/'));
     let bundle_min = format!("{}/socket.io.min.js", sio_path.trim_end_matches('/'));
+    let page = web::Bytes::from(dashboard_page(sio_path, &bundle, served_bundle().err()));
     move |cfg| {
         cfg.app_data(state)
             .route("/healthz", web::get().to(healthz))
@@ -339,19 +363,50 @@ pub fn configure(state: web::Data<OpsState>, sio_path: &str, private: bool) -> i
             .route(&bundle_min, web::get().to(client_bundle));
         if private {
             cfg.route("/metrics", web::get().to(metrics))
-                .route("/dashboard", web::get().to(dashboard))
+                .route("/dashboard", web::get().to(move || dashboard(page.clone())))
                 .route("/dashboard.js", web::get().to(dashboard_js));
         }
     }
 }
 
-async fn dashboard() -> HttpResponse {
+/// The dashboard's HTML for this server: its Socket.IO path, where the
+/// client bundle is and, when there is none, why (dashboard.js reads them
+/// from `<body>`'s data attributes).
+fn dashboard_page(sio_path: &str, bundle: &str, missing: Option<&str>) -> String {
+    let script = match missing {
+        None => format!("<script src=\"{}\"></script>", escape_html(bundle)),
+        Some(_) => String::new(),
+    };
+    DASHBOARD_HTML
+        .replace("{{sio_path}}", &escape_html(sio_path))
+        .replace("{{client_bundle}}", &escape_html(bundle))
+        .replace("{{client_missing}}", &escape_html(missing.unwrap_or_default()))
+        .replace("{{client_script}}", &script)
+}
+
+/// `text` as HTML text or a quoted attribute value.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn dashboard(page: web::Bytes) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP))
         // `frame-ancestors` for browsers that predate CSP level 2.
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-        .body(DASHBOARD_HTML)
+        .body(page)
 }
 
 async fn dashboard_js() -> HttpResponse {
@@ -361,11 +416,10 @@ async fn dashboard_js() -> HttpResponse {
 }
 
 async fn client_bundle(req: HttpRequest) -> HttpResponse {
-    if CLIENT_BUNDLE.is_empty() {
-        return HttpResponse::NotFound().json(json!({
-            "error": "this build has no socket.io-client bundle: run `npm ci --prefix web`, then build again"
-        }));
-    }
+    let bundle = match served_bundle() {
+        Ok(bundle) => bundle,
+        Err(why) => return HttpResponse::NotFound().json(json!({ "error": why })),
+    };
     let etag = format!("\"socket.io-client-{CLIENT_VERSION}\"");
     let fresh = req
         .headers()
@@ -379,7 +433,7 @@ async fn client_bundle(req: HttpRequest) -> HttpResponse {
         .content_type("application/javascript; charset=utf-8")
         .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
-        .body(CLIENT_BUNDLE)
+        .body(bundle)
 }
 
 async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
@@ -442,6 +496,26 @@ mod tests {
         assert_eq!(
             (body["draining"].clone(), body["at_capacity"].clone()),
             (json!(true), json!(false))
+        );
+    }
+
+    #[test]
+    fn the_dashboard_page_names_the_servers_path_and_bundle() {
+        let page = dashboard_page("/rt/", "/rt/socket.io.js", None);
+        assert!(page.contains(r#"data-sio-path="/rt/""#), "{page}");
+        assert!(page.contains(r#"data-client-missing="""#), "{page}");
+        assert!(page.contains(r#"<script src="/rt/socket.io.js"></script>"#), "{page}");
+        assert!(!page.contains("{{") && !page.contains("/socket.io/"), "{page}");
+
+        let page = dashboard_page("/a\"<b/", "/a\"<b/socket.io.js", Some("no <bundle> & no \"live\" view"));
+        assert!(page.contains(r#"data-sio-path="/a&quot;&lt;b/""#), "{page}");
+        assert!(
+            page.contains("no &lt;bundle&gt; &amp; no &quot;live&quot; view"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("socket.io.js\"></script>"),
+            "no bundle, no script: {page}"
         );
     }
 
