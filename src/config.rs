@@ -450,6 +450,8 @@ pub struct ServerSettings {
     pub echo_path: String,
     /// The raw WebSocket echo endpoint path (Autobahn|Testsuite), empty = off.
     pub ws_echo_path: String,
+    /// Serve the socket.io-client browser bundle (when the build has one).
+    pub serve_client: bool,
     /// CORS origins for polling; `*` = any.
     pub cors_allowed_origins: Vec<String>,
     /// Milliseconds a shutdown spreads its disconnects over (and ends within).

@@ -353,7 +353,12 @@ impl Routes {
             .app_data(self.guards.clone())
             .wrap(cors)
             .wrap(actix_web::middleware::from_fn(http::head_limits))
-            .configure(ops::configure(self.ops.clone(), &server.path, private));
+            .configure(ops::configure(
+                self.ops.clone(),
+                &server.path,
+                server.serve_client,
+                private,
+            ));
         if private {
             app = app.service(api::scope(self.api.clone(), self.max_payload));
         }

@@ -314,29 +314,21 @@ pub async fn watch(state: Weak<OpsState>, every: Duration) {
 const CLIENT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/socket.io.min.js"));
 /// Its npm version, for the ETag.
 const CLIENT_VERSION: &str = include_str!(concat!(env!("OUT_DIR"), "/socket.io-client.version"));
-/// Set (to anything but `0`) to serve no bundle, as a build without it
-/// does: the bundle's route answers 404 and the dashboard has no live view.
-/// For the dashboard's tests of that fallback (tests/clients/js), so that
-/// they run the binary every other test runs.
-const NO_CLIENT_BUNDLE: &str = "ROOMCAST_NO_CLIENT_BUNDLE";
-
-/// The bundle this process serves, or why there is none (the 404's hint,
-/// also shown by the dashboard).
-fn served_bundle() -> Result<&'static [u8], &'static str> {
-    static SERVED: OnceLock<Result<&'static [u8], &'static str>> = OnceLock::new();
-    *SERVED.get_or_init(|| {
-        if std::env::var(NO_CLIENT_BUNDLE).is_ok_and(|v| !v.is_empty() && v != "0") {
-            Err("this server serves no socket.io-client bundle: ROOMCAST_NO_CLIENT_BUNDLE is set")
-        } else if CLIENT_BUNDLE.is_empty() {
-            Err(
-                "this build has no socket.io-client bundle: build roomcast where npm is installed and can \
+/// The bundle served with `server.serve_client` on, or why there is none
+/// (the 404's hint, also shown by the dashboard). Off, the server serves
+/// what a build without the bundle serves.
+fn served_bundle(serve_client: bool) -> Result<&'static [u8], &'static str> {
+    if !serve_client {
+        Err("this server serves no socket.io-client bundle: server.serve_client is off")
+    } else if CLIENT_BUNDLE.is_empty() {
+        Err(
+            "this build has no socket.io-client bundle: build roomcast where npm is installed and can \
                  reach its registry (build.rs installs web/package.json), or run `npm ci --prefix web`, then \
                  build again",
-            )
-        } else {
-            Ok(CLIENT_BUNDLE)
-        }
-    })
+        )
+    } else {
+        Ok(CLIENT_BUNDLE)
+    }
 }
 
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -350,17 +342,23 @@ const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self'; connect-src 
 /// The routes of this module: health and the client bundle (under
 /// `sio_path`, the Socket.IO path, as `/socket.io/socket.io.js`) always, and
 /// with `private` (no separate admin listener, or on it) the operators'
-/// `/metrics` and `/dashboard`.
-pub fn configure(state: web::Data<OpsState>, sio_path: &str, private: bool) -> impl FnOnce(&mut web::ServiceConfig) {
+/// `/metrics` and `/dashboard`. `serve_client`: `server.serve_client`.
+pub fn configure(
+    state: web::Data<OpsState>,
+    sio_path: &str,
+    serve_client: bool,
+    private: bool,
+) -> impl FnOnce(&mut web::ServiceConfig) {
     let bundle = format!("{}/socket.io.js", sio_path.trim_end_matches('/'));
     let bundle_min = format!("{}/socket.io.min.js", sio_path.trim_end_matches('/'));
-    let page = web::Bytes::from(dashboard_page(sio_path, &bundle, served_bundle().err()));
+    let served = served_bundle(serve_client);
+    let page = web::Bytes::from(dashboard_page(sio_path, &bundle, served.err()));
     move |cfg| {
         cfg.app_data(state)
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
-            .route(&bundle, web::get().to(client_bundle))
-            .route(&bundle_min, web::get().to(client_bundle));
+            .route(&bundle, web::get().to(move |req| client_bundle(req, served)))
+            .route(&bundle_min, web::get().to(move |req| client_bundle(req, served)));
         if private {
             cfg.route("/metrics", web::get().to(metrics))
                 .route("/dashboard", web::get().to(move || dashboard(page.clone())))
@@ -415,8 +413,8 @@ async fn dashboard_js() -> HttpResponse {
         .body(DASHBOARD_JS)
 }
 
-async fn client_bundle(req: HttpRequest) -> HttpResponse {
-    let bundle = match served_bundle() {
+async fn client_bundle(req: HttpRequest, served: Result<&'static [u8], &'static str>) -> HttpResponse {
+    let bundle = match served {
         Ok(bundle) => bundle,
         Err(why) => return HttpResponse::NotFound().json(json!({ "error": why })),
     };

@@ -8,7 +8,7 @@
 //   the client subscribed to; a publish from its form (with the API key)
 //   reaches the subscribed client. A screenshot is saved as
 //   target/dashboard.png for people to look at;
-// - without the bundle (ROOMCAST_NO_CLIENT_BUNDLE=1: the binary serves what a
+// - without the bundle (server.serve_client off: the binary serves what a
 //   build without npm serves, the bundle's route answers 404 with the hint):
 //   the page says the live view is off and why, asks for no script it
 //   cannot have, and its numbers still update (a client connecting and
@@ -150,7 +150,7 @@ serverTest(
       assert.deepEqual(problems, [], "errors on the page (it must not even ask for the missing bundle)");
     });
   },
-  { timeout: 60000, config: PUBSUB.config, env: { ROOMCAST_NO_CLIENT_BUNDLE: "1" } },
+  { timeout: 60000, config: PUBSUB.config, env: { ROOMCAST__SERVER__SERVE_CLIENT: "false" } },
 );
 
 /**
