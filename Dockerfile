@@ -17,7 +17,9 @@ COPY . .
 COPY --from=web /web/node_modules web/node_modules
 # The registry and the target dir are cache mounts, so a rebuild after a
 # source change compiles roomcast only. The binary is copied out of the
-# cache mount to a path the next stage can read.
+# cache mount to a path the next stage can read. The release profile
+# (Cargo.toml) ships it without debug info and stripped; the `profiling`
+# profile keeps symbols for perf (docs/profiling.md).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin roomcast \

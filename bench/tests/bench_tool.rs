@@ -4,9 +4,52 @@
 //! delivery (no loss at a low rate) and reports latency figures; its
 //! `floor-send` / `floor-read` pair does every write it was asked for. No
 //! figure is asserted beyond what must hold on any machine.
-mod common;
+//!
+//! The server is roomcast itself (this crate's dev-dependency), started in
+//! the test process, so `--server-pid` is the test's own pid.
 
 use std::process::Command;
+
+use roomcast::config::Settings;
+use roomcast::startup::Application;
+
+/// Stops the server on drop.
+struct Server {
+    port: u16,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        actix_rt::spawn(async move { handle.stop(false).await });
+    }
+}
+
+/// Starts roomcast on a free loopback port inside the current actix system:
+/// one worker, an audit log of its own under cargo's scratch directory,
+/// heartbeats too slow to matter for a run of seconds.
+fn spawn_roomcast() -> Server {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-tool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let mut s = Settings::defaults();
+    s.database.url = format!("sqlite://{}", dir.join("audit.db").display());
+    s.audit.spill_file = dir.join("spill.jsonl").display().to_string();
+    s.server.host = "127.0.0.1".into();
+    s.server.port = 0;
+    s.server.workers = 1;
+    s.engine.ping_interval_ms = 60_000;
+    s.engine.ping_timeout_ms = 60_000;
+    s.validate().expect("test settings are valid");
+    let app = Application::build(s).expect("roomcast starts");
+    let server = Server {
+        port: app.port(),
+        handle: app.handle(),
+    };
+    actix_rt::spawn(app.run_until_stopped());
+    server
+}
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_roomcast-bench"))
@@ -24,10 +67,10 @@ fn bench(args: &[&str]) -> serde_json::Value {
     v["result"].clone()
 }
 
-#[actix_web::test]
+#[actix_rt::test]
 async fn connect_and_fanout_scenarios_measure_a_real_server() {
-    let server = common::spawn(common::settings(common::quiet));
-    let url = server.http();
+    let server = spawn_roomcast();
+    let url = format!("http://127.0.0.1:{}", server.port);
     let pid = std::process::id().to_string();
     let r = tokio::task::spawn_blocking({
         let url = url.clone();
