@@ -9,6 +9,10 @@
 //!   every node, no leak to other rooms, HTTP API publishes, binary data;
 //! - emitter: `@socket.io/redis-emitter` 5.x emits to a room, several rooms,
 //!   everyone, with `except`, binary included;
+//! - fidelity: payloads arrive as sent (every object's keys in their order,
+//!   unicode, numbers, binary values among keys) between a Node.js
+//!   socket.io 4.8 server, two roomcast nodes and the emitter, in every
+//!   adapter mode, from clients and the HTTP API;
 //! - mixed: a Node.js socket.io 4.8 server with `@socket.io/redis-adapter`
 //!   8.x and two roomcast nodes exchange publishes both ways, with the
 //!   classic adapter and with the sharded one (dynamic and static);

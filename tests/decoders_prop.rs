@@ -10,7 +10,8 @@
 //!   for the server's frames decodes to the same messages;
 //! - Socket.IO packets: every valid packet (each type a client may send, a
 //!   namespace, an ack id up to `MAX_ACK_ID`, JSON data of the right shape,
-//!   placeholders for its attachments) survives `encode` then `decode`, and
+//!   compact or pretty-printed, placeholders for its attachments) survives
+//!   `encode_raw` then `decode` with its payload's text byte for byte, and
 //!   through `Decoder` with its attachments reassembles to itself;
 //! - no panic on arbitrary input for `body_text`, `decode_payload`,
 //!   `decode_text`, `decode`, `check_placeholders` and the reassembling
@@ -23,8 +24,8 @@ use proptest::prelude::*;
 use roomcast::engineio::packet::{decode_binary, decode_text, DecodeError};
 use roomcast::engineio::payload::{body_text, decode_payload, encode_payload, SEPARATOR};
 use roomcast::engineio::{Frame, Packet as EioPacket, Payload};
-use roomcast::socketio::packet::{check_placeholders, decode, encode, MAX_ACK_ID, RESERVED_EVENTS};
-use roomcast::socketio::{DecodeLimits, Decoder, Message, Packet, PacketType};
+use roomcast::socketio::packet::{check_placeholders, decode, encode_raw, MAX_ACK_ID, RESERVED_EVENTS};
+use roomcast::socketio::{Data, DecodeLimits, Decoder, Message, Packet, PacketType};
 use serde_json::{json, Map, Value};
 
 const LIMITS: DecodeLimits = DecodeLimits {
@@ -199,8 +200,9 @@ fn sio_message() -> impl Strategy<Value = Message> {
             proptest::collection::vec(any::<u8>(), 0..16),
             0..=LIMITS.max_attachments,
         ),
+        any::<bool>(),
     )
-        .prop_map(|(kind, nsp, id, with, name, args, attachments)| {
+        .prop_map(|(kind, nsp, id, with, name, args, attachments, pretty)| {
             use PacketType::*;
             let attachments: Vec<Bytes> = if kind.is_binary() {
                 attachments.into_iter().map(Bytes::from).collect()
@@ -214,22 +216,31 @@ fn sio_message() -> impl Strategy<Value = Message> {
                     items.push(json!({"_placeholder": true, "num": n}));
                 }
             }
-            let (id, data) = match kind {
-                Connect => (None, with.then(|| json!({"token": name}))),
-                Disconnect => (None, None),
+            let (id, event, data) = match kind {
+                Connect => (None, None, with.then(|| json!({"token": name}))),
+                Disconnect => (None, None, None),
                 Event | BinaryEvent => {
                     let Value::Array(mut items) = args else { unreachable!() };
-                    items.insert(0, Value::String(name));
-                    (with.then_some(id), Some(Value::Array(items)))
+                    items.insert(0, Value::String(name.clone()));
+                    (with.then_some(id), Some(name), Some(Value::Array(items)))
                 }
-                Ack | BinaryAck => (Some(id), Some(args)),
+                Ack | BinaryAck => (Some(id), None, Some(args)),
                 ConnectError => unreachable!("not generated"),
             };
+            let text = |v: &Value| {
+                if pretty {
+                    serde_json::to_string_pretty(v)
+                } else {
+                    serde_json::to_string(v)
+                }
+            };
+            let data = data.map(|v| Data::new(text(&v).unwrap().into()).unwrap());
             Message {
                 packet: Packet {
                     kind,
                     nsp,
                     id,
+                    event,
                     data,
                     attachments: attachments.len(),
                 },
@@ -238,11 +249,17 @@ fn sio_message() -> impl Strategy<Value = Message> {
         })
 }
 
-fn encoded(p: &Packet) -> String {
-    let text = encode(p.kind, &p.nsp, p.id, p.data.as_ref(), p.attachments);
+fn encoded(p: &Packet) -> ByteString {
+    let text = encode_raw(
+        p.kind,
+        &p.nsp,
+        p.id,
+        p.data.as_ref().map_or("", Data::text),
+        p.attachments,
+    );
     // The Engine.IO message type comes first; the Socket.IO packet follows.
     assert_eq!(text.as_bytes()[0], b'4');
-    text[1..].to_string()
+    text[1..].into()
 }
 
 /// Pieces of the Socket.IO packet syntax, so that random text gets past
@@ -273,7 +290,13 @@ proptest! {
     #[test]
     fn socketio_packets_round_trip(m in sio_message()) {
         let text = encoded(&m.packet);
-        prop_assert_eq!(decode(&text, &LIMITS), Ok(m.packet.clone()), "{}", text);
+        let back = decode(&text, &LIMITS);
+        prop_assert_eq!(&back, &Ok(m.packet.clone()), "{}", text);
+        // The payload is the text sent, byte for byte.
+        let sent = m.packet.data.as_ref().map(Data::text);
+        let back = back.unwrap();
+        prop_assert_eq!(back.data.as_ref().map(Data::text), sent);
+        prop_assert!(text.ends_with(sent.unwrap_or_default()));
     }
 
     #[test]
@@ -290,13 +313,14 @@ proptest! {
 
     #[test]
     fn socketio_decoders_never_panic(text in ".{0,256}") {
+        let text = ByteString::from(text);
         let _ = decode(&text, &LIMITS);
         let _ = Decoder::new(LIMITS).text(&text);
     }
 
     #[test]
     fn socketio_decoders_never_panic_on_packet_like_text(text in sio_like_text()) {
-        if let Ok(p) = decode(&text, &LIMITS) {
+        if let Ok(p) = decode(&text.into(), &LIMITS) {
             // Whatever decodes is within the limits and encodes back.
             prop_assert!(p.attachments <= LIMITS.max_attachments);
             prop_assert!(p.id.is_none_or(|id| id <= MAX_ACK_ID));
@@ -306,7 +330,12 @@ proptest! {
 
     #[test]
     fn check_placeholders_never_panics(value in json_value(), attachments in 0usize..12) {
-        let _ = check_placeholders(&value, attachments);
+        let _ = check_placeholders(&value.to_string(), attachments);
+    }
+
+    #[test]
+    fn check_placeholders_never_panics_on_packet_like_text(text in sio_like_text(), attachments in 0usize..12) {
+        let _ = check_placeholders(&text, attachments);
     }
 
     #[test]
@@ -322,7 +351,7 @@ proptest! {
         let mut decoder = Decoder::new(LIMITS);
         for message in messages {
             let result = match message {
-                Ok(text) => decoder.text(&text),
+                Ok(text) => decoder.text(&text.into()),
                 Err(bytes) => decoder.binary(Bytes::from(bytes)),
             };
             match result {

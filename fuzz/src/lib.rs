@@ -7,7 +7,8 @@
 //!   one packet per record, the packet limit, and the round trip through
 //!   `encode_payload` for messages.
 //! - `socketio_packet`: `socketio::packet::decode` with `DecodeLimits`; what
-//!   decodes respects the limits and survives `encode` then `decode`.
+//!   decodes respects the limits, keeps its payload's text, and survives
+//!   `encode_raw` then `decode`.
 //! - `socketio_binary`: the reassembly of binary packets (`socketio::Decoder`,
 //!   which calls `check_placeholders`) over a sequence of text and binary
 //!   messages; a complete message has exactly its announced attachments.

@@ -30,8 +30,9 @@ use actix::prelude::*;
 pub struct Outbound {
     /// Namespace.
     pub nsp: String,
-    /// `[event, args...]` with placeholders for binary values.
-    pub args: serde_json::Value,
+    /// `[event, args...]`: JSON text, as the publisher wrote its data, with
+    /// placeholders for binary values.
+    pub args: bytestring::ByteString,
     /// The binary values, in placeholder order.
     pub attachments: Vec<bytes::Bytes>,
     /// Target rooms; empty = the whole namespace.

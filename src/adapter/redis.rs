@@ -102,15 +102,16 @@ impl RedisConfig {
         matches!(self.mode, Mode::Sharded { .. })
     }
 
-    /// The channel and the bytes of a broadcast.
-    fn broadcast(&self, b: &Broadcast) -> (String, Vec<u8>) {
-        match self.mode {
-            Mode::Classic => (wire::channel(&self.key, &b.nsp, &b.rooms), wire::encode(b)),
+    /// The channel and the bytes of a broadcast (an error: its payload
+    /// cannot be written in the adapter's format, see [`wire`]).
+    fn broadcast(&self, b: &Broadcast) -> Result<(String, Vec<u8>), wire::WireError> {
+        Ok(match self.mode {
+            Mode::Classic => (wire::channel(&self.key, &b.nsp, &b.rooms), wire::encode(b)?),
             Mode::Sharded { dynamic, .. } => (
                 sharded::broadcast_channel(&self.key, b, dynamic),
-                sharded::encode_broadcast(b),
+                sharded::encode_broadcast(b)?,
             ),
-        }
+        })
     }
 
     /// Where requests of a namespace go (and whose subscribers are counted).
@@ -358,10 +359,16 @@ impl Handler<Outbound> for RedisAdapter {
             rooms: out.rooms,
             except: out.except,
         };
-        let sent = self
-            .queue
-            .as_ref()
-            .is_some_and(|q| q.try_send(self.config.broadcast(&b)).is_ok());
+        let message = match self.config.broadcast(&b) {
+            Ok(message) => message,
+            Err(why) => {
+                // This node's members got it; the others cannot.
+                AdapterStatus::add(&self.status.lost, 1);
+                tracing::warn!(error = %why, "redis adapter: a broadcast the adapter's format cannot carry was not sent to the other nodes");
+                return;
+            }
+        };
+        let sent = self.queue.as_ref().is_some_and(|q| q.try_send(message).is_ok());
         if !sent {
             AdapterStatus::add(&self.status.lost, 1);
             tracing::warn!("redis adapter: publish queue full or closed, a cross-node broadcast was lost");

@@ -12,6 +12,10 @@
 //!
 //! A message is one map `{type, data, uid, nsp}`: JSON, or msgpack of the
 //! same map when `data` holds binary (a payload starting with `{` is JSON).
+//! A broadcast's event arguments are JSON text ([`Broadcast::args`]): in a
+//! JSON message they travel as that text, so roomcast nodes relay it as the
+//! publisher wrote it; in msgpack they are transcoded as in the classic
+//! format ([`wire::json_to_msgpack`], [`wire::msgpack_to_json`]).
 //!
 //! | type | `data` | this node |
 //! |---|---|---|
@@ -27,7 +31,10 @@
 //! {key}#{nsp}#` (itself included). The sharded protocol has no room-list
 //! request and the Redis emitter does not speak it.
 
+use bytes::Bytes;
 use rmpv::Value as Mp;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::requests::{self, Request};
@@ -96,20 +103,49 @@ fn opts(rooms: &[String], except: &[String]) -> Value {
     json!({"rooms": rooms, "except": except, "flags": {}})
 }
 
-/// A broadcast: JSON, or msgpack when it carries binary.
-pub fn encode_broadcast(b: &Broadcast) -> Vec<u8> {
-    let data = json!({
-        "packet": {"type": 2, "data": b.args, "nsp": b.nsp},
-        "opts": opts(&b.rooms, &b.except),
-    });
+/// A broadcast: JSON, with the arguments' text as it is, or msgpack when it
+/// carries binary (an error when the arguments cannot be msgpack).
+pub fn encode_broadcast(b: &Broadcast) -> Result<Vec<u8>, WireError> {
+    let strings = |v: &[String]| Mp::Array(v.iter().map(|s| Mp::from(s.as_str())).collect());
     if b.attachments.is_empty() {
-        return encode(kind::BROADCAST, &b.uid, &b.nsp, data);
+        let mut out = Vec::with_capacity(b.args.len() + 128);
+        // unwraps: writing to a Vec cannot fail, and strings and a Value
+        // always serialize.
+        let text = |out: &mut Vec<u8>, s: &str| serde_json::to_writer(out, s).unwrap();
+        out.extend_from_slice(br#"{"type":3,"data":{"packet":{"type":2,"data":"#);
+        out.extend_from_slice(b.args.as_bytes());
+        out.extend_from_slice(br#","nsp":"#);
+        text(&mut out, &b.nsp);
+        out.extend_from_slice(br#"},"opts":"#);
+        serde_json::to_writer(&mut out, &opts(&b.rooms, &b.except)).unwrap();
+        out.extend_from_slice(br#"},"uid":"#);
+        text(&mut out, &b.uid);
+        out.extend_from_slice(br#","nsp":"#);
+        text(&mut out, &b.nsp);
+        out.push(b'}');
+        return Ok(out);
     }
-    let envelope = json!({"type": kind::BROADCAST, "data": data, "uid": b.uid, "nsp": b.nsp});
-    let mut out = Vec::with_capacity(64);
+    let map = |entries: Vec<(&str, Mp)>| Mp::Map(entries.into_iter().map(|(k, v)| (Mp::from(k), v)).collect());
+    let packet = map(vec![
+        ("type", Mp::from(2)),
+        ("data", wire::json_to_msgpack(&b.args, &b.attachments)?),
+        ("nsp", Mp::from(b.nsp.as_str())),
+    ]);
+    let opts = map(vec![
+        ("rooms", strings(&b.rooms)),
+        ("except", strings(&b.except)),
+        ("flags", Mp::Map(vec![])),
+    ]);
+    let envelope = map(vec![
+        ("type", Mp::from(kind::BROADCAST)),
+        ("data", map(vec![("packet", packet), ("opts", opts)])),
+        ("uid", Mp::from(b.uid.as_str())),
+        ("nsp", Mp::from(b.nsp.as_str())),
+    ]);
+    let mut out = Vec::with_capacity(64 + b.args.len());
     // unwrap: writing to a Vec cannot fail.
-    rmpv::encode::write_value(&mut out, &wire::to_msgpack(&envelope, &b.attachments)).unwrap();
-    out
+    rmpv::encode::write_value(&mut out, &envelope).unwrap();
+    Ok(out)
 }
 
 /// A FETCH_SOCKETS request.
@@ -151,25 +187,96 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Decodes a message of any node; `(sender uid, namespace, message)`.
 pub fn decode(payload: &[u8]) -> Result<(String, String, Message), WireError> {
-    let mut attachments = Vec::new();
-    let (envelope, args) = if payload.first() == Some(&b'{') {
-        let v: Value = serde_json::from_slice(payload).map_err(|e| WireError::Json(e.to_string()))?;
-        let args = v["data"]["packet"]["data"].clone();
-        (v, args)
-    } else {
-        let mut bytes = payload;
-        let mp = rmpv::decode::read_value(&mut bytes).map_err(|e| WireError::Msgpack(e.to_string()))?;
-        // The event's binary values become placeholders numbered from 0;
-        // the rest of the map is read without them.
-        let args = field(&mp, &["data", "packet", "data"])
-            .map(|d| wire::from_msgpack(d, &mut attachments))
-            .unwrap_or(Value::Null);
-        (wire::from_msgpack(&mp, &mut Vec::new()), args)
-    };
-    let uid = envelope["uid"].as_str().ok_or(WireError::Shape("no uid"))?.to_owned();
-    let nsp = envelope["nsp"].as_str().unwrap_or("/").to_owned();
-    let t = envelope["type"].as_u64().ok_or(WireError::Shape("no type"))?;
-    let data = &envelope["data"];
+    if payload.first() == Some(&b'{') {
+        let text = std::str::from_utf8(payload).map_err(|e| WireError::Json(e.to_string()))?;
+        return decode_json(text, None);
+    }
+    let mut bytes = payload;
+    let mut mp = rmpv::decode::read_value(&mut bytes).map_err(|e| WireError::Msgpack(e.to_string()))?;
+    // The event's binary values become placeholders numbered from 0; the
+    // rest of the map is read without them.
+    let args =
+        field_mut(&mut mp, &["data", "packet", "data"]).map(|d| wire::msgpack_to_json(&std::mem::replace(d, Mp::Nil)));
+    decode_json(&wire::msgpack_to_json(&mp).0, args)
+}
+
+/// The envelope of a JSON message, its `data` unread.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: Option<u64>,
+    uid: Option<String>,
+    nsp: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// The `data` of a BROADCAST, the event's arguments unread.
+#[derive(Deserialize)]
+struct BroadcastData<'a> {
+    #[serde(borrow)]
+    packet: Option<PacketData<'a>>,
+    #[serde(default)]
+    opts: Value,
+    #[serde(rename = "requestId")]
+    request_id: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct PacketData<'a> {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Decodes a JSON message, or the JSON form of a msgpack one whose event
+/// arguments (`args`: their text and attachments) were taken out.
+fn decode_json(text: &str, args: Option<(String, Vec<Bytes>)>) -> Result<(String, String, Message), WireError> {
+    let json = |e: serde_json::Error| WireError::Json(e.to_string());
+    let envelope: Envelope = serde_json::from_str(text).map_err(json)?;
+    let uid = envelope.uid.ok_or(WireError::Shape("no uid"))?;
+    let nsp = envelope.nsp.as_ref().and_then(Value::as_str).unwrap_or("/").to_owned();
+    let t = envelope.kind.ok_or(WireError::Shape("no type"))?;
+    let raw = envelope.data.map_or("null", RawValue::get);
+    if t == kind::BROADCAST {
+        let data: BroadcastData = serde_json::from_str(raw).map_err(json)?;
+        let packet = data.packet.ok_or(WireError::Shape("not an EVENT packet"))?;
+        if !matches!(packet.kind.as_ref().and_then(Value::as_u64), Some(2) | Some(5)) {
+            return Err(WireError::Shape("not an EVENT packet"));
+        }
+        let (args, attachments) = match args {
+            Some(args) => args,
+            None => (packet.data.map_or("null", RawValue::get).to_owned(), vec![]),
+        };
+        if !starts_with_a_name(&args) {
+            return Err(WireError::Shape("data is not [event, ...]"));
+        }
+        let (rooms, except) = (strings(&data.opts["rooms"]), strings(&data.opts["except"]));
+        let b = Broadcast {
+            uid: uid.clone(),
+            nsp: nsp.clone(),
+            args: args.into(),
+            attachments,
+            rooms: rooms.clone(),
+            except: except.clone(),
+        };
+        let message = match data.request_id.as_ref().and_then(Value::as_str) {
+            None => Message::Broadcast(b),
+            Some(request_id) => Message::Request(Request {
+                uid: Some(uid.clone()),
+                request_id: Some(request_id.to_owned()),
+                kind: requests::kind::BROADCAST,
+                rooms,
+                except,
+                target_rooms: vec![],
+                close: false,
+                broadcast: Some(b),
+            }),
+        };
+        return Ok((uid, nsp, message));
+    }
+    let data: Value = serde_json::from_str(raw).map_err(json)?;
     let request_id = data["requestId"].as_str().map(str::to_owned);
     let request = |kind: u64| Request {
         uid: Some(uid.clone()),
@@ -182,29 +289,6 @@ pub fn decode(payload: &[u8]) -> Result<(String, String, Message), WireError> {
         broadcast: None,
     };
     let message = match t {
-        kind::BROADCAST => {
-            if !matches!(data["packet"]["type"].as_u64(), Some(2) | Some(5)) {
-                return Err(WireError::Shape("not an EVENT packet"));
-            }
-            if !matches!(&args, Value::Array(a) if a.first().is_some_and(Value::is_string)) {
-                return Err(WireError::Shape("data is not [event, ...]"));
-            }
-            let b = Broadcast {
-                uid: uid.clone(),
-                nsp: nsp.clone(),
-                args,
-                attachments,
-                rooms: strings(&data["opts"]["rooms"]),
-                except: strings(&data["opts"]["except"]),
-            };
-            match request_id {
-                None => Message::Broadcast(b),
-                Some(_) => Message::Request(Request {
-                    broadcast: Some(b),
-                    ..request(requests::kind::BROADCAST)
-                }),
-            }
-        }
         kind::SOCKETS_JOIN => Message::Request(request(requests::kind::REMOTE_JOIN)),
         kind::SOCKETS_LEAVE => Message::Request(request(requests::kind::REMOTE_LEAVE)),
         kind::DISCONNECT_SOCKETS => Message::Request(request(requests::kind::REMOTE_DISCONNECT)),
@@ -220,14 +304,38 @@ pub fn decode(payload: &[u8]) -> Result<(String, String, Message), WireError> {
     Ok((uid, nsp, message))
 }
 
-/// The value at `path` in nested msgpack maps.
-fn field<'a>(mut v: &'a Mp, path: &[&str]) -> Option<&'a Mp> {
+/// Whether the JSON text `args` is an array whose first element is a
+/// string (an event's name).
+fn starts_with_a_name(args: &str) -> bool {
+    use serde::de::{IgnoredAny, SeqAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            let named = seq
+                .next_element::<&RawValue>()?
+                .is_some_and(|v| v.get().starts_with('"'));
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(named)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(args);
+    serde::Deserializer::deserialize_seq(&mut de, V).unwrap_or(false) && de.end().is_ok()
+}
+
+/// The value at `path` in nested msgpack maps, to change.
+fn field_mut<'a>(mut v: &'a mut Mp, path: &[&str]) -> Option<&'a mut Mp> {
     for key in path {
-        v = v
-            .as_map()?
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(_, v)| v)?;
+        v = match v {
+            Mp::Map(entries) => entries
+                .iter_mut()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v)?,
+            _ => return None,
+        };
     }
     Some(v)
 }
@@ -235,18 +343,17 @@ fn field<'a>(mut v: &'a Mp, path: &[&str]) -> Option<&'a Mp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn sample(attachments: Vec<Bytes>) -> Broadcast {
         let blob = if attachments.is_empty() {
-            json!("text")
+            r#""text""#
         } else {
-            json!({"_placeholder": true, "num": 0})
+            r#"{"_placeholder":true,"num":0}"#
         };
         Broadcast {
             uid: "0123456789abcdef".into(),
             nsp: "/chat".into(),
-            args: json!(["news", {"blob": blob}]),
+            args: format!(r#"["news",{{"zeta":1,"blob":{blob},"alpha":[1.0,"é"]}}]"#).into(),
             attachments,
             rooms: vec!["lobby".into()],
             except: vec!["s1".into()],
@@ -255,17 +362,43 @@ mod tests {
 
     #[test]
     fn broadcasts_round_trip_as_json_and_as_msgpack() {
+        // JSON: the arguments' text as it is.
         let plain = sample(vec![]);
-        let bytes = encode_broadcast(&plain);
+        let bytes = encode_broadcast(&plain).unwrap();
         assert_eq!(bytes[0], b'{');
+        let envelope: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            envelope,
+            json!({"type": 3, "uid": plain.uid, "nsp": "/chat", "data": {
+                "packet": {"type": 2, "nsp": "/chat", "data": ["news", {"zeta": 1, "blob": "text", "alpha": [1.0, "é"]}]},
+                "opts": {"rooms": ["lobby"], "except": ["s1"], "flags": {}}}})
+        );
         assert_eq!(
             decode(&bytes).unwrap(),
             (plain.uid.clone(), plain.nsp.clone(), Message::Broadcast(plain))
         );
+        // msgpack: the same values, members in their order.
         let binary = sample(vec![Bytes::from_static(&[1, 2, 3])]);
-        let bytes = encode_broadcast(&binary);
+        let bytes = encode_broadcast(&binary).unwrap();
         assert_ne!(bytes[0], b'{');
-        assert_eq!(decode(&bytes).unwrap().2, Message::Broadcast(binary));
+        let Message::Broadcast(got) = decode(&bytes).unwrap().2 else {
+            panic!("not a broadcast")
+        };
+        assert_eq!(
+            &*got.args,
+            r#"["news",{"zeta":1,"blob":{"_placeholder":true,"num":0},"alpha":[1.0,"é"]}]"#
+        );
+        assert_eq!(got.attachments, binary.attachments);
+        assert_eq!((got.rooms, got.except), (binary.rooms, binary.except));
+        // A lone surrogate goes as JSON, not as msgpack.
+        let mut odd = sample(vec![]);
+        odd.args = r#"["news","\ud83d"]"#.into();
+        let Message::Broadcast(got) = decode(&encode_broadcast(&odd).unwrap()).unwrap().2 else {
+            panic!("not a broadcast")
+        };
+        assert_eq!(got.args, odd.args);
+        odd.attachments = vec![Bytes::new()];
+        assert!(matches!(encode_broadcast(&odd), Err(WireError::Unencodable(_))));
     }
 
     #[test]
@@ -276,8 +409,8 @@ mod tests {
             panic!("not a broadcast")
         };
         assert_eq!(
-            (uid.as_str(), b.rooms, b.args),
-            ("5f0d3c1b2a4e6f70", vec!["room1".to_owned()], json!(["hello", "world"]))
+            (uid.as_str(), b.rooms, &*b.args),
+            ("5f0d3c1b2a4e6f70", vec!["room1".to_owned()], r#"["hello","world"]"#)
         );
         let fetch =
             br#"{"type":7,"data":{"opts":{"rooms":["room1"],"except":[]},"requestId":"abc"},"uid":"u1","nsp":"/"}"#;
@@ -325,6 +458,8 @@ mod tests {
             &[0xc1],
             br#"{"type":3,"uid":"u","data":{}}"#,
             br#"{"type":99,"uid":"u"}"#,
+            br#"{"type":3,"uid":"u","data":{"packet":{"type":2,"data":[1]}}}"#,
+            br#"{"type":3,"uid":"u","data":{"packet":{"type":2,"data":{"a":"b"}}}}"#,
         ] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }

@@ -9,6 +9,7 @@ use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::audit::reader::{AuditReader, Search};
@@ -212,15 +213,16 @@ struct PublishBody {
     room: Option<String>,
     rooms: Option<Vec<String>>,
     event: String,
-    /// Present (`null` included) or absent.
+    /// Present (`null` included) or absent; the JSON text as the backend
+    /// wrote it, relayed as it is.
     #[serde(default, deserialize_with = "present")]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
     except: Option<Vec<String>>,
 }
 
-/// Keeps an explicit `null` as `Some(Value::Null)` (serde reads it as absent).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+/// Keeps an explicit `null` as `Some("null")` (serde reads it as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) -> Result<HttpResponse, ApiError> {
@@ -242,7 +244,7 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
         .collect::<Result<Vec<_>, _>>()?;
     let except = body.except.unwrap_or_default();
     let ids = except.iter().map(|s| s.as_str().into()).collect();
-    let publish = Publish::event(nsp, rooms, ids, &body.event, body.data, vec![])
+    let publish = Publish::event(nsp, rooms, ids, &body.event, body.data.as_deref(), vec![])
         .map_err(|e: PublishError| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
     if except.len() > MAX_TARGETS {
         return Err(ApiError::bad_request(format!(

@@ -23,13 +23,15 @@ use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytestring::ByteString;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::adapter::{Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo};
 use crate::engineio::Frame;
 use crate::limits::{AddressKey, Limit};
 use crate::net::IpRanges;
-use crate::socketio::packet::{encode, PacketType};
+use crate::socketio::packet::{encode, encode_event, encode_raw, header_len, PacketType};
 
 /// Room names: 1 to `max` bytes of ASCII letters, digits and `_-.:@/#=+`.
 pub fn valid_room(room: &str, max: usize) -> bool {
@@ -114,18 +116,29 @@ pub fn check_room(room: &str, max: usize) -> Result<(), RoomError> {
     }
 }
 
-/// Encodes an event (`args` = `[name, ...]`) once, as the frames every
-/// recipient gets: the packet, then its binary attachments.
-pub fn encode_event(nsp: &str, args: &serde_json::Value, attachments: &[bytes::Bytes]) -> Arc<[Frame]> {
-    let kind = if attachments.is_empty() {
-        PacketType::Event
-    } else {
-        PacketType::BinaryEvent
-    };
-    let text = encode(kind, nsp, None, Some(args), attachments.len());
+/// The frames every recipient of an event gets, made once: the packet
+/// `text`, then its binary attachments.
+fn event_frames(text: String, attachments: &[bytes::Bytes]) -> Arc<[Frame]> {
     std::iter::once(Frame::Text(text.into()))
         .chain(attachments.iter().cloned().map(Frame::Binary))
         .collect()
+}
+
+/// An EVENT, or a BINARY_EVENT when there are attachments.
+fn event_kind(attachments: &[bytes::Bytes]) -> PacketType {
+    if attachments.is_empty() {
+        PacketType::Event
+    } else {
+        PacketType::BinaryEvent
+    }
+}
+
+/// Encodes an event whose arguments are the JSON text `args` (`[name,
+/// ...]`, as it is) once, as the frames every recipient gets: the packet,
+/// then its binary attachments.
+pub fn encode_args(nsp: &str, args: &str, attachments: &[bytes::Bytes]) -> Arc<[Frame]> {
+    let text = encode_raw(event_kind(attachments), nsp, None, args, attachments.len());
+    event_frames(text, attachments)
 }
 
 /// Frames for one namespace socket's connection, shared by every recipient.
@@ -308,10 +321,11 @@ pub struct Publish {
     /// The event encoded for this node's members (made here, on the
     /// publisher's thread, not on the broker's) ...
     frames: Arc<[Frame]>,
-    /// ... and as the other nodes get it: `[event, data]` (with
-    /// placeholders) and the attachments. Both come from
-    /// [`Publish::event`], the one way to make a publish.
-    args: (serde_json::Value, Vec<bytes::Bytes>),
+    /// ... and as the other nodes get it: the JSON text `[event, data]`
+    /// (with placeholders; the end of the first frame, shared, not a copy)
+    /// and the attachments. Both come from [`Publish::event`], the one way
+    /// to make a publish.
+    args: (ByteString, Vec<bytes::Bytes>),
 }
 
 /// Why a publish was refused before it was made.
@@ -336,22 +350,32 @@ impl Publish {
     /// arguments) and `attachments` (the binary values `data`'s
     /// placeholders stand for) to the members of `rooms` in `nsp`, but
     /// not to `except`: what a client's `publish` and the HTTP API make.
+    ///
+    /// `data` is relayed as the JSON text its publisher wrote, not read:
+    /// every subscriber here gets `["<event>",<data>]` byte for byte, and
+    /// the other nodes get the same text to carry in the adapter's format.
     pub fn event(
         nsp: Arc<str>,
         rooms: Vec<Arc<str>>,
         except: Vec<Arc<str>>,
         event: &str,
-        data: Option<serde_json::Value>,
+        data: Option<&RawValue>,
         attachments: Vec<bytes::Bytes>,
     ) -> Result<Publish, PublishError> {
         if !valid_event(event) {
             return Err(PublishError::InvalidEvent);
         }
-        let mut args = vec![serde_json::Value::from(event)];
-        args.extend(data);
-        let args = serde_json::Value::Array(args);
+        let rest = data.map_or("", RawValue::get);
+        let text = encode_event(event_kind(&attachments), &nsp, None, event, rest, attachments.len());
+        // The arguments are the end of the frame, after its header.
+        let at = header_len(event_kind(&attachments), &nsp, None, attachments.len());
+        let frames = event_frames(text, &attachments);
+        let Frame::Text(frame) = &frames[0] else {
+            unreachable!("event_frames puts the packet first")
+        };
+        let args = frame.slice_ref(&frame[at..]);
         Ok(Publish {
-            frames: encode_event(&nsp, &args, &attachments),
+            frames,
             nsp,
             rooms,
             except,
@@ -998,7 +1022,7 @@ impl Handler<Inbound> for Broker {
         match self.single_room(&nsp, &rooms, &except, true) {
             Some(None) => 0,
             Some(Some(room)) => {
-                let frames = encode_event(&nsp, &b.args, &b.attachments);
+                let frames = encode_args(&nsp, &b.args, &b.attachments);
                 self.deliver_all(Targets::Room(room, &except), frames, at)
             }
             None => {
@@ -1006,7 +1030,7 @@ impl Handler<Inbound> for Broker {
                 if targets.is_empty() {
                     return 0;
                 }
-                let frames = encode_event(&nsp, &b.args, &b.attachments);
+                let frames = encode_args(&nsp, &b.args, &b.attachments);
                 self.deliver_all(Targets::Ids(&targets), frames, at)
             }
         }
@@ -1261,7 +1285,7 @@ mod tests {
                     rooms: vec![room.clone()],
                     except: vec![],
                     frames: frames.clone(),
-                    args: (serde_json::json!(["m"]), vec![]),
+                    args: (ByteString::from_static(r#"["m"]"#), vec![]),
                 })
                 .await
                 .unwrap();
@@ -1347,7 +1371,7 @@ mod tests {
             rooms: vec![room.clone()],
             except: vec![],
             frames: frames(),
-            args: (serde_json::json!(["m"]), vec![]),
+            args: (ByteString::from_static(r#"["m"]"#), vec![]),
         }
     }
 
@@ -1436,7 +1460,7 @@ mod tests {
         let inbound = crate::adapter::wire::Broadcast {
             uid: "other".into(),
             nsp: "/".into(),
-            args: serde_json::json!(["m"]),
+            args: ByteString::from_static(r#"["m"]"#),
             attachments: vec![],
             rooms: vec![target.to_string()],
             except: vec![],

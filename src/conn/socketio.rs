@@ -12,6 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use bytestring::ByteString;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::events::SocketEvent;
@@ -22,8 +23,8 @@ use crate::broker::{Broker, Deliver, Evict, JoinError, Leave, Publish, Register,
 use crate::cluster::Cluster;
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
-use crate::socketio::packet::encode;
-use crate::socketio::{DecodeLimits, Decoder, Message, PacketType};
+use crate::socketio::packet::{encode, encode_event, encode_raw};
+use crate::socketio::{Data, DecodeLimits, Decoder, Message, PacketType};
 
 /// Publishes one connection may have waiting on the broker at once, and
 /// their encoded size. Past either bound the connection stops taking packets
@@ -171,6 +172,81 @@ struct AppRequest {
     ack: Option<u64>,
     socket_id: Arc<str>,
     room: Arc<str>,
+}
+
+/// The object argument of `subscribe`, `unsubscribe`, `presence` and
+/// `publish`, read from its text: `room` and `event` when they are strings,
+/// `data` as written (`null` included), other members skipped unread (a
+/// repeated member: the last one, as `JSON.parse`).
+struct AppArg<'a> {
+    room: Option<String>,
+    event: Option<String>,
+    data: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for AppArg<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+
+        /// A member's name: read as bytes, so that any key is taken.
+        enum Field {
+            Room,
+            Event,
+            Data,
+            Other,
+        }
+        impl<'de> serde::Deserialize<'de> for Field {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct F;
+                impl Visitor<'_> for F {
+                    type Value = Field;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a member name")
+                    }
+                    fn visit_bytes<E: Error>(self, key: &[u8]) -> Result<Field, E> {
+                        Ok(match key {
+                            b"room" => Field::Room,
+                            b"event" => Field::Event,
+                            b"data" => Field::Data,
+                            _ => Field::Other,
+                        })
+                    }
+                    fn visit_str<E: Error>(self, key: &str) -> Result<Field, E> {
+                        self.visit_bytes(key.as_bytes())
+                    }
+                }
+                d.deserialize_bytes(F)
+            }
+        }
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AppArg<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let string = |raw: &RawValue| serde_json::from_str::<String>(raw.get()).ok();
+                let mut arg = AppArg {
+                    room: None,
+                    event: None,
+                    data: None,
+                };
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Room => arg.room = string(map.next_value()?),
+                        Field::Event => arg.event = string(map.next_value()?),
+                        Field::Data => arg.data = Some(map.next_value()?),
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(arg)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Why a CONNECT was refused.
@@ -357,7 +433,7 @@ impl Connection {
                 &nsp,
                 "invalid_namespace",
                 "Invalid namespace",
-                message.packet.data.as_ref(),
+                message.packet.data.as_ref().map(Data::text),
             );
             self.emit_packet(
                 PacketType::ConnectError,
@@ -386,11 +462,15 @@ impl Connection {
             self.emit_packet(PacketType::ConnectError, &nsp, None, &data, &[], ctx);
             return;
         }
-        let auth = message.packet.data.unwrap_or_else(|| json!({}));
+        // The payload as written (echoed by the testing hook), and as a value
+        // for the checks (the decoder made sure it is an object serde_json
+        // reads).
+        let auth_text = message.packet.data.as_ref().map_or("{}", Data::text);
+        let auth: Value = serde_json::from_str(auth_text).unwrap_or_else(|_| json!({}));
         let identity = match self.connect_hook(&nsp, &auth) {
             Ok(identity) => identity,
             Err(refusal) => {
-                self.connect_refused(&nsp, refusal.code, &refusal.message, Some(&auth));
+                self.connect_refused(&nsp, refusal.code, &refusal.message, Some(auth_text));
                 let mut data = json!({"message": refusal.message});
                 if let Some(extra) = refusal.data {
                     data["data"] = extra;
@@ -439,12 +519,12 @@ impl Connection {
             self.expire_at(nsp.clone(), id, expires, ctx);
         }
         if self.sio_config().hooks {
-            self.emit_event(&nsp, &json!(["auth", auth]), &[], ctx);
+            self.emit_event(&nsp, "auth", auth_text, &[], ctx);
         }
     }
 
     /// Records a refused CONNECT (`audit.record_handshake_refusals`).
-    fn connect_refused(&self, nsp: &str, code: &'static str, message: &str, auth: Option<&Value>) {
+    fn connect_refused(&self, nsp: &str, code: &'static str, message: &str, auth: Option<&str>) {
         if !self.shared.audit.records(AuditKind::HandshakeRefused) {
             return;
         }
@@ -453,7 +533,7 @@ impl Connection {
         event.namespace = Some(nsp.to_owned());
         event.socket_id = None;
         event.user = None;
-        event.excerpt = auth.map(|a| excerpt(a.to_string().as_bytes()));
+        event.excerpt = auth.map(|a| excerpt(a.as_bytes()));
         self.shared.audit.record(event);
     }
 
@@ -467,7 +547,7 @@ impl Connection {
         ack: Option<u64>,
         code: &'static str,
         message: &str,
-        args: &Value,
+        args: &str,
         ctx: &mut Context<Self>,
     ) {
         self.shared.metrics.invalid_event(code);
@@ -476,7 +556,7 @@ impl Connection {
         guards.client_row(&mut rows, || {
             let detail = format!("event validation: {code}: {message}");
             let mut event = self.audit_event(AuditKind::ParseError, DisconnectReason::ParseError, detail, Some(nsp));
-            event.excerpt = Some(excerpt(args.to_string().as_bytes()));
+            event.excerpt = Some(excerpt(args.as_bytes()));
             event
         });
         self.audit_rows = rows;
@@ -523,7 +603,7 @@ impl Connection {
             if act.socket_id(&nsp).as_deref() != Some(&*id) {
                 return; // that socket is gone
             }
-            act.emit_event(&nsp, &json!(["token_expired", {"message": "Token expired"}]), &[], ctx);
+            act.emit_event(&nsp, "token_expired", r#"{"message":"Token expired"}"#, &[], ctx);
             let cause = CloseCause::new(
                 DisconnectReason::ForcedClose,
                 format!("token expired (namespace {nsp})"),
@@ -553,9 +633,8 @@ impl Connection {
     }
 
     fn sio_event(&mut self, message: Message, ctx: &mut Context<Self>) {
-        let name = match &message.packet.data {
-            Some(Value::Array(args)) => args.first().and_then(Value::as_str).unwrap_or_default().to_owned(),
-            _ => return,
+        let Some(name) = message.packet.event.clone() else {
+            return;
         };
         match name.as_str() {
             "subscribe" | "unsubscribe" | "publish" | "presence" => self.app_event(&name, message, ctx),
@@ -573,19 +652,17 @@ impl Connection {
         }
     }
 
-    /// The `[testing]` hooks (see config/default.toml).
+    /// The `[testing]` hooks (see config/default.toml). The arguments are
+    /// echoed as written.
     fn hook_event(&mut self, message: Message, ctx: &mut Context<Self>) {
         let Message { packet, attachments } = message;
         let nsp = packet.nsp.as_str();
-        let Some(Value::Array(mut args)) = packet.data else {
+        let (Some(name), Some(data)) = (packet.event.as_deref(), packet.data.as_ref()) else {
             return;
         };
-        let name = args.remove(0);
-        match name.as_str().unwrap_or_default() {
-            "message" => {
-                args.insert(0, json!("message-back"));
-                self.emit_event(nsp, &Value::Array(args), &attachments, ctx);
-            }
+        let rest = data.rest(1);
+        match name {
+            "message" => self.emit_event(nsp, "message-back", rest, &attachments, ctx),
             "message-with-ack" => {
                 if let Some(id) = packet.id {
                     let kind = if attachments.is_empty() {
@@ -593,7 +670,8 @@ impl Connection {
                     } else {
                         PacketType::BinaryAck
                     };
-                    self.emit_packet(kind, nsp, Some(id), &Value::Array(args), &attachments, ctx);
+                    let text = encode_raw(kind, nsp, Some(id), &format!("[{rest}]"), attachments.len());
+                    self.emit_frame(text, &attachments, ctx);
                 }
             }
             "disconnect-me" => self.disconnect_namespace(nsp, ctx),
@@ -602,25 +680,17 @@ impl Connection {
                 self.close(cause, None, ctx);
             }
             "request-ack" => {
-                args.insert(0, json!("ack-request"));
                 let nsp_owned = nsp.to_owned();
                 self.emit_with_ack(
                     nsp,
-                    &Value::Array(args),
+                    ("ack-request", rest),
                     &attachments,
-                    Box::new(move |act, ctx, reply| {
-                        let (out, attachments) = match reply {
-                            Some(Message { packet, attachments }) => {
-                                let mut args = match packet.data {
-                                    Some(Value::Array(a)) => a,
-                                    _ => vec![],
-                                };
-                                args.insert(0, json!("ack-response"));
-                                (Value::Array(args), attachments)
-                            }
-                            None => (json!(["ack-timeout"]), vec![]),
-                        };
-                        act.emit_event(&nsp_owned, &out, &attachments, ctx);
+                    Box::new(move |act, ctx, reply| match reply {
+                        Some(Message { packet, attachments }) => {
+                            let args = packet.data.as_ref().map_or("", |d| d.rest(0));
+                            act.emit_event(&nsp_owned, "ack-response", args, &attachments, ctx);
+                        }
+                        None => act.emit_event(&nsp_owned, "ack-timeout", "", &[], ctx),
                     }),
                     ctx,
                 );
@@ -635,16 +705,20 @@ impl Connection {
         let Message { packet, attachments } = message;
         let nsp: Arc<str> = packet.nsp.as_str().into();
         let ack = packet.id;
-        let Some(Value::Array(args)) = packet.data else { return };
+        let Some(args) = packet.data else { return };
         let Some(socket_id) = self.socket_id(&nsp) else { return };
-        let arg = args.get(1).and_then(Value::as_object);
-        let Some(room) = arg.and_then(|a| a.get("room")).and_then(Value::as_str) else {
+        let arg = args.arg(1).and_then(|text| serde_json::from_str::<AppArg>(text).ok());
+        let Some(AppArg {
+            room: Some(room),
+            event,
+            data,
+        }) = arg
+        else {
             let message = "expected an object with a \"room\" string";
-            return self.invalid_event(&nsp, ack, "bad_request", message, &Value::Array(args), ctx);
+            return self.invalid_event(&nsp, ack, "bad_request", message, args.text(), ctx);
         };
-        if let Err(why) = crate::broker::check_room(room, self.sio_config().max_room_len) {
-            let args = Value::Array(args.clone());
-            return self.invalid_event(&nsp, ack, "invalid_room", &why.to_string(), &args, ctx);
+        if let Err(why) = crate::broker::check_room(&room, self.sio_config().max_room_len) {
+            return self.invalid_event(&nsp, ack, "invalid_room", &why.to_string(), args.text(), ctx);
         }
         let room: Arc<str> = room.into();
         // unwrap: socket_id() found the socket.
@@ -674,8 +748,10 @@ impl Connection {
                 let message = "not allowed to publish to this room";
                 self.ack_error(&request.nsp, ack, "forbidden", message, ctx)
             }
-            // unwrap: `arg` held the room.
-            _ => self.publish(request, arg.unwrap(), &args, attachments, ctx),
+            _ => {
+                let event = event.as_deref().unwrap_or_default();
+                self.publish(request, (event, data), args.text(), attachments, ctx)
+            }
         }
     }
 
@@ -732,14 +808,14 @@ impl Connection {
         );
     }
 
-    /// `publish`: `arg.event` with `arg.data` to the room's members but the
-    /// publisher, acked with this node's recipients. `args` is the whole
-    /// event, for the audit row of an invalid one.
+    /// `publish`: `arg.event` with `arg.data` (its text as written) to the
+    /// room's members but the publisher, acked with this node's recipients.
+    /// `args` is the whole event's text, for the audit row of an invalid one.
     fn publish(
         &mut self,
         request: AppRequest,
-        arg: &serde_json::Map<String, Value>,
-        args: &[Value],
+        (event, data): (&str, Option<&RawValue>),
+        args: &str,
         attachments: Vec<Bytes>,
         ctx: &mut Context<Self>,
     ) {
@@ -749,14 +825,9 @@ impl Connection {
             socket_id,
             room,
         } = request;
-        let event = arg.get("event").and_then(Value::as_str).unwrap_or_default();
-        let data = arg.get("data").cloned();
         let publish = match Publish::event(nsp.clone(), vec![room], vec![socket_id], event, data, attachments) {
             Ok(publish) => publish,
-            Err(e) => {
-                let args = Value::Array(args.to_vec());
-                return self.invalid_event(&nsp, ack, e.code(), &e.to_string(), &args, ctx);
-            }
+            Err(e) => return self.invalid_event(&nsp, ack, e.code(), &e.to_string(), args, ctx),
         };
         let size = publish.size();
         let answered = self.sio_config().cluster.publish(publish);
@@ -826,28 +897,36 @@ impl Connection {
         ctx: &mut Context<Self>,
     ) {
         let text = encode(kind, nsp, id, Some(data), attachments.len());
+        self.emit_frame(text, attachments, ctx);
+    }
+
+    /// Sends an encoded packet, then its attachments.
+    fn emit_frame(&mut self, text: String, attachments: &[Bytes], ctx: &mut Context<Self>) {
         self.send(Frame::Text(ByteString::from(text)), ctx);
         for a in attachments {
             self.send(Frame::Binary(a.clone()), ctx);
         }
     }
 
-    /// Emits an event (`args` = `[name, ...]`).
-    pub fn emit_event(&mut self, nsp: &str, args: &Value, attachments: &[Bytes], ctx: &mut Context<Self>) {
+    /// Emits the event `name` whose further arguments are the JSON text
+    /// `rest` (comma separated, as written; empty: none).
+    pub fn emit_event(&mut self, nsp: &str, name: &str, rest: &str, attachments: &[Bytes], ctx: &mut Context<Self>) {
         let kind = if attachments.is_empty() {
             PacketType::Event
         } else {
             PacketType::BinaryEvent
         };
-        self.emit_packet(kind, nsp, None, args, attachments, ctx);
+        let text = encode_event(kind, nsp, None, name, rest, attachments.len());
+        self.emit_frame(text, attachments, ctx);
     }
 
-    /// Emits an event that asks for an ack; `handler` runs with the ack, or
-    /// with `None` after `socketio.ack_timeout_ms`.
+    /// Emits an event (`(name, rest)` as for [`Self::emit_event`]) that
+    /// asks for an ack; `handler` runs with the ack, or with `None` after
+    /// `socketio.ack_timeout_ms`.
     fn emit_with_ack(
         &mut self,
         nsp: &str,
-        args: &Value,
+        (name, rest): (&str, &str),
         attachments: &[Bytes],
         handler: AckHandler,
         ctx: &mut Context<Self>,
@@ -877,7 +956,8 @@ impl Connection {
         } else {
             PacketType::BinaryEvent
         };
-        self.emit_packet(kind, nsp, Some(id), args, attachments, ctx);
+        let text = encode_event(kind, nsp, Some(id), name, rest, attachments.len());
+        self.emit_frame(text, attachments, ctx);
     }
 
     /// Server-side namespace disconnect: the client gets DISCONNECT and

@@ -4,8 +4,9 @@
 pub mod packet;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
-pub use packet::{DecodeLimits, Packet, PacketType, ParseError, MAIN_NAMESPACE};
+pub use packet::{Data, DecodeLimits, Packet, PacketType, ParseError, MAIN_NAMESPACE};
 
 /// A complete packet with its binary attachments, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,15 +33,16 @@ impl Decoder {
         Self { limits, pending: None }
     }
 
-    /// A text message. Complete unless it announces attachments.
-    pub fn text(&mut self, s: &str) -> Result<Option<Message>, ParseError> {
+    /// A text message. Complete unless it announces attachments. The
+    /// packet's payload is a slice of `s`.
+    pub fn text(&mut self, s: &ByteString) -> Result<Option<Message>, ParseError> {
         if self.pending.is_some() {
             return Err(ParseError::UnexpectedText);
         }
         let packet = packet::decode(s, &self.limits)?;
         if packet.kind.is_binary() {
             if let Some(data) = &packet.data {
-                packet::check_placeholders(data, packet.attachments)?;
+                packet::check_placeholders(data.text(), packet.attachments)?;
             }
             if packet.attachments > 0 {
                 let attachments = Vec::with_capacity(packet.attachments);
@@ -116,7 +118,7 @@ mod tests {
     fn binary_event_collects_its_attachments() {
         let mut d = decoder();
         let head = r#"52-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
-        assert_eq!(d.text(head), Ok(None));
+        assert_eq!(d.text(&head.into()), Ok(None));
         assert!(d.is_waiting());
         assert_eq!(d.binary(Bytes::from_static(&[1, 2, 3])), Ok(None));
         let m = d.binary(Bytes::from_static(&[4, 5, 6])).unwrap().unwrap();
@@ -129,7 +131,7 @@ mod tests {
     fn attachments_are_bounded_in_all() {
         let mut d = decoder();
         assert!(d
-            .text(r#"52-["e",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+            .text(&r#"52-["e",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#.into())
             .unwrap()
             .is_none());
         assert!(d.binary(Bytes::from(vec![0u8; 600])).unwrap().is_none());
@@ -144,7 +146,7 @@ mod tests {
     fn stripped_attachments_are_counted_but_not_held() {
         let mut d = decoder();
         let head = r#"52-["m",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
-        assert_eq!(d.text(head), Ok(None));
+        assert_eq!(d.text(&head.into()), Ok(None));
         assert_eq!(d.binary(Bytes::from(vec![7u8; 300])), Ok(None));
         assert_eq!(d.held_bytes(), 300);
         d.strip();
@@ -158,11 +160,11 @@ mod tests {
     fn out_of_order_text_or_binary_is_an_error() {
         let mut d = decoder();
         assert_eq!(d.binary(Bytes::from_static(&[1])), Err(ParseError::UnexpectedBinary));
-        d.text(r#"51-["m",{"_placeholder":true,"num":0}]"#).unwrap();
-        assert_eq!(d.text(r#"2["m"]"#), Err(ParseError::UnexpectedText));
+        d.text(&r#"51-["m",{"_placeholder":true,"num":0}]"#.into()).unwrap();
+        assert_eq!(d.text(&r#"2["m"]"#.into()), Err(ParseError::UnexpectedText));
         let mut d = decoder();
         assert_eq!(
-            d.text(r#"51-["m",{"_placeholder":true,"num":1}]"#),
+            d.text(&r#"51-["m",{"_placeholder":true,"num":1}]"#.into()),
             Err(ParseError::InvalidPlaceholder)
         );
     }
