@@ -28,15 +28,13 @@ use crate::socketio::{Data, DecodeLimits, Decoder, Message, PacketType};
 
 /// Publishes one connection may have waiting on the broker at once, and
 /// their encoded size. Past either bound the connection stops taking packets
-/// until the broker answers. The answer comes back through two event loops:
-/// when the broker and the connection share a core with other busy
-/// processes (two nodes and Redis on one machine), a round trip can take
-/// tens of milliseconds, and a window of 64 capped a publisher at about
-/// 1,300 publishes per second while the CPU sat partly idle. A window of
-/// 1,024 let the connection keep reading while the broker was behind on one
-/// node, and the p99 there got worse; 256 served both best (see the README's
-/// Benchmarks). The byte bound keeps a window of large messages to 1 MiB
-/// (plus the one that crosses it) per connection.
+/// until the broker answers, so TCP pushes back on a publisher the broker
+/// cannot keep up with. The answer comes back through two event loops, which
+/// can take tens of milliseconds on a busy machine: the window must cover
+/// that round trip at a publisher's rate without letting a backlog build
+/// (docs/benchmarks.md has the measurements behind 256). The byte bound
+/// keeps a window of large messages to 1 MiB (plus the one that crosses it)
+/// per connection.
 const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 const MAX_PUBLISH_BYTES_IN_FLIGHT: usize = 1 << 20;
 
