@@ -24,43 +24,13 @@ use std::time::Duration;
 
 use common::eio::{next, open, send, Ws};
 use common::redis::{
-    await_listening, client, connected, publish, redis_server, request, subscribe, text, PrivateRedis,
+    await_listening, client, connected, publish, redis_server, request, subscribe, text, PrivateRedis, Proto,
 };
 use common::{within, TestServer, SIO};
-use roomcast::config::{RedisMode, SubscriptionMode};
+
 use tokio_tungstenite::tungstenite::Message;
 
-/// The adapter protocol a test's nodes speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    Classic,
-    /// Sharded pub/sub on one Redis server, one channel per public room.
-    Sharded,
-    /// Sharded pub/sub, one channel per namespace.
-    ShardedStatic,
-}
-
-/// Runs a scenario once per protocol, each as its own test.
-macro_rules! in_every_mode {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[actix_web::test]
-            async fn classic() {
-                super::$scenario(super::Proto::Classic).await
-            }
-            #[actix_web::test]
-            async fn sharded() {
-                super::$scenario(super::Proto::Sharded).await
-            }
-            #[actix_web::test]
-            async fn sharded_static() {
-                super::$scenario(super::Proto::ShardedStatic).await
-            }
-        }
-    )*};
-}
-
-in_every_mode!(
+common::redis::in_every_mode!(
     publishes_cross_nodes_exactly_once,
     binary_crosses_nodes_as_binary,
     redis_outage_keeps_local_delivery_and_recovers,
@@ -78,12 +48,7 @@ fn node_at(url: String, proto: Proto, cluster: bool) -> TestServer {
         common::quiet(s);
         s.redis.url = url;
         s.redis.cluster = cluster;
-        if proto != Proto::Classic {
-            s.redis.mode = RedisMode::Sharded;
-        }
-        if proto == Proto::ShardedStatic {
-            s.redis.subscription_mode = SubscriptionMode::Static;
-        }
+        proto.apply(s);
         s.redis.command_timeout_ms = 500;
         s.redis.reconnect_max_ms = 200;
         s.api.keys = vec![API_KEY.into()];

@@ -52,9 +52,9 @@ mod common;
 use std::fmt;
 
 use common::eio::{next, send, Polling, Ws};
-use common::redis::{client, connected, subscribe, text, PrivateRedis};
+use common::redis::{client, connected, subscribe, text, PrivateRedis, Proto};
 use common::{TestServer, SIO};
-use roomcast::config::{RedisMode, Settings, SubscriptionMode};
+use roomcast::config::Settings;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -122,24 +122,11 @@ fn node() -> TestServer {
     common::spawn(settings(|_| {}))
 }
 
-/// The adapter protocol of a cluster test's nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    Classic,
-    Sharded,
-    ShardedStatic,
-}
-
 fn cluster_node(redis: &PrivateRedis, proto: Proto) -> TestServer {
     let url = redis.url();
     common::spawn(settings(move |s| {
         s.redis.url = url;
-        if proto != Proto::Classic {
-            s.redis.mode = RedisMode::Sharded;
-        }
-        if proto == Proto::ShardedStatic {
-            s.redis.subscription_mode = SubscriptionMode::Static;
-        }
+        proto.apply(s);
         s.redis.command_timeout_ms = 500;
         s.redis.reconnect_max_ms = 200;
     }))
@@ -391,26 +378,7 @@ async fn texts_the_value_parser_refuses_are_relayed_and_the_publisher_stays() {
 
 // ------------------------------------- across Redis: same value, same order
 
-macro_rules! in_every_mode {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[actix_web::test]
-            async fn classic() {
-                super::$scenario(super::Proto::Classic).await
-            }
-            #[actix_web::test]
-            async fn sharded() {
-                super::$scenario(super::Proto::Sharded).await
-            }
-            #[actix_web::test]
-            async fn sharded_static() {
-                super::$scenario(super::Proto::ShardedStatic).await
-            }
-        }
-    )*};
-}
-
-in_every_mode!(
+common::redis::in_every_mode!(
     publishes_reach_another_node_in_order,
     binary_publishes_reach_another_node_in_order
 );

@@ -11,6 +11,54 @@ use tokio_tungstenite::tungstenite::Message;
 use super::eio::{next, open, send, Ws};
 use super::{within, TestServer, SIO, SOON};
 
+/// The adapter protocol a test's nodes speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Classic,
+    /// Sharded pub/sub on one Redis server, one channel per public room.
+    Sharded,
+    /// Sharded pub/sub, one channel per namespace.
+    ShardedStatic,
+}
+
+impl Proto {
+    /// Makes `s` speak this protocol.
+    pub fn apply(self, s: &mut roomcast::config::Settings) {
+        use roomcast::config::{RedisMode, SubscriptionMode};
+        if self != Proto::Classic {
+            s.redis.mode = RedisMode::Sharded;
+        }
+        if self == Proto::ShardedStatic {
+            s.redis.subscription_mode = SubscriptionMode::Static;
+        }
+    }
+}
+
+/// Runs each scenario (an `async fn(Proto)` of the test file, which imports
+/// [`Proto`]) once per protocol, each as its own test. (Unused by the test
+/// files that share `common` without being cluster tests.)
+#[allow(unused_macros)]
+macro_rules! in_every_mode {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[actix_web::test]
+            async fn classic() {
+                super::$scenario(super::Proto::Classic).await
+            }
+            #[actix_web::test]
+            async fn sharded() {
+                super::$scenario(super::Proto::Sharded).await
+            }
+            #[actix_web::test]
+            async fn sharded_static() {
+                super::$scenario(super::Proto::ShardedStatic).await
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use in_every_mode;
+
 /// A redis-server of its own on a free port, killed on drop.
 pub struct PrivateRedis {
     pub port: u16,
