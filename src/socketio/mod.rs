@@ -39,12 +39,14 @@ impl Decoder {
         if self.pending.is_some() {
             return Err(ParseError::UnexpectedText);
         }
-        let packet = packet::decode(s, &self.limits)?;
+        let mut packet = packet::decode(s, &self.limits)?;
         if packet.kind.is_binary() {
             if let Some(data) = &packet.data {
                 packet::check_placeholders(data.text(), packet.attachments)?;
             }
             if packet.attachments > 0 {
+                // Held until the attachments arrive: not in the read buffer.
+                packet.data = packet.data.map(packet::Data::detached);
                 let attachments = Vec::with_capacity(packet.attachments);
                 self.pending = Some(Message { packet, attachments });
                 return Ok(None);

@@ -110,6 +110,18 @@ impl Data {
         Ok(Self { text, items })
     }
 
+    /// The same payload in an allocation of its own. The text received is
+    /// a slice of the buffer its message was read into; a packet held while
+    /// its attachments arrive would keep that whole buffer (which cannot
+    /// then be reused for the next reads) for up to
+    /// `limits.attachment_timeout_ms`, uncounted by the input budget.
+    pub fn detached(self) -> Self {
+        Self {
+            text: ByteString::from(self.text.to_string()),
+            items: self.items,
+        }
+    }
+
     /// The JSON text, as received.
     pub fn text(&self) -> &str {
         &self.text
