@@ -184,36 +184,24 @@ struct AppArg<'a> {
 
 impl<'de: 'a, 'a> serde::Deserialize<'de> for AppArg<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+        use crate::socketio::packet::{KeySeed, MemberKey};
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
 
-        /// A member's name: read as bytes, so that any key is taken.
+        /// A member's name (read as bytes, so that any key is taken).
         enum Field {
             Room,
             Event,
             Data,
             Other,
         }
-        impl<'de> serde::Deserialize<'de> for Field {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct F;
-                impl Visitor<'_> for F {
-                    type Value = Field;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("a member name")
-                    }
-                    fn visit_bytes<E: Error>(self, key: &[u8]) -> Result<Field, E> {
-                        Ok(match key {
-                            b"room" => Field::Room,
-                            b"event" => Field::Event,
-                            b"data" => Field::Data,
-                            _ => Field::Other,
-                        })
-                    }
-                    fn visit_str<E: Error>(self, key: &str) -> Result<Field, E> {
-                        self.visit_bytes(key.as_bytes())
-                    }
+        impl MemberKey for Field {
+            fn of(key: &[u8]) -> Self {
+                match key {
+                    b"room" => Field::Room,
+                    b"event" => Field::Event,
+                    b"data" => Field::Data,
+                    _ => Field::Other,
                 }
-                d.deserialize_bytes(F)
             }
         }
 
@@ -230,7 +218,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for AppArg<'a> {
                     event: None,
                     data: None,
                 };
-                while let Some(field) = map.next_key::<Field>()? {
+                while let Some(field) = map.next_key_seed(KeySeed::<Field>::new())? {
                     match field {
                         Field::Room => arg.room = string(map.next_value()?),
                         Field::Event => arg.event = string(map.next_value()?),

@@ -416,7 +416,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut members = Vec::new();
-                while let Some(key) = map.next_key_seed(KeySeed)? {
+                while let Some(key) = map.next_key_seed(KeySeed::<Key>::new())? {
                     members.push((key, map.next_value::<&RawValue>()?));
                 }
                 Ok(Members(members))
@@ -426,30 +426,57 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
     }
 }
 
-/// Reads a key as bytes (unescaped, lone surrogates allowed).
-struct KeySeed;
+impl MemberKey for Key {
+    fn of(key: &[u8]) -> Self {
+        match key {
+            b"_placeholder" => Key::Placeholder,
+            b"num" => Key::Num,
+            _ => Key::Other,
+        }
+    }
+}
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = Key;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+/// What an object key means to the code reading the object, told from its
+/// unescaped bytes.
+pub trait MemberKey: Sized {
+    /// The meaning of `key`.
+    fn of(key: &[u8]) -> Self;
+}
+
+/// Reads an object key as bytes (unescaped, lone surrogates allowed) into
+/// a `K`: `map.next_key_seed(KeySeed::<K>::new())` in a map visitor.
+pub struct KeySeed<K>(std::marker::PhantomData<K>);
+
+impl<K> KeySeed<K> {
+    /// A seed for one key.
+    pub fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<K> Default for KeySeed<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'de, K: MemberKey> DeserializeSeed<'de> for KeySeed<K> {
+    type Value = K;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<K, D::Error> {
         d.deserialize_bytes(self)
     }
 }
 
-impl<'de> Visitor<'de> for KeySeed {
-    type Value = Key;
+impl<'de, K: MemberKey> Visitor<'de> for KeySeed<K> {
+    type Value = K;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an object key")
     }
-    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Key, E> {
-        Ok(match key {
-            b"_placeholder" => Key::Placeholder,
-            b"num" => Key::Num,
-            _ => Key::Other,
-        })
+    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<K, E> {
+        Ok(K::of(key))
     }
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-        self.visit_bytes(key.as_bytes())
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<K, E> {
+        Ok(K::of(key.as_bytes()))
     }
 }
 
