@@ -204,6 +204,38 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The internal listener for operators.
     pub admin: AdminSettings,
+    /// Connection state recovery.
+    pub recovery: RecoverySettings,
+}
+
+/// `[recovery]`: connection state recovery (Socket.IO 4.6+'s
+/// `connectionStateRecovery`), see docs/recovery.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverySettings {
+    /// Off by default: every event of a recovering namespace gets its
+    /// offset as an extra last argument, which clients without recovery
+    /// (python-socketio, …) hand to their handlers.
+    pub enabled: bool,
+    /// The namespaces with recovery (each one of `socketio.namespaces`).
+    pub namespaces: Vec<String>,
+    /// Longest disconnection after which a client still recovers, in ms
+    /// (Node.js `maxDisconnectionDuration`).
+    pub max_disconnection_ms: u64,
+    /// Verify a recovering client's token again (Node.js skips its
+    /// middlewares on recovery by default: `skipMiddlewares: true`).
+    pub verify_token: bool,
+    /// Bytes of broadcasts this node keeps for recovery; the oldest go
+    /// first beyond it.
+    pub max_log_bytes: usize,
+    /// Disconnected sessions this node keeps (single node, classic and
+    /// sharded modes; `streams` mode keeps them in Redis).
+    pub max_sessions: usize,
+    /// `streams` mode: how often a connected socket's session is written
+    /// to Redis again, in ms, so a node killed outright leaves its sockets'
+    /// sessions behind for as long as `max_disconnection_ms` after the last
+    /// write.
+    pub refresh_ms: u64,
 }
 
 /// `[admin]`
@@ -358,6 +390,19 @@ pub struct RedisSettings {
     pub subscription_mode: SubscriptionMode,
     /// Sharded mode: `url` is a seed node of a Redis Cluster.
     pub cluster: bool,
+    /// Streams mode: the stream's name (the streams adapter's `streamName`).
+    pub stream_name: String,
+    /// Streams mode: streams the namespaces are spread over (`streamCount`).
+    pub stream_count: usize,
+    /// Streams mode: entries the stream keeps, trimmed with `MAXLEN ~`
+    /// (`maxLen`).
+    pub stream_max_len: usize,
+    /// Streams mode: entries read per `XREAD` (`readCount`).
+    pub stream_read_count: usize,
+    /// Streams mode: how long an `XREAD` blocks, in ms (`blockTimeInMs`).
+    pub stream_block_ms: u64,
+    /// Streams mode: the prefix of the session keys (`sessionKeyPrefix`).
+    pub session_key_prefix: String,
 }
 
 /// `redis.mode`
@@ -368,6 +413,9 @@ pub enum RedisMode {
     Classic,
     /// The official adapter's `createShardedAdapter`.
     Sharded,
+    /// `@socket.io/redis-streams-adapter`: broadcasts in a Redis stream,
+    /// sessions in keys; connection state recovery across nodes.
+    Streams,
 }
 
 /// `redis.subscription_mode` (the sharded adapter's `subscriptionMode`).
@@ -816,6 +864,38 @@ impl Settings {
         }
         if self.rooms.max_per_socket == 0 {
             errors.push(invalid("rooms.max_per_socket", "must be at least 1"));
+        }
+        let rec = &self.recovery;
+        if rec.enabled {
+            if rec.max_disconnection_ms == 0 {
+                errors.push(invalid("recovery.max_disconnection_ms", "must be at least 1"));
+            }
+            if rec.refresh_ms == 0 {
+                errors.push(invalid("recovery.refresh_ms", "must be at least 1"));
+            }
+            for name in &rec.namespaces {
+                if !sio.namespaces.contains(name) {
+                    errors.push(invalid(
+                        "recovery.namespaces",
+                        format!("{name:?} is not one of socketio.namespaces"),
+                    ));
+                }
+            }
+        }
+        if self.redis.mode == RedisMode::Streams {
+            let r = &self.redis;
+            if r.stream_name.is_empty() {
+                errors.push(invalid("redis.stream_name", "must not be empty"));
+            }
+            if r.stream_count == 0 {
+                errors.push(invalid("redis.stream_count", "must be at least 1"));
+            }
+            if r.stream_max_len == 0 || r.stream_read_count == 0 {
+                errors.push(invalid(
+                    "redis.stream_max_len",
+                    "redis.stream_max_len and redis.stream_read_count must be at least 1",
+                ));
+            }
         }
         if self.redis.key.is_empty() || self.redis.key.contains('#') {
             errors.push(invalid("redis.key", "must be non-empty and without '#'"));

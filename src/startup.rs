@@ -294,6 +294,7 @@ fn start_cluster(
                     dynamic: r.subscription_mode == SubscriptionMode::Dynamic,
                     cluster: r.cluster,
                 },
+                RedisMode::Streams => return Err(invalid("redis.mode", "\"streams\" is not built yet").into()),
             },
         },
         BrokerPorts {

@@ -173,3 +173,142 @@ impl RoomWatch {
         self.changed.notified().await;
     }
 }
+
+/// Where a broadcast stands in the order every node delivers in: a Redis
+/// stream entry id `<ms>-<seq>` in `streams` mode (so Node.js nodes with
+/// `@socket.io/redis-streams-adapter` and roomcast nodes hand clients the
+/// same offsets), and an id of the same form made by this node's broker
+/// otherwise. Ordered as the stream orders its ids. Clients see it as the
+/// last argument of an event (connection state recovery) and send the last
+/// one back when they reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset {
+    /// Milliseconds since the Unix epoch.
+    pub ms: u64,
+    /// Sequence within that millisecond.
+    pub seq: u64,
+}
+
+impl Offset {
+    /// The smallest offset after this one (the exclusive start of an
+    /// `XRANGE`, as Redis before 6.2 needs it).
+    pub fn next(self) -> Offset {
+        Offset {
+            ms: self.ms,
+            seq: self.seq + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for Offset {
+    type Err = ();
+
+    /// `<ms>-<seq>`, decimal digits only (the form the Node.js streams
+    /// adapter checks with `/^[0-9]+-[0-9]+$/`).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (ms, seq) = s.split_once('-').ok_or(())?;
+        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(());
+        }
+        Ok(Offset {
+            ms: ms.parse().map_err(drop)?,
+            seq: seq.parse().map_err(drop)?,
+        })
+    }
+}
+
+/// A broadcast in the order of the cluster's stream (`streams` mode): every
+/// node's, this node's own included, which the broker delivers only now,
+/// so every node delivers in the same order and an offset names a place in
+/// it. `offset: None`: Redis could not take this node's own broadcast; it
+/// is delivered anyway, without an offset (a gap recovery must not cross).
+/// `backfill`: read from the stream when the node started, for its
+/// recovery log only, not for delivery.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Sequenced {
+    /// The broadcast.
+    pub broadcast: wire::Broadcast,
+    /// Its stream entry id.
+    pub offset: Option<Offset>,
+    /// Not to deliver: the recovery log only.
+    pub backfill: bool,
+}
+
+/// A disconnected socket's state kept for connection state recovery: the
+/// `Session` of `socket.io-adapter` (`{sid, pid, rooms, data}`), which the
+/// streams adapter stores msgpack-encoded, base64, under
+/// `{session_key_prefix}{pid}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// The namespace socket id it had and gets back.
+    pub sid: String,
+    /// The private session id its client holds.
+    pub pid: String,
+    /// Its rooms. Node.js servers list the socket's own id too, which
+    /// roomcast skips when it restores.
+    pub rooms: Vec<String>,
+    /// `socket.data`: roomcast keeps the socket's identity there (`user`,
+    /// and the room patterns it may subscribe and publish to).
+    pub data: serde_json::Value,
+}
+
+/// Takes (reads and deletes: a session is recovered once) the session
+/// `pid` from the cluster's store. `Err`: the store cannot be reached.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Option<Session>, SessionStoreDown>")]
+pub struct TakeSession {
+    /// The private session id.
+    pub pid: String,
+}
+
+/// Stores `session` for `ttl` (replacing what `pid` had): a socket that
+/// ended for a reason that keeps its session, or, while it is connected,
+/// refreshed so a node killed outright leaves it behind.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct KeepSession {
+    /// The session.
+    pub session: Session,
+    /// How long the store keeps it.
+    pub ttl: std::time::Duration,
+}
+
+/// Deletes the session `pid` (its socket ended for a reason that does not
+/// keep it).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct DropSession {
+    /// The private session id.
+    pub pid: String,
+}
+
+/// The cluster's session store could not be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the session store (Redis) cannot be reached")]
+pub struct SessionStoreDown;
+
+#[cfg(test)]
+mod tests {
+    use super::Offset;
+
+    #[test]
+    fn offsets_read_and_write_the_stream_id_form_and_order_as_redis_does() {
+        let a: Offset = "1700000000000-0".parse().unwrap();
+        let b: Offset = "1700000000000-10".parse().unwrap();
+        let c: Offset = "1700000000001-2".parse().unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(b.to_string(), "1700000000000-10");
+        assert_eq!(a.next().to_string(), "1700000000000-1");
+        for bad in ["", "-", "1-", "-1", "1-2-3", "a-1", "1 -2", "+1-2", "123456789012345678901-0"] {
+            assert!(bad.parse::<Offset>().is_err(), "{bad:?}");
+        }
+    }
+}
