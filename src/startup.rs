@@ -311,6 +311,7 @@ fn start_cluster(
     broker.do_send(AttachCluster {
         adapter: adapter.clone().recipient(),
         rooms,
+        sequenced: r.mode == RedisMode::Streams,
     });
     Ok((Cluster::new(broker, Some(adapter)), status))
 }

@@ -27,7 +27,9 @@ use bytestring::ByteString;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::adapter::{Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo};
+use crate::adapter::{
+    Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, Sequenced, SocketInfo,
+};
 use crate::engineio::Frame;
 use crate::limits::{AddressKey, Limit};
 use crate::net::IpRanges;
@@ -405,6 +407,9 @@ pub struct AttachCluster {
     pub adapter: Recipient<Outbound>,
     /// The room set to keep up to date, when the adapter subscribes per room.
     pub rooms: Option<Arc<RoomWatch>>,
+    /// The adapter orders every broadcast (`streams` mode): this node's own
+    /// are delivered when they come back as [`Sequenced`], not at once.
+    pub sequenced: bool,
 }
 
 /// Members of a room.
@@ -594,6 +599,8 @@ pub struct Broker {
     cluster: Option<Recipient<Outbound>>,
     /// The adapter's view of which rooms exist here (sharded, dynamic).
     room_watch: Option<Arc<RoomWatch>>,
+    /// See [`AttachCluster::sequenced`].
+    sequenced: bool,
     members: HashMap<Arc<str>, Member>,
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, Room>>,
     next_seq: u64,
@@ -611,6 +618,7 @@ impl Broker {
             config,
             cluster: None,
             room_watch: None,
+            sequenced: false,
             members: HashMap::new(),
             rooms: HashMap::new(),
             next_seq: 0,
@@ -922,7 +930,7 @@ impl Broker {
         let at = std::time::Instant::now();
         if let Some(cluster) = &self.cluster {
             let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
-            let (args, attachments) = msg.args;
+            let (args, attachments) = msg.args.clone();
             let outbound = Outbound {
                 nsp: msg.nsp.to_string(),
                 args,
@@ -931,8 +939,14 @@ impl Broker {
                 except: strings(&msg.except),
             };
             // The adapter's mailbox is its queue: full means lost, counted there.
-            if cluster.try_send(outbound).is_err() {
+            let handed = cluster.try_send(outbound).is_ok();
+            if !handed {
                 tracing::warn!("cluster adapter mailbox full: a cross-node broadcast was lost");
+            }
+            if handed && self.sequenced {
+                // Delivered here when the stream hands it back, in the
+                // cluster's order; the answer counts who it will reach now.
+                return self.count_targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
             }
         }
         if let Some(room) = self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
@@ -943,6 +957,41 @@ impl Broker {
         }
         let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
         self.deliver_all(Targets::Ids(&targets), msg.frames, at)
+    }
+}
+
+impl Broker {
+    /// How many local members a broadcast would reach now.
+    fn count_targets(&self, nsp: &Arc<str>, rooms: &[Arc<str>], except: &[Arc<str>], ids_as_rooms: bool) -> usize {
+        match self.single_room(nsp, rooms, except, ids_as_rooms) {
+            Some(None) => 0,
+            Some(Some(room)) => room.order.len() - except.iter().filter(|e| room.seq.contains_key(*e)).count(),
+            None => self.targets(nsp, rooms, except, ids_as_rooms).len(),
+        }
+    }
+
+    /// Delivers a broadcast of another node, an emitter, or (sequenced)
+    /// this one, whose names shaped like socket ids are those sockets.
+    fn deliver_remote(&mut self, b: &crate::adapter::wire::Broadcast) -> usize {
+        let strings = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
+        let nsp: Arc<str> = b.nsp.as_str().into();
+        let (rooms, except) = (strings(&b.rooms), strings(&b.except));
+        let at = std::time::Instant::now();
+        match self.single_room(&nsp, &rooms, &except, true) {
+            Some(None) => 0,
+            Some(Some(room)) => {
+                let frames = encode_args(&nsp, &b.args, &b.attachments);
+                self.deliver_all(Targets::Room(room, &except), frames, at)
+            }
+            None => {
+                let targets = self.targets(&nsp, &rooms, &except, true);
+                if targets.is_empty() {
+                    return 0;
+                }
+                let frames = encode_args(&nsp, &b.args, &b.attachments);
+                self.deliver_all(Targets::Ids(&targets), frames, at)
+            }
+        }
     }
 }
 
@@ -1015,24 +1064,16 @@ impl Handler<Inbound> for Broker {
     type Result = usize;
 
     fn handle(&mut self, Inbound(b): Inbound, _: &mut Self::Context) -> usize {
-        let strings = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
-        let nsp: Arc<str> = b.nsp.as_str().into();
-        let (rooms, except) = (strings(&b.rooms), strings(&b.except));
-        let at = std::time::Instant::now();
-        match self.single_room(&nsp, &rooms, &except, true) {
-            Some(None) => 0,
-            Some(Some(room)) => {
-                let frames = encode_args(&nsp, &b.args, &b.attachments);
-                self.deliver_all(Targets::Room(room, &except), frames, at)
-            }
-            None => {
-                let targets = self.targets(&nsp, &rooms, &except, true);
-                if targets.is_empty() {
-                    return 0;
-                }
-                let frames = encode_args(&nsp, &b.args, &b.attachments);
-                self.deliver_all(Targets::Ids(&targets), frames, at)
-            }
+        self.deliver_remote(&b)
+    }
+}
+
+impl Handler<Sequenced> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Sequenced, _: &mut Self::Context) {
+        if !msg.backfill {
+            self.deliver_remote(&msg.broadcast);
         }
     }
 }
@@ -1113,6 +1154,7 @@ impl Handler<AttachCluster> for Broker {
     fn handle(&mut self, msg: AttachCluster, _: &mut Self::Context) {
         self.cluster = Some(msg.adapter);
         self.room_watch = msg.rooms;
+        self.sequenced = msg.sequenced;
         if let Some(watch) = &self.room_watch {
             for (nsp, rooms) in &self.rooms {
                 for room in rooms.keys() {
@@ -1442,6 +1484,7 @@ mod tests {
             .send(AttachCluster {
                 adapter: cluster.clone().recipient(),
                 rooms: None,
+                sequenced: false,
             })
             .await
             .unwrap();
