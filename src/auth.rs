@@ -39,6 +39,34 @@ impl Identity {
     pub fn may_publish(&self, room: &str) -> bool {
         self.publish.iter().any(|p| p.matches(room))
     }
+    /// As a recovery session's `data` (`socket.data`): `{user, subscribe,
+    /// publish}` with the room patterns as written. The expiry is not kept:
+    /// a socket restored from it (`recovery.verify_token = false`) has none.
+    pub fn to_data(&self) -> serde_json::Value {
+        let patterns = |v: &[WildMatch]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        serde_json::json!({
+            "user": self.user,
+            "subscribe": patterns(&self.subscribe),
+            "publish": patterns(&self.publish),
+        })
+    }
+
+    /// The identity [`Self::to_data`] wrote (missing members: none, no
+    /// room), e.g. restored from a session another server stored.
+    pub fn from_data(data: &serde_json::Value) -> Identity {
+        let patterns = |key: &str| {
+            data.get(key)
+                .and_then(serde_json::Value::as_array)
+                .map(|a| a.iter().filter_map(|p| p.as_str()).map(WildMatch::new).collect())
+                .unwrap_or_default()
+        };
+        Identity {
+            user: data.get("user").and_then(serde_json::Value::as_str).map(str::to_owned),
+            subscribe: patterns("subscribe"),
+            publish: patterns("publish"),
+            expires: None,
+        }
+    }
 }
 
 /// Why a CONNECT was refused; `code` goes to the client in

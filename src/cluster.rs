@@ -16,7 +16,7 @@ use actix::Addr;
 use serde_json::json;
 
 use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, RedisAdapter};
-use crate::adapter::LocalSockets;
+use crate::adapter::{LocalSockets, Session, SessionStoreDown, TakeSession};
 use crate::broker::{BackendPublish, Broker, Join, JoinError, Kick, Leave, ListRooms, Members, Publish};
 
 /// The broker is gone (the node is stopping).
@@ -29,6 +29,9 @@ pub struct Unavailable;
 pub struct Cluster {
     broker: Addr<Broker>,
     remote: Option<Addr<RedisAdapter>>,
+    /// Where recovery sessions are kept (`streams` mode); none: in the
+    /// broker, on this node only.
+    store: Option<actix::Recipient<TakeSession>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -92,7 +95,34 @@ impl Cluster {
     /// This node's `broker`, and the other nodes through `remote` (none on
     /// a single node).
     pub fn new(broker: Addr<Broker>, remote: Option<Addr<RedisAdapter>>) -> Self {
-        Self { broker, remote }
+        Self {
+            broker,
+            remote,
+            store: None,
+        }
+    }
+
+    /// The same cluster keeping recovery sessions in `store` (`streams`
+    /// mode) rather than in the broker.
+    pub fn with_session_store(mut self, store: actix::Recipient<TakeSession>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Takes the recovery session `pid` from the cluster's store: `None`
+    /// when the store is the broker's own (it takes it when the socket
+    /// resumes), or the store has no such session.
+    pub async fn take_session(&self, pid: &str) -> Result<Option<Session>, SessionStoreDown> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let take = TakeSession { pid: pid.to_owned() };
+        store.send(take).await.map_err(|_| SessionStoreDown)?
+    }
+
+    /// Whether sessions are kept in the cluster's store.
+    pub fn stores_sessions(&self) -> bool {
+        self.store.is_some()
     }
 
     /// Whether other nodes may exist (an adapter is configured).

@@ -85,6 +85,10 @@ pub struct BuildLabels {
 /// (`conn::socketio`), declared at 0 from the start.
 pub const INVALID_EVENT_CODES: [&str; 4] = ["bad_request", "invalid_event", "invalid_room", "unknown_event"];
 
+/// Why recoveries are refused (`broker::recovery::Refused::code`), declared
+/// at 0 from the start.
+pub const RECOVERY_REFUSALS: [&str; 6] = ["unknown", "expired", "token", "incomplete", "too_many", "unavailable"];
+
 /// Every metric of a server.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -128,6 +132,16 @@ pub struct Metrics {
     pub audit_suppressed: Counter,
     /// Requests from other nodes dropped because too many were being served.
     pub cluster_requests_dropped: Counter,
+    /// Namespace sockets recovered (connection state recovery).
+    pub recoveries: Counter,
+    /// Recoveries refused, by reason (`broker::recovery::Refused::code`).
+    pub recoveries_refused: Family<CodeLabel, Counter>,
+    /// Missed broadcasts replayed to recovered sockets.
+    pub recovery_replayed: Counter,
+    /// Bytes of broadcasts kept for recovery.
+    pub recovery_log_bytes: Gauge,
+    /// Disconnected sessions kept on this node.
+    pub recovery_sessions: Gauge,
     input_held: Gauge,
     input_held_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
     redis_connected: Gauge,
@@ -186,6 +200,11 @@ impl Metrics {
             invalid_events: Family::default(),
             audit_suppressed: Counter::default(),
             cluster_requests_dropped: Counter::default(),
+            recoveries: Counter::default(),
+            recoveries_refused: Family::default(),
+            recovery_replayed: Counter::default(),
+            recovery_log_bytes: Gauge::default(),
+            recovery_sessions: Gauge::default(),
             input_held: Gauge::default(),
             input_held_source: Mutex::new(None),
             redis_connected: Gauge::default(),
@@ -219,6 +238,9 @@ impl Metrics {
         }
         for code in INVALID_EVENT_CODES {
             drop(m.invalid_events.get_or_create(&CodeLabel { code }));
+        }
+        for code in RECOVERY_REFUSALS {
+            drop(m.recoveries_refused.get_or_create(&CodeLabel { code }));
         }
         {
             // unwrap: the lock is new.
@@ -287,6 +309,32 @@ impl Metrics {
                 "cluster_requests_dropped",
                 "Requests from other nodes (fetch, join, leave, disconnect) dropped because too many were being served",
                 m.cluster_requests_dropped.clone(),
+            );
+            r.register(
+                "recoveries",
+                "Namespace sockets recovered after a disconnection (connection state recovery)",
+                m.recoveries.clone(),
+            );
+            r.register(
+                "recoveries_refused",
+                "Recoveries refused (a fresh session given instead), by reason: unknown session, expired, token, incomplete log, too many missed, store unavailable",
+                m.recoveries_refused.clone(),
+            );
+            r.register(
+                "recovery_replayed",
+                "Missed broadcasts replayed to recovered sockets",
+                m.recovery_replayed.clone(),
+            );
+            r.register_with_unit(
+                "recovery_log",
+                "Broadcasts kept for recovery on this node (recovery.max_log_bytes bounds it)",
+                Unit::Bytes,
+                m.recovery_log_bytes.clone(),
+            );
+            r.register(
+                "recovery_sessions",
+                "Disconnected sessions kept on this node for recovery (recovery.max_sessions bounds it)",
+                m.recovery_sessions.clone(),
             );
             r.register(
                 "audit_queue",

@@ -93,6 +93,20 @@ impl DisconnectReason {
     pub const fn drains_first(self) -> bool {
         matches!(self, Self::ForcedClose | Self::ServerShuttingDown)
     }
+
+    /// Whether a socket that ends for this reason keeps its session for
+    /// connection state recovery: the connection was lost, or the server
+    /// went away. socket.io 4.8 (`RECOVERABLE_DISCONNECT_REASONS` in
+    /// `packages/socket.io/lib/socket.ts`) also keeps it on "forced close";
+    /// roomcast does not: that is a kick or a limit's close here, and a
+    /// kicked client must not come back through recovery. Namespace
+    /// disconnects (either side) and parse errors do not keep it either.
+    pub const fn keeps_session(self) -> bool {
+        matches!(
+            self,
+            Self::TransportClose | Self::TransportError | Self::PingTimeout | Self::ServerShuttingDown
+        )
+    }
 }
 
 impl fmt::Display for DisconnectReason {

@@ -255,6 +255,15 @@ fn listeners(settings: &Settings) -> Result<(TcpListener, Option<TcpListener>), 
     Ok((listener, admin))
 }
 
+/// The namespaces with connection state recovery (none when it is off).
+fn recovering(settings: &Settings) -> Vec<String> {
+    if settings.recovery.enabled {
+        settings.recovery.namespaces.clone()
+    } else {
+        vec![]
+    }
+}
+
 /// Starts this node's broker and, with `redis.url`, the adapter to the
 /// other nodes: the cluster's handle, and the adapter's state (never
 /// connected on a single node).
@@ -269,6 +278,13 @@ fn start_cluster(
         max_rooms: settings.rooms.max_total,
         notify_namespaces: settings.rooms.notify_namespaces.clone(),
         metrics: metrics.clone(),
+        recovery: crate::broker::recovery::RecoveryConfig {
+            namespaces: recovering(settings).iter().map(|n| n.as_str().into()).collect(),
+            window: Duration::from_millis(settings.recovery.max_disconnection_ms),
+            max_log_bytes: settings.recovery.max_log_bytes,
+            max_sessions: settings.recovery.max_sessions,
+            refresh: Duration::from_millis(settings.recovery.refresh_ms),
+        },
     })
     .with_quotas(crate::broker::RoomQuotas::of(&settings.rooms, exempt))
     .start();
@@ -312,6 +328,7 @@ fn start_cluster(
         adapter: adapter.clone().recipient(),
         rooms,
         sequenced: r.mode == RedisMode::Streams,
+        store: None,
     });
     Ok((Cluster::new(broker, Some(adapter)), status))
 }
@@ -529,6 +546,12 @@ impl Application {
             presence_limit: settings.rooms.presence_limit,
             coalesce: Duration::from_micros(settings.websocket.broadcast_coalesce_us),
             max_namespaces: settings.socketio.max_namespaces,
+            recovery: crate::conn::RecoveryPolicy {
+                namespaces: recovering(&settings),
+                verify_token: settings.recovery.verify_token,
+                // Room for the CONNECT, acks and pings written beside it.
+                max_frames: settings.engine.max_buffered_packets.saturating_sub(16).max(1),
+            },
         };
         let guards =
             crate::limits::Guards::new(&settings.limits, trusted, exempt, metrics.clone(), Some(audit.clone()));

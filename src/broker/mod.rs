@@ -15,6 +15,8 @@
 //! defined here and reach them through `Recipient`s, so imports point one
 //! way: conn → broker.
 
+pub mod recovery;
+
 use std::collections::BTreeMap;
 
 // foldhash: seeded per process, and several times faster than SipHash on
@@ -28,8 +30,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::adapter::{
-    Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, Sequenced, SocketInfo,
+    DropSession, Inbound, KeepSession, LocalRooms, LocalSockets, Offset, Outbound, RemoteOp, RemoteOperation,
+    RoomWatch, Sequenced, Session, SocketInfo,
 };
+use recovery::{Recovery, RecoveryConfig, Refused, Target};
 use crate::engineio::Frame;
 use crate::limits::{AddressKey, Limit};
 use crate::net::IpRanges;
@@ -220,6 +224,18 @@ pub struct Register {
     /// The client's address, for the room quota per address (`None`: not
     /// known, and not counted).
     pub address: Option<std::net::IpAddr>,
+    /// In a recovering namespace: the socket's private session id and
+    /// `socket.data` (its identity), kept when it disconnects.
+    pub recovery: Option<Recoverable>,
+}
+
+/// What a socket of a recovering namespace keeps when it disconnects.
+#[derive(Debug, Clone)]
+pub struct Recoverable {
+    /// The private session id its client was given.
+    pub pid: Arc<str>,
+    /// `socket.data`: its identity.
+    pub data: serde_json::Value,
 }
 
 /// The namespace socket is gone: it leaves every room.
@@ -228,6 +244,48 @@ pub struct Register {
 pub struct Unregister {
     /// The namespace socket id.
     pub socket_id: Arc<str>,
+    /// It ended for a reason that keeps its session for recovery.
+    pub keep: bool,
+}
+
+/// A socket comes back (connection state recovery): registered under the
+/// id it had, in the rooms it had, and handed what it missed before any
+/// broadcast after, in one step of the broker, so nothing falls between.
+/// Refused (and nothing registered) when that cannot be done exactly.
+#[derive(Message)]
+#[rtype(result = "Result<Resumed, Refused>")]
+pub struct Resume {
+    /// The registration; its `socket_id` is replaced by the session's.
+    pub register: Register,
+    /// The offset the client got last (none: it got no event).
+    pub offset: Option<Offset>,
+    /// The session, taken from the cluster's store (`streams` mode); none:
+    /// the broker's own store.
+    pub session: Option<Session>,
+    /// Most frames the replay may hold (what the connection may buffer).
+    pub max_frames: usize,
+}
+
+/// A socket that came back.
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    /// The id it had.
+    pub socket_id: Arc<str>,
+    /// Its `socket.data` (its identity).
+    pub data: serde_json::Value,
+    /// Its rooms.
+    pub rooms: usize,
+    /// Broadcasts replayed to it.
+    pub replayed: usize,
+}
+
+/// `streams` mode: the stream is read from after `floor` on (its backfill
+/// is done): recovery can tell what a client missed since then.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StreamRead {
+    /// Every broadcast after it has been or will be handed over.
+    pub floor: Offset,
 }
 
 /// Join a room on a backend's or another node's behalf (the API, a
@@ -410,6 +468,18 @@ pub struct AttachCluster {
     /// The adapter orders every broadcast (`streams` mode): this node's own
     /// are delivered when they come back as [`Sequenced`], not at once.
     pub sequenced: bool,
+    /// The cluster's session store (`streams` mode), where sessions of
+    /// recovering sockets are kept instead of the broker's memory.
+    pub store: Option<SessionStore>,
+}
+
+/// Where the broker keeps sessions in the cluster.
+#[derive(Clone)]
+pub struct SessionStore {
+    /// Stores a session.
+    pub keep: Recipient<KeepSession>,
+    /// Deletes one.
+    pub drop: Recipient<DropSession>,
 }
 
 /// Members of a room.
@@ -464,6 +534,8 @@ pub struct BrokerConfig {
     /// ([`DirectSink`]) and those dropped for a full mailbox or queue (a
     /// connection counts what it writes).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Connection state recovery.
+    pub recovery: RecoveryConfig,
 }
 
 /// The room quotas: distinct rooms of one namespace that the sockets of one
@@ -569,6 +641,12 @@ struct Member {
     address: Option<AddressKey>,
     /// Counted per user: the quota per user is on and the socket has one.
     per_user: bool,
+    /// A recovering namespace's socket: its session's private id and data.
+    recovery: Option<Recoverable>,
+    /// Where its namespace's log was when it joined.
+    start: Offset,
+    /// `streams` mode: when its session was last written to the store.
+    stored: Option<std::time::Instant>,
 }
 
 /// Members of a room in join order (for presence lists).
@@ -592,6 +670,27 @@ impl Room {
     }
 }
 
+/// The member of a session's `data` where roomcast keeps the offset its
+/// socket's namespace log was at when it joined (a client that got no
+/// event recovers from there).
+const START_KEY: &str = "roomcastJoinedAt";
+
+/// Sessions written to the cluster's store per tick at most: a node with a
+/// hundred thousand sockets spreads their refreshes over the ticks rather
+/// than filling the adapter's queue at once.
+const REFRESH_PER_TICK: usize = 2_000;
+
+/// `session` with the offset its socket joined at in its data.
+fn with_start(mut session: Session, start: Offset) -> Session {
+    if !session.data.is_object() {
+        session.data = serde_json::Value::Object(Default::default());
+    }
+    if let Some(map) = session.data.as_object_mut() {
+        map.insert(START_KEY.into(), start.to_string().into());
+    }
+    session
+}
+
 /// The broker actor.
 pub struct Broker {
     config: BrokerConfig,
@@ -609,12 +708,17 @@ pub struct Broker {
     by_address: HashMap<(Arc<str>, AddressKey), GroupRooms>,
     /// Rooms per (namespace, user), for `quotas.per_user`.
     by_user: HashMap<(Arc<str>, Arc<str>), GroupRooms>,
+    /// The recovery log and the local sessions.
+    recovery: Recovery,
+    /// `streams` mode: the cluster's session store.
+    store: Option<SessionStore>,
 }
 
 impl Broker {
     /// A broker with no rooms.
     pub fn new(config: BrokerConfig) -> Self {
         Self {
+            recovery: Recovery::new(config.recovery.clone()),
             config,
             cluster: None,
             room_watch: None,
@@ -625,6 +729,7 @@ impl Broker {
             quotas: RoomQuotas::default(),
             by_address: HashMap::new(),
             by_user: HashMap::new(),
+            store: None,
         }
     }
 
@@ -890,7 +995,14 @@ impl Broker {
             .map(AddressKey::of);
         // A socket id registered again (never, with random ids) would leave
         // its old rooms' quota counts behind: it leaves them first.
-        self.unregister(&msg.socket_id);
+        self.unregister(&msg.socket_id, false);
+        let recovery = msg.recovery.filter(|_| self.recovery.covers(&msg.nsp));
+        let start = self.recovery.head(&msg.nsp);
+        let stored = (recovery.is_some() && self.store.is_some()).then(|| {
+            // Due at the next tick: a node killed before then still leaves
+            // the session behind.
+            std::time::Instant::now() - self.recovery.config.refresh
+        });
         self.members.insert(
             msg.socket_id,
             Member {
@@ -902,20 +1014,161 @@ impl Broker {
                 direct: msg.direct,
                 rooms: HashSet::new(),
                 address,
+                recovery,
+                start,
+                stored,
             },
         );
     }
 
-    /// The socket leaves every room (giving its quota back) and is forgotten.
-    fn unregister(&mut self, socket_id: &Arc<str>) {
-        let rooms: Vec<Arc<str>> = match self.members.get(socket_id) {
-            Some(m) => m.rooms.iter().cloned().collect(),
-            None => return,
+    /// The socket leaves every room (giving its quota back) and is
+    /// forgotten; with `keep`, its session is kept for recovery (or, in a
+    /// recovering namespace, deleted from the cluster's store).
+    fn unregister(&mut self, socket_id: &Arc<str>, keep: bool) {
+        let Some(member) = self.members.get(socket_id) else {
+            return;
         };
+        let rooms: Vec<Arc<str>> = member.rooms.iter().cloned().collect();
+        if let Some(r) = &member.recovery {
+            let session = Session {
+                sid: socket_id.to_string(),
+                pid: r.pid.to_string(),
+                rooms: rooms.iter().map(|r| r.to_string()).collect(),
+                data: r.data.clone(),
+            };
+            match (&self.store, keep) {
+                (Some(store), true) => {
+                    let ttl = self.recovery.config.window;
+                    let session = with_start(session, member.start);
+                    let _ = store.keep.try_send(KeepSession { session, ttl });
+                }
+                (Some(store), false) => {
+                    let _ = store.drop.try_send(DropSession { pid: session.pid });
+                }
+                (None, true) => {
+                    let kept =
+                        Recovery::session(socket_id.clone(), member.nsp.clone(), rooms.clone(), r.data.clone(), member.start);
+                    self.recovery.keep(r.pid.clone(), kept);
+                }
+                (None, false) => {}
+            }
+        }
         for room in rooms {
             self.leave(socket_id, &room);
         }
         self.members.remove(socket_id);
+    }
+
+    /// Registers a socket that comes back with what it missed; see [`Resume`].
+    fn resume(&mut self, msg: Resume) -> Result<Resumed, Refused> {
+        let nsp = msg.register.nsp.clone();
+        let pid = match &msg.register.recovery {
+            Some(r) if self.recovery.covers(&nsp) => r.pid.clone(),
+            _ => return Err(Refused::Unknown),
+        };
+        let (sid, rooms, data, start): (Arc<str>, Vec<Arc<str>>, serde_json::Value, Offset) = match msg.session {
+            Some(session) => {
+                let sid: Arc<str> = session.sid.as_str().into();
+                // Node.js servers list the socket's own room; roomcast has none.
+                let rooms = session
+                    .rooms
+                    .iter()
+                    .filter(|r| **r != session.sid && !looks_like_socket_id(r))
+                    .map(|r| Arc::from(r.as_str()))
+                    .collect();
+                let start = session
+                    .data
+                    .get(START_KEY)
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_default();
+                (sid, rooms, session.data, start)
+            }
+            None => {
+                let kept = self.recovery.take(&pid, &nsp).ok_or(Refused::Unknown)?;
+                (kept.sid, kept.rooms, kept.data, kept.start)
+            }
+        };
+        if self.members.contains_key(&sid) {
+            // Its socket is still here (a second recovery of one session).
+            return Err(Refused::Unknown);
+        }
+        let from = msg.offset.unwrap_or(start);
+        let room_set: HashSet<Arc<str>> = rooms.iter().cloned().collect();
+        let replay = self.recovery.replay(&nsp, from, &sid, &room_set, msg.max_frames)?;
+        let mut register = msg.register;
+        register.socket_id = sid.clone();
+        if let Some(r) = register.recovery.as_mut() {
+            r.data = data.clone();
+        }
+        self.register(register);
+        let mut joined = 0;
+        for room in &rooms {
+            // Back in its rooms: the caps apply, the quotas do not (they
+            // were checked when it joined).
+            if self.join(&sid, room, false).is_ok() {
+                joined += 1;
+            }
+        }
+        if replay.packets > 0 {
+            let at = std::time::Instant::now();
+            self.deliver_all(Targets::Ids(std::slice::from_ref(&sid)), replay.frames, at);
+        }
+        let metrics = &self.config.metrics;
+        metrics.recoveries.inc();
+        metrics.recovery_replayed.inc_by(replay.packets as u64);
+        Ok(Resumed {
+            socket_id: sid,
+            data,
+            rooms: joined,
+            replayed: replay.packets,
+        })
+    }
+
+    /// Once a second: what is older than the recovery window goes, the
+    /// gauges are set, and (`streams` mode) the sessions of connected
+    /// sockets that are due are written to the store again.
+    fn tick(&mut self) {
+        let now = std::time::Instant::now();
+        self.recovery.expire(now);
+        let metrics = &self.config.metrics;
+        metrics.recovery_log_bytes.set(self.recovery.log_bytes() as i64);
+        metrics.recovery_sessions.set(self.recovery.sessions() as i64);
+        let Some(store) = &self.store else { return };
+        let refresh = self.recovery.config.refresh;
+        // Each write lasts the window past the next one, so a session
+        // outlives its node by at least the window.
+        let ttl = self.recovery.config.window + refresh * 2;
+        let mut written = 0;
+        for (sid, member) in self.members.iter_mut() {
+            let (Some(r), Some(stored)) = (&member.recovery, member.stored) else {
+                continue;
+            };
+            if now.duration_since(stored) < refresh {
+                continue;
+            }
+            if written == REFRESH_PER_TICK {
+                break;
+            }
+            let session = Session {
+                sid: sid.to_string(),
+                pid: r.pid.to_string(),
+                rooms: member.rooms.iter().map(|r| r.to_string()).collect(),
+                data: r.data.clone(),
+            };
+            let session = with_start(session, member.start);
+            if store.keep.try_send(KeepSession { session, ttl }).is_err() {
+                break;
+            }
+            member.stored = Some(now);
+            written += 1;
+        }
+    }
+
+    /// The offset for a broadcast of `nsp` made here (not `streams`
+    /// mode), if `nsp` recovers.
+    fn offset_here(&mut self, nsp: &str) -> Option<Offset> {
+        self.recovery.covers(nsp).then(|| self.recovery.next_offset())
     }
 
     /// Publishes here and hands the publish to the other nodes. `from_client`:
@@ -948,15 +1201,29 @@ impl Broker {
                 // cluster's order; the answer counts who it will reach now.
                 return self.count_targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
             }
+            if self.sequenced {
+                // Delivered here without a place in the stream.
+                self.recovery.mark_gap(&msg.nsp);
+            }
+        }
+        let mut frames = msg.frames;
+        if let Some(offset) = (!self.sequenced).then(|| self.offset_here(&msg.nsp)).flatten() {
+            frames = recovery::tag(&frames, offset);
+            let target = Target {
+                rooms: msg.rooms.clone(),
+                except: msg.except.clone(),
+                ids_as_rooms,
+            };
+            self.recovery.log(&msg.nsp, offset, target, frames.clone());
         }
         if let Some(room) = self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
             return match room {
-                Some(r) => self.deliver_all(Targets::Room(r, &msg.except), msg.frames, at),
+                Some(r) => self.deliver_all(Targets::Room(r, &msg.except), frames, at),
                 None => 0,
             };
         }
         let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
-        self.deliver_all(Targets::Ids(&targets), msg.frames, at)
+        self.deliver_all(Targets::Ids(&targets), frames, at)
     }
 }
 
@@ -971,24 +1238,52 @@ impl Broker {
     }
 
     /// Delivers a broadcast of another node, an emitter, or (sequenced)
-    /// this one, whose names shaped like socket ids are those sockets.
-    fn deliver_remote(&mut self, b: &crate::adapter::wire::Broadcast) -> usize {
+    /// this one, whose names shaped like socket ids are those sockets;
+    /// in a recovering namespace with `offset` as its last argument, and
+    /// logged. `deliver: false`: logged only (a stream's backfill).
+    fn deliver_remote(&mut self, b: &crate::adapter::wire::Broadcast, offset: Option<Offset>, deliver: bool) -> usize {
         let strings = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
         let nsp: Arc<str> = b.nsp.as_str().into();
         let (rooms, except) = (strings(&b.rooms), strings(&b.except));
         let at = std::time::Instant::now();
-        match self.single_room(&nsp, &rooms, &except, true) {
-            Some(None) => 0,
-            Some(Some(room)) => {
-                let frames = encode_args(&nsp, &b.args, &b.attachments);
-                self.deliver_all(Targets::Room(room, &except), frames, at)
+        let offset = offset.filter(|_| self.recovery.covers(&nsp));
+        let Some(offset) = offset else {
+            if !deliver {
+                return 0;
             }
-            None => {
-                let targets = self.targets(&nsp, &rooms, &except, true);
-                if targets.is_empty() {
-                    return 0;
+            return match self.single_room(&nsp, &rooms, &except, true) {
+                Some(None) => 0,
+                Some(Some(room)) => {
+                    let frames = encode_args(&nsp, &b.args, &b.attachments);
+                    self.deliver_all(Targets::Room(room, &except), frames, at)
                 }
-                let frames = encode_args(&nsp, &b.args, &b.attachments);
+                None => {
+                    let targets = self.targets(&nsp, &rooms, &except, true);
+                    if targets.is_empty() {
+                        return 0;
+                    }
+                    let frames = encode_args(&nsp, &b.args, &b.attachments);
+                    self.deliver_all(Targets::Ids(&targets), frames, at)
+                }
+            };
+        };
+        // Logged whoever it reaches here: a socket recovering later may
+        // have been in its rooms on another node.
+        let frames = encode_args(&nsp, &recovery::tag_args(&b.args, offset), &b.attachments);
+        let target = Target {
+            rooms,
+            except,
+            ids_as_rooms: true,
+        };
+        self.recovery.log(&nsp, offset, target.clone(), frames.clone());
+        if !deliver {
+            return 0;
+        }
+        match self.single_room(&nsp, &target.rooms, &target.except, true) {
+            Some(None) => 0,
+            Some(Some(room)) => self.deliver_all(Targets::Room(room, &target.except), frames, at),
+            None => {
+                let targets = self.targets(&nsp, &target.rooms, &target.except, true);
                 self.deliver_all(Targets::Ids(&targets), frames, at)
             }
         }
@@ -1001,6 +1296,9 @@ impl Actor for Broker {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Connections `send` joins and publishes and wait when it is full.
         ctx.set_mailbox_capacity(65_536);
+        if !self.recovery.config.namespaces.is_empty() {
+            ctx.run_interval(std::time::Duration::from_secs(1), |act, _| act.tick());
+        }
     }
 }
 
@@ -1016,7 +1314,31 @@ impl Handler<Unregister> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
-        self.unregister(&msg.socket_id);
+        self.unregister(&msg.socket_id, msg.keep);
+    }
+}
+
+impl Handler<Resume> for Broker {
+    type Result = Result<Resumed, Refused>;
+
+    fn handle(&mut self, msg: Resume, _: &mut Self::Context) -> Self::Result {
+        let result = self.resume(msg);
+        if let Err(why) = result {
+            self.config
+                .metrics
+                .recoveries_refused
+                .get_or_create(&crate::metrics::CodeLabel { code: why.code() })
+                .inc();
+        }
+        result
+    }
+}
+
+impl Handler<StreamRead> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamRead, _: &mut Self::Context) {
+        self.recovery.stream_from(msg.floor);
     }
 }
 
@@ -1064,7 +1386,10 @@ impl Handler<Inbound> for Broker {
     type Result = usize;
 
     fn handle(&mut self, Inbound(b): Inbound, _: &mut Self::Context) -> usize {
-        self.deliver_remote(&b)
+        // Not streams mode (or a broadcast with ack, which has no place in
+        // the stream): an offset of this node's.
+        let offset = if self.sequenced { None } else { self.offset_here(&b.nsp) };
+        self.deliver_remote(&b, offset, true)
     }
 }
 
@@ -1072,9 +1397,10 @@ impl Handler<Sequenced> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: Sequenced, _: &mut Self::Context) {
-        if !msg.backfill {
-            self.deliver_remote(&msg.broadcast);
+        if msg.offset.is_none() {
+            self.recovery.mark_gap(&msg.broadcast.nsp);
         }
+        self.deliver_remote(&msg.broadcast, msg.offset, !msg.backfill);
     }
 }
 
@@ -1155,6 +1481,9 @@ impl Handler<AttachCluster> for Broker {
         self.cluster = Some(msg.adapter);
         self.room_watch = msg.rooms;
         self.sequenced = msg.sequenced;
+        self.store = msg.store;
+        // Streams mode: no recovery is complete before the stream is read.
+        self.recovery.waiting_for_stream = self.sequenced;
         if let Some(watch) = &self.room_watch {
             for (nsp, rooms) in &self.rooms {
                 for room in rooms.keys() {
@@ -1276,6 +1605,7 @@ mod tests {
             max_rooms: 10,
             notify_namespaces: vec![],
             metrics,
+            recovery: RecoveryConfig::default(),
         })
         .start();
         let nsp: Arc<str> = "/".into();
@@ -1299,6 +1629,7 @@ mod tests {
                     evict: addr.clone().recipient(),
                     direct: None,
                     address: None,
+                    recovery: None,
                 })
                 .await
                 .unwrap();
@@ -1391,6 +1722,7 @@ mod tests {
             evict: addr.clone().recipient(),
             direct: None,
             address: ip.map(|ip| ip.parse().unwrap()),
+            recovery: None,
         }
     }
 
@@ -1400,6 +1732,7 @@ mod tests {
             max_rooms: 1000,
             notify_namespaces: vec![],
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            recovery: RecoveryConfig::default(),
         }
     }
 
@@ -1485,6 +1818,7 @@ mod tests {
                 adapter: cluster.clone().recipient(),
                 rooms: None,
                 sequenced: false,
+                store: None,
             })
             .await
             .unwrap();
@@ -1607,11 +1941,11 @@ mod tests {
         assert!(broker.leave(&a2, &room("r1")));
         assert_eq!(broker.join(&a1, &room("r4"), true), Ok(()));
         // And so does unregistering.
-        broker.unregister(&a1);
-        broker.unregister(&a2);
-        broker.unregister(&b);
+        broker.unregister(&a1, false);
+        broker.unregister(&a2, false);
+        broker.unregister(&b, false);
         assert_eq!(broker.by_address.len(), 1, "only the /64's group is left");
-        broker.unregister(&v6a);
+        broker.unregister(&v6a, false);
         assert!(broker.by_address.is_empty(), "no group without members");
     }
 
@@ -1640,7 +1974,7 @@ mod tests {
             assert_eq!(broker.join(&anon, &room(r), true), Ok(()), "anonymous: {r}");
         }
         assert!(broker.by_address.is_empty(), "the quota per address is off");
-        broker.unregister(&ann1);
+        broker.unregister(&ann1, false);
         assert_eq!(broker.join(&ann2, &room("r3"), true), over, "ann2 is in r1 and r2");
         assert!(broker.leave(&ann2, &room("r1")));
         assert_eq!(broker.join(&ann2, &room("r3"), true), Ok(()));

@@ -18,6 +18,8 @@ pub enum SocketEvent {
         nsp: Arc<str>,
         /// The namespace socket's own id.
         socket_id: Arc<str>,
+        /// It came back with its state (connection state recovery).
+        recovered: bool,
     },
     /// A namespace socket ended, with the reason the application sees.
     Disconnected {

@@ -30,7 +30,7 @@ use crate::engineio::{
 use crate::reason::DisconnectReason;
 use messages::*;
 pub use registry::{Entry, Registry};
-pub use socketio::SioConfig;
+pub use socketio::{RecoveryPolicy, SioConfig};
 use socketio::SioState;
 
 /// WebSocket close codes (RFC 6455 §7.4.1).

@@ -19,7 +19,9 @@ use super::events::SocketEvent;
 use super::Connection;
 use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
-use crate::broker::{Broker, Deliver, Evict, JoinError, Leave, Publish, Register, Subscribe, Unregister};
+use crate::broker::{
+    Broker, Deliver, Evict, JoinError, Leave, Publish, Recoverable, Register, Resume, Subscribe, Unregister,
+};
 use crate::cluster::Cluster;
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
@@ -81,12 +83,33 @@ pub struct SioConfig {
     pub coalesce: Duration,
     /// Namespaces one connection may be in at once.
     pub max_namespaces: usize,
+    /// Connection state recovery.
+    pub recovery: RecoveryPolicy,
 }
 
 /// A namespace socket on this connection.
 struct NsSocket {
     id: Arc<str>,
     identity: Identity,
+}
+
+/// What a client coming back asks for: its `pid`, and the `offset` of the
+/// last event it got (`Err`: one that is not an offset).
+struct Comeback {
+    pid: Arc<str>,
+    offset: Result<Option<crate::adapter::Offset>, ()>,
+}
+
+/// Connection state recovery as a connection sees it.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryPolicy {
+    /// Recovering namespaces (none: recovery is off).
+    pub namespaces: Vec<String>,
+    /// A recovering client's token is verified again.
+    pub verify_token: bool,
+    /// Most frames a replay may hold: what the connection may buffer,
+    /// less room for what it writes itself.
+    pub max_frames: usize,
 }
 
 /// What to do when the client acks (or does not ack) a server event.
@@ -453,53 +476,263 @@ impl Connection {
         // reads).
         let auth_text = message.packet.data.as_ref().map_or("{}", Data::text);
         let auth: Value = serde_json::from_str(auth_text).unwrap_or_else(|_| json!({}));
-        let identity = match self.connect_hook(&nsp, &auth) {
-            Ok(identity) => identity,
-            Err(refusal) => {
-                self.connect_refused(&nsp, refusal.code, &refusal.message, Some(auth_text));
-                let mut data = json!({"message": refusal.message});
-                if let Some(extra) = refusal.data {
-                    data["data"] = extra;
+        let verified = self.connect_hook(&nsp, &auth);
+        let comeback = self.comeback(&nsp, &auth);
+        let verify_token = self.sio_config().recovery.verify_token;
+        let identity = match (verified, comeback) {
+            (Ok(identity), comeback) => Ok((identity, comeback)),
+            // Recovery without the token checked again (as Node.js's
+            // skipMiddlewares): the session's identity, if it recovers.
+            (Err(refusal), Some(comeback)) if !verify_token => Err((refusal, Some(comeback))),
+            (Err(refusal), comeback) => {
+                if comeback.is_some() {
+                    self.recovery_refused(crate::broker::recovery::Refused::Token);
                 }
-                self.emit_packet(PacketType::ConnectError, &nsp, None, &data, &[], ctx);
-                return;
+                Err((refusal, None))
             }
         };
+        match identity {
+            Ok((identity, None)) => self.connect_fresh(nsp.into(), identity, auth_text, ctx),
+            Ok((identity, Some(comeback))) => {
+                self.connect_resume(nsp.into(), Ok(identity), comeback, auth_text.to_owned(), ctx)
+            }
+            Err((refusal, Some(comeback))) => {
+                self.connect_resume(nsp.into(), Err(refusal), comeback, auth_text.to_owned(), ctx)
+            }
+            Err((refusal, None)) => self.refuse_connect(&nsp, refusal, auth_text, ctx),
+        }
+    }
+
+    /// Answers a CONNECT with CONNECT_ERROR for `refusal`.
+    fn refuse_connect(&mut self, nsp: &str, refusal: Refusal, auth_text: &str, ctx: &mut Context<Self>) {
+        self.connect_refused(nsp, refusal.code, &refusal.message, Some(auth_text));
+        let mut data = json!({"message": refusal.message});
+        if let Some(extra) = refusal.data {
+            data["data"] = extra;
+        }
+        self.emit_packet(PacketType::ConnectError, nsp, None, &data, &[], ctx);
+    }
+
+    /// A CONNECT of a client that had a socket in a recovering namespace
+    /// (`{pid, offset?}` in its payload, as socket.io-client 4.6+ sends):
+    /// what it asks to get back.
+    fn comeback(&self, nsp: &str, auth: &Value) -> Option<Comeback> {
+        if !self.sio_config().recovery.namespaces.iter().any(|n| n == nsp) {
+            return None;
+        }
+        let pid = auth.get("pid")?.as_str()?;
+        // An offset that is not one (socket.io-client keeps the last string
+        // argument of any event) can name no place in the log.
+        let offset = match auth.get("offset") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(o)) => o.parse().map(Some).map_err(drop),
+            Some(_) => Err(()),
+        };
+        Some(Comeback {
+            pid: pid.into(),
+            offset,
+        })
+    }
+
+    /// Counts a refused recovery the broker did not see.
+    fn recovery_refused(&self, why: crate::broker::recovery::Refused) {
+        let label = crate::metrics::CodeLabel { code: why.code() };
+        self.shared.metrics.recoveries_refused.get_or_create(&label).inc();
+        tracing::debug!(parent: &self.span, reason = why.code(), "recovery refused: {why}");
+    }
+
+    /// Tries to give a client its socket back (see [`Comeback`]): the
+    /// session from the cluster's store (or the broker's), then the broker
+    /// registers it with what it missed, in one step. The connection waits
+    /// for both (a Redis round trip at most, bounded by its command
+    /// timeout), so nothing it receives meanwhile is handled out of order.
+    /// Refused: a fresh socket, as for any CONNECT, or, when the token did
+    /// not verify and recovery was its only way in, CONNECT_ERROR.
+    fn connect_resume(
+        &mut self,
+        nsp: Arc<str>,
+        identity: Result<Identity, Refusal>,
+        comeback: Comeback,
+        auth_text: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let Ok(offset) = comeback.offset else {
+            self.recovery_refused(crate::broker::recovery::Refused::Unknown);
+            return self.after_refused_recovery(nsp, identity, &auth_text, ctx);
+        };
+        let data = identity.as_ref().map(Identity::to_data).unwrap_or_default();
+        let register = self.registration(nsp.clone(), None, identity.as_ref().ok(), comeback.pid.clone(), data, ctx);
+        let cluster = self.sio_config().cluster.clone();
+        let max_frames = self.sio_config().recovery.max_frames;
+        let pid = comeback.pid;
+        let kept_pid = pid.clone();
+        let resume = async move {
+            let session = cluster
+                .take_session(&pid)
+                .await
+                .map_err(|_| crate::broker::recovery::Refused::Unavailable)?;
+            if cluster.stores_sessions() && session.is_none() {
+                return Err(crate::broker::recovery::Refused::Unknown);
+            }
+            let resume = Resume {
+                register,
+                offset,
+                session,
+                max_frames,
+            };
+            cluster
+                .broker()
+                .send(resume)
+                .await
+                .unwrap_or(Err(crate::broker::recovery::Refused::Unavailable))
+        };
+        let stored = self.sio_config().cluster.stores_sessions();
+        ctx.wait(resume.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(resumed) => act.resumed(nsp, identity, (resumed, kept_pid), &auth_text, ctx),
+                Err(why) => {
+                    if stored || why == crate::broker::recovery::Refused::Unavailable {
+                        // The broker did not see this one.
+                        act.recovery_refused(why);
+                    }
+                    act.after_refused_recovery(nsp, identity, &auth_text, ctx);
+                }
+            }
+            act.after(ctx);
+        }));
+    }
+
+    /// A recovery was refused: a fresh socket, or CONNECT_ERROR when only
+    /// the recovery could have let it in.
+    fn after_refused_recovery(
+        &mut self,
+        nsp: Arc<str>,
+        identity: Result<Identity, Refusal>,
+        auth_text: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        match identity {
+            Ok(identity) => self.connect_fresh(nsp, identity, auth_text, ctx),
+            Err(refusal) => self.refuse_connect(&nsp, refusal, auth_text, ctx),
+        }
+    }
+
+    /// The broker gave the socket back: CONNECT `{sid, pid}` with its old
+    /// id (the missed broadcasts are queued already: socket.io-client
+    /// holds events that come before the CONNECT and emits them after it,
+    /// in order, as with Node.js, which writes them first too).
+    fn resumed(
+        &mut self,
+        nsp: Arc<str>,
+        identity: Result<Identity, Refusal>,
+        (resumed, pid): (crate::broker::Resumed, Arc<str>),
+        auth_text: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.sio.is_none() || self.closed_by.is_some() || !self.session.is_live() {
+            // The connection ended while the broker worked: the socket
+            // leaves again, its session kept.
+            self.sio_config().cluster.broker().do_send(Unregister {
+                socket_id: resumed.socket_id,
+                keep: true,
+            });
+            return;
+        }
+        let identity = identity.unwrap_or_else(|_| Identity::from_data(&resumed.data));
         // A second CONNECT for a namespace replaces the first socket.
         self.remove_socket(&nsp, DisconnectReason::ClientNamespaceDisconnect);
-        let nsp: Arc<str> = nsp.into();
-        let id: Arc<str> = crate::broker::new_socket_id();
-        let user: Option<Arc<str>> = identity.user.as_deref().map(Into::into);
+        let id = resumed.socket_id.clone();
         let expires = identity.expires;
+        self.joined(nsp.clone(), id.clone(), identity);
+        self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id, "pid": &*pid}), &[], ctx);
+        self.shared.metrics.socket(&nsp, 1);
+        tracing::debug!(
+            parent: &self.span,
+            nsp = &*nsp,
+            socket_id = &*id,
+            rooms = resumed.rooms,
+            replayed = resumed.replayed,
+            "namespace socket recovered"
+        );
+        self.watched(SocketEvent::Connected {
+            sid: self.sid.clone(),
+            nsp: nsp.clone(),
+            socket_id: id.clone(),
+            recovered: true,
+        });
+        if let Some(expires) = expires {
+            self.expire_at(nsp.clone(), id, expires, ctx);
+        }
+        if self.sio_config().hooks {
+            self.emit_event(&nsp, "auth", auth_text, &[], ctx);
+        }
+    }
+
+    /// Records a joined namespace socket in this connection's state.
+    fn joined(&mut self, nsp: Arc<str>, id: Arc<str>, identity: Identity) {
         if let Some(state) = self.sio.as_mut() {
             state.joined = true;
-            state.sockets.insert(
-                nsp.clone(),
-                NsSocket {
-                    id: id.clone(),
-                    identity,
-                },
-            );
+            state.sockets.insert(nsp, NsSocket { id, identity });
         }
-        self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id}), &[], ctx);
-        // The CONNECT goes to the socket before the broker may write there.
-        self.flush(ctx);
-        let direct = self.direct_sink();
-        self.sio_config().cluster.broker().do_send(Register {
-            socket_id: id.clone(),
-            nsp: nsp.clone(),
-            user,
+    }
+
+    /// What the broker needs to deliver to a namespace socket here.
+    fn registration(
+        &self,
+        nsp: Arc<str>,
+        id: Option<Arc<str>>,
+        identity: Option<&Identity>,
+        pid: Arc<str>,
+        data: Value,
+        ctx: &mut Context<Self>,
+    ) -> Register {
+        let recovering = self.sio_config().recovery.namespaces.iter().any(|n| **n == *nsp);
+        Register {
+            socket_id: id.unwrap_or_else(crate::broker::new_socket_id),
+            nsp,
+            user: identity.and_then(|i| i.user.as_deref()).map(Into::into),
             deliver: ctx.address().recipient(),
             evict: ctx.address().recipient(),
-            direct,
+            direct: self.direct_sink(),
             address: self.peer.ip,
-        });
+            recovery: recovering.then_some(Recoverable { pid, data }),
+        }
+    }
+
+    /// A new namespace socket (no recovery, or a refused one).
+    fn connect_fresh(&mut self, nsp: Arc<str>, identity: Identity, auth_text: &str, ctx: &mut Context<Self>) {
+        // A second CONNECT for a namespace replaces the first socket.
+        self.remove_socket(&nsp, DisconnectReason::ClientNamespaceDisconnect);
+        let id: Arc<str> = crate::broker::new_socket_id();
+        let recovering = self.sio_config().recovery.namespaces.iter().any(|n| **n == *nsp);
+        // The private session id: secret, as the Engine.IO sid (a client
+        // that has it may take the socket's place after a disconnection).
+        let pid: Option<Arc<str>> = recovering.then(|| crate::engineio::generate_sid().into());
+        let register = self.registration(
+            nsp.clone(),
+            Some(id.clone()),
+            Some(&identity),
+            pid.clone().unwrap_or_else(|| "".into()),
+            identity.to_data(),
+            ctx,
+        );
+        let expires = identity.expires;
+        self.joined(nsp.clone(), id.clone(), identity);
+        let answer = match &pid {
+            Some(pid) => json!({"sid": &*id, "pid": &**pid}),
+            None => json!({"sid": &*id}),
+        };
+        self.emit_packet(PacketType::Connect, &nsp, None, &answer, &[], ctx);
+        // The CONNECT goes to the socket before the broker may write there.
+        self.flush(ctx);
+        self.sio_config().cluster.broker().do_send(register);
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
         self.shared.metrics.socket(&nsp, 1);
         self.watched(SocketEvent::Connected {
             sid: self.sid.clone(),
             nsp: nsp.clone(),
             socket_id: id.clone(),
+            recovered: false,
         });
         if let Some(expires) = expires {
             self.expire_at(nsp.clone(), id, expires, ctx);
@@ -971,13 +1204,15 @@ impl Connection {
             return;
         };
         state.acks.retain(|_, p| p.nsp != nsp);
-        self.socket_left(nsp, socket.id, reason);
+        self.socket_left(nsp, socket.id, reason, false);
     }
 
-    /// Leaves the broker and tells the watchers.
-    fn socket_left(&self, nsp: Arc<str>, socket_id: Arc<str>, reason: DisconnectReason) {
+    /// Leaves the broker (its session kept for recovery when `keep`) and
+    /// tells the watchers.
+    fn socket_left(&self, nsp: Arc<str>, socket_id: Arc<str>, reason: DisconnectReason, keep: bool) {
         self.sio_config().cluster.broker().do_send(Unregister {
             socket_id: socket_id.clone(),
+            keep,
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*socket_id, reason = reason.as_str(), "namespace left");
         self.shared.metrics.socket(&nsp, -1);
@@ -1004,7 +1239,7 @@ impl Connection {
         state.acks.clear();
         let sockets: Vec<_> = state.sockets.drain().collect();
         for (nsp, socket) in sockets {
-            self.socket_left(nsp, socket.id, reason);
+            self.socket_left(nsp, socket.id, reason, reason.keeps_session());
         }
     }
 }
