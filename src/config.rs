@@ -648,6 +648,7 @@ impl Settings {
                 .with_list_parse_key("server.trusted_proxies")
                 .with_list_parse_key("server.allowed_origins")
                 .with_list_parse_key("limits.exempt")
+                .with_list_parse_key("recovery.namespaces")
                 .try_parsing(true)
                 .source(env),
         );

@@ -33,11 +33,11 @@ use crate::adapter::{
     DropSession, Inbound, KeepSession, LocalRooms, LocalSockets, Offset, Outbound, RemoteOp, RemoteOperation,
     RoomWatch, Sequenced, Session, SocketInfo,
 };
-use recovery::{Recovery, RecoveryConfig, Refused, Target};
 use crate::engineio::Frame;
 use crate::limits::{AddressKey, Limit};
 use crate::net::IpRanges;
 use crate::socketio::packet::{encode, encode_event, encode_raw, header_len, PacketType};
+use recovery::{Recovery, RecoveryConfig, Refused, Target};
 
 /// Room names: 1 to `max` bytes of ASCII letters, digits and `_-.:@/#=+`.
 pub fn valid_room(room: &str, max: usize) -> bool {
@@ -1046,8 +1046,13 @@ impl Broker {
                     let _ = store.drop.try_send(DropSession { pid: session.pid });
                 }
                 (None, true) => {
-                    let kept =
-                        Recovery::session(socket_id.clone(), member.nsp.clone(), rooms.clone(), r.data.clone(), member.start);
+                    let kept = Recovery::session(
+                        socket_id.clone(),
+                        member.nsp.clone(),
+                        rooms.clone(),
+                        r.data.clone(),
+                        member.start,
+                    );
                     self.recovery.keep(r.pid.clone(), kept);
                 }
                 (None, false) => {}

@@ -277,7 +277,12 @@ impl Recovery {
             return;
         }
         let bytes = frames.iter().map(Frame::len).sum::<usize>()
-            + target.rooms.iter().chain(&target.except).map(|r| r.len() + 16).sum::<usize>()
+            + target
+                .rooms
+                .iter()
+                .chain(&target.except)
+                .map(|r| r.len() + 16)
+                .sum::<usize>()
             + 64;
         log.entries.push_back(Entry {
             offset,
@@ -327,7 +332,11 @@ impl Recovery {
     pub fn keep(&mut self, pid: Arc<str>, mut kept: Kept) {
         if self.sessions.len() >= self.config.max_sessions && !self.sessions.contains_key(&pid) {
             // The one closest to expiring goes (they all last the window).
-            let first = self.sessions.iter().min_by_key(|(_, k)| k.until).map(|(p, _)| p.clone());
+            let first = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, k)| k.until)
+                .map(|(p, _)| p.clone());
             if let Some(first) = first {
                 self.sessions.remove(&first);
             }
@@ -481,8 +490,14 @@ mod tests {
     #[test]
     fn tagging_appends_the_offset_as_a_last_string_argument() {
         let offset = Offset { ms: 17, seq: 3 };
-        let frames = [Frame::Text("42[\"m\",{\"a\":[1]}]".into()), Frame::Binary(vec![1, 2].into())];
-        assert_eq!(text(&tag(&frames, offset)), ["42[\"m\",{\"a\":[1]},\"17-3\"]", "<2 bytes>"]);
+        let frames = [
+            Frame::Text("42[\"m\",{\"a\":[1]}]".into()),
+            Frame::Binary(vec![1, 2].into()),
+        ];
+        assert_eq!(
+            text(&tag(&frames, offset)),
+            ["42[\"m\",{\"a\":[1]},\"17-3\"]", "<2 bytes>"]
+        );
         assert_eq!(tag_args("[\"m\"]", offset), "[\"m\",\"17-3\"]");
     }
 
@@ -519,8 +534,13 @@ mod tests {
         }
         let replay = r.replay("/", offsets[0], "sid1", &rooms(&["a"]), 100).unwrap();
         assert_eq!(text(&replay.frames), ["42[\"m2\"]", "42[\"m4\"]", "42[\"m5\"]"]);
-        let replay = r.replay("/", Offset::default(), "sid2", &rooms(&["a", "c"]), 100).unwrap();
-        assert_eq!(text(&replay.frames), ["42[\"m0\"]", "42[\"m2\"]", "42[\"m3\"]", "42[\"m4\"]"]);
+        let replay = r
+            .replay("/", Offset::default(), "sid2", &rooms(&["a", "c"]), 100)
+            .unwrap();
+        assert_eq!(
+            text(&replay.frames),
+            ["42[\"m0\"]", "42[\"m2\"]", "42[\"m3\"]", "42[\"m4\"]"]
+        );
         assert_eq!(replay.packets, 4);
         assert_eq!(
             r.replay("/", Offset::default(), "sid2", &rooms(&["a"]), 3).err(),
@@ -539,17 +559,36 @@ mod tests {
         for i in 0..10 {
             let o = r.next_offset();
             offsets.push(o);
-            r.log(&nsp, o, target(&[], &[]), Arc::new([Frame::Text(format!("42[\"m{i}\"]").into())]));
+            r.log(
+                &nsp,
+                o,
+                target(&[], &[]),
+                Arc::new([Frame::Text(format!("42[\"m{i}\"]").into())]),
+            );
         }
         assert!(r.log_bytes() <= 400);
-        assert_eq!(r.replay("/", offsets[0], "s", &rooms(&[]), 100).err(), Some(Refused::Expired));
+        assert_eq!(
+            r.replay("/", offsets[0], "s", &rooms(&[]), 100).err(),
+            Some(Refused::Expired)
+        );
         let kept = r.replay("/", offsets[8], "s", &rooms(&[]), 100).unwrap();
         assert_eq!(text(&kept.frames), ["42[\"m9\"]"]);
         r.mark_gap("/");
-        assert_eq!(r.replay("/", offsets[8], "s", &rooms(&[]), 100).err(), Some(Refused::Incomplete));
+        assert_eq!(
+            r.replay("/", offsets[8], "s", &rooms(&[]), 100).err(),
+            Some(Refused::Incomplete)
+        );
         let o = r.next_offset();
-        r.log(&nsp, o, target(&[], &[]), Arc::new([Frame::Text("42[\"after\"]".into())]));
-        assert_eq!(r.replay("/", offsets[9], "s", &rooms(&[]), 100).err(), Some(Refused::Incomplete));
+        r.log(
+            &nsp,
+            o,
+            target(&[], &[]),
+            Arc::new([Frame::Text("42[\"after\"]".into())]),
+        );
+        assert_eq!(
+            r.replay("/", offsets[9], "s", &rooms(&[]), 100).err(),
+            Some(Refused::Incomplete)
+        );
         assert_eq!(r.replay("/", o, "s", &rooms(&[]), 100).unwrap().packets, 0);
     }
 

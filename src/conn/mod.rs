@@ -30,8 +30,8 @@ use crate::engineio::{
 use crate::reason::DisconnectReason;
 use messages::*;
 pub use registry::{Entry, Registry};
-pub use socketio::{RecoveryPolicy, SioConfig};
 use socketio::SioState;
+pub use socketio::{RecoveryPolicy, SioConfig};
 
 /// WebSocket close codes (RFC 6455 §7.4.1).
 pub mod close_code {

@@ -561,7 +561,14 @@ impl Connection {
             return self.after_refused_recovery(nsp, identity, &auth_text, ctx);
         };
         let data = identity.as_ref().map(Identity::to_data).unwrap_or_default();
-        let register = self.registration(nsp.clone(), None, identity.as_ref().ok(), comeback.pid.clone(), data, ctx);
+        let register = self.registration(
+            nsp.clone(),
+            None,
+            identity.as_ref().ok(),
+            comeback.pid.clone(),
+            data,
+            ctx,
+        );
         let cluster = self.sio_config().cluster.clone();
         let max_frames = self.sio_config().recovery.max_frames;
         let pid = comeback.pid;
@@ -644,7 +651,14 @@ impl Connection {
         let id = resumed.socket_id.clone();
         let expires = identity.expires;
         self.joined(nsp.clone(), id.clone(), identity);
-        self.emit_packet(PacketType::Connect, &nsp, None, &json!({"sid": &*id, "pid": &*pid}), &[], ctx);
+        self.emit_packet(
+            PacketType::Connect,
+            &nsp,
+            None,
+            &json!({"sid": &*id, "pid": &*pid}),
+            &[],
+            ctx,
+        );
         self.shared.metrics.socket(&nsp, 1);
         tracing::debug!(
             parent: &self.span,
