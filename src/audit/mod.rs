@@ -178,6 +178,21 @@ impl AuditReason {
         }
     }
 
+    /// A connection state recovery refused for `code` (`unknown`,
+    /// `expired`, `token`, `incomplete`, `too_many`, `unavailable`; the
+    /// client got a fresh socket, or CONNECT_ERROR for `token`).
+    pub fn recovery(code: &str) -> Self {
+        let (name, code) = match code {
+            "unknown" => ("recovery_unknown", 210),
+            "expired" => ("recovery_expired", 211),
+            "token" => ("recovery_token", 212),
+            "incomplete" => ("recovery_incomplete", 213),
+            "too_many" => ("recovery_too_many", 214),
+            _ => ("recovery_unavailable", 215),
+        };
+        Self { name, code }
+    }
+
     /// A Socket.IO CONNECT refused with the stable `code` of its
     /// `CONNECT_ERROR` (`invalid_namespace`, or an auth code).
     pub fn socketio(code: &str) -> Self {

@@ -1327,15 +1327,9 @@ impl Handler<Resume> for Broker {
     type Result = Result<Resumed, Refused>;
 
     fn handle(&mut self, msg: Resume, _: &mut Self::Context) -> Self::Result {
-        let result = self.resume(msg);
-        if let Err(why) = result {
-            self.config
-                .metrics
-                .recoveries_refused
-                .get_or_create(&crate::metrics::CodeLabel { code: why.code() })
-                .inc();
-        }
-        result
+        // A refusal is counted (and audited) by the connection, which sees
+        // the ones decided before the broker too.
+        self.resume(msg)
     }
 }
 

@@ -486,7 +486,7 @@ impl Connection {
             (Err(refusal), Some(comeback)) if !verify_token => Err((refusal, Some(comeback))),
             (Err(refusal), comeback) => {
                 if comeback.is_some() {
-                    self.recovery_refused(crate::broker::recovery::Refused::Token);
+                    self.recovery_refused(&nsp, crate::broker::recovery::Refused::Token);
                 }
                 Err((refusal, None))
             }
@@ -534,11 +534,22 @@ impl Connection {
         })
     }
 
-    /// Counts a refused recovery the broker did not see.
-    fn recovery_refused(&self, why: crate::broker::recovery::Refused) {
+    /// Counts a refused recovery, and records it with the refused CONNECTs
+    /// (`audit.record_handshake_refusals`): the client gets a fresh socket
+    /// (or CONNECT_ERROR, when its token no longer verifies).
+    fn recovery_refused(&self, nsp: &str, why: crate::broker::recovery::Refused) {
         let label = crate::metrics::CodeLabel { code: why.code() };
         self.shared.metrics.recoveries_refused.get_or_create(&label).inc();
-        tracing::debug!(parent: &self.span, reason = why.code(), "recovery refused: {why}");
+        tracing::debug!(parent: &self.span, nsp, reason = why.code(), "recovery refused: {why}");
+        if !self.shared.audit.records(AuditKind::HandshakeRefused) {
+            return;
+        }
+        let detail = format!("recovery in {nsp} refused: {why}");
+        let reason = AuditReason::recovery(why.code());
+        let mut event = self.audit_event(AuditKind::HandshakeRefused, reason, detail, None);
+        event.namespace = Some(nsp.to_owned());
+        event.socket_id = None;
+        self.shared.audit.record(event);
     }
 
     /// Tries to give a client its socket back (see [`Comeback`]): the
@@ -557,7 +568,7 @@ impl Connection {
         ctx: &mut Context<Self>,
     ) {
         let Ok(offset) = comeback.offset else {
-            self.recovery_refused(crate::broker::recovery::Refused::Unknown);
+            self.recovery_refused(&nsp, crate::broker::recovery::Refused::Unknown);
             return self.after_refused_recovery(nsp, identity, &auth_text, ctx);
         };
         let data = identity.as_ref().map(Identity::to_data).unwrap_or_default();
@@ -593,15 +604,11 @@ impl Connection {
                 .await
                 .unwrap_or(Err(crate::broker::recovery::Refused::Unavailable))
         };
-        let stored = self.sio_config().cluster.stores_sessions();
         ctx.wait(resume.into_actor(self).map(move |result, act, ctx| {
             match result {
                 Ok(resumed) => act.resumed(nsp, identity, (resumed, kept_pid), &auth_text, ctx),
                 Err(why) => {
-                    if stored || why == crate::broker::recovery::Refused::Unavailable {
-                        // The broker did not see this one.
-                        act.recovery_refused(why);
-                    }
+                    act.recovery_refused(&nsp, why);
                     act.after_refused_recovery(nsp, identity, &auth_text, ctx);
                 }
             }
