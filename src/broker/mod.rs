@@ -227,6 +227,10 @@ pub struct Register {
     /// In a recovering namespace: the socket's private session id and
     /// `socket.data` (its identity), kept when it disconnects.
     pub recovery: Option<Recoverable>,
+    /// The connection (its Engine.IO session id): only its own
+    /// [`Unregister`] removes the socket, as a recovered socket keeps its
+    /// id on a new connection while the old one may still be closing.
+    pub owner: Arc<str>,
 }
 
 /// What a socket of a recovering namespace keeps when it disconnects.
@@ -246,6 +250,8 @@ pub struct Unregister {
     pub socket_id: Arc<str>,
     /// It ended for a reason that keeps its session for recovery.
     pub keep: bool,
+    /// The connection it was registered by ([`Register::owner`]).
+    pub owner: Arc<str>,
 }
 
 /// A socket comes back (connection state recovery): registered under the
@@ -647,6 +653,8 @@ struct Member {
     start: Offset,
     /// `streams` mode: when its session was last written to the store.
     stored: Option<std::time::Instant>,
+    /// [`Register::owner`].
+    owner: Arc<str>,
 }
 
 /// Members of a room in join order (for presence lists).
@@ -712,6 +720,10 @@ pub struct Broker {
     recovery: Recovery,
     /// `streams` mode: the cluster's session store.
     store: Option<SessionStore>,
+    /// The connected sockets of recovering namespaces by private session
+    /// id, for a client that comes back before its old connection is
+    /// known to be gone.
+    by_pid: HashMap<Arc<str>, Arc<str>>,
 }
 
 impl Broker {
@@ -730,6 +742,7 @@ impl Broker {
             by_address: HashMap::new(),
             by_user: HashMap::new(),
             store: None,
+            by_pid: HashMap::new(),
         }
     }
 
@@ -993,10 +1006,14 @@ impl Broker {
             .address
             .filter(|ip| self.quotas.per_address > 0 && !self.quotas.exempt.contains(*ip))
             .map(AddressKey::of);
-        // A socket id registered again (never, with random ids) would leave
-        // its old rooms' quota counts behind: it leaves them first.
+        // A socket id registered again (a recovered socket taking over its
+        // id) would leave its old rooms' quota counts behind: it leaves
+        // them first.
         self.unregister(&msg.socket_id, false);
         let recovery = msg.recovery.filter(|_| self.recovery.covers(&msg.nsp));
+        if let Some(r) = &recovery {
+            self.by_pid.insert(r.pid.clone(), msg.socket_id.clone());
+        }
         let start = self.recovery.head(&msg.nsp);
         let stored = (recovery.is_some() && self.store.is_some()).then(|| {
             // Due at the next tick: a node killed before then still leaves
@@ -1017,6 +1034,7 @@ impl Broker {
                 recovery,
                 start,
                 stored,
+                owner: msg.owner,
             },
         );
     }
@@ -1030,6 +1048,7 @@ impl Broker {
         };
         let rooms: Vec<Arc<str>> = member.rooms.iter().cloned().collect();
         if let Some(r) = &member.recovery {
+            self.by_pid.remove(&r.pid);
             let session = Session {
                 sid: socket_id.to_string(),
                 pid: r.pid.to_string(),
@@ -1089,14 +1108,16 @@ impl Broker {
                     .unwrap_or_default();
                 (sid, rooms, session.data, start)
             }
-            None => {
-                let kept = self.recovery.take(&pid, &nsp).ok_or(Refused::Unknown)?;
-                (kept.sid, kept.rooms, kept.data, kept.start)
-            }
+            None => match self.recovery.take(&pid, &nsp) {
+                Some(kept) => (kept.sid, kept.rooms, kept.data, kept.start),
+                None => self.take_over(&pid, &nsp).ok_or(Refused::Unknown)?,
+            },
         };
-        if self.members.contains_key(&sid) {
-            // Its socket is still here (a second recovery of one session).
-            return Err(Refused::Unknown);
+        if self.members.get(&sid).is_some_and(|m| m.owner != msg.register.owner) {
+            // Its socket is still connected here (a session from the
+            // cluster's store whose connection is not known to be gone):
+            // the client is back, so that connection is gone.
+            self.take_over(&pid, &nsp);
         }
         let from = msg.offset.unwrap_or(start);
         let room_set: HashSet<Arc<str>> = rooms.iter().cloned().collect();
@@ -1128,6 +1149,25 @@ impl Broker {
             rooms: joined,
             replayed: replay.packets,
         })
+    }
+
+    /// A client comes back while its socket `pid` is still connected here
+    /// (its old connection lost, but not yet known to be: no close, and
+    /// the heartbeat has not run out): the old connection is told to leave
+    /// the namespace, and its socket's state is handed over as a kept
+    /// session would be.
+    fn take_over(&mut self, pid: &str, nsp: &str) -> Option<(Arc<str>, Vec<Arc<str>>, serde_json::Value, Offset)> {
+        let sid = self.by_pid.get(pid)?.clone();
+        let member = self.members.get(&sid).filter(|m| *m.nsp == *nsp)?;
+        let data = member.recovery.as_ref().map(|r| r.data.clone()).unwrap_or_default();
+        let rooms: Vec<Arc<str>> = member.rooms.iter().cloned().collect();
+        let start = member.start;
+        member.evict.do_send(Evict {
+            detail: "its client came back on another connection (connection state recovery)".into(),
+            namespace: Some(member.nsp.clone()),
+        });
+        self.unregister(&sid, false);
+        Some((sid, rooms, data, start))
     }
 
     /// Once a second: what is older than the recovery window goes, the
@@ -1319,7 +1359,11 @@ impl Handler<Unregister> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
-        self.unregister(&msg.socket_id, msg.keep);
+        // A socket recovered on another connection is no longer this
+        // connection's to remove.
+        if self.members.get(&msg.socket_id).is_some_and(|m| m.owner == msg.owner) {
+            self.unregister(&msg.socket_id, msg.keep);
+        }
     }
 }
 
@@ -1629,6 +1673,7 @@ mod tests {
                     direct: None,
                     address: None,
                     recovery: None,
+                    owner: "c".into(),
                 })
                 .await
                 .unwrap();
@@ -1722,6 +1767,7 @@ mod tests {
             direct: None,
             address: ip.map(|ip| ip.parse().unwrap()),
             recovery: None,
+            owner: "c".into(),
         }
     }
 

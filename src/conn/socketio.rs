@@ -649,6 +649,7 @@ impl Connection {
             self.sio_config().cluster.broker().do_send(Unregister {
                 socket_id: resumed.socket_id,
                 keep: true,
+                owner: self.sid.clone(),
             });
             return;
         }
@@ -717,6 +718,7 @@ impl Connection {
             direct: self.direct_sink(),
             address: self.peer.ip,
             recovery: recovering.then_some(Recoverable { pid, data }),
+            owner: self.sid.clone(),
         }
     }
 
@@ -1234,6 +1236,7 @@ impl Connection {
         self.sio_config().cluster.broker().do_send(Unregister {
             socket_id: socket_id.clone(),
             keep,
+            owner: self.sid.clone(),
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*socket_id, reason = reason.as_str(), "namespace left");
         self.shared.metrics.socket(&nsp, -1);

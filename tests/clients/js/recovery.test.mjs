@@ -19,6 +19,10 @@
 // - the token is verified again: a client whose token no longer verifies is
 //   refused (CONNECT_ERROR), unless recovery.verify_token = false, where it
 //   comes back with the identity it had;
+// - a client that comes back before the server knows its old connection is
+//   gone (a half-open TCP connection: a proxy keeps the server's side open
+//   after the client's side died) takes its socket over: recovered, the
+//   events written to the dead connection replayed, each once;
 // - /metrics counts recoveries, replayed events and refusals by reason.
 //
 // A transport is "killed" the way a network failure ends it: the
@@ -31,6 +35,7 @@
 import assert from "node:assert/strict";
 import { PUBSUB, ack, apiRequest, connected, connectError, once, serverTest, sleep } from "../lib/roomcast.mjs";
 import jwt from "jsonwebtoken";
+import net from "node:net";
 
 const RECOVERY = {
   ROOMCAST__RECOVERY__ENABLED: "true",
@@ -302,3 +307,73 @@ recoveryTest("/metrics counts recoveries, replayed events and refusals", async (
   assert.match(metrics, /^roomcast_recovery_replayed_total 7$/m);
   assert.match(metrics, /^roomcast_recoveries_refused_total\{code="unknown"\} 1$/m);
 });
+
+/**
+ * A TCP proxy to `port`; `halfOpen()` makes every later client-side close
+ * leave the server's side open (as a connection whose client vanished
+ * without a FIN looks to the server).
+ */
+async function proxyTo(port) {
+  let keepServerSide = false;
+  const upstreams = new Set();
+  const server = net.createServer((down) => {
+    const up = net.connect(port, "127.0.0.1");
+    upstreams.add(up);
+    down.pipe(up);
+    up.pipe(down);
+    down.on("error", () => {});
+    up.on("error", () => {});
+    down.on("close", () => {
+      if (!keepServerSide) up.destroy();
+      else up.unpipe(down);
+    });
+    up.on("close", () => down.destroy());
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    halfOpen() {
+      keepServerSide = true;
+    },
+    close() {
+      for (const up of upstreams) up.destroy();
+      server.close();
+    },
+  };
+}
+
+recoveryTest(
+  "a client back before its old connection is known to be gone takes its socket over",
+  async ({ server, client, track }) => {
+    const proxy = await proxyTo(Number(new URL(server.url).port));
+    try {
+      const { io } = await import("socket.io-client");
+      const sub = track(io(proxy.url, { forceNew: true, ...WS }));
+      const pub = client("/", { transports: ["websocket"] });
+      await Promise.all([connected(sub), connected(pub)]);
+      await subscribe(sub, "open:r");
+      const msgs = inbox(sub, "msg");
+      await publish(pub, "open:r", "msg", 0);
+      await within(() => msgs.length === 1, "the first event");
+      const id = sub.id;
+      proxy.halfOpen();
+      await killTransport(sub);
+      // Written by the server to its end of the dead connection.
+      await publish(pub, "open:r", "msg", 1);
+      await publish(pub, "open:r", "msg", 2);
+      await reconnect(sub);
+      assert.equal(sub.recovered, true, "recovered while the old connection was still open on the server");
+      assert.equal(sub.id, id);
+      await publish(pub, "open:r", "msg", 3);
+      await within(() => msgs.length === 4, () => `the events (got ${JSON.stringify(msgs)})`);
+      await sleep(200);
+      assert.deepEqual(msgs.map(([d]) => d), [0, 1, 2, 3], "each once, in order");
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      assert.match(metrics, /^roomcast_sockets\{namespace="\/"\} 2$/m, "the old socket left the namespace");
+    } finally {
+      proxy.close();
+    }
+  },
+  // The server would not notice the dead connection for seconds.
+  { env: { ROOMCAST__ENGINE__PING_INTERVAL_MS: "5000", ROOMCAST__ENGINE__PING_TIMEOUT_MS: "5000" } },
+);
