@@ -319,8 +319,8 @@ async function proxyTo(port) {
   const server = net.createServer((down) => {
     const up = net.connect(port, "127.0.0.1");
     upstreams.add(up);
-    down.pipe(up);
-    up.pipe(down);
+    down.pipe(up, { end: false });
+    up.pipe(down, { end: false });
     down.on("error", () => {});
     up.on("error", () => {});
     down.on("close", () => {
