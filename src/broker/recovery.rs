@@ -190,6 +190,10 @@ pub(super) struct Recovery {
     logs: HashMap<Arc<str>, Log>,
     bytes: usize,
     sessions: HashMap<Arc<str>, Kept>,
+    /// Sessions in the order they expire (all last the window), so the
+    /// oldest goes first without a scan; an entry whose session was taken
+    /// or replaced is skipped.
+    expiry: VecDeque<(Instant, Arc<str>)>,
     /// The last offset this node made (single node, classic, sharded).
     last: Offset,
     /// `streams` mode: the stream has not been read yet (backfill under
@@ -223,6 +227,7 @@ impl Recovery {
             logs,
             bytes: 0,
             sessions: HashMap::new(),
+            expiry: VecDeque::new(),
             last: Offset::default(),
             waiting_for_stream: false,
         }
@@ -325,26 +330,38 @@ impl Recovery {
                 self.bytes -= entry.bytes;
             }
         }
-        self.sessions.retain(|_, k| k.until > now);
+        while let Some((until, _)) = self.expiry.front() {
+            if *until > now {
+                break;
+            }
+            self.drop_first();
+        }
+    }
+
+    /// Drops the session that expires first (if it is still there).
+    fn drop_first(&mut self) {
+        if let Some((until, pid)) = self.expiry.pop_front() {
+            if self.sessions.get(&pid).is_some_and(|k| k.until == until) {
+                self.sessions.remove(&pid);
+            }
+        }
     }
 
     /// Keeps a disconnected socket's session (local store).
     pub fn keep(&mut self, pid: Arc<str>, mut kept: Kept) {
-        if self.sessions.len() >= self.config.max_sessions && !self.sessions.contains_key(&pid) {
-            // The one closest to expiring goes (they all last the window).
-            let first = self
-                .sessions
-                .iter()
-                .min_by_key(|(_, k)| k.until)
-                .map(|(p, _)| p.clone());
-            if let Some(first) = first {
-                self.sessions.remove(&first);
-            }
-        }
         if self.config.max_sessions == 0 {
             return;
         }
+        // The ones closest to expiring go (every session has its place in
+        // `expiry`, so this ends).
+        while self.sessions.len() >= self.config.max_sessions
+            && !self.sessions.contains_key(&pid)
+            && !self.expiry.is_empty()
+        {
+            self.drop_first();
+        }
         kept.until = Instant::now() + self.config.window;
+        self.expiry.push_back((kept.until, pid.clone()));
         self.sessions.insert(pid, kept);
     }
 
