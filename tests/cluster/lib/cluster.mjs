@@ -17,6 +17,8 @@ import { io as ioClient } from "socket.io-client";
 import { API_KEY, startNodeServer, startRedis, startRoomcast } from "./procs.mjs";
 
 export { API_KEY, sleep } from "./procs.mjs";
+/** socket.io-client's `io`, for test files outside tests/cluster (no node_modules of their own). */
+export { ioClient };
 
 let counter = 0;
 /** A string unique within this test process. */

@@ -6,12 +6,18 @@
 // tests use: subscribe, unsubscribe, publish (acks as roomcast's) and a
 // node-local presence; and, standing in for a backend, cluster-wide
 // requests through the adapter and `emit-to` (`io.to(id).emit(...)`).
+// For a balancer in front of it, GET /readyz answers 200; with --api-key,
+// POST /api/v1/publish {room, event, data} (bearer key) is a backend's
+// `io.to(room).emit(event, data)`, answered 202 as roomcast's API does.
+// --recovery turns on connectionStateRecovery with socket.io's defaults, as
+// a Node.js user would (with the Redis adapter, see below).
 //
 //   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
-//                            [--sharded dynamic|static]
+//                            [--sharded dynamic|static] [--recovery] [--api-key KEY]
 //
 // Prints "READY <port> <adapter uid of />" once it listens and the adapter's
-// subscriptions are confirmed by Redis. SIGTERM/SIGINT close it cleanly.
+// subscriptions are confirmed by Redis. SIGTERM/SIGINT close it cleanly
+// (every socket closed with "server shutting down"), within 5 s.
 
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
@@ -25,6 +31,8 @@ const { values: opts } = parseArgs({
     port: { type: "string", default: "0" },
     key: { type: "string", default: "socket.io" },
     sharded: { type: "string" },
+    recovery: { type: "boolean", default: false },
+    "api-key": { type: "string" },
   },
 });
 
@@ -41,11 +49,43 @@ pub.on("error", (e) => console.error("redis pub error:", e.message));
 sub.on("error", (e) => console.error("redis sub error:", e.message));
 await Promise.all([pub.connect(), sub.connect()]);
 
-const httpServer = createServer();
+// Requests outside the Socket.IO path: engine.io hands them to the
+// listeners the server had before it attached.
+const httpServer = createServer((req, res) => {
+  const reply = (status, body) => {
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(JSON.stringify(body));
+  };
+  if (req.method === "GET" && req.url === "/readyz") return reply(200, { ready: true, clients: io.engine.clientsCount });
+  if (req.method !== "POST" || req.url !== "/api/v1/publish" || !opts["api-key"]) return reply(404, { error: "not found" });
+  if (req.headers.authorization !== `Bearer ${opts["api-key"]}`) return reply(401, { error: "unauthorized" });
+  let body = "";
+  req.setEncoding("utf8");
+  req.on("data", (chunk) => (body += chunk));
+  req.on("end", () => {
+    let msg;
+    try {
+      msg = JSON.parse(body);
+    } catch {
+      return reply(400, { error: "bad json" });
+    }
+    const { room, event, data } = msg ?? {};
+    if (typeof room !== "string" || !ROOM_RE.test(room) || typeof event !== "string" || !event || RESERVED.has(event)) {
+      return reply(400, { error: "expected {room, event, data}" });
+    }
+    // Here and, through the adapter's PUBLISH, on the other nodes.
+    nsp.to(room).emit(event, data);
+    reply(202, { recipients: nsp.adapter.rooms.get(room)?.size ?? 0 });
+  });
+});
 const adapter = opts.sharded
   ? createShardedAdapter(pub, sub, { channelPrefix: opts.key, subscriptionMode: opts.sharded })
   : createAdapter(pub, sub, { key: opts.key });
-const io = new Server(httpServer, { adapter });
+// connectionStateRecovery as the docs show it. The Redis adapter given here
+// takes the place of the SessionAwareAdapter that option would bring, and
+// its persistSession / restoreSession do nothing: sessions are never kept,
+// so no socket is ever recovered.
+const io = new Server(httpServer, { adapter, ...(opts.recovery ? { connectionStateRecovery: {} } : {}) });
 const nsp = io.of("/");
 
 nsp.on("connection", (socket) => {
@@ -130,9 +170,12 @@ httpServer.listen(Number(opts.port), "127.0.0.1", () => {
 });
 
 const stop = () => {
+  // A balancer's idle keep-alive connections would hold httpServer.close.
+  setTimeout(() => process.exit(0), 5000).unref();
   io.close(() => {
     Promise.allSettled([pub.quit(), sub.quit()]).then(() => process.exit(0));
   });
+  httpServer.closeIdleConnections?.();
 };
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);

@@ -62,7 +62,7 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * Spawns `cmd args` and keeps its output (stdout and stderr, without ANSI
  * colours) as lines; `proc.waitForLine(re)` waits for a past or future line.
  */
-function spawnLogged(name, cmd, args, options) {
+export function spawnLogged(name, cmd, args, options) {
   const child = spawn(cmd, args, { ...options, stdio: ["ignore", "pipe", "pipe"] });
   live.add(child);
   const lines = [];
@@ -264,11 +264,18 @@ export async function startRoomcast(name, redisUrl, { env = {}, timeoutMs = 1000
 
 /**
  * A Node.js socket.io 4.8 server with @socket.io/redis-adapter 8.x
- * (lib/node-server.mjs) on a free port. Resolves once it listens and its
- * adapter's subscriptions are in place.
+ * (lib/node-server.mjs) on `port` (0 = a free one). `args` are more of its
+ * options (e.g. "--recovery"). Resolves once it listens and its adapter's
+ * subscriptions are in place.
  */
-export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded } = {}) {
-  const args = [resolve(here, "node-server.mjs"), "--redis", redisUrl, "--port", "0", ...(sharded ? ["--sharded", sharded] : [])];
+export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded, port = 0, args: more = [] } = {}) {
+  const args = [
+    resolve(here, "node-server.mjs"),
+    "--redis", redisUrl,
+    "--port", String(port),
+    ...(sharded ? ["--sharded", sharded] : []),
+    ...more,
+  ];
   const proc = spawnLogged(`node socket.io server ${name}`, process.execPath, args, {
     cwd: CLUSTER_DIR,
     env: { ...process.env, NO_COLOR: "1" },

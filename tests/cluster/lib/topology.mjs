@@ -3,7 +3,11 @@
 // a private PostgreSQL), started on free ports in a run dir of its own, as
 // a node of a Cluster: `cluster.nodes.lb` is the balancer, so
 // `cluster.client(lb, ...)` connects through it, and `Cluster.close()` runs
-// `scripts/cluster stop` (its `kill`) and shows its logs on failure.
+// `scripts/cluster stop` (its `kill`) and shows its logs on failure. Each
+// roomcast node can be stopped (`nodes.node1.stop("TERM")`: drained, or
+// "KILL": a crash) and started again (`.start()`, same ports and
+// environment) through `scripts/cluster stop-node` / `start-node`, and the
+// balancer's view of it awaited (`lb.waitServerUp("node1")`).
 
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
@@ -39,12 +43,28 @@ function tail(file, max) {
 }
 
 /**
+ * The state HAProxy last logged for server `name` of the roomcast backend
+ * ("UP" or "DOWN"), or "UP" when it logged none (servers start up).
+ */
+function serverState(runDir, name) {
+  const file = join(runDir, "haproxy.log");
+  if (!existsSync(file)) return "UP";
+  const re = new RegExp(`^Server roomcast/${name} is (UP|DOWN)\\b`);
+  let state = "UP";
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    const m = re.exec(line);
+    if (m) state = m[1];
+  }
+  return state;
+}
+
+/**
  * Starts the topology in `runDir` (every port free and chosen here; `env`
  * adds variables, e.g. ROOMCAST__* for the nodes). Resolves with
  * `{lb, nodes}`: `lb` is the balancer as a Cluster node (`url`, `log`,
  * `kill` = scripts/cluster stop, `down`/`up` of Redis or PostgreSQL), `nodes`
  * the roomcast nodes by name (`url` straight to the node, `admin` its admin
- * listener, `pid()`).
+ * listener, `pid()`, `stop(signal)`, `start()`).
  */
 export async function startTopology(runDir, env = {}) {
   const [lbPort, redisPort, pgPort, ...ports] = await freePorts(9);
@@ -76,6 +96,14 @@ export async function startTopology(runDir, env = {}) {
         /** The node's admin listener (/metrics, /dashboard, the HTTP API). */
         admin: vars[`ROOMCAST_CLUSTER_${name.toUpperCase()}_ADMIN`],
         pid: () => Number(readFileSync(join(runDir, `${name}.pid`), "utf8").trim()),
+        /**
+         * Signals the node: "TERM" drains it and resolves once it has exited
+         * (rejects when it did not within scripts/cluster's bound), "KILL"
+         * ends it at once (a crash).
+         */
+        stop: async (signal = "TERM") => outputs.push(await runScript(`stop-node ${name} ${signal}`, fullEnv, 60_000)),
+        /** Starts it again (same ports and environment); resolves once it is ready. */
+        start: async () => outputs.push(await runScript(`start-node ${name}`, fullEnv, 60_000)),
       },
     ]),
   );
@@ -95,6 +123,18 @@ export async function startTopology(runDir, env = {}) {
       ].join("\n"),
     kill: async () => {
       outputs.push(await runScript("stop", fullEnv, 60_000).catch((err) => err.message));
+    },
+    /**
+     * Resolves once HAProxy's health checks have the roomcast node `name`
+     * up (after a restart: `rise 2` checks a second apart); rejects after
+     * `timeoutMs`.
+     */
+    waitServerUp: async (name, timeoutMs = 20_000) => {
+      const deadline = Date.now() + timeoutMs;
+      while (serverState(runDir, name) !== "UP") {
+        if (Date.now() > deadline) throw new Error(`HAProxy did not have ${name} up within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
     },
     /** An outage of a shared service ("redis": SIGKILL, "postgres": stopped at once). */
     down: async (service) => outputs.push(await runScript(`down ${service}`, fullEnv, 60_000)),
