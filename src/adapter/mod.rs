@@ -15,6 +15,7 @@ mod link;
 pub mod redis;
 pub mod requests;
 pub mod sharded;
+pub mod streams;
 pub mod wire;
 
 use std::collections::HashSet;
