@@ -896,6 +896,10 @@ impl Settings {
                     "redis.stream_max_len and redis.stream_read_count must be at least 1",
                 ));
             }
+            if r.stream_block_ms == 0 {
+                // XREAD BLOCK 0 waits for ever: a hung Redis would go unseen.
+                errors.push(invalid("redis.stream_block_ms", "must be at least 1"));
+            }
         }
         if self.redis.key.is_empty() || self.redis.key.contains('#') {
             errors.push(invalid("redis.key", "must be non-empty and without '#'"));

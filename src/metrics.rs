@@ -128,6 +128,8 @@ pub struct Metrics {
     pub audit_suppressed: Counter,
     /// Requests from other nodes dropped because too many were being served.
     pub cluster_requests_dropped: Counter,
+    /// `streams` mode: recovery session writes dropped.
+    pub cluster_sessions_dropped: Counter,
     input_held: Gauge,
     input_held_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
     redis_connected: Gauge,
@@ -186,6 +188,7 @@ impl Metrics {
             invalid_events: Family::default(),
             audit_suppressed: Counter::default(),
             cluster_requests_dropped: Counter::default(),
+            cluster_sessions_dropped: Counter::default(),
             input_held: Gauge::default(),
             input_held_source: Mutex::new(None),
             redis_connected: Gauge::default(),
@@ -287,6 +290,11 @@ impl Metrics {
                 "cluster_requests_dropped",
                 "Requests from other nodes (fetch, join, leave, disconnect) dropped because too many were being served",
                 m.cluster_requests_dropped.clone(),
+            );
+            r.register(
+                "cluster_sessions_dropped",
+                "Connection state recovery sessions (redis.mode = \"streams\") not written to or deleted from Redis: queue full, or Redis failed",
+                m.cluster_sessions_dropped.clone(),
             );
             r.register(
                 "audit_queue",
@@ -455,6 +463,7 @@ impl Metrics {
                 (&self.redis_received, &status.received),
                 (&self.redis_lost, &status.lost),
                 (&self.cluster_requests_dropped, &status.requests_dropped),
+                (&self.cluster_sessions_dropped, &status.sessions_dropped),
             ] {
                 let now = value.load(Relaxed);
                 counter.inc_by(now.saturating_sub(counter.get()));

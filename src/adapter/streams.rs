@@ -147,7 +147,11 @@ pub fn membership_entry(uid: &str, nsp: &str, selection: &[String], rooms: &[Str
         uid: uid.to_owned(),
         nsp: nsp.to_owned(),
         kind: if join { kind::SOCKETS_JOIN } else { kind::SOCKETS_LEAVE },
-        data: format!(r#"{{"opts":{},"rooms":{}}}"#, opts_json(selection, &[]), json_strings(rooms)),
+        data: format!(
+            r#"{{"opts":{},"rooms":{}}}"#,
+            opts_json(selection, &[]),
+            json_strings(rooms)
+        ),
     }
 }
 
@@ -340,10 +344,10 @@ mod tests {
     /// `io.to("room1").except("s1").emit("hello", "world", {a: 1, b: [true, null]})`.
     const HELLO_DATA: &str = r#"{"packet":{"type":2,"data":["hello","world",{"a":1,"b":[true,null]}]},"opts":{"rooms":["room1"],"except":["s1"],"flags":{}}}"#;
     /// `io.to("room1").emit("bin", Buffer.from([1, 2, 3]), {nested: new Uint8Array([255])})`.
-    const BIN_DATA: &str = "gqZwYWNrZXSCpHR5cGUCpGRhdGGTo2JpbsQDAQIDgaZuZXN0ZWTEAf+kb3B0c4Olcm9vbXORpXJvb20xpmV4Y2VwdJClZmxhZ3OA";
+    const BIN_DATA: &str =
+        "gqZwYWNrZXSCpHR5cGUCpGRhdGGTo2JpbsQDAQIDgaZuZXN0ZWTEAf+kb3B0c4Olcm9vbXORpXJvb20xpmV4Y2VwdJClZmxhZ3OA";
     /// `io.emit("all", 1.5)`.
-    const ALL_DATA: &str =
-        r#"{"packet":{"type":2,"data":["all",1.5]},"opts":{"rooms":[],"except":[],"flags":{}}}"#;
+    const ALL_DATA: &str = r#"{"packet":{"type":2,"data":["all",1.5]},"opts":{"rooms":[],"except":[],"flags":{}}}"#;
     /// `io.in("room1").socketsJoin(["r2", "r3"])` (type 4).
     const JOIN_DATA: &str = r#"{"opts":{"rooms":["room1"],"except":[],"flags":{}},"rooms":["r2","r3"]}"#;
     /// `io.in("room1").socketsLeave("r2")` (type 5).
