@@ -8,11 +8,14 @@
 //!   (unreachable, timed out, queue full) is lost for the other nodes,
 //!   counted and logged; if it is this node's broadcast it goes straight
 //!   back to the broker ([`Sequenced`] without an offset) so that this
-//!   node's members still get it. While Redis is away, within the backoff,
-//!   a batch fails at once rather than wait. A batch that timed out may
-//!   still have been added: its broadcasts then reach this node's members
-//!   twice (once handed back, once read), the price of not holding local
-//!   delivery hostage to a hung Redis;
+//!   node's members still get it. Once Redis has failed, batches fail at
+//!   once (connection attempts run in the background, [`OnDemand`]) until
+//!   the node has reconnected: only a batch in flight when Redis stops
+//!   answering holds this node's own broadcasts back, for up to the command
+//!   timeout. A batch that timed out may still have been added: its
+//!   broadcasts then reach this node's members twice (once handed back,
+//!   once read), the price of not holding local delivery hostage to a hung
+//!   Redis;
 //! - one reader per stream, on a connection of its own (a blocking `XREAD`
 //!   holds its connection for up to `block`), hands every entry to the
 //!   broker in stream order: broadcasts, this node's own included, as
@@ -96,7 +99,8 @@ pub(super) fn start(connector: Connector, node: Node, s: StreamsConfig) -> Start
         .collect();
     let health = Arc::new(Health::new(1 + names.len(), node.status.clone()));
     let (appends, queued) = mpsc::channel(node.config.queue);
-    actix_rt::spawn(appender(connector.clone(), queued, node.clone(), s.max_len));
+    let link = OnDemand::new(connector.clone(), &node.config, health.clone());
+    actix_rt::spawn(appender(link, queued, node.clone(), s.max_len));
     for (i, stream) in names.into_iter().enumerate() {
         let reader = Reader {
             connector: connector.clone(),
@@ -109,12 +113,8 @@ pub(super) fn start(connector: Connector, node: Node, s: StreamsConfig) -> Start
         actix_rt::spawn(reader.run());
     }
     let (sessions, writes) = mpsc::channel(node.config.queue);
-    actix_rt::spawn(session_writer(
-        connector.clone(),
-        writes,
-        node.config.clone(),
-        node.status.clone(),
-    ));
+    let link = OnDemand::new(connector.clone(), &node.config, health.clone());
+    actix_rt::spawn(session_writer(link, writes, node.status.clone()));
     let key = node.config.key.clone();
     let mut channels = Vec::new();
     for nsp in &node.config.namespaces {
@@ -131,6 +131,8 @@ pub(super) fn start(connector: Connector, node: Node, s: StreamsConfig) -> Start
 struct Health {
     parts: Mutex<Vec<bool>>,
     status: Arc<AdapterStatus>,
+    /// Times the node became connected.
+    ups: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -138,7 +140,12 @@ impl Health {
         Self {
             parts: Mutex::new(vec![false; parts]),
             status,
+            ups: Default::default(),
         }
+    }
+
+    fn ups(&self) -> u64 {
+        self.ups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn set(&self, part: usize, up: bool) {
@@ -150,6 +157,7 @@ impl Health {
         let all = parts.iter().all(|p| *p);
         let was = self.status.connected.swap(all, std::sync::atomic::Ordering::Relaxed);
         if all && !was {
+            self.ups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
                 streams = parts.len() - 1,
                 "redis adapter subscribed (streams mode: its channels, and a reader on every stream)"
@@ -184,31 +192,40 @@ async fn to_broker(broker: &Recipient<Sequenced>, msg: Sequenced) -> bool {
 }
 
 /// A command connection made on demand, remade after a failure with capped
-/// backoff. Within the backoff, while the node is disconnected (its
-/// subscriber or a reader cannot reach Redis either), a pipeline fails at
-/// once instead of waiting; once they are back it is tried at once.
+/// backoff, without making a writer wait on a Redis that is known to be
+/// away: after a failure, until the node has reconnected (its subscriber
+/// and readers, [`Health::ups`]), a write fails at once, and connection
+/// attempts run in the background, one at a time, after each backoff. Only
+/// a write already in flight when Redis stops answering waits, for the
+/// command timeout.
 struct OnDemand {
     connector: Connector,
     conn: Option<Conn>,
-    status: Arc<AdapterStatus>,
+    /// A connection attempt running in the background.
+    attempt: Option<tokio::task::JoinHandle<Result<Conn, String>>>,
+    health: Arc<Health>,
     limit: Duration,
     max: Duration,
     backoff: Duration,
     retry_at: Instant,
+    /// [`Health::ups`] at the last failure; `None` before any.
+    failed_at: Option<u64>,
     /// Why the last attempt failed, for the warnings meanwhile.
     why: String,
 }
 
 impl OnDemand {
-    fn new(connector: Connector, config: &RedisConfig, status: Arc<AdapterStatus>) -> Self {
+    fn new(connector: Connector, config: &RedisConfig, health: Arc<Health>) -> Self {
         Self {
             connector,
             conn: None,
-            status,
+            attempt: None,
+            health,
             limit: config.command_timeout,
             max: config.reconnect_max,
             backoff: BACKOFF_START,
             retry_at: Instant::now(),
+            failed_at: None,
             why: "not connected yet".into(),
         }
     }
@@ -217,34 +234,45 @@ impl OnDemand {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let others_up = self.status.connected.load(std::sync::atomic::Ordering::Relaxed);
-        if Instant::now() < self.retry_at && !others_up {
-            return Err(format!("Redis unreachable ({})", self.why));
+        // No failure yet, or the node has reconnected since: Redis is
+        // likely there, a connection worth waiting for.
+        let hopeful = self.failed_at.is_none_or(|ups| ups != self.health.ups());
+        if self.attempt.is_none() && (hopeful || Instant::now() >= self.retry_at) {
+            let (connector, limit) = (self.connector.clone(), self.limit);
+            self.attempt = Some(tokio::spawn(async move {
+                match timeout(limit, connector.command(limit)).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("Redis at {}: no connection within {limit:?}", connector.addr())),
+                }
+            }));
         }
-        match timeout(self.limit, self.connector.command(self.limit)).await {
-            Ok(Ok(c)) => {
+        let finished = self.attempt.as_ref().is_some_and(|a| a.is_finished());
+        let Some(attempt) = self.attempt.as_mut().filter(|_| hopeful || finished) else {
+            return Err(format!("Redis unreachable ({})", self.why));
+        };
+        let made = attempt.await.unwrap_or_else(|e| Err(e.to_string()));
+        self.attempt = None;
+        match made {
+            Ok(c) => {
                 self.backoff = BACKOFF_START;
+                self.failed_at = None;
                 self.conn = Some(c.clone());
                 Ok(c)
             }
-            failed => {
-                self.why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!(
-                        "Redis at {}: no connection within {:?}",
-                        self.connector.addr(),
-                        self.limit
-                    ),
-                };
+            Err(why) => {
+                self.why = why;
                 self.failed();
                 Err(format!("Redis unreachable ({})", self.why))
             }
         }
     }
 
-    /// The connection failed: remade after the backoff.
+    /// The connection failed: writes fail at once until the node has
+    /// reconnected, a new one is tried after the backoff.
     fn failed(&mut self) {
         self.conn = None;
+        self.failed_at = Some(self.health.ups());
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.max);
     }
@@ -265,10 +293,12 @@ impl OnDemand {
                     again = false;
                 }
                 Ok(Err(e)) => {
+                    self.why = e.to_string();
                     self.failed();
                     return Err(e.to_string());
                 }
                 Err(_) => {
+                    self.why = "timed out".into();
                     self.failed();
                     return Err("timed out".into());
                 }
@@ -289,8 +319,7 @@ fn batch<T>(first: T, rx: &mut mpsc::Receiver<T>) -> Vec<T> {
     batch
 }
 
-async fn appender(connector: Connector, mut rx: mpsc::Receiver<Append>, node: Node, max_len: usize) {
-    let mut link = OnDemand::new(connector, &node.config, node.status.clone());
+async fn appender(mut link: OnDemand, mut rx: mpsc::Receiver<Append>, node: Node, max_len: usize) {
     let status = &node.status;
     while let Some(first) = rx.recv().await {
         let batch = batch(first, &mut rx);
@@ -344,13 +373,7 @@ fn xadd(batch: &[Append], max_len: usize) -> redis::Pipeline {
     pipe
 }
 
-async fn session_writer(
-    connector: Connector,
-    mut rx: mpsc::Receiver<SessionWrite>,
-    config: RedisConfig,
-    status: Arc<AdapterStatus>,
-) {
-    let mut link = OnDemand::new(connector, &config, status.clone());
+async fn session_writer(mut link: OnDemand, mut rx: mpsc::Receiver<SessionWrite>, status: Arc<AdapterStatus>) {
     while let Some(first) = rx.recv().await {
         let batch = batch(first, &mut rx);
         let mut pipe = redis::pipe();
