@@ -240,10 +240,16 @@ impl OnDemand {
         if self.attempt.is_none() && (hopeful || Instant::now() >= self.retry_at) {
             let (connector, limit) = (self.connector.clone(), self.limit);
             self.attempt = Some(tokio::spawn(async move {
-                match timeout(limit, connector.command(limit)).await {
-                    Ok(Ok(c)) => Ok(c),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("Redis at {}: no connection within {limit:?}", connector.addr())),
+                let made = async {
+                    let mut c = connector.command(limit).await.map_err(|e| e.to_string())?;
+                    // A round trip: a Redis that accepts connections but
+                    // does not answer (paused) is not a connection.
+                    let pong = redis::cmd("PING").query_async::<Value>(&mut c).await;
+                    pong.map(|_| c).map_err(|e| connector.error(e).to_string())
+                };
+                match timeout(limit, made).await {
+                    Ok(made) => made,
+                    Err(_) => Err(format!("Redis at {}: no answer within {limit:?}", connector.addr())),
                 }
             }));
         }
