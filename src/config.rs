@@ -82,7 +82,7 @@ fn explain(e: &config::ConfigError) -> String {
     let message = e.to_string();
     let enums = [
         ("LogFormat", "\"text\", \"json\""),
-        ("RedisMode", "\"classic\", \"sharded\""),
+        ("RedisMode", "\"classic\", \"sharded\", \"streams\""),
         ("SubscriptionMode", "\"static\", \"dynamic\""),
     ];
     match enums
@@ -384,7 +384,8 @@ pub struct RedisSettings {
     pub queue: usize,
     /// Cluster-wide request timeout in ms.
     pub requests_timeout_ms: u64,
-    /// `classic` (PUBLISH/PSUBSCRIBE) or `sharded` (Redis 7 SPUBLISH/SSUBSCRIBE).
+    /// `classic` (PUBLISH/PSUBSCRIBE), `sharded` (Redis 7 SPUBLISH/SSUBSCRIBE)
+    /// or `streams` (`@socket.io/redis-streams-adapter`: XADD/XREAD).
     pub mode: RedisMode,
     /// Sharded mode: `dynamic` (a channel per public room) or `static`.
     pub subscription_mode: SubscriptionMode,

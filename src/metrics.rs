@@ -128,7 +128,8 @@ pub struct Metrics {
     pub audit_suppressed: Counter,
     /// Requests from other nodes dropped because too many were being served.
     pub cluster_requests_dropped: Counter,
-    /// `streams` mode: recovery session writes dropped.
+    /// `streams` mode: recovery session writes dropped (registered with
+    /// the Redis families, [`Metrics::watch_cluster`]).
     pub cluster_sessions_dropped: Counter,
     input_held: Gauge,
     input_held_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
@@ -292,11 +293,6 @@ impl Metrics {
                 m.cluster_requests_dropped.clone(),
             );
             r.register(
-                "cluster_sessions_dropped",
-                "Connection state recovery sessions (redis.mode = \"streams\") not written to or deleted from Redis: queue full, or Redis failed",
-                m.cluster_sessions_dropped.clone(),
-            );
-            r.register(
                 "audit_queue",
                 "Audit rows in memory, waiting for the database",
                 m.audit_queue.clone(),
@@ -386,6 +382,11 @@ impl Metrics {
             self.redis_received.clone(),
         );
         r.register("redis_lost", "Cross-node broadcasts lost", self.redis_lost.clone());
+        r.register(
+            "cluster_sessions_dropped",
+            "Connection state recovery sessions (redis.mode = \"streams\") not written to or deleted from Redis: queue full, or Redis failed",
+            self.cluster_sessions_dropped.clone(),
+        );
     }
 
     /// Reports the bytes of incomplete client input `held` says are held.
