@@ -14,7 +14,9 @@
 //!   joins, leaves and disconnects become `RemoteOperation`s, this node's
 //!   own joins are not applied again, garbage is counted as malformed;
 //! - at start the reader reads back the recovery window (`backfill`) as
-//!   `Sequenced { backfill: true }`, in order, then goes on live;
+//!   `Sequenced { backfill: true }`, in order and nothing older, then goes
+//!   on live; with nothing in the window, an entry added after it is
+//!   handed over live;
 //! - Redis killed: a broadcast comes straight back as `Sequenced` without
 //!   an offset (local delivery goes on), counted as lost; Redis restarted:
 //!   broadcasts are appended and read again;
@@ -206,6 +208,16 @@ async fn xadd(redis: &PrivateRedis, stream: &str, fields: &[(&str, &str)]) -> St
     cmd.query_async(&mut conn).await.unwrap()
 }
 
+async fn xadd_at(redis: &PrivateRedis, id: &str, fields: &[(&str, &str)]) {
+    let mut conn = redis_conn(redis).await;
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg("socket.io").arg(id);
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    let _: String = cmd.query_async(&mut conn).await.unwrap();
+}
+
 fn node_entry<'a>(kind: &'a str, data: &'a str) -> [(&'a str, &'a str); 4] {
     [("uid", NODE_UID), ("nsp", "/"), ("type", kind), ("data", data)]
 }
@@ -352,6 +364,9 @@ async fn other_nodes_entries_reach_the_broker_in_stream_order() {
 #[actix_web::test]
 async fn the_recovery_window_is_read_back_at_start_then_live_entries_follow() {
     let redis = PrivateRedis::start();
+    // Older than the window: not read back.
+    let ancient = r#"{"packet":{"type":2,"data":["ancient"]},"opts":{"rooms":[],"except":[],"flags":{}}}"#;
+    xadd_at(&redis, "1000-0", &node_entry("3", ancient)).await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let data =
@@ -373,6 +388,23 @@ async fn the_recovery_window_is_read_back_at_start_then_live_entries_follow() {
     let s = node.sequenced().await;
     assert!(!s.backfill && s.offset.is_some());
     assert_eq!(&*s.broadcast.args, r#"["new"]"#);
+}
+
+#[actix_web::test]
+async fn an_empty_recovery_window_leaves_no_gap_before_the_live_reads() {
+    let redis = PrivateRedis::start();
+    let ancient = r#"{"packet":{"type":2,"data":["ancient"]},"opts":{"rooms":[],"except":[],"flags":{}}}"#;
+    xadd_at(&redis, "1000-0", &node_entry("3", ancient)).await;
+    let mut node = start(&redis, streams(1, Duration::from_secs(60)), &["/"]);
+    connected(&node).await;
+    // Another node's entry, added after the (empty) window was read: live.
+    let data = r#"{"packet":{"type":2,"data":["live"]},"opts":{"rooms":[],"except":[],"flags":{}}}"#;
+    let id = xadd(&redis, "socket.io", &node_entry("3", data)).await;
+    let s = node.sequenced().await;
+    assert_eq!(
+        (s.backfill, s.offset, &*s.broadcast.args),
+        (false, Some(id.parse().unwrap()), r#"["live"]"#)
+    );
 }
 
 #[actix_web::test]

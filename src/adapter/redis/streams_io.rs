@@ -4,7 +4,8 @@
 //! Four kinds of task, none of which a connection or the broker waits on:
 //! - the appender drains a bounded queue and pipelines `XADD <stream>
 //!   MAXLEN ~ <max_len> * uid … nsp … type … data …` in queue order, one
-//!   round trip per batch with a timeout. An entry Redis did not take
+//!   round trip per batch with a timeout, once every reader knows where it
+//!   starts (else an entry could fall before a reader's start). An entry Redis did not take
 //!   (unreachable, timed out, queue full) is lost for the other nodes,
 //!   counted and logged; if it is this node's broadcast it goes straight
 //!   back to the broker ([`Sequenced`] without an offset) so that this
@@ -21,9 +22,10 @@
 //!   broker in stream order: broadcasts, this node's own included, as
 //!   [`Sequenced`] with their entry id; joins, leaves and disconnects of
 //!   other nodes as [`RemoteOperation`]. At start it reads back
-//!   `backfill` (`XRANGE`, for the broker's recovery log only), or else
-//!   the stream's last id (`XREVRANGE … COUNT 1`), so that nothing added
-//!   after the start falls before its first `XREAD`; after a loss of Redis
+//!   `backfill` (`XRANGE`, for the broker's recovery log only) and goes on
+//!   after the last entry of it (or the window's start), or else after the
+//!   stream's last id (`XREVRANGE … COUNT 1`), so that nothing added after
+//!   its start falls before its first `XREAD`; after a loss of Redis
 //!   it reconnects with capped backoff and resumes after the last id it
 //!   saw (what the stream trimmed meanwhile is lost);
 //! - the subscriber holds `SUBSCRIBE {key}#{nsp}#` and `{key}#{nsp}#{uid}#`
@@ -133,6 +135,11 @@ struct Health {
     status: Arc<AdapterStatus>,
     /// Times the node became connected.
     ups: std::sync::atomic::AtomicU64,
+    /// Every reader has found where it starts (once is enough: after that
+    /// each one resumes after the last entry it read).
+    positioned: tokio::sync::watch::Sender<bool>,
+    /// The readers that have.
+    seen: Mutex<Vec<bool>>,
 }
 
 impl Health {
@@ -141,6 +148,8 @@ impl Health {
             parts: Mutex::new(vec![false; parts]),
             status,
             ups: Default::default(),
+            positioned: tokio::sync::watch::Sender::new(false),
+            seen: Mutex::new(vec![false; parts]),
         }
     }
 
@@ -149,6 +158,16 @@ impl Health {
     }
 
     fn set(&self, part: usize, up: bool) {
+        if up && part > 0 {
+            // unwrap: the lock is only held to flip a flag.
+            let mut seen = self.seen.lock().unwrap();
+            if let Some(s) = seen.get_mut(part) {
+                *s = true;
+            }
+            if seen.iter().skip(1).all(|s| *s) {
+                self.positioned.send_replace(true);
+            }
+        }
         // unwrap: the lock is only held to flip a flag.
         let mut parts = self.parts.lock().unwrap();
         if let Some(p) = parts.get_mut(part) {
@@ -325,12 +344,28 @@ fn batch<T>(first: T, rx: &mut mpsc::Receiver<T>) -> Vec<T> {
     batch
 }
 
+/// Appends in queue order. Not before every reader knows where it starts:
+/// an entry added before a reader looked for the stream's end would never
+/// come back. The first batch waits for that (up to the command timeout);
+/// until it is so, batches are not appended.
 async fn appender(mut link: OnDemand, mut rx: mpsc::Receiver<Append>, node: Node, max_len: usize) {
     let status = &node.status;
+    let mut positioned = link.health.positioned.subscribe();
+    let mut waited = false;
     while let Some(first) = rx.recv().await {
         let batch = batch(first, &mut rx);
         let n = batch.len() as u64;
-        let Err(why) = link.run(&xadd(&batch, max_len)).await else {
+        if !waited && !*positioned.borrow() {
+            waited = true;
+            let _ = timeout(link.limit, positioned.wait_for(|p| *p)).await;
+        }
+        let ready = *positioned.borrow();
+        let added = if ready {
+            link.run(&xadd(&batch, max_len)).await
+        } else {
+            Err("the stream readers have not started yet".to_owned())
+        };
+        let Err(why) = added else {
             AdapterStatus::add(&status.published, n);
             continue;
         };
@@ -520,11 +555,9 @@ impl Reader {
                 }
             };
             if backfill {
-                match self.backfill(&mut conn).await {
-                    Ok(last) => {
-                        backfill = false;
-                        cursor = cursor.or(last);
-                    }
+                // Interrupted, it goes on after the last entry it handed over.
+                match self.backfill(&mut conn, &mut cursor).await {
+                    Ok(()) => backfill = false,
                     Err(why) => {
                         retry.failed(&why);
                         retry.pause().await;
@@ -601,17 +634,29 @@ impl Reader {
     }
 
     /// Hands the broadcasts of the last `backfill` to the broker's recovery
-    /// log, in chunks of `read_count`; the last id read, if any.
-    async fn backfill(&self, conn: &mut Conn) -> Result<Option<String>, String> {
+    /// log, in chunks of `read_count`, from the start of that window or
+    /// after `cursor`; `cursor` follows the entries handed over. It ends
+    /// as the last one's id, or (none in the window) as the window's start,
+    /// which no later entry can precede: the live reads go on from there
+    /// without a gap.
+    async fn backfill(&self, conn: &mut Conn, cursor: &mut Option<String>) -> Result<(), String> {
         let back = u64::try_from(self.s.backfill.as_millis()).unwrap_or(u64::MAX);
-        let mut start = format!("{}-0", now_ms().saturating_sub(back));
-        let mut last: Option<String> = None;
+        let window = Offset {
+            ms: now_ms().saturating_sub(back),
+            seq: 0,
+        };
         let limit = self.node.config.command_timeout;
         let mut read = 0usize;
         loop {
+            // Exclusive ranges ("(id") need Redis 6.2: start after the last.
+            let start = match cursor.as_deref().map(str::parse::<Offset>) {
+                Some(Ok(last)) => last.next(),
+                Some(Err(())) => return Err(format!("an entry id that is not <ms>-<seq>: {cursor:?}")),
+                None => window,
+            };
             let mut cmd = redis::cmd("XRANGE");
             cmd.arg(&self.stream)
-                .arg(&start)
+                .arg(start.to_string())
                 .arg("+")
                 .arg("COUNT")
                 .arg(self.s.read_count);
@@ -622,18 +667,20 @@ impl Reader {
             };
             let full = got.len() >= self.s.read_count;
             for e in got {
-                last = Some(e.id.clone());
+                let id = e.id.clone();
                 read += 1;
                 self.on_entry(e, true).await;
+                *cursor = Some(id);
             }
-            // Exclusive ranges ("(id") need Redis 6.2: start after it.
-            match last.as_deref().map(str::parse::<Offset>) {
-                Some(Ok(after)) if full => start = after.next().to_string(),
-                _ => break,
+            if !full {
+                break;
             }
         }
+        if cursor.is_none() {
+            *cursor = Some(window.to_string());
+        }
         tracing::info!(stream = %self.stream, entries = read, "redis adapter read the stream back for recovery");
-        Ok(last)
+        Ok(())
     }
 
     /// One entry: a broadcast for the broker in stream order; a join, leave
