@@ -261,7 +261,7 @@ impl RedisConfig {
         Some((sharded::response_channel(&self.key, nsp, requester), body))
     }
 
-    /// `PUBSUB NUMSUB` (classic) or `SHARDNUMSUB` (sharded) of the request
+    /// `PUBSUB NUMSUB` (classic, streams) or `SHARDNUMSUB` (sharded) of the request
     /// channel: the nodes of the cluster, this one included.
     fn count_command(&self, nsp: &str) -> (redis::Cmd, String) {
         let channel = self.request_channel(nsp);
