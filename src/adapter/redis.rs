@@ -20,7 +20,7 @@
 //! `streams` mode (`@socket.io/redis-streams-adapter`) puts broadcasts,
 //! joins, leaves and disconnects in Redis streams instead, appended by one
 //! task and read by one task per stream, every node's broadcasts this
-//! node's included, and keeps recovery sessions in keys: see [`streams_io`]
+//! node's included, and keeps recovery sessions in keys: see `streams_io`
 //! and the wire format in [`super::streams`].
 
 use std::sync::Arc;
