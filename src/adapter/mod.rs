@@ -25,7 +25,7 @@ use actix::prelude::*;
 
 /// A broadcast this node sends to the others: a [`wire::Broadcast`] once
 /// the adapter has added its node id.
-#[derive(Message, Debug, Clone)]
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Outbound {
     /// Namespace.
@@ -39,6 +39,10 @@ pub struct Outbound {
     pub rooms: Vec<String>,
     /// Rooms (socket ids included) that do not receive it.
     pub except: Vec<String>,
+    /// `streams` mode: told whether the stream took it (`true` once it is
+    /// in the stream, so its publisher's ack means it is kept; `false`
+    /// when it could only be delivered on this node).
+    pub stored: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// A broadcast from another node or an emitter, for the local broker; the

@@ -378,7 +378,7 @@ pub struct Leave {
 /// no client reaches a socket by its id. A backend's publish is a
 /// [`BackendPublish`].
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Routed")]
 pub struct Publish {
     nsp: Arc<str>,
     rooms: Vec<Arc<str>>,
@@ -460,8 +460,27 @@ impl Publish {
 /// lives, as with Socket.IO's `io.to(id)`: delivered here if the socket is
 /// here, and sent to the other nodes, which do the same.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Routed")]
 pub struct BackendPublish(pub Publish);
+
+/// What the broker did with a publish.
+#[derive(Debug, MessageResponse)]
+pub struct Routed {
+    /// This node's members it reaches.
+    pub recipients: usize,
+    /// `streams` mode: resolves to whether the stream took it (the node's
+    /// own members get it from the stream, every node in the same order).
+    pub stored: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl From<usize> for Routed {
+    fn from(recipients: usize) -> Self {
+        Routed {
+            recipients,
+            stored: None,
+        }
+    }
+}
 
 /// Connects the broker to the cluster adapter.
 #[derive(Message)]
@@ -1218,23 +1237,31 @@ impl Broker {
 
     /// Publishes here and hands the publish to the other nodes. `from_client`:
     /// see [`Publish`] (rooms only) and [`BackendPublish`] (ids too).
-    fn publish(&mut self, msg: Publish, from_client: bool) -> usize {
+    fn publish(&mut self, msg: Publish, from_client: bool) -> Routed {
         if from_client && msg.rooms.iter().any(|r| looks_like_socket_id(r)) {
             // Never reached through the protocol (check_room refused it):
             // forwarded, the other nodes would take the name for a socket.
-            return 0;
+            return 0.into();
         }
         let ids_as_rooms = !from_client;
         let at = std::time::Instant::now();
         if let Some(cluster) = &self.cluster {
             let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
             let (args, attachments) = msg.args.clone();
+            let (stored, routed) = match self.sequenced {
+                true => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    (Some(tx), Some(rx))
+                }
+                false => (None, None),
+            };
             let outbound = Outbound {
                 nsp: msg.nsp.to_string(),
                 args,
                 attachments,
                 rooms: strings(&msg.rooms),
                 except: strings(&msg.except),
+                stored,
             };
             // The adapter's mailbox is its queue: full means lost, counted there.
             let handed = cluster.try_send(outbound).is_ok();
@@ -1244,7 +1271,10 @@ impl Broker {
             if handed && self.sequenced {
                 // Delivered here when the stream hands it back, in the
                 // cluster's order; the answer counts who it will reach now.
-                return self.count_targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
+                return Routed {
+                    recipients: self.count_targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms),
+                    stored: routed,
+                };
             }
             if self.sequenced {
                 // Delivered here without a place in the stream.
@@ -1261,14 +1291,23 @@ impl Broker {
             };
             self.recovery.log(&msg.nsp, offset, target, frames.clone());
         }
-        if let Some(room) = self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
-            return match room {
-                Some(r) => self.deliver_all(Targets::Room(r, &msg.except), frames, at),
-                None => 0,
-            };
+        let recipients = match self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
+            Some(Some(r)) => self.deliver_all(Targets::Room(r, &msg.except), frames, at),
+            Some(None) => 0,
+            None => {
+                let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
+                self.deliver_all(Targets::Ids(&targets), frames, at)
+            }
+        };
+        Routed {
+            recipients,
+            // Streams mode, but the adapter could not take it.
+            stored: self.sequenced.then(|| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(false);
+                rx
+            }),
         }
-        let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
-        self.deliver_all(Targets::Ids(&targets), frames, at)
     }
 }
 
@@ -1410,17 +1449,17 @@ impl Handler<Leave> for Broker {
 }
 
 impl Handler<Publish> for Broker {
-    type Result = usize;
+    type Result = Routed;
 
-    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Routed {
         self.publish(msg, true)
     }
 }
 
 impl Handler<BackendPublish> for Broker {
-    type Result = usize;
+    type Result = Routed;
 
-    fn handle(&mut self, BackendPublish(msg): BackendPublish, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, BackendPublish(msg): BackendPublish, _: &mut Self::Context) -> Routed {
         self.publish(msg, false)
     }
 }
@@ -1705,7 +1744,8 @@ mod tests {
                     args: (ByteString::from_static(r#"["m"]"#), vec![]),
                 })
                 .await
-                .unwrap();
+                .unwrap()
+                .recipients;
         }
         drop(release);
         // Everything queued reaches its member (a publish after the others,
@@ -1872,12 +1912,12 @@ mod tests {
         broker.send(registration(&target, &addr, None, None)).await.unwrap();
 
         // A client's publish naming the socket's id: nobody, here or elsewhere.
-        assert_eq!(broker.send(publish_to(&target)).await.unwrap(), 0);
+        assert_eq!(broker.send(publish_to(&target)).await.unwrap().recipients, 0);
         let mut two = publish_to(&"lobby".into());
         two.rooms.push(target.clone());
-        assert_eq!(broker.send(two).await.unwrap(), 0, "not even next to a room");
+        assert_eq!(broker.send(two).await.unwrap().recipients, 0, "not even next to a room");
         // A backend's publish to it: that socket, and the other nodes.
-        assert_eq!(broker.send(BackendPublish(publish_to(&target))).await.unwrap(), 1);
+        assert_eq!(broker.send(BackendPublish(publish_to(&target))).await.unwrap().recipients, 1);
         // A broadcast from another node or an emitter to it: that socket.
         let inbound = crate::adapter::wire::Broadcast {
             uid: "other".into(),
@@ -1891,7 +1931,7 @@ mod tests {
         // An id that is not shaped like one is no socket (it could be a room).
         let odd: Arc<str> = "not-an-id".into();
         broker.send(registration(&odd, &addr, None, None)).await.unwrap();
-        assert_eq!(broker.send(BackendPublish(publish_to(&odd))).await.unwrap(), 0);
+        assert_eq!(broker.send(BackendPublish(publish_to(&odd))).await.unwrap().recipients, 0);
 
         // Settle: a message to each actor after the others.
         let settle = Outbound {
@@ -1900,6 +1940,7 @@ mod tests {
             attachments: vec![],
             rooms: inbound.rooms,
             except: vec![],
+            stored: None,
         };
         cluster.send(settle).await.unwrap();
         addr.send(Deliver {

@@ -20,9 +20,10 @@ use super::Connection;
 use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
 use crate::broker::{
-    Broker, Deliver, Evict, JoinError, Leave, Publish, Recoverable, Register, Resume, Subscribe, Unregister,
+    Deliver, Evict, JoinError, Leave, Publish, Recoverable, Register, Resume, Subscribe, Unregister,
 };
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Published};
+use futures_util::future::{FutureExt as _, LocalBoxFuture};
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
 use crate::socketio::packet::{encode, encode_event, encode_raw};
@@ -41,13 +42,16 @@ const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 const MAX_PUBLISH_BYTES_IN_FLIGHT: usize = 1 << 20;
 
 /// What a connection does with the broker's answer to one of its publishes.
-pub(super) type PublishAnswer = Box<dyn FnOnce(Result<usize, MailboxError>, &mut Connection, &mut Context<Connection>)>;
+pub(super) type PublishAnswer = Box<dyn FnOnce(PublishResult, &mut Connection, &mut Context<Connection>)>;
+
+/// What became of a publish.
+pub(super) type PublishResult = Result<Published, crate::cluster::Unavailable>;
 
 /// A publish sent to the broker, and what to do with its answer.
-pub(super) type PendingPublish = (Request<Broker, Publish>, PublishAnswer);
+pub(super) type PendingPublish = (LocalBoxFuture<'static, PublishResult>, PublishAnswer);
 
 /// The answer to a publish, in the order the connection sent them.
-pub(super) struct PublishAnswered(Result<usize, MailboxError>, PublishAnswer);
+pub(super) struct PublishAnswered(PublishResult, PublishAnswer);
 
 impl StreamHandler<PublishAnswered> for Connection {
     fn handle(&mut self, PublishAnswered(result, answer): PublishAnswered, ctx: &mut Context<Self>) {
@@ -1072,15 +1076,21 @@ impl Connection {
             Err(e) => return self.invalid_event(&nsp, ack, e.code(), &e.to_string(), args, ctx),
         };
         let size = publish.size();
-        let answered = self.sio_config().cluster.publish(publish);
+        let answered = self.sio_config().cluster.publish(publish).boxed_local();
         // unwrap: the publisher's socket was found, so this is Socket.IO.
         let in_window = self.sio.as_mut().unwrap().window.open(size);
-        let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
+        let ack_answer = move |result: PublishResult, act: &mut Self, ctx: &mut Context<Self>| {
             if let Some(state) = act.sio.as_mut() {
                 state.window.close(size);
             }
-            let recipients = result.unwrap_or_default();
-            act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
+            let (recipients, stored) = result.map_or((0, None), |p| (p.recipients, p.stored));
+            let mut answer = json!({"ok": true, "recipients": recipients});
+            if let Some(stored) = stored {
+                // Streams mode: false = Redis could not take it, only this
+                // node's members got it (docs/protocol.md).
+                answer["stored"] = json!(stored);
+            }
+            act.ack_ok(&nsp, ack, answer, ctx);
             act.after(ctx);
         };
         if in_window {
@@ -1102,7 +1112,12 @@ impl Connection {
     /// the oldest and nothing else is polled: actix polls every future
     /// spawned on a context at each of its wake-ups, and a thousand spawned
     /// answers would cost a thousand polls per publish.
-    fn answer_in_order(&mut self, request: Request<Broker, Publish>, answer: PublishAnswer, ctx: &mut Context<Self>) {
+    fn answer_in_order(
+        &mut self,
+        request: LocalBoxFuture<'static, PublishResult>,
+        answer: PublishAnswer,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(state) = self.sio.as_mut() else { return };
         let queue = state.window.answers.get_or_insert_with(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PendingPublish>();
