@@ -707,6 +707,12 @@ const START_KEY: &str = "roomcastJoinedAt";
 /// than filling the adapter's queue at once.
 const REFRESH_PER_TICK: usize = 2_000;
 
+/// How long a resume waits for a node that just started to read the
+/// stream ([`Resume`]); beyond, it is refused as unavailable. Reading the
+/// recovery window of a stream (at most `redis.stream_max_len` entries)
+/// takes well under a second.
+const PARKED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `session` with the offset its socket joined at in its data.
 fn with_start(mut session: Session, start: Offset) -> Session {
     if !session.data.is_object() {
@@ -743,6 +749,8 @@ pub struct Broker {
     /// id, for a client that comes back before its old connection is
     /// known to be gone.
     by_pid: HashMap<Arc<str>, Arc<str>>,
+    /// `streams` mode: resumes waiting for the stream to be read.
+    parked: Vec<(Resume, tokio::sync::oneshot::Sender<Result<Resumed, Refused>>)>,
 }
 
 impl Broker {
@@ -762,6 +770,7 @@ impl Broker {
             by_user: HashMap::new(),
             store: None,
             by_pid: HashMap::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -1407,12 +1416,26 @@ impl Handler<Unregister> for Broker {
 }
 
 impl Handler<Resume> for Broker {
-    type Result = Result<Resumed, Refused>;
+    type Result = ResponseFuture<Result<Resumed, Refused>>;
 
     fn handle(&mut self, msg: Resume, _: &mut Self::Context) -> Self::Result {
         // A refusal is counted (and audited) by the connection, which sees
         // the ones decided before the broker too.
-        self.resume(msg)
+        if !self.recovery.waiting_for_stream {
+            let result = self.resume(msg);
+            return Box::pin(async move { result });
+        }
+        // A node that just started has not read the stream yet (clients of
+        // a node that went away come back to it first): the resume waits
+        // for it, in order, rather than being refused.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.parked.push((msg, tx));
+        Box::pin(async move {
+            match tokio::time::timeout(PARKED_FOR, rx).await {
+                Ok(Ok(result)) => result,
+                _ => Err(Refused::Unavailable),
+            }
+        })
     }
 }
 
@@ -1421,6 +1444,13 @@ impl Handler<StreamRead> for Broker {
 
     fn handle(&mut self, msg: StreamRead, _: &mut Self::Context) {
         self.recovery.stream_from(msg.floor);
+        for (resume, answer) in std::mem::take(&mut self.parked) {
+            // Its connection gave up waiting: the session is not restored
+            // (its client got a fresh socket).
+            if !answer.is_closed() {
+                let _ = answer.send(self.resume(resume));
+            }
+        }
     }
 }
 
