@@ -82,7 +82,7 @@ fn explain(e: &config::ConfigError) -> String {
     let message = e.to_string();
     let enums = [
         ("LogFormat", "\"text\", \"json\""),
-        ("RedisMode", "\"classic\", \"sharded\""),
+        ("RedisMode", "\"classic\", \"sharded\", \"streams\""),
         ("SubscriptionMode", "\"static\", \"dynamic\""),
     ];
     match enums
@@ -384,7 +384,8 @@ pub struct RedisSettings {
     pub queue: usize,
     /// Cluster-wide request timeout in ms.
     pub requests_timeout_ms: u64,
-    /// `classic` (PUBLISH/PSUBSCRIBE) or `sharded` (Redis 7 SPUBLISH/SSUBSCRIBE).
+    /// `classic` (PUBLISH/PSUBSCRIBE), `sharded` (Redis 7 SPUBLISH/SSUBSCRIBE)
+    /// or `streams` (`@socket.io/redis-streams-adapter`: XADD/XREAD).
     pub mode: RedisMode,
     /// Sharded mode: `dynamic` (a channel per public room) or `static`.
     pub subscription_mode: SubscriptionMode,
@@ -896,6 +897,10 @@ impl Settings {
                     "redis.stream_max_len",
                     "redis.stream_max_len and redis.stream_read_count must be at least 1",
                 ));
+            }
+            if r.stream_block_ms == 0 {
+                // XREAD BLOCK 0 waits for ever: a hung Redis would go unseen.
+                errors.push(invalid("redis.stream_block_ms", "must be at least 1"));
             }
         }
         if self.redis.key.is_empty() || self.redis.key.contains('#') {

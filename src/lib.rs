@@ -22,7 +22,9 @@
 //!                     │                               outbox (a broker::DirectSink) or sent to
 //!                     │                               its connection)
 //!              adapter::redis::RedisAdapter          (other nodes: @socket.io/redis-adapter
-//!                                                     wire format, requests with timeouts)
+//!                                                     wire format, requests with timeouts;
+//!                                                     or @socket.io/redis-streams-adapter's,
+//!                                                     broadcasts in Redis streams)
 //! api (/api/v1) ──▶ cluster                          (backends: publish, rooms, kick, join)
 //!
 //! side sinks: audit (forced closes and parse errors → writer actor → SQL,

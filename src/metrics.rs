@@ -142,6 +142,9 @@ pub struct Metrics {
     pub recovery_log_bytes: Gauge,
     /// Disconnected sessions kept on this node.
     pub recovery_sessions: Gauge,
+    /// `streams` mode: recovery session writes dropped (registered with
+    /// the Redis families, [`Metrics::watch_cluster`]).
+    pub cluster_sessions_dropped: Counter,
     input_held: Gauge,
     input_held_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
     redis_connected: Gauge,
@@ -205,6 +208,7 @@ impl Metrics {
             recovery_replayed: Counter::default(),
             recovery_log_bytes: Gauge::default(),
             recovery_sessions: Gauge::default(),
+            cluster_sessions_dropped: Counter::default(),
             input_held: Gauge::default(),
             input_held_source: Mutex::new(None),
             redis_connected: Gauge::default(),
@@ -426,6 +430,11 @@ impl Metrics {
             self.redis_received.clone(),
         );
         r.register("redis_lost", "Cross-node broadcasts lost", self.redis_lost.clone());
+        r.register(
+            "cluster_sessions_dropped",
+            "Connection state recovery sessions (redis.mode = \"streams\") not written to or deleted from Redis: queue full, or Redis failed",
+            self.cluster_sessions_dropped.clone(),
+        );
     }
 
     /// Reports the bytes of incomplete client input `held` says are held.
@@ -503,6 +512,7 @@ impl Metrics {
                 (&self.redis_received, &status.received),
                 (&self.redis_lost, &status.lost),
                 (&self.cluster_requests_dropped, &status.requests_dropped),
+                (&self.cluster_sessions_dropped, &status.sessions_dropped),
             ] {
                 let now = value.load(Relaxed);
                 counter.inc_by(now.saturating_sub(counter.get()));

@@ -10,7 +10,7 @@ use actix::{Actor, Addr};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::{web, App as WebApp};
 
-use crate::adapter::redis::{BrokerPorts, Mode, RedisAdapter, RedisConfig};
+use crate::adapter::redis::{BrokerPorts, Mode, RedisAdapter, RedisConfig, StreamsConfig};
 use crate::adapter::AdapterStatus;
 use crate::api;
 use crate::audit::reader::AuditReader;
@@ -310,7 +310,21 @@ fn start_cluster(
                     dynamic: r.subscription_mode == SubscriptionMode::Dynamic,
                     cluster: r.cluster,
                 },
-                RedisMode::Streams => return Err(invalid("redis.mode", "\"streams\" is not built yet").into()),
+                RedisMode::Streams => Mode::Streams(StreamsConfig {
+                    stream_name: r.stream_name.clone(),
+                    stream_count: r.stream_count,
+                    max_len: r.stream_max_len,
+                    read_count: r.stream_read_count,
+                    block: Duration::from_millis(r.stream_block_ms),
+                    session_key_prefix: r.session_key_prefix.clone(),
+                    // The broker's recovery log starts with what the
+                    // stream still has of the window a client may recover.
+                    backfill: if settings.recovery.enabled {
+                        Duration::from_millis(settings.recovery.max_disconnection_ms)
+                    } else {
+                        Duration::ZERO
+                    },
+                }),
             },
         },
         BrokerPorts {
@@ -318,6 +332,7 @@ fn start_cluster(
             sockets: broker.clone().recipient(),
             rooms: broker.clone().recipient(),
             ops: broker.clone().recipient(),
+            sequenced: broker.clone().recipient(),
         },
         status.clone(),
     )

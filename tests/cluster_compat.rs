@@ -17,11 +17,18 @@
 //!   8.x and two roomcast nodes exchange publishes both ways, with the
 //!   classic adapter and with the sharded one (dynamic and static);
 //! - redis_outage: Redis SIGKILLed, restarted on the same port, paused with
-//!   SIGSTOP and continued, under connected clients;
+//!   SIGSTOP and continued, under connected clients, in classic and in
+//!   streams mode;
 //! - requests: the adapter's requests between a Node.js server and roomcast
 //!   (fetchSockets, allRooms, emitWithAck, serverSideEmitWithAck,
 //!   socketsJoin, disconnectSockets; roomcast's cluster-wide presence), in
 //!   the classic and both sharded modes;
+//! - streams: a Node.js socket.io 4.8 server with
+//!   `@socket.io/redis-streams-adapter` 0.3.1 and two roomcast nodes in
+//!   streams mode: publishes both ways (rooms, except, the whole namespace,
+//!   binary, order per publisher, one interleaving seen by every receiver),
+//!   fetchSockets and presence, serverCount, emitWithAck and
+//!   serverSideEmitWithAck, join, leave and disconnect both ways;
 //! - socket_ids: three roomcast nodes and a Node.js server, in every mode:
 //!   socket ids have Socket.IO's form; a client cannot name a socket id as
 //!   a room (invalid_room, nothing delivered); roomcast's HTTP API, the Node
@@ -46,11 +53,12 @@ use common::suite::{find_on_path, node, run_suite, test_files};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The npm packages the suite imports (tests/cluster/package.json).
-const PACKAGES: [&str; 5] = [
+const PACKAGES: [&str; 6] = [
     "socket.io-client",
     "socket.io",
     "@socket.io/redis-adapter",
     "@socket.io/redis-emitter",
+    "@socket.io/redis-streams-adapter",
     "redis",
 ];
 

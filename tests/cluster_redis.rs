@@ -15,6 +15,11 @@
 //!   disconnected, the adapter reports itself degraded; Redis restarted on
 //!   the same port: the nodes subscribe again by themselves and cross-node
 //!   delivery resumes.
+//!
+//! Each scenario runs in every adapter mode (`in_every_mode!`): classic,
+//! sharded (dynamic and static) and streams, where the publisher's own
+//! members get a broadcast when the stream hands it back (or, with Redis
+//! down, straight away).
 mod common;
 
 use std::net::TcpListener;

@@ -25,9 +25,10 @@
 //!   it; an integer of 400 digits, as Python's `json.dumps` writes it), is
 //!   relayed too, and the publisher keeps its connection.
 //! - **Same value, same order** (across Redis, to another roomcast node):
-//!   the adapter's wire format is the official `@socket.io/redis-adapter`'s,
-//!   msgpack (classic; sharded with binary) or JSON that the sending node
-//!   builds (sharded), which Node.js nodes read too: msgpack has no text
+//!   the adapter's wire format is the official `@socket.io/redis-adapter`'s
+//!   (or, in streams mode, `@socket.io/redis-streams-adapter`'s), msgpack
+//!   (classic; sharded and streams with binary) or JSON that the sending
+//!   node builds (sharded, streams), which Node.js nodes read too: msgpack has no text
 //!   for a number. Asserted: the same structure, every object's keys in
 //!   the order written, strings equal (escapes resolved), integers within
 //!   64 bits exact, other numbers the same IEEE-754 double (so `1.0` may

@@ -3,18 +3,23 @@
 //! [`redis::RedisAdapter`] speaks the wire formats of the official
 //! `@socket.io/redis-adapter` 8.x: the classic one, shared with
 //! `@socket.io/redis-emitter` 5.x ([`wire`], [`requests`]), and the sharded
-//! one of Redis 7 sharded pub/sub, for Redis Cluster ([`sharded`]). So
-//! roomcast nodes, Node.js Socket.IO servers with that adapter, and backends
-//! using the emitter share broadcasts.
+//! one of Redis 7 sharded pub/sub, for Redis Cluster ([`sharded`]); and that
+//! of `@socket.io/redis-streams-adapter` 0.3 ([`streams`]). So roomcast
+//! nodes, Node.js Socket.IO servers with those adapters, and backends using
+//! the emitter share broadcasts.
 //!
-//! Delivery across nodes is at most once (Redis pub/sub): a message published
-//! while a node is disconnected from Redis is lost for that node, counted and
-//! logged. Order is kept per publisher per connection.
+//! With pub/sub (classic, sharded) delivery across nodes is at most once: a
+//! message published while a node is disconnected from Redis is lost for
+//! that node, counted and logged. Order is kept per publisher per
+//! connection. In `streams` mode every node reads the same stream, resumes
+//! where it was after a loss of Redis (within what the stream keeps), and
+//! delivers every broadcast, its own too, in the stream's order.
 
 mod link;
 pub mod redis;
 pub mod requests;
 pub mod sharded;
+pub mod streams;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -129,6 +134,10 @@ pub struct AdapterStatus {
     /// Requests of other nodes dropped because too many were being served
     /// (`roomcast_cluster_requests_dropped_total`).
     pub requests_dropped: AtomicU64,
+    /// `streams` mode: session writes (keep, drop) dropped because the
+    /// queue was full or Redis failed them
+    /// (`roomcast_cluster_sessions_dropped_total`).
+    pub sessions_dropped: AtomicU64,
 }
 
 impl AdapterStatus {

@@ -16,6 +16,12 @@
 //!
 //! A node drops its own messages (same uid); the broker delivers each
 //! message to each local member once.
+//!
+//! `streams` mode (`@socket.io/redis-streams-adapter`) puts broadcasts,
+//! joins, leaves and disconnects in Redis streams instead, appended by one
+//! task and read by one task per stream, every node's broadcasts this
+//! node's included, and keeps recovery sessions in keys: see `streams_io`
+//! and the wire format in [`super::streams`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,13 +41,17 @@ pub use super::link::SetupError;
 use super::link::{self, Conn, Connector};
 use super::requests::{self, kind, Request};
 use super::sharded::{self, Message as ShardMessage};
+use super::streams;
 use super::wire::{self, Broadcast};
 use super::{
-    AdapterStatus, Inbound, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation, RoomWatch, SocketInfo,
+    AdapterStatus, DropSession, Inbound, KeepSession, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation,
+    RoomWatch, Sequenced, Session, SessionStoreDown, SocketInfo, TakeSession,
 };
 
-/// Which of the official adapter's protocols the cluster speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+mod streams_io;
+
+/// Which of the official adapters' protocols the cluster speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// `createAdapter`: PUBLISH / PSUBSCRIBE, shared with the emitter.
     Classic,
@@ -53,6 +63,32 @@ pub enum Mode {
         /// `url` is a seed node of a Redis Cluster.
         cluster: bool,
     },
+    /// `@socket.io/redis-streams-adapter` 0.3: broadcasts, joins, leaves
+    /// and disconnects in Redis streams, requests over PUBLISH / SUBSCRIBE,
+    /// recovery sessions in keys.
+    Streams(StreamsConfig),
+}
+
+/// The settings of `streams` mode (the streams adapter's options).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsConfig {
+    /// The stream's name, or the prefix of the streams (`streamName`).
+    pub stream_name: String,
+    /// Streams the namespaces are spread over (`streamCount`), at least 1.
+    pub stream_count: usize,
+    /// Entries a stream keeps, trimmed with `MAXLEN ~` (`maxLen`).
+    pub max_len: usize,
+    /// Entries one `XREAD` or `XRANGE` takes (`readCount`).
+    pub read_count: usize,
+    /// How long an `XREAD` waits for entries (`blockTimeInMs`), at least
+    /// 1 ms (`BLOCK 0` would wait for ever).
+    pub block: Duration,
+    /// The prefix of the session keys (`sessionKeyPrefix`).
+    pub session_key_prefix: String,
+    /// How far back the readers start when the node starts, for the
+    /// broker's recovery log ([`Sequenced::backfill`]); zero = from the
+    /// entries added after the start.
+    pub backfill: Duration,
 }
 
 /// Adapter settings.
@@ -83,6 +119,14 @@ pub struct RedisConfig {
     pub mode: Mode,
 }
 
+/// A request of this node that needs no answer, encoded.
+enum Outgoing {
+    /// On a channel.
+    Publish(String, Vec<u8>),
+    /// In a stream (`streams` mode).
+    Append(Box<streams_io::Append>),
+}
+
 /// An answer to another node's request, before it is encoded.
 enum Reply {
     /// Socket ids (classic SOCKETS).
@@ -111,7 +155,16 @@ impl RedisConfig {
                 sharded::broadcast_channel(&self.key, b, dynamic),
                 sharded::encode_broadcast(b)?,
             ),
+            // Appended to a stream instead (`Handler<Outbound>`).
+            Mode::Streams(_) => return Err(wire::WireError::Shape("streams mode appends broadcasts to a stream")),
         })
+    }
+
+    fn streams(&self) -> Option<&StreamsConfig> {
+        match &self.mode {
+            Mode::Streams(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// Where requests of a namespace go (and whose subscribers are counted).
@@ -119,6 +172,7 @@ impl RedisConfig {
         match self.mode {
             Mode::Classic => requests::request_channel(&self.key, nsp),
             Mode::Sharded { .. } => sharded::main_channel(&self.key, nsp),
+            Mode::Streams(_) => streams::public_channel(&self.key, nsp),
         }
     }
 
@@ -126,25 +180,38 @@ impl RedisConfig {
         let body = match self.mode {
             Mode::Classic => requests::fetch_request(uid, request_id, rooms, &[]),
             Mode::Sharded { .. } => sharded::fetch_request(uid, nsp, request_id, rooms, &[]),
+            Mode::Streams(_) => streams::fetch_request(uid, nsp, request_id, rooms, &[]),
         };
         (self.request_channel(nsp), body)
     }
 
-    fn disconnect_request(&self, uid: &str, nsp: &str, socket_id: String) -> (String, Vec<u8>) {
-        let body = match self.mode {
-            Mode::Classic => requests::disconnect_request(uid, &[socket_id], true),
-            Mode::Sharded { .. } => sharded::disconnect_request(uid, nsp, &[socket_id], true),
+    /// Published, or (streams mode, as Node.js does) appended to the
+    /// namespace's stream.
+    fn disconnect_request(&self, uid: &str, nsp: &str, socket_id: String) -> Outgoing {
+        let selection = [socket_id];
+        let body = match &self.mode {
+            Mode::Classic => requests::disconnect_request(uid, &selection, true),
+            Mode::Sharded { .. } => sharded::disconnect_request(uid, nsp, &selection, true),
+            Mode::Streams(s) => {
+                let entry = streams::disconnect_entry(uid, nsp, &selection, true);
+                return Outgoing::Append(Box::new(streams_io::Append::new(s, entry, None)));
+            }
         };
-        (self.request_channel(nsp), body)
+        Outgoing::Publish(self.request_channel(nsp), body)
     }
 
-    fn membership_request(&self, uid: &str, msg: MembershipRemote) -> (String, Vec<u8>) {
+    /// As [`Self::disconnect_request`].
+    fn membership_request(&self, uid: &str, msg: MembershipRemote) -> Outgoing {
         let (selection, rooms) = ([msg.socket_id], [msg.room]);
-        let body = match self.mode {
+        let body = match &self.mode {
             Mode::Classic => requests::membership_request(uid, &selection, &rooms, msg.join),
             Mode::Sharded { .. } => sharded::membership_request(uid, &msg.nsp, &selection, &rooms, msg.join),
+            Mode::Streams(s) => {
+                let entry = streams::membership_entry(uid, &msg.nsp, &selection, &rooms, msg.join);
+                return Outgoing::Append(Box::new(streams_io::Append::new(s, entry, None)));
+            }
         };
-        (self.request_channel(&msg.nsp), body)
+        Outgoing::Publish(self.request_channel(&msg.nsp), body)
     }
 
     /// The channel and bytes of an answer to `requester`'s request.
@@ -187,13 +254,14 @@ impl RedisConfig {
             ),
             Reply::SocketIds(_) | Reply::Rooms(_) => return None,
         };
-        Some((
-            sharded::response_channel(&self.key, nsp, requester),
-            sharded::encode(t, uid, nsp, data),
-        ))
+        let body = match self.mode {
+            Mode::Streams(_) => streams::encode_message(t, uid, nsp, &data),
+            _ => sharded::encode(t, uid, nsp, data),
+        };
+        Some((sharded::response_channel(&self.key, nsp, requester), body))
     }
 
-    /// `PUBSUB NUMSUB` (classic) or `SHARDNUMSUB` (sharded) of the request
+    /// `PUBSUB NUMSUB` (classic, streams) or `SHARDNUMSUB` (sharded) of the request
     /// channel: the nodes of the cluster, this one included.
     fn count_command(&self, nsp: &str) -> (redis::Cmd, String) {
         let channel = self.request_channel(nsp);
@@ -215,6 +283,9 @@ pub struct BrokerPorts {
     pub rooms: Recipient<LocalRooms>,
     /// Joins, leaves and disconnects asked by other nodes.
     pub ops: Recipient<RemoteOperation>,
+    /// `streams` mode: every broadcast in the stream's order, this node's
+    /// own included, and this node's own that Redis could not take.
+    pub sequenced: Recipient<Sequenced>,
 }
 
 /// A request of this node waiting for answers.
@@ -283,10 +354,15 @@ pub struct RedisAdapter {
     status: Arc<AdapterStatus>,
     queue: Option<mpsc::Sender<(String, Vec<u8>)>>,
     connector: Connector,
-    /// A command connection for the subscriber counts, made on first use.
+    /// A command connection for the subscriber counts (and the sessions
+    /// taken), made on first use.
     command: Arc<Mutex<Option<Conn>>>,
     pending: PendingMap,
     rooms: Arc<RoomWatch>,
+    /// `streams` mode: what the appender adds to the streams.
+    appends: Option<mpsc::Sender<streams_io::Append>>,
+    /// `streams` mode: session writes, fire and forget.
+    sessions: Option<mpsc::Sender<streams_io::SessionWrite>>,
 }
 
 impl RedisAdapter {
@@ -306,6 +382,8 @@ impl RedisAdapter {
             command: Arc::default(),
             pending: Arc::default(),
             rooms: Arc::default(),
+            appends: None,
+            sessions: None,
         })
     }
 
@@ -339,10 +417,15 @@ impl Actor for RedisAdapter {
             pending: self.pending.clone(),
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
         };
-        match connector {
-            Connector::Single(_) if !self.config.sharded() => actix_rt::spawn(subscriber(connector, node)),
-            _ => actix_rt::spawn(shard_subscriber(connector, node, self.rooms.clone())),
-        };
+        if let Some(s) = self.config.streams() {
+            let started = streams_io::start(connector, node, s.clone());
+            self.appends = Some(started.appends);
+            self.sessions = Some(started.sessions);
+        } else if matches!(connector, Connector::Single(_)) && !self.config.sharded() {
+            actix_rt::spawn(subscriber(connector, node));
+        } else {
+            actix_rt::spawn(shard_subscriber(connector, node, self.rooms.clone()));
+        }
         tracing::info!(uid = %self.uid, url = %redact(&self.config.url), mode = ?self.config.mode, "redis adapter started");
     }
 }
@@ -359,6 +442,10 @@ impl Handler<Outbound> for RedisAdapter {
             rooms: out.rooms,
             except: out.except,
         };
+        if self.config.streams().is_some() {
+            self.append_broadcast(b);
+            return;
+        }
         let message = match self.config.broadcast(&b) {
             Ok(message) => message,
             Err(why) => {
@@ -542,9 +629,9 @@ impl Reconnect {
         }
     }
 
-    /// The subscription was lost: the node is degraded until it is back.
-    fn lost(&self, status: &AdapterStatus) {
-        status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+    /// The subscription was lost: the node is degraded until it is back
+    /// (its owner clears `AdapterStatus::connected`).
+    fn lost(&self) {
         tracing::warn!("redis adapter lost its subscription: degraded, reconnecting");
     }
 
@@ -563,6 +650,32 @@ async fn subscriber(connector: Connector, node: Node) {
         channels.push(requests::response_channel(key, nsp));
     }
     let (request_prefix, response_prefix) = (format!("{key}-request#"), format!("{key}-response#"));
+    let status = node.status.clone();
+    let shown = patterns.clone();
+    let up = move |up: bool| {
+        status.connected.store(up, std::sync::atomic::Ordering::Relaxed);
+        if up {
+            tracing::info!(patterns = ?shown, "redis adapter subscribed");
+        }
+    };
+    let route = move |node: &Node, msg: &redis::Msg| route(node, msg, &request_prefix, &response_prefix);
+    hold_subscription(connector, node, patterns, channels, route, up).await;
+}
+
+/// Holds one RESP2 pub/sub connection subscribed to `patterns` and
+/// `channels`: hands each message to `route`, pings the connection on an
+/// interval (a hung Redis looks like a dead one), and on loss reconnects
+/// with capped backoff and subscribes again. `up` hears when the
+/// subscriptions are in place (after a round trip that proves it) and
+/// when they are lost.
+async fn hold_subscription(
+    connector: Connector,
+    node: Node,
+    patterns: Vec<String>,
+    channels: Vec<String>,
+    route: impl Fn(&Node, &redis::Msg),
+    up: impl Fn(bool),
+) {
     let mut retry = Reconnect::new(node.config.reconnect_max);
     loop {
         let connect = async {
@@ -582,8 +695,7 @@ async fn subscriber(connector: Connector, node: Node) {
         };
         match timeout(node.config.command_timeout, connect).await {
             Ok(Ok(pubsub)) => {
-                node.status.connected.store(true, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(patterns = ?patterns, "redis adapter subscribed");
+                up(true);
                 retry.connected();
                 let (mut sink, mut stream) = pubsub.split();
                 let mut ping = tokio::time::interval(PING_EVERY);
@@ -591,7 +703,7 @@ async fn subscriber(connector: Connector, node: Node) {
                 loop {
                     tokio::select! {
                         msg = stream.next() => match msg {
-                            Some(msg) => route(&node, &msg, &request_prefix, &response_prefix),
+                            Some(msg) => route(&node, &msg),
                             None => break,
                         },
                         _ = ping.tick() => {
@@ -602,7 +714,8 @@ async fn subscriber(connector: Connector, node: Node) {
                         }
                     }
                 }
-                retry.lost(&node.status);
+                up(false);
+                retry.lost();
             }
             Ok(Err(e)) => retry.failed(&e.to_string()),
             Err(_) => retry.failed(&format!("Redis at {}: timed out", connector.addr())),
@@ -698,7 +811,8 @@ async fn shard_subscriber(connector: Connector, node: Node, rooms: Arc<RoomWatch
                             }
                         }
                     }
-                    retry.lost(&node.status);
+                    node.status.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                    retry.lost();
                 }
             }
             Ok(Err(e)) => retry.failed(&e.to_string()),
@@ -765,18 +879,9 @@ async fn answer(node: Node, nsp: String, r: Request, _serving: tokio::sync::Owne
     let nsp_arc: Arc<str> = nsp.as_str().into();
     let reply = match r.kind {
         kind::REMOTE_JOIN | kind::REMOTE_LEAVE | kind::REMOTE_DISCONNECT => {
-            let targets = arcs(&r.target_rooms);
-            let op = match r.kind {
-                kind::REMOTE_JOIN => RemoteOp::Join(targets),
-                kind::REMOTE_LEAVE => RemoteOp::Leave(targets),
-                _ => RemoteOp::Disconnect { close: r.close },
-            };
-            let _ = node.broker.ops.try_send(RemoteOperation {
-                nsp: nsp_arc,
-                rooms: arcs(&r.rooms),
-                except: arcs(&r.except),
-                op,
-            });
+            if let Some(op) = remote_operation(&nsp, &r) {
+                let _ = node.broker.ops.try_send(op);
+            }
             None
         }
         _ if own => None,
@@ -827,6 +932,25 @@ async fn answer(node: Node, nsp: String, r: Request, _serving: tokio::sync::Owne
             AdapterStatus::add(&node.status.lost, 1);
         }
     }
+}
+
+/// What a join, leave or disconnect request asks of the local broker
+/// (`None` for another kind of request).
+fn remote_operation(nsp: &str, r: &Request) -> Option<RemoteOperation> {
+    let arcs = |v: &[String]| -> Vec<Arc<str>> { v.iter().map(|s| s.as_str().into()).collect() };
+    let targets = arcs(&r.target_rooms);
+    let op = match r.kind {
+        kind::REMOTE_JOIN => RemoteOp::Join(targets),
+        kind::REMOTE_LEAVE => RemoteOp::Leave(targets),
+        kind::REMOTE_DISCONNECT => RemoteOp::Disconnect { close: r.close },
+        _ => return None,
+    };
+    Some(RemoteOperation {
+        nsp: nsp.into(),
+        rooms: arcs(&r.rooms),
+        except: arcs(&r.except),
+        op,
+    })
 }
 
 /// Counts an answer to one of this node's requests (`{requestId, sockets?}`).
@@ -936,9 +1060,48 @@ impl Handler<FetchSockets> for RedisAdapter {
 
 impl RedisAdapter {
     /// Queues a request that needs no answer.
-    fn request(&self, message: (String, Vec<u8>)) {
-        if self.queue.as_ref().is_none_or(|q| q.try_send(message).is_err()) {
+    fn request(&self, request: Outgoing) {
+        let queued = match request {
+            Outgoing::Publish(channel, body) => {
+                self.queue.as_ref().is_some_and(|q| q.try_send((channel, body)).is_ok())
+            }
+            Outgoing::Append(append) => self.appends.as_ref().is_some_and(|q| q.try_send(*append).is_ok()),
+        };
+        if !queued {
             AdapterStatus::add(&self.status.lost, 1);
+        }
+    }
+
+    /// `streams` mode: queues this node's broadcast for its stream, or,
+    /// when it cannot go there, hands it straight back to the broker so
+    /// that this node's members get it all the same.
+    fn append_broadcast(&self, b: Broadcast) {
+        let Some(s) = self.config.streams() else { return };
+        let entry = match streams::broadcast_entry(&b) {
+            Ok(entry) => entry,
+            Err(why) => {
+                AdapterStatus::add(&self.status.lost, 1);
+                tracing::warn!(error = %why, "redis adapter: a broadcast the adapter's format cannot carry was not sent to the other nodes");
+                return streams_io::hand_back(&self.broker.sequenced, b, &self.status);
+            }
+        };
+        // A namespace this node does not read: no reader would hand it back.
+        if !self.config.namespaces.contains(&b.nsp) {
+            self.request(Outgoing::Append(Box::new(streams_io::Append::new(s, entry, None))));
+            return streams_io::hand_back(&self.broker.sequenced, b, &self.status);
+        }
+        let append = streams_io::Append::new(s, entry, Some(b));
+        let refused = match &self.appends {
+            Some(q) => match q.try_send(append) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a)) => a,
+            },
+            None => append,
+        };
+        AdapterStatus::add(&self.status.lost, 1);
+        tracing::warn!("redis adapter: stream queue full, a cross-node broadcast was lost");
+        if let Some(b) = refused.broadcast {
+            streams_io::hand_back(&self.broker.sequenced, b, &self.status);
         }
     }
 }
@@ -982,24 +1145,113 @@ async fn count_nodes(
     nsp: &str,
 ) -> Option<usize> {
     let limit = config.command_timeout;
-    // unwrap: the lock is only held to clone or set the handle.
-    let cached = command.lock().unwrap().clone();
-    let mut conn = match cached {
-        Some(c) => c,
-        None => {
-            let c = timeout(limit, connector.command(limit)).await.ok()?.ok()?;
-            // unwrap: as above.
-            *command.lock().unwrap() = Some(c.clone());
-            c
-        }
-    };
+    let mut conn = command_conn(connector, command, limit).await?;
     let (cmd, channel) = config.count_command(nsp);
     match timeout(limit, cmd.query_async::<redis::Value>(&mut conn)).await {
         Ok(Ok(v)) => link::subscriber_count(&v, &channel),
         _ => {
-            // unwrap: as above.
-            *command.lock().unwrap() = None;
+            forget(command);
             None
+        }
+    }
+}
+
+/// The shared command connection, made (within `limit`) if there is none.
+async fn command_conn(connector: &Connector, command: &Arc<Mutex<Option<Conn>>>, limit: Duration) -> Option<Conn> {
+    // unwrap: the lock is only held to clone or set the handle.
+    let cached = command.lock().unwrap().clone();
+    match cached {
+        Some(c) => Some(c),
+        None => {
+            let c = timeout(limit, connector.command(limit)).await.ok()?.ok()?;
+            // unwrap: as above.
+            *command.lock().unwrap() = Some(c.clone());
+            Some(c)
+        }
+    }
+}
+
+/// Drops the shared command connection after a failure (the next use
+/// makes a new one).
+fn forget(command: &Arc<Mutex<Option<Conn>>>) {
+    // unwrap: the lock is only held to clone or set the handle.
+    *command.lock().unwrap() = None;
+}
+
+impl Handler<TakeSession> for RedisAdapter {
+    type Result = ResponseFuture<Result<Option<Session>, SessionStoreDown>>;
+
+    /// `GETDEL` (Redis 6.2+) of the session's key, within the command
+    /// timeout. Only `streams` mode keeps sessions in Redis: other modes
+    /// have none here.
+    fn handle(&mut self, msg: TakeSession, _: &mut Self::Context) -> Self::Result {
+        let Some(s) = self.config.streams() else {
+            return Box::pin(async { Ok(None) });
+        };
+        let key = format!("{}{}", s.session_key_prefix, msg.pid);
+        let (connector, command, status) = (self.connector.clone(), self.command.clone(), self.status.clone());
+        let limit = self.config.command_timeout;
+        Box::pin(async move {
+            let take = async {
+                let mut conn = command_conn(&connector, &command, limit).await?;
+                redis::cmd("GETDEL")
+                    .arg(&key)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+                    .ok()
+            };
+            let stored = match timeout(limit, take).await {
+                Ok(Some(stored)) => stored,
+                _ => {
+                    forget(&command);
+                    tracing::warn!("redis adapter: a session could not be taken (Redis unreachable or too slow)");
+                    return Err(SessionStoreDown);
+                }
+            };
+            let Some(stored) = stored else { return Ok(None) };
+            match streams::decode_session(&stored) {
+                Ok(session) => Ok(Some(session)),
+                Err(e) => {
+                    malformed(&status, &e);
+                    Ok(None)
+                }
+            }
+        })
+    }
+}
+
+impl Handler<KeepSession> for RedisAdapter {
+    type Result = ();
+
+    /// Queued: `SET key value PX ttl` (ms, at least 1). Dropped and counted
+    /// when the queue is full.
+    fn handle(&mut self, msg: KeepSession, _: &mut Self::Context) {
+        let Some(s) = self.config.streams() else { return };
+        let write = streams_io::SessionWrite::Keep {
+            key: format!("{}{}", s.session_key_prefix, msg.session.pid),
+            value: streams::encode_session(&msg.session),
+            ttl_ms: u64::try_from(msg.ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+        };
+        self.write_session(write);
+    }
+}
+
+impl Handler<DropSession> for RedisAdapter {
+    type Result = ();
+
+    /// Queued: `DEL key`, as [`KeepSession`].
+    fn handle(&mut self, msg: DropSession, _: &mut Self::Context) {
+        let Some(s) = self.config.streams() else { return };
+        let key = format!("{}{}", s.session_key_prefix, msg.pid);
+        self.write_session(streams_io::SessionWrite::Drop { key });
+    }
+}
+
+impl RedisAdapter {
+    fn write_session(&self, write: streams_io::SessionWrite) {
+        if self.sessions.as_ref().is_none_or(|q| q.try_send(write).is_err()) {
+            AdapterStatus::add(&self.status.sessions_dropped, 1);
+            tracing::warn!("redis adapter: session queue full, a session write was dropped");
         }
     }
 }
@@ -1061,6 +1313,12 @@ mod tests {
         fn handle(&mut self, _: RemoteOperation, _: &mut Self::Context) {}
     }
 
+    impl Handler<Sequenced> for BusyBroker {
+        type Result = ();
+
+        fn handle(&mut self, _: Sequenced, _: &mut Self::Context) {}
+    }
+
     fn fetch(n: usize) -> Request {
         // unwrap: a well-formed request.
         requests::decode(&requests::fetch_request(
@@ -1101,6 +1359,7 @@ mod tests {
                 sockets: broker.clone().recipient(),
                 rooms: broker.clone().recipient(),
                 ops: broker.clone().recipient(),
+                sequenced: broker.clone().recipient(),
             },
             config: RedisConfig {
                 node_id: "this-node".into(),

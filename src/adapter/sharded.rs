@@ -195,8 +195,7 @@ pub fn decode(payload: &[u8]) -> Result<(String, String, Message), WireError> {
     let mut mp = rmpv::decode::read_value(&mut bytes).map_err(|e| WireError::Msgpack(e.to_string()))?;
     // The event's binary values become placeholders numbered from 0; the
     // rest of the map is read without them.
-    let args =
-        field_mut(&mut mp, &["data", "packet", "data"]).map(|d| wire::msgpack_to_json(&std::mem::replace(d, Mp::Nil)));
+    let args = field_mut(&mut mp, &["data"]).and_then(take_args);
     decode_json(&wire::msgpack_to_json(&mp).0, args)
 }
 
@@ -239,6 +238,30 @@ fn decode_json(text: &str, args: Option<(String, Vec<Bytes>)>) -> Result<(String
     let nsp = envelope.nsp.as_ref().and_then(Value::as_str).unwrap_or("/").to_owned();
     let t = envelope.kind.ok_or(WireError::Shape("no type"))?;
     let raw = envelope.data.map_or("null", RawValue::get);
+    let message = decode_data(&uid, &nsp, t, raw, args)?;
+    Ok((uid, nsp, message))
+}
+
+/// The event's arguments of a msgpack BROADCAST, taken out of `data` (the
+/// message's `data` map): their JSON text, placeholders numbered from 0,
+/// and the attachments. The rest of `data` then reads as JSON without them.
+pub(crate) fn take_args(data: &mut Mp) -> Option<(String, Vec<Bytes>)> {
+    field_mut(data, &["packet", "data"]).map(|d| wire::msgpack_to_json(&std::mem::replace(d, Mp::Nil)))
+}
+
+/// Decodes the `data` (JSON text `raw`) of a message of type `t` from node
+/// `uid` in `nsp`; `args` are a msgpack broadcast's arguments, taken out of
+/// it ([`take_args`]). Shared with the streams adapter's protocol, whose
+/// messages carry the same `data` ([`super::streams`]).
+pub(crate) fn decode_data(
+    uid: &str,
+    nsp: &str,
+    t: u64,
+    raw: &str,
+    args: Option<(String, Vec<Bytes>)>,
+) -> Result<Message, WireError> {
+    let json = |e: serde_json::Error| WireError::Json(e.to_string());
+    let (uid, nsp) = (uid.to_owned(), nsp.to_owned());
     if t == kind::BROADCAST {
         let data: BroadcastData = serde_json::from_str(raw).map_err(json)?;
         let packet = data.packet.ok_or(WireError::Shape("not an EVENT packet"))?;
@@ -264,7 +287,7 @@ fn decode_json(text: &str, args: Option<(String, Vec<Bytes>)>) -> Result<(String
         let message = match data.request_id.as_ref().and_then(Value::as_str) {
             None => Message::Broadcast(b),
             Some(request_id) => Message::Request(Request {
-                uid: Some(uid.clone()),
+                uid: Some(uid),
                 request_id: Some(request_id.to_owned()),
                 kind: requests::kind::BROADCAST,
                 rooms,
@@ -274,7 +297,7 @@ fn decode_json(text: &str, args: Option<(String, Vec<Bytes>)>) -> Result<(String
                 broadcast: Some(b),
             }),
         };
-        return Ok((uid, nsp, message));
+        return Ok(message);
     }
     let data: Value = serde_json::from_str(raw).map_err(json)?;
     let request_id = data["requestId"].as_str().map(str::to_owned);
@@ -301,7 +324,7 @@ fn decode_json(text: &str, args: Option<(String, Vec<Bytes>)>) -> Result<(String
         1 | 2 | 13 => Message::Ignored,
         _ => return Err(WireError::Shape("unknown message type")),
     };
-    Ok((uid, nsp, message))
+    Ok(message)
 }
 
 /// Whether the JSON text `args` is an array whose first element is a

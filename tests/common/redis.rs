@@ -19,17 +19,27 @@ pub enum Proto {
     Sharded,
     /// Sharded pub/sub, one channel per namespace.
     ShardedStatic,
+    /// `@socket.io/redis-streams-adapter`'s protocol: broadcasts in a stream.
+    Streams,
 }
 
 impl Proto {
     /// Makes `s` speak this protocol.
     pub fn apply(self, s: &mut roomcast::config::Settings) {
         use roomcast::config::{RedisMode, SubscriptionMode};
-        if self != Proto::Classic {
-            s.redis.mode = RedisMode::Sharded;
-        }
-        if self == Proto::ShardedStatic {
-            s.redis.subscription_mode = SubscriptionMode::Static;
+        match self {
+            Proto::Classic => {}
+            Proto::Sharded => s.redis.mode = RedisMode::Sharded,
+            Proto::ShardedStatic => {
+                s.redis.mode = RedisMode::Sharded;
+                s.redis.subscription_mode = SubscriptionMode::Static;
+            }
+            Proto::Streams => {
+                s.redis.mode = RedisMode::Streams;
+                // Short blocking reads, so that a reader sees a hung Redis
+                // as soon as the tests' short command timeouts would.
+                s.redis.stream_block_ms = 500;
+            }
         }
     }
 }
@@ -52,6 +62,10 @@ macro_rules! in_every_mode {
             #[actix_web::test]
             async fn sharded_static() {
                 super::$scenario(super::Proto::ShardedStatic).await
+            }
+            #[actix_web::test]
+            async fn streams() {
+                super::$scenario(super::Proto::Streams).await
             }
         }
     )*};

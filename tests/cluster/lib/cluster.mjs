@@ -110,13 +110,22 @@ export function binaryBytes(value, what) {
  * sharded one (Redis 7 sharded pub/sub) in its two subscription modes.
  */
 export const MODES = ["classic", "dynamic", "static"];
+/**
+ * And @socket.io/redis-streams-adapter's (Redis streams; roomcast's
+ * `redis.mode = "streams"`), which the emitter does not speak.
+ */
+export const STREAMS = "streams";
 
 export class Cluster {
-  /** `mode`: one of MODES; every node of the cluster speaks it. */
-  constructor(name, { mode = "classic" } = {}) {
-    assert.ok(MODES.includes(mode), `unknown mode ${mode}`);
+  /**
+   * `mode`: one of MODES, or STREAMS; every node of the cluster speaks it.
+   * `env`: more ROOMCAST__* settings for every roomcast node.
+   */
+  constructor(name, { mode = "classic", env = {} } = {}) {
+    assert.ok(MODES.includes(mode) || mode === STREAMS, `unknown mode ${mode}`);
     this.name = name;
     this.mode = mode;
+    this.env = env;
     this.redis = null;
     this.nodes = {};
     this.sockets = [];
@@ -132,15 +141,22 @@ export class Cluster {
   /** Starts roomcast nodes named `names`, in parallel. */
   async startRoomcast(...names) {
     const env =
-      this.mode === "classic" ? {} : { ROOMCAST__REDIS__MODE: "sharded", ROOMCAST__REDIS__SUBSCRIPTION_MODE: this.mode };
+      this.mode === "classic"
+        ? {}
+        : this.mode === STREAMS
+          ? { ROOMCAST__REDIS__MODE: "streams" }
+          : { ROOMCAST__REDIS__MODE: "sharded", ROOMCAST__REDIS__SUBSCRIPTION_MODE: this.mode };
+    Object.assign(env, this.env);
     const nodes = await Promise.all(names.map((n) => startRoomcast(n, this.redis.url, { env })));
     for (const node of nodes) this.nodes[node.name] = node;
     return nodes;
   }
 
-  /** Starts a Node.js socket.io server with @socket.io/redis-adapter. */
+  /** Starts a Node.js socket.io server with the cluster's adapter. */
   async startNodeServer(name) {
-    const node = await startNodeServer(name, this.redis.url, { sharded: this.mode === "classic" ? undefined : this.mode });
+    const streams = this.mode === STREAMS;
+    const sharded = this.mode === "classic" || streams ? undefined : this.mode;
+    const node = await startNodeServer(name, this.redis.url, { sharded, streams });
     this.nodes[name] = node;
     return node;
   }

@@ -1,23 +1,26 @@
 #!/usr/bin/env node
 // A Node.js Socket.IO node of a mixed cluster: socket.io 4.8 with the
 // official @socket.io/redis-adapter 8.x (classic pub/sub, or with
-// --sharded the sharded adapter on Redis 7 sharded pub/sub), speaking
+// --sharded the sharded adapter on Redis 7 sharded pub/sub), or with
+// --streams @socket.io/redis-streams-adapter 0.3 (Redis streams), speaking
 // roomcast's client protocol (docs/protocol.md) for the events the cluster
 // tests use: subscribe, unsubscribe, publish (acks as roomcast's) and a
 // node-local presence; and, standing in for a backend, cluster-wide
 // requests through the adapter and `emit-to` (`io.to(id).emit(...)`).
 //
 //   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
-//                            [--sharded dynamic|static]
+//                            [--sharded dynamic|static | --streams]
 //
 // Prints "READY <port> <adapter uid of />" once it listens and the adapter's
-// subscriptions are confirmed by Redis. SIGTERM/SIGINT close it cleanly.
+// subscriptions are confirmed by Redis (with --streams: and its stream
+// reader is waiting in XREAD). SIGTERM/SIGINT close it cleanly.
 
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
 import { Server } from "socket.io";
 import { createClient } from "redis";
 import { createAdapter, createShardedAdapter } from "@socket.io/redis-adapter";
+import { createAdapter as createStreamsAdapter } from "@socket.io/redis-streams-adapter";
 
 const { values: opts } = parseArgs({
   options: {
@@ -25,6 +28,7 @@ const { values: opts } = parseArgs({
     port: { type: "string", default: "0" },
     key: { type: "string", default: "socket.io" },
     sharded: { type: "string" },
+    streams: { type: "boolean", default: false },
   },
 });
 
@@ -35,16 +39,21 @@ const SOCKET_ID_RE = /^[A-Za-z0-9_-]{20}$/;
 const RESERVED = new Set(["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"]);
 const refuse = (code, message) => ({ ok: false, error: { code, message } });
 
-const pub = createClient({ url: opts.redis });
+// A client name of this process: the streams adapter's own connections
+// (duplicates of `pub`) carry it too, so CLIENT LIST shows its reader.
+const clientName = `node-server-${process.pid}`;
+const pub = createClient({ url: opts.redis, name: clientName });
 const sub = pub.duplicate();
 pub.on("error", (e) => console.error("redis pub error:", e.message));
 sub.on("error", (e) => console.error("redis sub error:", e.message));
-await Promise.all([pub.connect(), sub.connect()]);
+await Promise.all([pub.connect(), opts.streams ? null : sub.connect()]);
 
 const httpServer = createServer();
-const adapter = opts.sharded
-  ? createShardedAdapter(pub, sub, { channelPrefix: opts.key, subscriptionMode: opts.sharded })
-  : createAdapter(pub, sub, { key: opts.key });
+const adapter = opts.streams
+  ? createStreamsAdapter(pub, { channelPrefix: opts.key })
+  : opts.sharded
+    ? createShardedAdapter(pub, sub, { channelPrefix: opts.key, subscriptionMode: opts.sharded })
+    : createAdapter(pub, sub, { key: opts.key });
 const io = new Server(httpServer, { adapter });
 const nsp = io.of("/");
 
@@ -94,14 +103,19 @@ nsp.on("connection", (socket) => {
   socket.on("all-rooms", cluster(async () => ({ rooms: [...(await nsp.adapter.allRooms())] })));
   socket.on("ask-all", cluster(async ({ room }) => ({ replies: await nsp.to(room).timeout(1500).emitWithAck("ask", 1) })));
   socket.on("server-side-emit", cluster(async () => ({ responses: await nsp.serverSideEmitWithAck("hello") })));
+  socket.on("server-count", cluster(async () => ({ count: await nsp.adapter.serverCount() })));
   socket.on("sockets-join", cluster(async ({ target, room }) => {
     nsp.in(target).socketsJoin(room);
     return {};
   }));
-  // The backend's `io.to(to).emit(event, data)`: `to` a socket id, a room
-  // or a list of them; absent = the whole namespace.
-  socket.on("emit-to", cluster(async ({ to, event, data }) => {
-    (to === undefined ? nsp : nsp.to(to)).emit(event, data);
+  socket.on("sockets-leave", cluster(async ({ target, room }) => {
+    nsp.in(target).socketsLeave(room);
+    return {};
+  }));
+  // The backend's `io.to(to).except(except).emit(event, data)`: `to` a
+  // socket id, a room or a list of them; absent = the whole namespace.
+  socket.on("emit-to", cluster(async ({ to, except, event, data }) => {
+    (to === undefined ? nsp : nsp.to(to)).except(except ?? []).emit(event, data);
     return {};
   }));
   socket.on("disconnect-sockets", cluster(async ({ target }) => {
@@ -113,15 +127,21 @@ nsp.on("connection", (socket) => {
 // The adapter subscribes on the sub connection, its own response channel
 // last; once Redis counts a subscriber there, all are in place.
 const uid = nsp.adapter.uid;
-const ownChannel = opts.sharded ? `${opts.key}#/#${uid}#` : `${opts.key}-response#/#${uid}#`;
+const ownChannel = opts.sharded || opts.streams ? `${opts.key}#/#${uid}#` : `${opts.key}-response#/#${uid}#`;
 const subscribers = async () => {
   if (!opts.sharded) return (await pub.pubSubNumSub(ownChannel))[ownChannel];
   const [, n] = await pub.sendCommand(["PUBSUB", "SHARDNUMSUB", ownChannel]);
   return Number(n);
 };
+// The streams adapter's reader starts at the stream's end ("$") with its
+// first XREAD: entries added before that are not its. It is in place once
+// Redis shows one of this process's connections blocked in XREAD.
+const reading = async () =>
+  !opts.streams ||
+  (await pub.sendCommand(["CLIENT", "LIST"])).split("\n").some((l) => l.includes(` name=${clientName} `) && l.includes(" cmd=xread"));
 for (let i = 0; ; i++) {
-  if ((await subscribers()) >= 1) break;
-  if (i > 200) throw new Error(`the adapter did not subscribe to ${ownChannel}`);
+  if ((await subscribers()) >= 1 && (await reading())) break;
+  if (i > 200) throw new Error(`the adapter did not subscribe to ${ownChannel}${opts.streams ? " or read its stream" : ""}`);
   await new Promise((r) => setTimeout(r, 25));
 }
 
@@ -131,7 +151,7 @@ httpServer.listen(Number(opts.port), "127.0.0.1", () => {
 
 const stop = () => {
   io.close(() => {
-    Promise.allSettled([pub.quit(), sub.quit()]).then(() => process.exit(0));
+    Promise.allSettled([pub.quit(), opts.streams ? null : sub.quit()]).then(() => process.exit(0));
   });
 };
 process.on("SIGTERM", stop);

@@ -263,12 +263,17 @@ export async function startRoomcast(name, redisUrl, { env = {}, timeoutMs = 1000
 }
 
 /**
- * A Node.js socket.io 4.8 server with @socket.io/redis-adapter 8.x
- * (lib/node-server.mjs) on a free port. Resolves once it listens and its
- * adapter's subscriptions are in place.
+ * A Node.js socket.io 4.8 server with @socket.io/redis-adapter 8.x, or
+ * (`streams`) @socket.io/redis-streams-adapter 0.3 (lib/node-server.mjs),
+ * on a free port. Resolves once it listens and its adapter's subscriptions
+ * (and stream reader) are in place.
  */
-export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded } = {}) {
-  const args = [resolve(here, "node-server.mjs"), "--redis", redisUrl, "--port", "0", ...(sharded ? ["--sharded", sharded] : [])];
+export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded, streams = false } = {}) {
+  const args = [
+    resolve(here, "node-server.mjs"), "--redis", redisUrl, "--port", "0",
+    ...(sharded ? ["--sharded", sharded] : []),
+    ...(streams ? ["--streams"] : []),
+  ];
   const proc = spawnLogged(`node socket.io server ${name}`, process.execPath, args, {
     cwd: CLUSTER_DIR,
     env: { ...process.env, NO_COLOR: "1" },
