@@ -255,6 +255,18 @@ pub struct Sequenced {
     pub backfill: bool,
 }
 
+/// `streams` mode: every broadcast after `floor` has been or will be
+/// handed over as [`Sequenced`] (the readers have read back the recovery
+/// window and know where they go on), so recovery can tell what a client
+/// missed since then. Sent again with a higher floor when entries the
+/// readers never read were trimmed while they were away.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StreamRead {
+    /// Every broadcast after it is (or will be) handed over.
+    pub floor: Offset,
+}
+
 /// A disconnected socket's state kept for connection state recovery: the
 /// `Session` of `socket.io-adapter` (`{sid, pid, rooms, data}`), which the
 /// streams adapter stores msgpack-encoded, base64, under

@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 
 use crate::adapter::{
     DropSession, Inbound, KeepSession, LocalRooms, LocalSockets, Offset, Outbound, RemoteOp, RemoteOperation,
-    RoomWatch, Sequenced, Session, SocketInfo,
+    RoomWatch, Sequenced, Session, SocketInfo, StreamRead,
 };
 use crate::engineio::Frame;
 use crate::limits::{AddressKey, Limit};
@@ -283,15 +283,6 @@ pub struct Resumed {
     pub rooms: usize,
     /// Broadcasts replayed to it.
     pub replayed: usize,
-}
-
-/// `streams` mode: the stream is read from after `floor` on (its backfill
-/// is done): recovery can tell what a client missed since then.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct StreamRead {
-    /// Every broadcast after it has been or will be handed over.
-    pub floor: Offset,
 }
 
 /// Join a room on a backend's or another node's behalf (the API, a
@@ -1947,7 +1938,14 @@ mod tests {
         two.rooms.push(target.clone());
         assert_eq!(broker.send(two).await.unwrap().recipients, 0, "not even next to a room");
         // A backend's publish to it: that socket, and the other nodes.
-        assert_eq!(broker.send(BackendPublish(publish_to(&target))).await.unwrap().recipients, 1);
+        assert_eq!(
+            broker
+                .send(BackendPublish(publish_to(&target)))
+                .await
+                .unwrap()
+                .recipients,
+            1
+        );
         // A broadcast from another node or an emitter to it: that socket.
         let inbound = crate::adapter::wire::Broadcast {
             uid: "other".into(),
@@ -1961,7 +1959,10 @@ mod tests {
         // An id that is not shaped like one is no socket (it could be a room).
         let odd: Arc<str> = "not-an-id".into();
         broker.send(registration(&odd, &addr, None, None)).await.unwrap();
-        assert_eq!(broker.send(BackendPublish(publish_to(&odd))).await.unwrap().recipients, 0);
+        assert_eq!(
+            broker.send(BackendPublish(publish_to(&odd))).await.unwrap().recipients,
+            0
+        );
 
         // Settle: a message to each actor after the others.
         let settle = Outbound {

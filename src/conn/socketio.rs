@@ -19,15 +19,13 @@ use super::events::SocketEvent;
 use super::Connection;
 use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
-use crate::broker::{
-    Deliver, Evict, JoinError, Leave, Publish, Recoverable, Register, Resume, Subscribe, Unregister,
-};
+use crate::broker::{Deliver, Evict, JoinError, Leave, Publish, Recoverable, Register, Resume, Subscribe, Unregister};
 use crate::cluster::{Cluster, Published};
-use futures_util::future::{FutureExt as _, LocalBoxFuture};
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
 use crate::socketio::packet::{encode, encode_event, encode_raw};
 use crate::socketio::{Data, DecodeLimits, Decoder, Message, PacketType};
+use futures_util::future::{FutureExt as _, LocalBoxFuture};
 
 /// Publishes one connection may have waiting on the broker at once, and
 /// their encoded size. Past either bound the connection stops taking packets
