@@ -663,6 +663,9 @@ struct Member {
     start: Offset,
     /// `streams` mode: when its session was last written to the store.
     stored: Option<std::time::Instant>,
+    /// `streams` mode: its session changed (a room) since, or was never
+    /// written: written at the next tick.
+    dirty: bool,
     /// [`Register::owner`].
     owner: Arc<str>,
 }
@@ -959,6 +962,8 @@ impl Broker {
             return Err(JoinError::TooManyRoomsInTotal);
         }
         member.rooms.insert(room.clone());
+        // Its session in the cluster's store gets the room at the next tick.
+        member.dirty = member.stored.is_some();
         if let Some(group) = address {
             count_in(&mut self.by_address, group, room);
         }
@@ -990,6 +995,7 @@ impl Broker {
         if !member.rooms.remove(room) {
             return false;
         }
+        member.dirty = member.stored.is_some();
         let nsp = member.nsp.clone();
         if let Some(address) = member.address {
             count_out(&mut self.by_address, (nsp.clone(), address), room);
@@ -1034,11 +1040,9 @@ impl Broker {
             self.by_pid.insert(r.pid.clone(), msg.socket_id.clone());
         }
         let start = self.recovery.head(&msg.nsp);
-        let stored = (recovery.is_some() && self.store.is_some()).then(|| {
-            // Due at the next tick: a node killed before then still leaves
-            // the session behind.
-            std::time::Instant::now() - self.recovery.config.refresh
-        });
+        // Written at the next tick (dirty): a node killed after that
+        // leaves the session behind.
+        let stored = (recovery.is_some() && self.store.is_some()).then(std::time::Instant::now);
         self.members.insert(
             msg.socket_id,
             Member {
@@ -1052,6 +1056,7 @@ impl Broker {
                 address,
                 recovery,
                 start,
+                dirty: stored.is_some(),
                 stored,
                 owner: msg.owner,
             },
@@ -1189,7 +1194,7 @@ impl Broker {
         Some((sid, rooms, data, start))
     }
 
-    /// Once a second: what is older than the recovery window goes, the
+    /// Every tick (a second, or half `recovery.refresh` if shorter): what is older than the recovery window goes, the
     /// gauges are set, and (`streams` mode) the sessions of connected
     /// sockets that are due are written to the store again.
     fn tick(&mut self) {
@@ -1208,7 +1213,7 @@ impl Broker {
             let (Some(r), Some(stored)) = (&member.recovery, member.stored) else {
                 continue;
             };
-            if now.duration_since(stored) < refresh {
+            if !member.dirty && now.duration_since(stored) < refresh {
                 continue;
             }
             if written == REFRESH_PER_TICK {
@@ -1225,6 +1230,7 @@ impl Broker {
                 break;
             }
             member.stored = Some(now);
+            member.dirty = false;
             written += 1;
         }
     }
@@ -1381,7 +1387,11 @@ impl Actor for Broker {
         // Connections `send` joins and publishes and wait when it is full.
         ctx.set_mailbox_capacity(65_536);
         if !self.recovery.config.namespaces.is_empty() {
-            ctx.run_interval(std::time::Duration::from_secs(1), |act, _| act.tick());
+            // Often enough that a room joined is in the cluster's store
+            // within a second (or half the refresh period, if shorter).
+            let every = (self.recovery.config.refresh / 2)
+                .clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
+            ctx.run_interval(every, |act, _| act.tick());
         }
     }
 }

@@ -9,7 +9,10 @@
 // requests through the adapter and `emit-to` (`io.to(id).emit(...)`).
 //
 //   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
-//                            [--sharded dynamic|static | --streams]
+//                            [--sharded dynamic|static | --streams] [--recovery]
+//
+// --recovery turns on socket.io's connectionStateRecovery (the defaults: 2
+// minutes, skipMiddlewares), as a Node.js user would.
 //
 // Prints "READY <port> <adapter uid of />" once it listens and the adapter's
 // subscriptions are confirmed by Redis (with --streams: and its stream
@@ -29,6 +32,7 @@ const { values: opts } = parseArgs({
     key: { type: "string", default: "socket.io" },
     sharded: { type: "string" },
     streams: { type: "boolean", default: false },
+    recovery: { type: "boolean", default: false },
   },
 });
 
@@ -54,11 +58,11 @@ const adapter = opts.streams
   : opts.sharded
     ? createShardedAdapter(pub, sub, { channelPrefix: opts.key, subscriptionMode: opts.sharded })
     : createAdapter(pub, sub, { key: opts.key });
-const io = new Server(httpServer, { adapter });
+const io = new Server(httpServer, { adapter, ...(opts.recovery ? { connectionStateRecovery: {} } : {}) });
 const nsp = io.of("/");
 
 nsp.on("connection", (socket) => {
-  console.error(`connect ${socket.id} (${socket.conn.transport.name})`);
+  console.error(`connect ${socket.id} (${socket.conn.transport.name})${socket.recovered ? " recovered" : ""}`);
   socket.on("disconnect", (reason) => console.error(`disconnect ${socket.id}: ${reason}`));
   const handle = (fn) => (arg, ack) => {
     if (typeof ack !== "function") return;

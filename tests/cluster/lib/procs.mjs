@@ -268,11 +268,12 @@ export async function startRoomcast(name, redisUrl, { env = {}, timeoutMs = 1000
  * on a free port. Resolves once it listens and its adapter's subscriptions
  * (and stream reader) are in place.
  */
-export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded, streams = false } = {}) {
+export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded, streams = false, recovery = false } = {}) {
   const args = [
     resolve(here, "node-server.mjs"), "--redis", redisUrl, "--port", "0",
     ...(sharded ? ["--sharded", sharded] : []),
     ...(streams ? ["--streams"] : []),
+    ...(recovery ? ["--recovery"] : []),
   ];
   const proc = spawnLogged(`node socket.io server ${name}`, process.execPath, args, {
     cwd: CLUSTER_DIR,
