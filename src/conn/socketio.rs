@@ -102,6 +102,22 @@ struct Comeback {
     offset: Result<Option<crate::adapter::Offset>, ()>,
 }
 
+/// A CONNECT payload as the audit log keeps it: a recovery's private
+/// session id (which lets whoever holds it take the socket's place) is
+/// replaced by `"[redacted]"`.
+fn without_pid(auth: &str) -> std::borrow::Cow<'_, str> {
+    if !auth.contains("\"pid\"") {
+        return auth.into();
+    }
+    match serde_json::from_str::<serde_json::Map<String, Value>>(auth) {
+        Ok(mut map) if map.contains_key("pid") => {
+            map.insert("pid".into(), json!("[redacted]"));
+            Value::Object(map).to_string().into()
+        }
+        _ => auth.into(),
+    }
+}
+
 /// Connection state recovery as a connection sees it.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryPolicy {
@@ -777,7 +793,7 @@ impl Connection {
         event.namespace = Some(nsp.to_owned());
         event.socket_id = None;
         event.user = None;
-        event.excerpt = auth.map(|a| excerpt(a.as_bytes()));
+        event.excerpt = auth.map(|a| excerpt(without_pid(a).as_bytes()));
         self.shared.audit.record(event);
     }
 
@@ -1318,5 +1334,20 @@ impl Handler<Evict> for Connection {
         }
         self.close(CloseCause::new(DisconnectReason::ForcedClose, msg.detail), None, ctx);
         self.after(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    #[test]
+    fn a_refused_connects_audit_excerpt_never_shows_a_recovery_pid() {
+        let kept = super::without_pid(r#"{"token":"t","pid":"secret-pid","offset":"1-0"}"#);
+        assert!(!kept.contains("secret-pid"), "{kept}");
+        let kept: Value = serde_json::from_str(&kept).unwrap();
+        assert_eq!(kept, json!({"token": "t", "pid": "[redacted]", "offset": "1-0"}));
+        assert_eq!(super::without_pid(r#"{"token":"t"}"#), r#"{"token":"t"}"#);
+        assert_eq!(super::without_pid(r#"not json "pid""#), r#"not json "pid""#);
     }
 }
