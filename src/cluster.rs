@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, RedisAdapter};
 use crate::adapter::{LocalSockets, Session, SessionStoreDown, TakeSession};
-use crate::broker::{BackendPublish, Broker, Join, JoinError, Kick, Leave, ListRooms, Members, Publish};
+use crate::broker::{BackendPublish, Broker, Join, JoinError, Kick, Leave, ListRooms, Members, Publish, Routed};
 
 /// The broker is gone (the node is stopping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +80,34 @@ pub struct ClusterRooms {
     pub partial: Option<bool>,
 }
 
+/// What became of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// This node's members it reaches.
+    pub recipients: usize,
+    /// `streams` mode: whether the stream took it (`false`: only this
+    /// node's members get it); `None` in the other modes, where a publish
+    /// is handed to Redis pub/sub without an answer.
+    pub stored: Option<bool>,
+}
+
+/// Waits for the broker's answer, then (`streams` mode) for the stream's.
+async fn settle<M>(request: Request<Broker, M>) -> Result<Published, Unavailable>
+where
+    M: actix::Message<Result = Routed> + Send + 'static,
+    Broker: actix::Handler<M>,
+{
+    let routed = request.await.map_err(|_| Unavailable)?;
+    let stored = match routed.stored {
+        Some(answer) => Some(answer.await.unwrap_or(false)),
+        None => None,
+    };
+    Ok(Published {
+        recipients: routed.recipients,
+        stored,
+    })
+}
+
 /// What became of a join or leave asked for a socket by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Membership {
@@ -137,14 +165,16 @@ impl Cluster {
     }
 
     /// A client's publish, here and on the other nodes (the broker hands
-    /// it to the adapter): the request resolves to this node's recipients.
-    pub fn publish(&self, publish: Publish) -> Request<Broker, Publish> {
-        self.broker.send(publish)
+    /// it to the adapter). It is with the broker when this returns (so a
+    /// connection's publishes keep their order); the future resolves to
+    /// what became of it.
+    pub fn publish(&self, publish: Publish) -> impl std::future::Future<Output = Result<Published, Unavailable>> {
+        settle(self.broker.send(publish))
     }
 
-    /// A backend's publish (see [`BackendPublish`]): this node's recipients.
-    pub async fn backend_publish(&self, publish: Publish) -> Result<usize, Unavailable> {
-        self.broker.send(BackendPublish(publish)).await.map_err(|_| Unavailable)
+    /// A backend's publish (see [`BackendPublish`]).
+    pub async fn backend_publish(&self, publish: Publish) -> Result<Published, Unavailable> {
+        settle(self.broker.send(BackendPublish(publish))).await
     }
 
     /// The members of `room`: this node's (from the broker) and the other

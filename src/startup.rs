@@ -333,19 +333,31 @@ fn start_cluster(
             rooms: broker.clone().recipient(),
             ops: broker.clone().recipient(),
             sequenced: broker.clone().recipient(),
+            stream_read: broker.clone().recipient(),
         },
         status.clone(),
     )
     .map_err(|e| invalid(e.key(), e))?;
     let rooms = adapter.room_watch();
     let adapter = adapter.start();
+    let streams = r.mode == RedisMode::Streams;
+    // Streams mode: recovery sessions live in Redis, for every node.
+    let store = streams.then(|| crate::broker::SessionStore {
+        keep: adapter.clone().recipient(),
+        drop: adapter.clone().recipient(),
+    });
     broker.do_send(AttachCluster {
         adapter: adapter.clone().recipient(),
         rooms,
-        sequenced: r.mode == RedisMode::Streams,
-        store: None,
+        sequenced: streams,
+        store,
     });
-    Ok((Cluster::new(broker, Some(adapter)), status))
+    let cluster = Cluster::new(broker, Some(adapter.clone()));
+    let cluster = match streams {
+        true => cluster.with_session_store(adapter.recipient()),
+        false => cluster,
+    };
+    Ok((cluster, status))
 }
 
 /// What the listeners route to.

@@ -1,8 +1,8 @@
 //! Covers: client compatibility with real Socket.IO clients written by
 //! others, against the real roomcast binary (no mocks):
 //! - the socket.io-client 4.8 suite, tests/clients/js/*.test.mjs, run with
-//!   Node's test runner (the dashboard test among them drives Debian's
-//!   headless Chromium with playwright-core);
+//!   Node's test runner (the dashboard and recovery_browser tests among
+//!   them drive Debian's headless Chromium with playwright-core);
 //! - the python-socketio 5 suite, tests/clients/py/test_*.py, run with
 //!   unittest from tests/clients/.venv.
 //!

@@ -29,6 +29,12 @@
 //!   binary, order per publisher, one interleaving seen by every receiver),
 //!   fetchSockets and presence, serverCount, emitWithAck and
 //!   serverSideEmitWithAck, join, leave and disconnect both ways;
+//! - recovery: connection state recovery across a streams cluster of
+//!   roomcast nodes and Node.js servers with connectionStateRecovery: a
+//!   client whose roomcast node is SIGKILLed or drained recovers on another
+//!   roomcast node, a Node.js node's client recovers on roomcast, a killed
+//!   roomcast node's client recovers on Node.js (same id, rooms, every
+//!   missed event once and in order, binary included);
 //! - socket_ids: three roomcast nodes and a Node.js server, in every mode:
 //!   socket ids have Socket.IO's form; a client cannot name a socket id as
 //!   a room (invalid_room, nothing delivered); roomcast's HTTP API, the Node

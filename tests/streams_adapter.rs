@@ -18,7 +18,9 @@
 //!   on live; with nothing in the window, an entry added after it is
 //!   handed over live;
 //! - Redis killed: a broadcast comes straight back as `Sequenced` without
-//!   an offset (local delivery goes on), counted as lost; Redis restarted:
+//!   an offset (local delivery goes on), counted as lost, and its publisher
+//!   is told the stream did not take it (it is told so when it did);
+//!   Redis restarted:
 //!   broadcasts are appended and read again;
 //! - sessions: `KeepSession` stores base64 msgpack under
 //!   `{session_key_prefix}{pid}` with the TTL in ms, which decodes as the
@@ -64,6 +66,11 @@ impl Handler<Sequenced> for Recorder {
     fn handle(&mut self, msg: Sequenced, _: &mut Self::Context) {
         let _ = self.0.send(Got::Sequenced(msg));
     }
+}
+
+impl Handler<roomcast::adapter::StreamRead> for Recorder {
+    type Result = ();
+    fn handle(&mut self, _: roomcast::adapter::StreamRead, _: &mut Self::Context) {}
 }
 
 impl Handler<RemoteOperation> for Recorder {
@@ -137,7 +144,8 @@ fn start(redis: &PrivateRedis, s: StreamsConfig, namespaces: &[&str]) -> Node {
         sockets: broker.clone().recipient(),
         rooms: broker.clone().recipient(),
         ops: broker.clone().recipient(),
-        sequenced: broker.recipient(),
+        sequenced: broker.clone().recipient(),
+        stream_read: broker.recipient(),
     };
     let adapter = RedisAdapter::new(config, ports, status.clone()).unwrap().start();
     Node { adapter, got, status }
@@ -167,13 +175,21 @@ impl Node {
     }
 
     fn publish(&self, nsp: &str, args: &str, rooms: &[&str]) {
+        drop(self.publish_stored(nsp, args, rooms));
+    }
+
+    /// Publishes; the answer says whether the stream took it.
+    fn publish_stored(&self, nsp: &str, args: &str, rooms: &[&str]) -> tokio::sync::oneshot::Receiver<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         self.adapter.do_send(Outbound {
             nsp: nsp.into(),
             args: args.into(),
             attachments: vec![],
             rooms: rooms.iter().map(|r| r.to_string()).collect(),
             except: vec![],
+            stored: Some(tx),
         });
+        rx
     }
 }
 
@@ -412,14 +428,20 @@ async fn with_redis_down_broadcasts_come_back_at_once_without_an_offset() {
     let mut redis = PrivateRedis::start();
     let mut node = start(&redis, streams(1, Duration::ZERO), &["/"]);
     connected(&node).await;
-    node.publish("/", r#"["before"]"#, &[]);
+    let stored = node.publish_stored("/", r#"["before"]"#, &[]);
     assert!(node.sequenced().await.offset.is_some());
+    assert_eq!(stored.await, Ok(true), "the publisher is told the stream took it");
 
     redis.kill();
     for i in 0..3 {
-        node.publish("/", &format!(r#"["down",{i}]"#), &[]);
+        let stored = node.publish_stored("/", &format!(r#"["down",{i}]"#), &[]);
         let s = node.sequenced().await;
         assert_eq!((s.offset, &*s.broadcast.args), (None, &*format!(r#"["down",{i}]"#)));
+        assert_eq!(
+            stored.await,
+            Ok(false),
+            "the publisher is told the stream did not take it"
+        );
     }
     assert!(node.status.lost.load(Ordering::Relaxed) >= 3);
     // The session store is down too: said so within the command timeout.

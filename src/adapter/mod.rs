@@ -30,7 +30,7 @@ use actix::prelude::*;
 
 /// A broadcast this node sends to the others: a [`wire::Broadcast`] once
 /// the adapter has added its node id.
-#[derive(Message, Debug, Clone)]
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Outbound {
     /// Namespace.
@@ -44,6 +44,10 @@ pub struct Outbound {
     pub rooms: Vec<String>,
     /// Rooms (socket ids included) that do not receive it.
     pub except: Vec<String>,
+    /// `streams` mode: told whether the stream took it (`true` once it is
+    /// in the stream, so its publisher's ack means it is kept; `false`
+    /// when it could only be delivered on this node).
+    pub stored: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// A broadcast from another node or an emitter, for the local broker; the
@@ -249,6 +253,18 @@ pub struct Sequenced {
     pub offset: Option<Offset>,
     /// Not to deliver: the recovery log only.
     pub backfill: bool,
+}
+
+/// `streams` mode: every broadcast after `floor` has been or will be
+/// handed over as [`Sequenced`] (the readers have read back the recovery
+/// window and know where they go on), so recovery can tell what a client
+/// missed since then. Sent again with a higher floor when entries the
+/// readers never read were trimmed while they were away.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StreamRead {
+    /// Every broadcast after it is (or will be) handed over.
+    pub floor: Offset,
 }
 
 /// A disconnected socket's state kept for connection state recovery: the

@@ -45,7 +45,7 @@ use super::streams;
 use super::wire::{self, Broadcast};
 use super::{
     AdapterStatus, DropSession, Inbound, KeepSession, LocalRooms, LocalSockets, Outbound, RemoteOp, RemoteOperation,
-    RoomWatch, Sequenced, Session, SessionStoreDown, SocketInfo, TakeSession,
+    RoomWatch, Sequenced, Session, SessionStoreDown, SocketInfo, StreamRead, TakeSession,
 };
 
 mod streams_io;
@@ -286,6 +286,8 @@ pub struct BrokerPorts {
     /// `streams` mode: every broadcast in the stream's order, this node's
     /// own included, and this node's own that Redis could not take.
     pub sequenced: Recipient<Sequenced>,
+    /// `streams` mode: from where on the stream is read ([`StreamRead`]).
+    pub stream_read: Recipient<StreamRead>,
 }
 
 /// A request of this node waiting for answers.
@@ -443,7 +445,7 @@ impl Handler<Outbound> for RedisAdapter {
             except: out.except,
         };
         if self.config.streams().is_some() {
-            self.append_broadcast(b);
+            self.append_broadcast(b, out.stored);
             return;
         }
         let message = match self.config.broadcast(&b) {
@@ -1075,23 +1077,33 @@ impl RedisAdapter {
     /// `streams` mode: queues this node's broadcast for its stream, or,
     /// when it cannot go there, hands it straight back to the broker so
     /// that this node's members get it all the same.
-    fn append_broadcast(&self, b: Broadcast) {
+    /// Appends this node's broadcast to its namespace's stream; `stored`
+    /// is told whether the stream took it (when not, the broadcast is
+    /// handed back to the broker at once, for this node's members).
+    fn append_broadcast(&self, b: Broadcast, stored: Option<oneshot::Sender<bool>>) {
         let Some(s) = self.config.streams() else { return };
+        let not_stored = |stored: Option<oneshot::Sender<bool>>| {
+            if let Some(tx) = stored {
+                let _ = tx.send(false);
+            }
+        };
         let entry = match streams::broadcast_entry(&b) {
             Ok(entry) => entry,
             Err(why) => {
                 AdapterStatus::add(&self.status.lost, 1);
                 tracing::warn!(error = %why, "redis adapter: a broadcast the adapter's format cannot carry was not sent to the other nodes");
+                not_stored(stored);
                 return streams_io::hand_back(&self.broker.sequenced, b, &self.status);
             }
         };
         // A namespace this node does not read: no reader would hand it back.
         if !self.config.namespaces.contains(&b.nsp) {
-            self.request(Outgoing::Append(Box::new(streams_io::Append::new(s, entry, None))));
+            let append = streams_io::Append::new(s, entry, None).stored(stored);
+            self.request(Outgoing::Append(Box::new(append)));
             return streams_io::hand_back(&self.broker.sequenced, b, &self.status);
         }
-        let append = streams_io::Append::new(s, entry, Some(b));
-        let refused = match &self.appends {
+        let append = streams_io::Append::new(s, entry, Some(b)).stored(stored);
+        let mut refused = match &self.appends {
             Some(q) => match q.try_send(append) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a)) => a,
@@ -1100,6 +1112,7 @@ impl RedisAdapter {
         };
         AdapterStatus::add(&self.status.lost, 1);
         tracing::warn!("redis adapter: stream queue full, a cross-node broadcast was lost");
+        refused.settle(false);
         if let Some(b) = refused.broadcast {
             streams_io::hand_back(&self.broker.sequenced, b, &self.status);
         }
@@ -1319,6 +1332,12 @@ mod tests {
         fn handle(&mut self, _: Sequenced, _: &mut Self::Context) {}
     }
 
+    impl Handler<StreamRead> for BusyBroker {
+        type Result = ();
+
+        fn handle(&mut self, _: StreamRead, _: &mut Self::Context) {}
+    }
+
     fn fetch(n: usize) -> Request {
         // unwrap: a well-formed request.
         requests::decode(&requests::fetch_request(
@@ -1360,6 +1379,7 @@ mod tests {
                 rooms: broker.clone().recipient(),
                 ops: broker.clone().recipient(),
                 sequenced: broker.clone().recipient(),
+                stream_read: broker.clone().recipient(),
             },
             config: RedisConfig {
                 node_id: "this-node".into(),

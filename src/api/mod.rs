@@ -251,18 +251,25 @@ async fn publish(req: HttpRequest, state: Data, body: web::Json<PublishBody>) ->
             "at most {MAX_TARGETS} ids in \"except\""
         )));
     }
-    let local = state.cluster.backend_publish(publish).await?;
+    let published = state.cluster.backend_publish(publish).await?;
+    let local = published.recipients;
     // Only this node's recipients are known when the answer is sent: the
     // other nodes deliver from Redis without answering (at most once, as
     // the official adapter). Counting them would mean a cluster request per
     // publish, waiting for every node: the answer says what it counts
     // instead. `recipients` is the old name of `local_recipients`, kept for
     // the backends that read it.
-    Ok(HttpResponse::Accepted().json(json!({
+    let mut answer = json!({
         "local_recipients": local,
         "cluster": state.cluster.spans_nodes(),
         "recipients": local,
-    })))
+    });
+    if let Some(stored) = published.stored {
+        // Streams mode: false = Redis could not take it, only this node's
+        // members got it.
+        answer["stored"] = json!(stored);
+    }
+    Ok(HttpResponse::Accepted().json(answer))
 }
 
 #[derive(Deserialize)]

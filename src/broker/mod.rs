@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 
 use crate::adapter::{
     DropSession, Inbound, KeepSession, LocalRooms, LocalSockets, Offset, Outbound, RemoteOp, RemoteOperation,
-    RoomWatch, Sequenced, Session, SocketInfo,
+    RoomWatch, Sequenced, Session, SocketInfo, StreamRead,
 };
 use crate::engineio::Frame;
 use crate::limits::{AddressKey, Limit};
@@ -285,15 +285,6 @@ pub struct Resumed {
     pub replayed: usize,
 }
 
-/// `streams` mode: the stream is read from after `floor` on (its backfill
-/// is done): recovery can tell what a client missed since then.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct StreamRead {
-    /// Every broadcast after it has been or will be handed over.
-    pub floor: Offset,
-}
-
 /// Join a room on a backend's or another node's behalf (the API, a
 /// socketsJoin): the room caps apply, the room quotas do not (the backend
 /// decides; the rooms still count towards the quotas, so the client cannot
@@ -378,7 +369,7 @@ pub struct Leave {
 /// no client reaches a socket by its id. A backend's publish is a
 /// [`BackendPublish`].
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Routed")]
 pub struct Publish {
     nsp: Arc<str>,
     rooms: Vec<Arc<str>>,
@@ -460,8 +451,27 @@ impl Publish {
 /// lives, as with Socket.IO's `io.to(id)`: delivered here if the socket is
 /// here, and sent to the other nodes, which do the same.
 #[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Routed")]
 pub struct BackendPublish(pub Publish);
+
+/// What the broker did with a publish.
+#[derive(Debug, MessageResponse)]
+pub struct Routed {
+    /// This node's members it reaches.
+    pub recipients: usize,
+    /// `streams` mode: resolves to whether the stream took it (the node's
+    /// own members get it from the stream, every node in the same order).
+    pub stored: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl From<usize> for Routed {
+    fn from(recipients: usize) -> Self {
+        Routed {
+            recipients,
+            stored: None,
+        }
+    }
+}
 
 /// Connects the broker to the cluster adapter.
 #[derive(Message)]
@@ -653,6 +663,9 @@ struct Member {
     start: Offset,
     /// `streams` mode: when its session was last written to the store.
     stored: Option<std::time::Instant>,
+    /// `streams` mode: its session changed (a room) since, or was never
+    /// written: written at the next tick.
+    dirty: bool,
     /// [`Register::owner`].
     owner: Arc<str>,
 }
@@ -687,6 +700,12 @@ const START_KEY: &str = "roomcastJoinedAt";
 /// hundred thousand sockets spreads their refreshes over the ticks rather
 /// than filling the adapter's queue at once.
 const REFRESH_PER_TICK: usize = 2_000;
+
+/// How long a resume waits for a node that just started to read the
+/// stream ([`Resume`]); beyond, it is refused as unavailable. Reading the
+/// recovery window of a stream (at most `redis.stream_max_len` entries)
+/// takes well under a second.
+const PARKED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `session` with the offset its socket joined at in its data.
 fn with_start(mut session: Session, start: Offset) -> Session {
@@ -724,6 +743,8 @@ pub struct Broker {
     /// id, for a client that comes back before its old connection is
     /// known to be gone.
     by_pid: HashMap<Arc<str>, Arc<str>>,
+    /// `streams` mode: resumes waiting for the stream to be read.
+    parked: Vec<(Resume, tokio::sync::oneshot::Sender<Result<Resumed, Refused>>)>,
 }
 
 impl Broker {
@@ -743,6 +764,7 @@ impl Broker {
             by_user: HashMap::new(),
             store: None,
             by_pid: HashMap::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -940,6 +962,8 @@ impl Broker {
             return Err(JoinError::TooManyRoomsInTotal);
         }
         member.rooms.insert(room.clone());
+        // Its session in the cluster's store gets the room at the next tick.
+        member.dirty = member.stored.is_some();
         if let Some(group) = address {
             count_in(&mut self.by_address, group, room);
         }
@@ -971,6 +995,7 @@ impl Broker {
         if !member.rooms.remove(room) {
             return false;
         }
+        member.dirty = member.stored.is_some();
         let nsp = member.nsp.clone();
         if let Some(address) = member.address {
             count_out(&mut self.by_address, (nsp.clone(), address), room);
@@ -1015,11 +1040,9 @@ impl Broker {
             self.by_pid.insert(r.pid.clone(), msg.socket_id.clone());
         }
         let start = self.recovery.head(&msg.nsp);
-        let stored = (recovery.is_some() && self.store.is_some()).then(|| {
-            // Due at the next tick: a node killed before then still leaves
-            // the session behind.
-            std::time::Instant::now() - self.recovery.config.refresh
-        });
+        // Written at the next tick (dirty): a node killed after that
+        // leaves the session behind.
+        let stored = (recovery.is_some() && self.store.is_some()).then(std::time::Instant::now);
         self.members.insert(
             msg.socket_id,
             Member {
@@ -1033,6 +1056,7 @@ impl Broker {
                 address,
                 recovery,
                 start,
+                dirty: stored.is_some(),
                 stored,
                 owner: msg.owner,
             },
@@ -1170,7 +1194,7 @@ impl Broker {
         Some((sid, rooms, data, start))
     }
 
-    /// Once a second: what is older than the recovery window goes, the
+    /// Every tick (a second, or half `recovery.refresh` if shorter): what is older than the recovery window goes, the
     /// gauges are set, and (`streams` mode) the sessions of connected
     /// sockets that are due are written to the store again.
     fn tick(&mut self) {
@@ -1189,7 +1213,7 @@ impl Broker {
             let (Some(r), Some(stored)) = (&member.recovery, member.stored) else {
                 continue;
             };
-            if now.duration_since(stored) < refresh {
+            if !member.dirty && now.duration_since(stored) < refresh {
                 continue;
             }
             if written == REFRESH_PER_TICK {
@@ -1206,6 +1230,7 @@ impl Broker {
                 break;
             }
             member.stored = Some(now);
+            member.dirty = false;
             written += 1;
         }
     }
@@ -1218,23 +1243,31 @@ impl Broker {
 
     /// Publishes here and hands the publish to the other nodes. `from_client`:
     /// see [`Publish`] (rooms only) and [`BackendPublish`] (ids too).
-    fn publish(&mut self, msg: Publish, from_client: bool) -> usize {
+    fn publish(&mut self, msg: Publish, from_client: bool) -> Routed {
         if from_client && msg.rooms.iter().any(|r| looks_like_socket_id(r)) {
             // Never reached through the protocol (check_room refused it):
             // forwarded, the other nodes would take the name for a socket.
-            return 0;
+            return 0.into();
         }
         let ids_as_rooms = !from_client;
         let at = std::time::Instant::now();
         if let Some(cluster) = &self.cluster {
             let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
             let (args, attachments) = msg.args.clone();
+            let (stored, routed) = match self.sequenced {
+                true => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    (Some(tx), Some(rx))
+                }
+                false => (None, None),
+            };
             let outbound = Outbound {
                 nsp: msg.nsp.to_string(),
                 args,
                 attachments,
                 rooms: strings(&msg.rooms),
                 except: strings(&msg.except),
+                stored,
             };
             // The adapter's mailbox is its queue: full means lost, counted there.
             let handed = cluster.try_send(outbound).is_ok();
@@ -1244,7 +1277,10 @@ impl Broker {
             if handed && self.sequenced {
                 // Delivered here when the stream hands it back, in the
                 // cluster's order; the answer counts who it will reach now.
-                return self.count_targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
+                return Routed {
+                    recipients: self.count_targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms),
+                    stored: routed,
+                };
             }
             if self.sequenced {
                 // Delivered here without a place in the stream.
@@ -1261,14 +1297,23 @@ impl Broker {
             };
             self.recovery.log(&msg.nsp, offset, target, frames.clone());
         }
-        if let Some(room) = self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
-            return match room {
-                Some(r) => self.deliver_all(Targets::Room(r, &msg.except), frames, at),
-                None => 0,
-            };
+        let recipients = match self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
+            Some(Some(r)) => self.deliver_all(Targets::Room(r, &msg.except), frames, at),
+            Some(None) => 0,
+            None => {
+                let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
+                self.deliver_all(Targets::Ids(&targets), frames, at)
+            }
+        };
+        Routed {
+            recipients,
+            // Streams mode, but the adapter could not take it.
+            stored: self.sequenced.then(|| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(false);
+                rx
+            }),
         }
-        let targets = self.targets(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms);
-        self.deliver_all(Targets::Ids(&targets), frames, at)
     }
 }
 
@@ -1342,7 +1387,11 @@ impl Actor for Broker {
         // Connections `send` joins and publishes and wait when it is full.
         ctx.set_mailbox_capacity(65_536);
         if !self.recovery.config.namespaces.is_empty() {
-            ctx.run_interval(std::time::Duration::from_secs(1), |act, _| act.tick());
+            // Often enough that a room joined is in the cluster's store
+            // within a second (or half the refresh period, if shorter).
+            let every = (self.recovery.config.refresh / 2)
+                .clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
+            ctx.run_interval(every, |act, _| act.tick());
         }
     }
 }
@@ -1368,12 +1417,26 @@ impl Handler<Unregister> for Broker {
 }
 
 impl Handler<Resume> for Broker {
-    type Result = Result<Resumed, Refused>;
+    type Result = ResponseFuture<Result<Resumed, Refused>>;
 
     fn handle(&mut self, msg: Resume, _: &mut Self::Context) -> Self::Result {
         // A refusal is counted (and audited) by the connection, which sees
         // the ones decided before the broker too.
-        self.resume(msg)
+        if !self.recovery.waiting_for_stream {
+            let result = self.resume(msg);
+            return Box::pin(async move { result });
+        }
+        // A node that just started has not read the stream yet (clients of
+        // a node that went away come back to it first): the resume waits
+        // for it, in order, rather than being refused.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.parked.push((msg, tx));
+        Box::pin(async move {
+            match tokio::time::timeout(PARKED_FOR, rx).await {
+                Ok(Ok(result)) => result,
+                _ => Err(Refused::Unavailable),
+            }
+        })
     }
 }
 
@@ -1382,6 +1445,13 @@ impl Handler<StreamRead> for Broker {
 
     fn handle(&mut self, msg: StreamRead, _: &mut Self::Context) {
         self.recovery.stream_from(msg.floor);
+        for (resume, answer) in std::mem::take(&mut self.parked) {
+            // Its connection gave up waiting: the session is not restored
+            // (its client got a fresh socket).
+            if !answer.is_closed() {
+                let _ = answer.send(self.resume(resume));
+            }
+        }
     }
 }
 
@@ -1410,17 +1480,17 @@ impl Handler<Leave> for Broker {
 }
 
 impl Handler<Publish> for Broker {
-    type Result = usize;
+    type Result = Routed;
 
-    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Routed {
         self.publish(msg, true)
     }
 }
 
 impl Handler<BackendPublish> for Broker {
-    type Result = usize;
+    type Result = Routed;
 
-    fn handle(&mut self, BackendPublish(msg): BackendPublish, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, BackendPublish(msg): BackendPublish, _: &mut Self::Context) -> Routed {
         self.publish(msg, false)
     }
 }
@@ -1705,7 +1775,8 @@ mod tests {
                     args: (ByteString::from_static(r#"["m"]"#), vec![]),
                 })
                 .await
-                .unwrap();
+                .unwrap()
+                .recipients;
         }
         drop(release);
         // Everything queued reaches its member (a publish after the others,
@@ -1872,12 +1943,19 @@ mod tests {
         broker.send(registration(&target, &addr, None, None)).await.unwrap();
 
         // A client's publish naming the socket's id: nobody, here or elsewhere.
-        assert_eq!(broker.send(publish_to(&target)).await.unwrap(), 0);
+        assert_eq!(broker.send(publish_to(&target)).await.unwrap().recipients, 0);
         let mut two = publish_to(&"lobby".into());
         two.rooms.push(target.clone());
-        assert_eq!(broker.send(two).await.unwrap(), 0, "not even next to a room");
+        assert_eq!(broker.send(two).await.unwrap().recipients, 0, "not even next to a room");
         // A backend's publish to it: that socket, and the other nodes.
-        assert_eq!(broker.send(BackendPublish(publish_to(&target))).await.unwrap(), 1);
+        assert_eq!(
+            broker
+                .send(BackendPublish(publish_to(&target)))
+                .await
+                .unwrap()
+                .recipients,
+            1
+        );
         // A broadcast from another node or an emitter to it: that socket.
         let inbound = crate::adapter::wire::Broadcast {
             uid: "other".into(),
@@ -1891,7 +1969,10 @@ mod tests {
         // An id that is not shaped like one is no socket (it could be a room).
         let odd: Arc<str> = "not-an-id".into();
         broker.send(registration(&odd, &addr, None, None)).await.unwrap();
-        assert_eq!(broker.send(BackendPublish(publish_to(&odd))).await.unwrap(), 0);
+        assert_eq!(
+            broker.send(BackendPublish(publish_to(&odd))).await.unwrap().recipients,
+            0
+        );
 
         // Settle: a message to each actor after the others.
         let settle = Outbound {
@@ -1900,6 +1981,7 @@ mod tests {
             attachments: vec![],
             rooms: inbound.rooms,
             except: vec![],
+            stored: None,
         };
         cluster.send(settle).await.unwrap();
         addr.send(Deliver {

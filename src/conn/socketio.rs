@@ -19,14 +19,13 @@ use super::events::SocketEvent;
 use super::Connection;
 use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
-use crate::broker::{
-    Broker, Deliver, Evict, JoinError, Leave, Publish, Recoverable, Register, Resume, Subscribe, Unregister,
-};
-use crate::cluster::Cluster;
+use crate::broker::{Deliver, Evict, JoinError, Leave, Publish, Recoverable, Register, Resume, Subscribe, Unregister};
+use crate::cluster::{Cluster, Published};
 use crate::engineio::{CloseCause, Frame, Payload};
 use crate::reason::DisconnectReason;
 use crate::socketio::packet::{encode, encode_event, encode_raw};
 use crate::socketio::{Data, DecodeLimits, Decoder, Message, PacketType};
+use futures_util::future::{FutureExt as _, LocalBoxFuture};
 
 /// Publishes one connection may have waiting on the broker at once, and
 /// their encoded size. Past either bound the connection stops taking packets
@@ -41,13 +40,16 @@ const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 const MAX_PUBLISH_BYTES_IN_FLIGHT: usize = 1 << 20;
 
 /// What a connection does with the broker's answer to one of its publishes.
-pub(super) type PublishAnswer = Box<dyn FnOnce(Result<usize, MailboxError>, &mut Connection, &mut Context<Connection>)>;
+pub(super) type PublishAnswer = Box<dyn FnOnce(PublishResult, &mut Connection, &mut Context<Connection>)>;
+
+/// What became of a publish.
+pub(super) type PublishResult = Result<Published, crate::cluster::Unavailable>;
 
 /// A publish sent to the broker, and what to do with its answer.
-pub(super) type PendingPublish = (Request<Broker, Publish>, PublishAnswer);
+pub(super) type PendingPublish = (LocalBoxFuture<'static, PublishResult>, PublishAnswer);
 
 /// The answer to a publish, in the order the connection sent them.
-pub(super) struct PublishAnswered(Result<usize, MailboxError>, PublishAnswer);
+pub(super) struct PublishAnswered(PublishResult, PublishAnswer);
 
 impl StreamHandler<PublishAnswered> for Connection {
     fn handle(&mut self, PublishAnswered(result, answer): PublishAnswered, ctx: &mut Context<Self>) {
@@ -98,6 +100,22 @@ struct NsSocket {
 struct Comeback {
     pid: Arc<str>,
     offset: Result<Option<crate::adapter::Offset>, ()>,
+}
+
+/// A CONNECT payload as the audit log keeps it: a recovery's private
+/// session id (which lets whoever holds it take the socket's place) is
+/// replaced by `"[redacted]"`.
+fn without_pid(auth: &str) -> std::borrow::Cow<'_, str> {
+    if !auth.contains("\"pid\"") {
+        return auth.into();
+    }
+    match serde_json::from_str::<serde_json::Map<String, Value>>(auth) {
+        Ok(mut map) if map.contains_key("pid") => {
+            map.insert("pid".into(), json!("[redacted]"));
+            Value::Object(map).to_string().into()
+        }
+        _ => auth.into(),
+    }
 }
 
 /// Connection state recovery as a connection sees it.
@@ -775,7 +793,7 @@ impl Connection {
         event.namespace = Some(nsp.to_owned());
         event.socket_id = None;
         event.user = None;
-        event.excerpt = auth.map(|a| excerpt(a.as_bytes()));
+        event.excerpt = auth.map(|a| excerpt(without_pid(a).as_bytes()));
         self.shared.audit.record(event);
     }
 
@@ -1072,15 +1090,21 @@ impl Connection {
             Err(e) => return self.invalid_event(&nsp, ack, e.code(), &e.to_string(), args, ctx),
         };
         let size = publish.size();
-        let answered = self.sio_config().cluster.publish(publish);
+        let answered = self.sio_config().cluster.publish(publish).boxed_local();
         // unwrap: the publisher's socket was found, so this is Socket.IO.
         let in_window = self.sio.as_mut().unwrap().window.open(size);
-        let ack_answer = move |result: Result<usize, MailboxError>, act: &mut Self, ctx: &mut Context<Self>| {
+        let ack_answer = move |result: PublishResult, act: &mut Self, ctx: &mut Context<Self>| {
             if let Some(state) = act.sio.as_mut() {
                 state.window.close(size);
             }
-            let recipients = result.unwrap_or_default();
-            act.ack_ok(&nsp, ack, json!({"ok": true, "recipients": recipients}), ctx);
+            let (recipients, stored) = result.map_or((0, None), |p| (p.recipients, p.stored));
+            let mut answer = json!({"ok": true, "recipients": recipients});
+            if let Some(stored) = stored {
+                // Streams mode: false = Redis could not take it, only this
+                // node's members got it (docs/protocol.md).
+                answer["stored"] = json!(stored);
+            }
+            act.ack_ok(&nsp, ack, answer, ctx);
             act.after(ctx);
         };
         if in_window {
@@ -1102,7 +1126,12 @@ impl Connection {
     /// the oldest and nothing else is polled: actix polls every future
     /// spawned on a context at each of its wake-ups, and a thousand spawned
     /// answers would cost a thousand polls per publish.
-    fn answer_in_order(&mut self, request: Request<Broker, Publish>, answer: PublishAnswer, ctx: &mut Context<Self>) {
+    fn answer_in_order(
+        &mut self,
+        request: LocalBoxFuture<'static, PublishResult>,
+        answer: PublishAnswer,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(state) = self.sio.as_mut() else { return };
         let queue = state.window.answers.get_or_insert_with(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PendingPublish>();
@@ -1305,5 +1334,20 @@ impl Handler<Evict> for Connection {
         }
         self.close(CloseCause::new(DisconnectReason::ForcedClose, msg.detail), None, ctx);
         self.after(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    #[test]
+    fn a_refused_connects_audit_excerpt_never_shows_a_recovery_pid() {
+        let kept = super::without_pid(r#"{"token":"t","pid":"secret-pid","offset":"1-0"}"#);
+        assert!(!kept.contains("secret-pid"), "{kept}");
+        let kept: Value = serde_json::from_str(&kept).unwrap();
+        assert_eq!(kept, json!({"token": "t", "pid": "[redacted]", "offset": "1-0"}));
+        assert_eq!(super::without_pid(r#"{"token":"t"}"#), r#"{"token":"t"}"#);
+        assert_eq!(super::without_pid(r#"not json "pid""#), r#"not json "pid""#);
     }
 }

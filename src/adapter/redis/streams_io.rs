@@ -54,7 +54,7 @@ use super::{
     collect, deliver, hold_subscription, malformed, remote_operation, serve, Node, Reconnect, RedisConfig,
     StreamsConfig, BACKOFF_START, BATCH,
 };
-use crate::adapter::{AdapterStatus, Offset, Sequenced};
+use crate::adapter::{AdapterStatus, Offset, Sequenced, StreamRead};
 
 /// An entry for the appender.
 pub(in crate::adapter) struct Append {
@@ -64,6 +64,8 @@ pub(in crate::adapter) struct Append {
     /// This node's broadcast, handed back to the broker if Redis does not
     /// take it.
     pub(super) broadcast: Option<Broadcast>,
+    /// Told whether the stream took it (its publisher's ack waits for it).
+    stored: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 impl Append {
@@ -72,6 +74,20 @@ impl Append {
             stream: streams::stream_of(&s.stream_name, s.stream_count, &entry.nsp),
             entry,
             broadcast,
+            stored: None,
+        }
+    }
+
+    /// The same entry, whose fate `stored` is told.
+    pub(super) fn stored(mut self, stored: Option<tokio::sync::oneshot::Sender<bool>>) -> Self {
+        self.stored = stored;
+        self
+    }
+
+    /// Tells whoever waits whether the stream took it.
+    pub(super) fn settle(&mut self, stored: bool) {
+        if let Some(tx) = self.stored.take() {
+            let _ = tx.send(stored);
         }
     }
 }
@@ -140,6 +156,9 @@ struct Health {
     positioned: tokio::sync::watch::Sender<bool>,
     /// The readers that have.
     seen: Mutex<Vec<bool>>,
+    /// Where each reader's knowledge of its stream starts; once every
+    /// reader has one, the highest goes to the broker ([`StreamRead`]).
+    floors: Mutex<Vec<Option<Offset>>>,
 }
 
 impl Health {
@@ -150,6 +169,22 @@ impl Health {
             ups: Default::default(),
             positioned: tokio::sync::watch::Sender::new(false),
             seen: Mutex::new(vec![false; parts]),
+            floors: Mutex::new(vec![None; parts.saturating_sub(1)]),
+        }
+    }
+
+    /// Reader `part` knows its stream from after `floor` on: once every
+    /// reader does, the broker is told the highest (a namespace's log is
+    /// complete after its own stream's floor, so after the highest).
+    fn floor(&self, part: usize, floor: Offset, broker: &Recipient<StreamRead>) {
+        // unwrap: the lock is only held to set and read the floors.
+        let mut floors = self.floors.lock().unwrap();
+        if let Some(f) = floors.get_mut(part.wrapping_sub(1)) {
+            *f = Some(floor);
+        }
+        if floors.iter().all(Option::is_some) {
+            let highest = floors.iter().flatten().max().copied().unwrap_or_default();
+            let _ = broker.try_send(StreamRead { floor: highest });
         }
     }
 
@@ -367,6 +402,9 @@ async fn appender(mut link: OnDemand, mut rx: mpsc::Receiver<Append>, node: Node
         };
         let Err(why) = added else {
             AdapterStatus::add(&status.published, n);
+            for mut append in batch {
+                append.settle(true);
+            }
             continue;
         };
         AdapterStatus::add(&status.lost, n);
@@ -375,7 +413,8 @@ async fn appender(mut link: OnDemand, mut rx: mpsc::Receiver<Append>, node: Node
             "redis adapter: entries not added to the stream ({why}): the other nodes miss them; \
              this node's own broadcasts among them are delivered here without an offset"
         );
-        for append in batch {
+        for mut append in batch {
+            append.settle(false);
             if let Some(broadcast) = append.broadcast {
                 let back = Sequenced {
                     broadcast,
@@ -539,6 +578,16 @@ impl Reader {
         // The last entry id seen: where every read continues.
         let mut cursor: Option<String> = None;
         let mut backfill = !self.s.backfill.is_zero();
+        // Where this reader's knowledge of the stream starts: just before
+        // the window it reads back, or (no backfill) the stream's end.
+        let mut floor: Option<Offset> = backfill.then(|| {
+            let back = u64::try_from(self.s.backfill.as_millis()).unwrap_or(u64::MAX);
+            Offset {
+                ms: now_ms().saturating_sub(back).saturating_sub(1),
+                seq: u64::MAX,
+            }
+        });
+        let mut reported = false;
         loop {
             // A connection of its own: a blocking XREAD holds it.
             let mut conn = match timeout(limit, self.connector.command(limit)).await {
@@ -573,6 +622,23 @@ impl Reader {
                         retry.pause().await;
                         continue;
                     }
+                }
+            }
+            // Entries trimmed that were never read here (the window's
+            // oldest, or, after an outage, some this reader missed): no
+            // recovery may count on them.
+            let trimmed = self.max_deleted(&mut conn).await;
+            let known = cursor.as_deref().and_then(|c| c.parse::<Offset>().ok());
+            if !reported {
+                let start = floor.or(known).unwrap_or_default();
+                let start = trimmed.map_or(start, |t| start.max(t));
+                floor = Some(start);
+                self.health.floor(self.part, start, &self.node.broker.stream_read);
+                reported = true;
+            } else if let (Some(t), Some(k)) = (trimmed, known) {
+                if t > k {
+                    tracing::warn!(stream = %self.stream, after = %k, trimmed = %t, "redis adapter: entries were trimmed from the stream before this node read them; recoveries from before them are refused");
+                    let _ = self.node.broker.stream_read.try_send(StreamRead { floor: t });
                 }
             }
             self.health.set(self.part, true);
@@ -616,6 +682,34 @@ impl Reader {
                 *cursor = id;
             }
         }
+    }
+
+    /// The highest id trimmed or deleted from the stream
+    /// (`max-deleted-entry-id` of `XINFO STREAM`, Redis 7); none when the
+    /// stream is absent or Redis does not say.
+    async fn max_deleted(&self, conn: &mut Conn) -> Option<Offset> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(&self.stream);
+        let limit = self.node.config.command_timeout;
+        let info = timeout(limit, cmd.query_async::<Value>(conn)).await.ok()?.ok()?;
+        let pairs: Vec<(Value, Value)> = match info {
+            Value::Map(pairs) => pairs,
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                let mut pairs = Vec::new();
+                while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                    pairs.push((k, v));
+                }
+                pairs
+            }
+            _ => return None,
+        };
+        pairs
+            .into_iter()
+            .find(|(k, _)| text(k.clone()).as_deref() == Some("max-deleted-entry-id"))
+            .and_then(|(_, v)| text(v))
+            .and_then(|id| id.parse().ok())
+            .filter(|o: &Offset| *o != Offset::default())
     }
 
     /// The stream's last id, "0-0" when it is empty or absent.

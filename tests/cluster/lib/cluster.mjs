@@ -154,11 +154,14 @@ export class Cluster {
     return nodes;
   }
 
-  /** Starts a Node.js socket.io server with the cluster's adapter. */
-  async startNodeServer(name) {
+  /**
+   * Starts a Node.js socket.io server with the cluster's adapter (and,
+   * with `recovery`, connectionStateRecovery on).
+   */
+  async startNodeServer(name, { recovery = false } = {}) {
     const streams = this.mode === STREAMS;
     const sharded = this.mode === "classic" || streams ? undefined : this.mode;
-    const node = await startNodeServer(name, this.redis.url, { sharded, streams });
+    const node = await startNodeServer(name, this.redis.url, { sharded, streams, recovery });
     this.nodes[name] = node;
     return node;
   }

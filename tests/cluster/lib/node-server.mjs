@@ -10,8 +10,9 @@
 // For a balancer in front of it, GET /readyz answers 200; with --api-key,
 // POST /api/v1/publish {room, event, data} (bearer key) is a backend's
 // `io.to(room).emit(event, data)`, answered 202 as roomcast's API does.
-// --recovery turns on connectionStateRecovery with socket.io's defaults, as
-// a Node.js user would (with the Redis adapter, see below).
+// --recovery turns on socket.io's connectionStateRecovery (the defaults: 2
+// minutes, skipMiddlewares), as a Node.js user would (what it does with each
+// adapter: see below).
 //
 //   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
 //                            [--sharded dynamic|static | --streams] [--recovery] [--api-key KEY]
@@ -99,7 +100,7 @@ const io = new Server(httpServer, { adapter, ...(opts.recovery ? { connectionSta
 const nsp = io.of("/");
 
 nsp.on("connection", (socket) => {
-  console.error(`connect ${socket.id} (${socket.conn.transport.name})`);
+  console.error(`connect ${socket.id} (${socket.conn.transport.name})${socket.recovered ? " recovered" : ""}`);
   socket.on("disconnect", (reason) => console.error(`disconnect ${socket.id}: ${reason}`));
   const handle = (fn) => (arg, ack) => {
     if (typeof ack !== "function") return;

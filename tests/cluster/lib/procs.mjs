@@ -265,17 +265,18 @@ export async function startRoomcast(name, redisUrl, { env = {}, timeoutMs = 1000
 /**
  * A Node.js socket.io 4.8 server with @socket.io/redis-adapter 8.x, or
  * (`streams`) @socket.io/redis-streams-adapter 0.3 (lib/node-server.mjs),
- * on `port` (0 = a free one); `args` are more of its options (e.g.
- * "--recovery"). Resolves once it listens and its adapter's subscriptions
+ * on `port` (0 = a free one), with connectionStateRecovery on with
+ * `recovery`; `args` are more of its options (e.g. "--api-key"). Resolves once it listens and its adapter's subscriptions
  * (and stream reader) are in place.
  */
-export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded, streams = false, port = 0, args: more = [] } = {}) {
+export async function startNodeServer(name, redisUrl, { timeoutMs = 10000, sharded, streams = false, recovery = false, port = 0, args: more = [] } = {}) {
   const args = [
     resolve(here, "node-server.mjs"),
     "--redis", redisUrl,
     "--port", String(port),
     ...(sharded ? ["--sharded", sharded] : []),
     ...(streams ? ["--streams"] : []),
+    ...(recovery ? ["--recovery"] : []),
     ...more,
   ];
   const proc = spawnLogged(`node socket.io server ${name}`, process.execPath, args, {
