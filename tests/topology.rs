@@ -22,10 +22,11 @@
 //!   every accepted publish reaches every member of its room exactly once
 //!   and in each publisher's order, every client ends connected and the
 //!   clients of every stopped node recovered; then the same scenario
-//!   against three Node.js socket.io 4.8 servers with
-//!   @socket.io/redis-adapter and connectionStateRecovery behind the same
-//!   HAProxy config, whose losses are counted, not asserted. Both results
-//!   are printed and written to rolling_restart.json in the run dir.
+//!   against three Node.js socket.io 4.8 servers with connectionStateRecovery
+//!   behind the same HAProxy config, with @socket.io/redis-adapter and
+//!   then with @socket.io/redis-streams-adapter, whose losses are counted,
+//!   not asserted. The results are printed and written to
+//!   rolling_restart.json in the run dir.
 //!
 //! The run dir is stopped with `scripts/cluster stop` afterwards whatever
 //! happened (PostgreSQL runs detached from the test's process group), and
@@ -43,8 +44,9 @@ use std::time::Duration;
 
 use common::suite::{find_on_path, node, run_suite, test_files};
 
-/// Longest the suite may run before it is killed (it normally takes ~5
-/// min: ~3 for outage and balancer, ~2 for rolling_restart).
+/// Longest the suite may run before it is killed (alone on two cores it
+/// took ~3 min: ~50 s for balancer and outage, ~2 min for rolling_restart;
+/// more when other suites run beside it).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(720);
 
 fn repo() -> &'static Path {

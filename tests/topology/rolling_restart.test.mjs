@@ -32,13 +32,16 @@
 // what they lost.
 //
 // The same scenario then runs against three Node.js socket.io 4.8 servers
-// with the classic @socket.io/redis-adapter and `connectionStateRecovery`
-// on (lib/node-server.mjs --recovery, behind the same HAProxy config; its
-// publishers are the same client publishers and HTTP API backends, the API
-// being node-server.mjs's POST /api/v1/publish). What it loses is counted
-// and printed, never asserted: the test fails only if the scenario could
-// not run. Both results are printed and written as JSON to
-// rolling_restart.json in the run dir (TOPOLOGY_RUN_DIR); run with
+// with `connectionStateRecovery` on (lib/node-server.mjs --recovery, behind
+// the same HAProxy config; its publishers are the same client publishers
+// and HTTP API backends, the API being node-server.mjs's POST
+// /api/v1/publish), with the classic @socket.io/redis-adapter (which keeps
+// no sessions), then with @socket.io/redis-streams-adapter (which keeps
+// them in Redis when a socket disconnects). What they lose is counted and
+// printed, never asserted: those tests fail only if the scenario could not
+// run. Every result is printed and written as JSON to rolling_restart.json
+// in the run dir (TOPOLOGY_RUN_DIR) and beside it (kept after a passing
+// run); run with
 // `cargo test --test topology -- --nocapture` to see them.
 // ROLLING_RESTART_REDIS_MODE=classic runs roomcast in classic mode (where
 // recovery works only on the same node, so losses are expected) to debug
@@ -46,7 +49,7 @@
 
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { describe, it } from "node:test";
 import { ioClient } from "../cluster/lib/cluster.mjs";
 import { API_KEY, REPO_ROOT, sleep } from "../cluster/lib/procs.mjs";
@@ -79,6 +82,8 @@ const MODE = process.env.ROLLING_RESTART_REDIS_MODE || "streams";
 
 const runDir = process.env.TOPOLOGY_RUN_DIR || join(REPO_ROOT, "target", "tmp", `topology-${process.pid}`);
 const resultsFile = join(runDir, "rolling_restart.json");
+/** A copy beside the run dir, which tests/topology.rs removes after a passing run. */
+const keptResultsFile = join(dirname(runDir), "rolling_restart.json");
 const log = (line) => console.log(`# ${line}`);
 
 /** Resolves like `promise`, or rejects with `what` after `ms`. */
@@ -522,6 +527,7 @@ function record(name, result) {
   const all = existsSync(resultsFile) ? JSON.parse(readFileSync(resultsFile, "utf8")) : {};
   all[name] = result;
   writeFileSync(resultsFile, `${JSON.stringify(all, null, 2)}\n`);
+  writeFileSync(keptResultsFile, `${JSON.stringify(all, null, 2)}\n`);
   const { published: p, deliveries: d, reconnects: rc, metrics: m, timeMs: t } = result;
   log(
     `${result.server}: ${p.accepted} of ${p.attempted} publishes accepted (${p.acceptedFromClients} client, ${p.acceptedFromApi} API; ` +
@@ -538,7 +544,7 @@ function record(name, result) {
   );
   for (const x of result.lossyExamples) log(`${result.server}: e.g. ${JSON.stringify(x)}`);
   log(`${name} result: ${JSON.stringify(result)}`);
-  log(`results in ${resultsFile}`);
+  log(`results in ${resultsFile} and ${keptResultsFile}`);
 }
 
 /**
