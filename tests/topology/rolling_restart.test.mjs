@@ -356,7 +356,8 @@ async function runScenario(target, label) {
     await lb.waitServerUp(name);
     await everyoneBack();
     const hit = all.filter((c) => c.disconnects.length > before.get(c));
-    const reconnects = hit.flatMap((c) => c.connects.filter((x) => x.at >= t));
+    const reconnectsOf = (clients) => clients.flatMap((c) => c.connects.filter((x) => x.at >= t));
+    const reconnects = reconnectsOf(hit);
     const step = {
       node: name,
       signal,
@@ -364,13 +365,14 @@ async function runScenario(target, label) {
       disconnected: hit.length,
       recovered: reconnects.filter((x) => x.recovered).length,
       fresh: reconnects.filter((x) => !x.recovered).length,
+      freshPublishers: reconnectsOf(hit.filter((c) => publishers.includes(c))).filter((x) => !x.recovered).length,
       stopMs: stoppedMs,
       ms: Date.now() - t,
     };
     steps.push(step);
     log(
       `${label}: ${name} SIG${signal} (${sockets} sockets; stopped in ${stoppedMs} ms): ${step.disconnected} clients disconnected, ` +
-        `${step.recovered} reconnections recovered, ${step.fresh} fresh; all back ${step.ms} ms after the signal`,
+        `${step.recovered} reconnections recovered, ${step.fresh} fresh (${step.freshPublishers} of them publishers'); all back ${step.ms} ms after the signal`,
     );
   };
 
