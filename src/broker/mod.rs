@@ -663,6 +663,8 @@ struct Member {
     start: Offset,
     /// `streams` mode: when its session was last written to the store.
     stored: Option<std::time::Instant>,
+    /// The offset of the last logged broadcast naming it by its id.
+    reached: Offset,
     /// `streams` mode: its session changed (a room) since, or was never
     /// written: written at the next tick.
     dirty: bool,
@@ -675,6 +677,9 @@ struct Member {
 struct Room {
     order: BTreeMap<u64, Slot>,
     seq: HashMap<Arc<str>, u64>,
+    /// The offset of the last logged broadcast to it (recovery: a member
+    /// that no broadcast reached since it joined missed nothing before).
+    last: Offset,
 }
 
 /// A room member: its id, and its socket when the broker writes to it
@@ -700,6 +705,10 @@ const START_KEY: &str = "roomcastJoinedAt";
 /// hundred thousand sockets spreads their refreshes over the ticks rather
 /// than filling the adapter's queue at once.
 const REFRESH_PER_TICK: usize = 2_000;
+
+/// A socket's state handed to its recovery: its id, rooms, data (its
+/// identity) and where its recovery starts when its client got no event.
+type Handover = (Arc<str>, Vec<Arc<str>>, serde_json::Value, Offset);
 
 /// How long a resume waits for a node that just started to read the
 /// stream ([`Resume`]); beyond, it is refused as unavailable. Reading the
@@ -743,6 +752,9 @@ pub struct Broker {
     /// id, for a client that comes back before its old connection is
     /// known to be gone.
     by_pid: HashMap<Arc<str>, Arc<str>>,
+    /// The offset of the last logged broadcast to the whole of each
+    /// namespace (see [`Room::last`]).
+    nsp_last: HashMap<Arc<str>, Offset>,
     /// `streams` mode: resumes waiting for the stream to be read.
     parked: Vec<(Resume, tokio::sync::oneshot::Sender<Result<Resumed, Refused>>)>,
 }
@@ -765,6 +777,7 @@ impl Broker {
             store: None,
             by_pid: HashMap::new(),
             parked: Vec::new(),
+            nsp_last: HashMap::new(),
         }
     }
 
@@ -1058,6 +1071,7 @@ impl Broker {
                 start,
                 dirty: stored.is_some(),
                 stored,
+                reached: Offset::default(),
                 owner: msg.owner,
             },
         );
@@ -1067,6 +1081,7 @@ impl Broker {
     /// forgotten; with `keep`, its session is kept for recovery (or, in a
     /// recovering namespace, deleted from the cluster's store).
     fn unregister(&mut self, socket_id: &Arc<str>, keep: bool) {
+        let start = self.start_of(socket_id);
         let Some(member) = self.members.get(socket_id) else {
             return;
         };
@@ -1082,7 +1097,7 @@ impl Broker {
             match (&self.store, keep) {
                 (Some(store), true) => {
                     let ttl = self.recovery.config.window;
-                    let session = with_start(session, member.start);
+                    let session = with_start(session, start);
                     let _ = store.keep.try_send(KeepSession { session, ttl });
                 }
                 (Some(store), false) => {
@@ -1094,7 +1109,7 @@ impl Broker {
                         member.nsp.clone(),
                         rooms.clone(),
                         r.data.clone(),
-                        member.start,
+                        start,
                     );
                     self.recovery.keep(r.pid.clone(), kept);
                 }
@@ -1180,12 +1195,12 @@ impl Broker {
     /// the heartbeat has not run out): the old connection is told to leave
     /// the namespace, and its socket's state is handed over as a kept
     /// session would be.
-    fn take_over(&mut self, pid: &str, nsp: &str) -> Option<(Arc<str>, Vec<Arc<str>>, serde_json::Value, Offset)> {
+    fn take_over(&mut self, pid: &str, nsp: &str) -> Option<Handover> {
         let sid = self.by_pid.get(pid)?.clone();
+        let start = self.start_of(&sid);
         let member = self.members.get(&sid).filter(|m| *m.nsp == *nsp)?;
         let data = member.recovery.as_ref().map(|r| r.data.clone()).unwrap_or_default();
         let rooms: Vec<Arc<str>> = member.rooms.iter().cloned().collect();
-        let start = member.start;
         member.evict.do_send(Evict {
             detail: "its client came back on another connection (connection state recovery)".into(),
             namespace: Some(member.nsp.clone()),
@@ -1208,30 +1223,84 @@ impl Broker {
         // Each write lasts the window past the next one, so a session
         // outlives its node by at least the window.
         let ttl = self.recovery.config.window + refresh * 2;
-        let mut written = 0;
-        for (sid, member) in self.members.iter_mut() {
-            let (Some(r), Some(stored)) = (&member.recovery, member.stored) else {
-                continue;
-            };
-            if !member.dirty && now.duration_since(stored) < refresh {
-                continue;
-            }
-            if written == REFRESH_PER_TICK {
-                break;
-            }
+        let due: Vec<Arc<str>> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.recovery.is_some())
+            .filter(|(_, m)| m.stored.is_some_and(|at| m.dirty || now.duration_since(at) >= refresh))
+            .map(|(sid, _)| sid.clone())
+            .take(REFRESH_PER_TICK)
+            .collect();
+        for sid in due {
+            let start = self.start_of(&sid);
+            let Some(member) = self.members.get_mut(&sid) else { continue };
+            let Some(r) = &member.recovery else { continue };
             let session = Session {
                 sid: sid.to_string(),
                 pid: r.pid.to_string(),
                 rooms: member.rooms.iter().map(|r| r.to_string()).collect(),
                 data: r.data.clone(),
             };
-            let session = with_start(session, member.start);
-            if store.keep.try_send(KeepSession { session, ttl }).is_err() {
+            if store.keep.try_send(KeepSession {
+                session: with_start(session, start),
+                ttl,
+            })
+            .is_err()
+            {
                 break;
             }
             member.stored = Some(now);
             member.dirty = false;
-            written += 1;
+        }
+    }
+
+    /// Records where a logged broadcast for `target` went: its rooms (or
+    /// the namespace, or a socket named by id) were last reached at
+    /// `offset`.
+    fn note_reach(&mut self, nsp: &Arc<str>, target: &Target, offset: Offset) {
+        if target.rooms.is_empty() {
+            self.nsp_last.insert(nsp.clone(), offset);
+            return;
+        }
+        let ns_rooms = self.rooms.get_mut(nsp);
+        if let Some(ns_rooms) = ns_rooms {
+            for name in &target.rooms {
+                if let Some(room) = ns_rooms.get_mut(name) {
+                    room.last = offset;
+                }
+            }
+        }
+        if target.ids_as_rooms {
+            for name in target.rooms.iter().filter(|r| looks_like_socket_id(r)) {
+                if let Some(member) = self.members.get_mut(name) {
+                    member.reached = offset;
+                }
+            }
+        }
+    }
+
+    /// Where a socket's recovery starts when its client got no event: where
+    /// its namespace's log was when it joined, or, when no logged
+    /// broadcast has reached its rooms, its namespace or its id since (so
+    /// it missed nothing), where the log is now: a quiet socket in a busy
+    /// namespace does not fall behind what the log keeps.
+    fn start_of(&self, sid: &Arc<str>) -> Offset {
+        let Some(member) = self.members.get(sid) else {
+            return Offset::default();
+        };
+        let ns_rooms = self.rooms.get(&member.nsp);
+        let latest = member
+            .rooms
+            .iter()
+            .filter_map(|r| ns_rooms.and_then(|rooms| rooms.get(r)).map(|room| room.last))
+            .chain(self.nsp_last.get(&member.nsp).copied())
+            .chain([member.reached])
+            .max()
+            .unwrap_or_default();
+        if latest <= member.start {
+            self.recovery.head(&member.nsp)
+        } else {
+            member.start
         }
     }
 
@@ -1295,6 +1364,7 @@ impl Broker {
                 except: msg.except.clone(),
                 ids_as_rooms,
             };
+            self.note_reach(&msg.nsp, &target, offset);
             self.recovery.log(&msg.nsp, offset, target, frames.clone());
         }
         let recipients = match self.single_room(&msg.nsp, &msg.rooms, &msg.except, ids_as_rooms) {
@@ -1365,6 +1435,7 @@ impl Broker {
             except,
             ids_as_rooms: true,
         };
+        self.note_reach(&nsp, &target, offset);
         self.recovery.log(&nsp, offset, target.clone(), frames.clone());
         if !deliver {
             return 0;

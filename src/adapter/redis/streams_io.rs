@@ -578,15 +578,17 @@ impl Reader {
         // The last entry id seen: where every read continues.
         let mut cursor: Option<String> = None;
         let mut backfill = !self.s.backfill.is_zero();
-        // Where this reader's knowledge of the stream starts: just before
-        // the window it reads back, or (no backfill) the stream's end.
-        let mut floor: Option<Offset> = backfill.then(|| {
-            let back = u64::try_from(self.s.backfill.as_millis()).unwrap_or(u64::MAX);
-            Offset {
-                ms: now_ms().saturating_sub(back).saturating_sub(1),
-                seq: u64::MAX,
-            }
-        });
+        // The start of the window read back (fixed once: an interrupted
+        // backfill goes on after the last entry it handed over).
+        let back = u64::try_from(self.s.backfill.as_millis()).unwrap_or(u64::MAX);
+        let window = Offset {
+            ms: now_ms().saturating_sub(back),
+            seq: 0,
+        };
+        // Where this reader's knowledge of the stream starts: the newest
+        // entry before the window (every later one is read back), or (no
+        // backfill) the stream's end.
+        let mut floor: Option<Offset> = None;
         let mut reported = false;
         loop {
             // A connection of its own: a blocking XREAD holds it.
@@ -603,9 +605,19 @@ impl Reader {
                     continue;
                 }
             };
+            if backfill && floor.is_none() {
+                match self.before(&mut conn, window).await {
+                    Ok(before) => floor = Some(before),
+                    Err(why) => {
+                        retry.failed(&why);
+                        retry.pause().await;
+                        continue;
+                    }
+                }
+            }
             if backfill {
                 // Interrupted, it goes on after the last entry it handed over.
-                match self.backfill(&mut conn, &mut cursor).await {
+                match self.backfill(&mut conn, &mut cursor, window).await {
                     Ok(()) => backfill = false,
                     Err(why) => {
                         retry.failed(&why);
@@ -684,6 +696,25 @@ impl Reader {
         }
     }
 
+    /// The newest entry id before `window` ("0-0" when there is none): a
+    /// node that reads the stream back from `window` knows every entry
+    /// after it (and a client whose last offset, or whose socket's start,
+    /// is that entry or later missed nothing before the window).
+    async fn before(&self, conn: &mut Conn, window: Offset) -> Result<Offset, String> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        // Exclusive ranges ("(id") need Redis 6.2, as GETDEL does.
+        cmd.arg(&self.stream).arg(format!("({window}")).arg("-").arg("COUNT").arg(1);
+        let limit = self.node.config.command_timeout;
+        match timeout(limit, cmd.query_async::<Value>(conn)).await {
+            Ok(Ok(v)) => match entries(v) {
+                Some(e) => Ok(e.first().and_then(|e| e.id.parse().ok()).unwrap_or_default()),
+                None => Err("unexpected XREVRANGE answer".into()),
+            },
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("XREVRANGE timed out".into()),
+        }
+    }
+
     /// The highest id trimmed or deleted from the stream
     /// (`max-deleted-entry-id` of `XINFO STREAM`, Redis 7); none when the
     /// stream is absent or Redis does not say.
@@ -733,12 +764,7 @@ impl Reader {
     /// as the last one's id, or (none in the window) as the window's start,
     /// which no later entry can precede: the live reads go on from there
     /// without a gap.
-    async fn backfill(&self, conn: &mut Conn, cursor: &mut Option<String>) -> Result<(), String> {
-        let back = u64::try_from(self.s.backfill.as_millis()).unwrap_or(u64::MAX);
-        let window = Offset {
-            ms: now_ms().saturating_sub(back),
-            seq: 0,
-        };
+    async fn backfill(&self, conn: &mut Conn, cursor: &mut Option<String>, window: Offset) -> Result<(), String> {
         let limit = self.node.config.command_timeout;
         let mut read = 0usize;
         loop {

@@ -23,6 +23,9 @@
 //   gone (a half-open TCP connection: a proxy keeps the server's side open
 //   after the client's side died) takes its socket over: recovered, the
 //   events written to the dead connection replayed, each once;
+// - a client that received no event before its connection was lost (its
+//   CONNECT has a pid but no offset) recovers, also after more than the
+//   window of other rooms' traffic;
 // - /metrics counts recoveries, replayed events and refusals by reason.
 //
 // A transport is "killed" the way a network failure ends it: the
@@ -376,4 +379,48 @@ recoveryTest(
   },
   // The server would not notice the dead connection for seconds.
   { env: { ROOMCAST__ENGINE__PING_INTERVAL_MS: "5000", ROOMCAST__ENGINE__PING_TIMEOUT_MS: "5000" } },
+);
+
+recoveryTest("a client that received no event before it lost its connection recovers too", async ({ client }) => {
+  const sub = client("/", WS);
+  const pub = client("/", { transports: ["websocket"] });
+  await Promise.all([connected(sub), connected(pub)]);
+  await subscribe(sub, "open:quiet");
+  const msgs = inbox(sub, "msg");
+  const id = sub.id;
+  await killTransport(sub);
+  await publish(pub, "open:quiet", "msg", 1);
+  await publish(pub, "open:quiet", "msg", 2);
+  await reconnect(sub);
+  assert.equal(sub.recovered, true, "recovered without an offset");
+  assert.equal(sub.id, id);
+  await within(() => msgs.length === 2, "the missed events");
+  assert.deepEqual(msgs.map(([d]) => d), [1, 2]);
+});
+
+recoveryTest(
+  "a quiet socket in a busy namespace recovers after more than the window of others' traffic",
+  async ({ client }) => {
+    const sub = client("/", WS);
+    const pub = client("/", { transports: ["websocket"] });
+    await Promise.all([connected(sub), connected(pub)]);
+    await subscribe(sub, "open:quiet");
+    const msgs = inbox(sub, "msg");
+    // Others' traffic for longer than the window: the log has nothing left
+    // of the time the quiet socket joined.
+    const until = Date.now() + 2600;
+    for (let n = 0; Date.now() < until; n++) {
+      await publish(pub, "open:busy", "msg", n);
+      await sleep(20);
+    }
+    const id = sub.id;
+    await killTransport(sub);
+    await publish(pub, "open:quiet", "msg", "missed");
+    await reconnect(sub);
+    assert.equal(sub.recovered, true, "recovered: nothing reached it before, so it missed nothing older");
+    assert.equal(sub.id, id);
+    await within(() => msgs.length === 1, "the missed event");
+    assert.deepEqual(msgs.map(([d]) => d), ["missed"]);
+  },
+  { env: { ROOMCAST__RECOVERY__MAX_DISCONNECTION_MS: "1000" } },
 );
