@@ -15,7 +15,9 @@
 //   read by Node.js's restoreSession);
 // - a Node.js node shut down with SIGTERM (io.close(): its sockets end with
 //   "server shutting down", which stores their sessions): its client
-//   recovers on a roomcast node.
+//   recovers on a roomcast node;
+// - a client that received no event (no offset) recovers on a roomcast
+//   node started after its own.
 // (A Node.js node killed with SIGKILL stores no session: Node.js writes a
 // session only when its socket ends, so its clients cannot recover
 // anywhere; roomcast writes its sockets' sessions while they are
@@ -190,6 +192,30 @@ describe("recovery across the nodes of a streams cluster (roomcast and Node.js)"
           await R4.kill();
         },
       });
+    }),
+  );
+
+  it(
+    "a client that received no event recovers on a roomcast node started after its own",
+    cluster.wrap(async () => {
+      const sub = track(await connect(R3));
+      assert.deepEqual(await ack(sub, "subscribe", { room: "rec:quiet" }), { ok: true });
+      const msgs = inbox(sub, "m");
+      const [R5] = await cluster.startRoomcast("R5");
+      const pub = track(await connect(R5));
+      const id = sub.id;
+      const gone = new Promise((r) => sub.once("disconnect", r));
+      sub.io.engine.transport.ws._socket.destroy();
+      await within(gone, 10_000, "the subscriber to lose its connection");
+      await publish(pub, "rec:quiet", "m", { n: 1 });
+      await publish(pub, "rec:quiet", "m", { n: 2 });
+      await moveTo(sub, R5);
+      assert.equal(sub.recovered, true, "recovered without an offset, on a node started later");
+      assert.equal(sub.id, id);
+      await until(() => msgs.length === 2, "the missed events");
+      assert.deepEqual(msgs.map(([d]) => d.n), [1, 2]);
+      sub.disconnect();
+      pub.disconnect();
     }),
   );
 
