@@ -1233,7 +1233,9 @@ impl Broker {
             .collect();
         for sid in due {
             let start = self.start_of(&sid);
-            let Some(member) = self.members.get_mut(&sid) else { continue };
+            let Some(member) = self.members.get_mut(&sid) else {
+                continue;
+            };
             let Some(r) = &member.recovery else { continue };
             let session = Session {
                 sid: sid.to_string(),
@@ -1241,11 +1243,13 @@ impl Broker {
                 rooms: member.rooms.iter().map(|r| r.to_string()).collect(),
                 data: r.data.clone(),
             };
-            if store.keep.try_send(KeepSession {
-                session: with_start(session, start),
-                ttl,
-            })
-            .is_err()
+            if store
+                .keep
+                .try_send(KeepSession {
+                    session: with_start(session, start),
+                    ttl,
+                })
+                .is_err()
             {
                 break;
             }

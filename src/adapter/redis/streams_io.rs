@@ -703,7 +703,11 @@ impl Reader {
     async fn before(&self, conn: &mut Conn, window: Offset) -> Result<Offset, String> {
         let mut cmd = redis::cmd("XREVRANGE");
         // Exclusive ranges ("(id") need Redis 6.2, as GETDEL does.
-        cmd.arg(&self.stream).arg(format!("({window}")).arg("-").arg("COUNT").arg(1);
+        cmd.arg(&self.stream)
+            .arg(format!("({window}"))
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
         let limit = self.node.config.command_timeout;
         match timeout(limit, cmd.query_async::<Value>(conn)).await {
             Ok(Ok(v)) => match entries(v) {
