@@ -235,6 +235,11 @@ pub fn encode_message(kind: u64, uid: &str, nsp: &str, data: &Value) -> Vec<u8> 
         // hold (none is made here) goes as nil rather than not at all.
         Err(_) => Mp::Nil,
     };
+    envelope(kind, uid, nsp, data)
+}
+
+/// `{type, data, uid, nsp}` in msgpack, in Node's member order.
+fn envelope(kind: u64, uid: &str, nsp: &str, data: Mp) -> Vec<u8> {
     let envelope = map_mp(vec![
         ("type", Mp::from(kind)),
         ("data", data),
@@ -253,16 +258,7 @@ pub fn fetch_request(uid: &str, nsp: &str, request_id: &str, rooms: &[String], e
         ("opts", opts_mp(rooms, except)),
         ("requestId", Mp::from(request_id)),
     ]);
-    let envelope = map_mp(vec![
-        ("type", Mp::from(kind::FETCH_SOCKETS)),
-        ("data", data),
-        ("uid", Mp::from(uid)),
-        ("nsp", Mp::from(nsp)),
-    ]);
-    let mut out = Vec::new();
-    // unwrap: writing to a Vec cannot fail.
-    rmpv::encode::write_value(&mut out, &envelope).unwrap();
-    out
+    envelope(kind::FETCH_SOCKETS, uid, nsp, data)
 }
 
 /// Decodes a pub/sub message (msgpack; a JSON one is read too): `(sender
