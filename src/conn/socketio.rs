@@ -685,7 +685,6 @@ impl Connection {
             &[],
             ctx,
         );
-        self.shared.metrics.socket(&nsp, 1);
         tracing::debug!(
             parent: &self.span,
             nsp = &*nsp,
@@ -694,11 +693,26 @@ impl Connection {
             replayed = resumed.replayed,
             "namespace socket recovered"
         );
+        self.connected(nsp, id, (expires, true), auth_text, ctx);
+    }
+
+    /// What follows a socket's CONNECT answer, fresh or recovered: it is
+    /// counted and watched, its token's expiry armed, and the testing hook
+    /// echoes its payload.
+    fn connected(
+        &mut self,
+        nsp: Arc<str>,
+        id: Arc<str>,
+        (expires, recovered): (Option<std::time::SystemTime>, bool),
+        auth_text: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        self.shared.metrics.socket(&nsp, 1);
         self.watched(SocketEvent::Connected {
             sid: self.sid.clone(),
             nsp: nsp.clone(),
             socket_id: id.clone(),
-            recovered: true,
+            recovered,
         });
         if let Some(expires) = expires {
             self.expire_at(nsp.clone(), id, expires, ctx);
@@ -768,19 +782,7 @@ impl Connection {
         self.flush(ctx);
         self.sio_config().cluster.broker().do_send(register);
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
-        self.shared.metrics.socket(&nsp, 1);
-        self.watched(SocketEvent::Connected {
-            sid: self.sid.clone(),
-            nsp: nsp.clone(),
-            socket_id: id.clone(),
-            recovered: false,
-        });
-        if let Some(expires) = expires {
-            self.expire_at(nsp.clone(), id, expires, ctx);
-        }
-        if self.sio_config().hooks {
-            self.emit_event(&nsp, "auth", auth_text, &[], ctx);
-        }
+        self.connected(nsp, id, (expires, false), auth_text, ctx);
     }
 
     /// Records a refused CONNECT (`audit.record_handshake_refusals`).
