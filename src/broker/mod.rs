@@ -1311,7 +1311,7 @@ impl Broker {
     /// The offset for a broadcast of `nsp` made here (not `streams`
     /// mode), if `nsp` recovers.
     fn offset_here(&mut self, nsp: &str) -> Option<Offset> {
-        self.recovery.covers(nsp).then(|| self.recovery.next_offset())
+        (!self.sequenced && self.recovery.covers(nsp)).then(|| self.recovery.next_offset())
     }
 
     /// Publishes here and hands the publish to the other nodes. `from_client`:
@@ -1326,7 +1326,7 @@ impl Broker {
         let at = std::time::Instant::now();
         if let Some(cluster) = &self.cluster {
             let strings = |v: &[Arc<str>]| v.iter().map(|s| s.to_string()).collect();
-            let (args, attachments) = msg.args.clone();
+            let (args, attachments) = msg.args;
             let (stored, routed) = match self.sequenced {
                 true => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1361,7 +1361,7 @@ impl Broker {
             }
         }
         let mut frames = msg.frames;
-        if let Some(offset) = (!self.sequenced).then(|| self.offset_here(&msg.nsp)).flatten() {
+        if let Some(offset) = self.offset_here(&msg.nsp) {
             frames = recovery::tag(&frames, offset);
             let target = Target {
                 rooms: msg.rooms.clone(),
@@ -1411,47 +1411,43 @@ impl Broker {
         let (rooms, except) = (strings(&b.rooms), strings(&b.except));
         let at = std::time::Instant::now();
         let offset = offset.filter(|_| self.recovery.covers(&nsp));
-        let Some(offset) = offset else {
-            if !deliver {
-                return 0;
-            }
-            return match self.single_room(&nsp, &rooms, &except, true) {
-                Some(None) => 0,
-                Some(Some(room)) => {
-                    let frames = encode_args(&nsp, &b.args, &b.attachments);
-                    self.deliver_all(Targets::Room(room, &except), frames, at)
-                }
-                None => {
-                    let targets = self.targets(&nsp, &rooms, &except, true);
-                    if targets.is_empty() {
-                        return 0;
-                    }
-                    let frames = encode_args(&nsp, &b.args, &b.attachments);
-                    self.deliver_all(Targets::Ids(&targets), frames, at)
-                }
-            };
+        // Tagged (and then logged) frames are made whoever they reach here;
+        // untagged ones only if someone here gets them.
+        let tagged = offset.map(|o| encode_args(&nsp, &recovery::tag_args(&b.args, o), &b.attachments));
+        let frames = || {
+            tagged
+                .clone()
+                .unwrap_or_else(|| encode_args(&nsp, &b.args, &b.attachments))
         };
-        // Logged whoever it reaches here: a socket recovering later may
-        // have been in its rooms on another node.
-        let frames = encode_args(&nsp, &recovery::tag_args(&b.args, offset), &b.attachments);
-        let target = Target {
-            rooms,
-            except,
-            ids_as_rooms: true,
+        let room = if deliver {
+            self.single_room(&nsp, &rooms, &except, true)
+        } else {
+            // A backfill reaches nobody: as a room with no members here.
+            Some(None)
         };
-        self.note_reach(&nsp, &target, offset);
-        self.recovery.log(&nsp, offset, target.clone(), frames.clone());
-        if !deliver {
-            return 0;
-        }
-        match self.single_room(&nsp, &target.rooms, &target.except, true) {
+        let recipients = match room {
             Some(None) => 0,
-            Some(Some(room)) => self.deliver_all(Targets::Room(room, &target.except), frames, at),
+            Some(Some(room)) => self.deliver_all(Targets::Room(room, &except), frames(), at),
             None => {
-                let targets = self.targets(&nsp, &target.rooms, &target.except, true);
-                self.deliver_all(Targets::Ids(&targets), frames, at)
+                let targets = self.targets(&nsp, &rooms, &except, true);
+                match targets.is_empty() {
+                    true => 0,
+                    false => self.deliver_all(Targets::Ids(&targets), frames(), at),
+                }
             }
+        };
+        if let (Some(offset), Some(frames)) = (offset, tagged) {
+            // Logged whoever it reached here: a socket recovering later may
+            // have been in its rooms on another node.
+            let target = Target {
+                rooms,
+                except,
+                ids_as_rooms: true,
+            };
+            self.note_reach(&nsp, &target, offset);
+            self.recovery.log(&nsp, offset, target, frames);
         }
+        recipients
     }
 }
 
@@ -1576,7 +1572,7 @@ impl Handler<Inbound> for Broker {
     fn handle(&mut self, Inbound(b): Inbound, _: &mut Self::Context) -> usize {
         // Not streams mode (or a broadcast with ack, which has no place in
         // the stream): an offset of this node's.
-        let offset = if self.sequenced { None } else { self.offset_here(&b.nsp) };
+        let offset = self.offset_here(&b.nsp);
         self.deliver_remote(&b, offset, true)
     }
 }

@@ -242,9 +242,7 @@ impl Recovery {
     /// (nothing before it is known here).
     pub fn stream_from(&mut self, floor: Offset) {
         for log in self.logs.values_mut() {
-            if log.entries.is_empty() || log.floor < floor {
-                log.floor = log.floor.max(floor);
-            }
+            log.floor = log.floor.max(floor);
         }
         self.waiting_for_stream = false;
     }

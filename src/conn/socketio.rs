@@ -535,7 +535,7 @@ impl Connection {
     /// (`{pid, offset?}` in its payload, as socket.io-client 4.6+ sends):
     /// what it asks to get back.
     fn comeback(&self, nsp: &str, auth: &Value) -> Option<Comeback> {
-        if !self.sio_config().recovery.namespaces.iter().any(|n| n == nsp) {
+        if !self.recovers(nsp) {
             return None;
         }
         let pid = auth.get("pid")?.as_str()?;
@@ -590,14 +590,11 @@ impl Connection {
             return self.after_refused_recovery(nsp, identity, &auth_text, ctx);
         };
         let data = identity.as_ref().map(Identity::to_data).unwrap_or_default();
-        let register = self.registration(
-            nsp.clone(),
-            None,
-            identity.as_ref().ok(),
-            comeback.pid.clone(),
+        let recoverable = Recoverable {
+            pid: comeback.pid.clone(),
             data,
-            ctx,
-        );
+        };
+        let register = self.registration(nsp.clone(), None, identity.as_ref().ok(), Some(recoverable), ctx);
         let cluster = self.sio_config().cluster.clone();
         let max_frames = self.sio_config().recovery.max_frames;
         let pid = comeback.pid;
@@ -736,11 +733,9 @@ impl Connection {
         nsp: Arc<str>,
         id: Option<Arc<str>>,
         identity: Option<&Identity>,
-        pid: Arc<str>,
-        data: Value,
+        recovery: Option<Recoverable>,
         ctx: &mut Context<Self>,
     ) -> Register {
-        let recovering = self.sio_config().recovery.namespaces.iter().any(|n| **n == *nsp);
         Register {
             socket_id: id.unwrap_or_else(crate::broker::new_socket_id),
             nsp,
@@ -749,9 +744,14 @@ impl Connection {
             evict: ctx.address().recipient(),
             direct: self.direct_sink(),
             address: self.peer.ip,
-            recovery: recovering.then_some(Recoverable { pid, data }),
+            recovery,
             owner: self.sid.clone(),
         }
+    }
+
+    /// Whether `nsp` has connection state recovery.
+    fn recovers(&self, nsp: &str) -> bool {
+        self.sio_config().recovery.namespaces.iter().any(|n| n == nsp)
     }
 
     /// A new namespace socket (no recovery, or a refused one).
@@ -759,18 +759,14 @@ impl Connection {
         // A second CONNECT for a namespace replaces the first socket.
         self.remove_socket(&nsp, DisconnectReason::ClientNamespaceDisconnect);
         let id: Arc<str> = crate::broker::new_socket_id();
-        let recovering = self.sio_config().recovery.namespaces.iter().any(|n| **n == *nsp);
         // The private session id: secret, as the Engine.IO sid (a client
         // that has it may take the socket's place after a disconnection).
-        let pid: Option<Arc<str>> = recovering.then(|| crate::engineio::generate_sid().into());
-        let register = self.registration(
-            nsp.clone(),
-            Some(id.clone()),
-            Some(&identity),
-            pid.clone().unwrap_or_else(|| "".into()),
-            identity.to_data(),
-            ctx,
-        );
+        let pid: Option<Arc<str>> = self.recovers(&nsp).then(|| crate::engineio::generate_sid().into());
+        let recoverable = pid.clone().map(|pid| Recoverable {
+            pid,
+            data: identity.to_data(),
+        });
+        let register = self.registration(nsp.clone(), Some(id.clone()), Some(&identity), recoverable, ctx);
         let expires = identity.expires;
         self.joined(nsp.clone(), id.clone(), identity);
         let answer = match &pid {
