@@ -221,7 +221,8 @@ pub struct ClusterSettings {
     /// and `advertise_address`).
     pub sticky: bool,
     /// `host:port` at which the other nodes reach this one (its admin
-    /// listener, or its public one); published in Redis.
+    /// listener, or its public one); published in Redis. Port 0: the
+    /// port this node's admin listener (else its public one) is bound to.
     pub advertise_address: String,
     /// Requests this node forwards at once; beyond, 503 with `Retry-After`.
     pub max_forwarded: usize,
@@ -920,7 +921,7 @@ impl Settings {
             let address = self.cluster.advertise_address.trim();
             let port = address.rsplit_once(':').and_then(|(host, port)| {
                 (!host.is_empty()).then_some(())?;
-                port.parse::<u16>().ok().filter(|p| *p != 0)
+                port.parse::<u16>().ok()
             });
             if port.is_none() {
                 errors.push(invalid(

@@ -273,12 +273,19 @@ fn recovering(settings: &Settings) -> Vec<String> {
 fn start_forwarding(
     settings: &Settings,
     tag: crate::engineio::NodeTag,
+    bound: u16,
     metrics: &Arc<Metrics>,
 ) -> Result<Option<(Arc<Forwarder>, Presence)>, StartError> {
     let c = &settings.cluster;
     if c.sticky {
         return Ok(None);
     }
+    // "host:0": the port this node is bound to (tests, port 0 listeners).
+    let address = c.advertise_address.trim();
+    let address = match address.strip_suffix(":0") {
+        Some(host) => format!("{host}:{bound}"),
+        None => address.to_owned(),
+    };
     let directory = Arc::new(Directory::new(tag));
     let r = &settings.redis;
     let presence = crate::adapter::redis::directory::start(
@@ -288,7 +295,7 @@ fn start_forwarding(
             cluster: r.cluster,
             tls_ca_file: r.tls_ca_file.clone(),
             key: r.key.clone(),
-            address: c.advertise_address.trim().to_owned(),
+            address,
             heartbeat: Duration::from_millis(c.heartbeat_ms),
             ttl: Duration::from_millis(c.node_ttl_ms),
             command_timeout: Duration::from_millis(r.command_timeout_ms),
@@ -586,7 +593,7 @@ impl Application {
         let metrics = Arc::new(Metrics::for_node(&node_name));
         metrics.declare_namespaces(&settings.socketio.namespaces);
         let (cluster_handle, cluster) = start_cluster(&settings, &node_id, &metrics, exempt.clone())?;
-        let (forward, presence) = start_forwarding(&settings, node_tag, &metrics)?.unzip();
+        let (forward, presence) = start_forwarding(&settings, node_tag, admin_port.unwrap_or(port), &metrics)?.unzip();
         let cluster_status = cluster_handle.spans_nodes().then(|| cluster.clone());
         if let Some(status) = &cluster_status {
             metrics.watch_cluster(status.clone());

@@ -172,6 +172,9 @@ mod tests {
         task.await.unwrap();
         // Not found after the read: gone, once the wait is over.
         let other = NodeTag::generate();
-        assert_eq!(directory.find(&other.sid(), Duration::from_millis(20)).await, Owner::Gone);
+        assert_eq!(
+            directory.find(&other.sid(), Duration::from_millis(20)).await,
+            Owner::Gone
+        );
     }
 }

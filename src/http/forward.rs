@@ -176,7 +176,10 @@ impl Forwarder {
     }
 
     fn count(&self, kind: &'static str, outcome: &'static str) {
-        self.metrics.forwarded.get_or_create(&ForwardLabel { kind, outcome }).inc();
+        self.metrics
+            .forwarded
+            .get_or_create(&ForwardLabel { kind, outcome })
+            .inc();
     }
 
     /// Serves `req` (for the session `sid`, which this node does not hold)
@@ -264,13 +267,11 @@ impl Forwarder {
                 Err(refused) => {
                     let error = match refused {
                         BodyRefused::TooLarge => {
-                            self.metrics
-                                .limit_breach(crate::limits::Limit::MaxPayload.as_str());
+                            self.metrics.limit_breach(crate::limits::Limit::MaxPayload.as_str());
                             HttpError::payload_too_large()
                         }
                         BodyRefused::OverBudget(_) => {
-                            self.metrics
-                                .limit_breach(crate::limits::Limit::InputBudget.as_str());
+                            self.metrics.limit_breach(crate::limits::Limit::InputBudget.as_str());
                             HttpError::over_budget()
                         }
                         BodyRefused::Timeout => HttpError::body_timeout(),
@@ -387,7 +388,12 @@ impl Forwarder {
                 }
                 (Outcome::Ok, Some(response.body(body)))
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 (Outcome::Gone, None)
             }
             Err(e) => {
@@ -420,10 +426,24 @@ mod tests {
 
     #[test]
     fn hop_and_per_node_headers_are_not_passed() {
-        for name in ["Connection", "host", "Access-Control-Allow-Origin", "vary", FORWARDED, "X-Forwarded-For"] {
+        for name in [
+            "Connection",
+            "host",
+            "Access-Control-Allow-Origin",
+            "vary",
+            FORWARDED,
+            "X-Forwarded-For",
+        ] {
             assert!(not_passed(name), "{name}");
         }
-        for name in ["content-type", "cookie", "user-agent", "origin", "set-cookie", "cache-control"] {
+        for name in [
+            "content-type",
+            "cookie",
+            "user-agent",
+            "origin",
+            "set-cookie",
+            "cache-control",
+        ] {
             assert!(!not_passed(name), "{name}");
         }
     }

@@ -61,9 +61,16 @@ pub enum Opened {
 
 /// Headers that describe one hop, not the answer.
 fn hop_by_hop(name: &str) -> bool {
-    ["connection", "upgrade", "content-length", "transfer-encoding", "keep-alive", "date"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "connection",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+        "keep-alive",
+        "date",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Sends the upgrade request `head` (a whole request head, CRLF CRLF
@@ -87,7 +94,10 @@ pub async fn open(
         let mut buf = BytesMut::with_capacity(1024);
         loop {
             if owner.read_buf(&mut buf).await? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the session's node closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the session's node closed",
+                ));
             }
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);

@@ -140,9 +140,7 @@ async fn run(
                             Ok(Err(e)) => e.to_string(),
                             _ => "timed out".to_owned(),
                         };
-                        tracing::warn!(
-                            "node directory: Redis unreachable ({why}); forwarding with what was known"
-                        );
+                        tracing::warn!("node directory: Redis unreachable ({why}); forwarding with what was known");
                         warned = true;
                     }
                     conn = None;
