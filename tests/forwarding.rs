@@ -55,7 +55,7 @@ fn via(p: &Polling, server: &TestServer) -> Polling {
 /// that has not read them yet does at its first miss.
 async fn nodes_known(redis: &PrivateRedis, n: usize) {
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
     common::eventually("every node is in the directory", || {
         let mut conn = conn.clone();
         async move {
