@@ -192,18 +192,41 @@ async fn an_upgrade_reaching_another_node_is_relayed_to_the_owner() {
     common::eventually("the session ends", || async { a.registry.get(&on_a.sid).is_none() }).await;
 }
 
+/// A node of the cluster on `redis` as a process of its own (to be
+/// SIGKILLed); the process and its port.
+fn node_process(redis: &PrivateRedis) -> (std::process::Child, u16) {
+    let dir = common::scratch_dir("forwarding-node");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    cmd.env("ROOMCAST__SERVER__HOST", "127.0.0.1")
+        .env("ROOMCAST__SERVER__PORT", "0")
+        .env("ROOMCAST__REDIS__URL", redis.url())
+        .env("ROOMCAST__CLUSTER__STICKY", "false")
+        .env("ROOMCAST__CLUSTER__ADVERTISE_ADDRESS", "127.0.0.1:0")
+        .env("ROOMCAST__CLUSTER__HEARTBEAT_MS", "100")
+        .env("ROOMCAST__CLUSTER__NODE_TTL_MS", "400")
+        .env(
+            "ROOMCAST__DATABASE__URL",
+            format!("sqlite://{}", dir.join("audit.db").display()),
+        )
+        .env("ROOMCAST__AUDIT__SPILL_FILE", dir.join("spill.jsonl"));
+    common::start_binary(cmd)
+}
+
 #[actix_web::test]
 async fn a_session_whose_node_is_gone_is_unknown_at_once() {
     let redis = PrivateRedis::start();
-    let (a, b, c) = (node(&redis, |_| {}), node(&redis, |_| {}), node(&redis, |_| {}));
+    let (a, c) = (node(&redis, |_| {}), node(&redis, |_| {}));
+    let (mut b, b_port) = node_process(&redis);
     nodes_known(&redis, 3).await;
-    let on_b = Polling::open(&b, SIO).await;
+    let on_b = Polling::open_at(&format!("http://127.0.0.1:{b_port}{SIO}")).await;
     let through_a = via(&on_b, &a);
     through_a.post_ok("40").await;
-    // B stops outright (its listener closes; its entry stays until it
-    // expires): the next request through A is refused at once, well
-    // before the session's heartbeat (10 s here) would have ended it.
-    b.handle.stop(false).await;
+    assert!(through_a.get_ok().await.starts_with("40{"));
+    // B dies (SIGKILL; its entry stays in the directory until it
+    // expires): the next request through A is refused at once, with the
+    // heartbeat (pingInterval + pingTimeout = 10 s here) far away.
+    b.kill().unwrap();
+    b.wait().unwrap();
     let refused = within("the refusal", through_a.get()).await;
     assert_error(refused, 400, 1, "Session ID unknown").await;
     // A sid of a node that never was, and one of no node at all.

@@ -194,28 +194,35 @@ where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
 {
-    // Boxed: the App's future and the dispatcher's buffers are large, and
-    // this future lives as long as the WebSocket (in the connection's task).
-    let (_end, socket, body, outbox) = match Box::pin(answer(app, req, framed)).await? {
+    // Boxed: the App's future and the dispatcher's buffers are large.
+    let (end, socket, body, outbox) = match Box::pin(answer(app, req, framed)).await? {
         None => return Ok(()),
         Some(Upgraded::Here(here)) => here,
         Some(Upgraded::Relayed(client, from_client, to)) => {
-            relay::splice(client, from_client, to).await;
+            actix_web::rt::spawn(relay::splice(client, from_client, to));
             return Ok(());
         }
     };
-    match outbox {
-        Some(outbox) => {
-            // The response body (actix-ws's channel) is not written: it
-            // goes now, not when the socket closes.
-            drop(body);
-            super::outbox::pump(&socket, &outbox).await;
+    // The WebSocket's writing goes on in a task of its own, and this one
+    // (actix-server's for the connection, sized for the whole HTTP/1
+    // dispatcher: 2.7 KiB) ends now instead of living as long as the
+    // socket. (The socket then no longer counts against the worker's
+    // connection limit; `server.max_connections` bounds the sessions.)
+    actix_web::rt::spawn(async move {
+        let _end = end;
+        match outbox {
+            Some(outbox) => {
+                // The response body (actix-ws's channel) is not written: it
+                // goes now, not when the socket closes.
+                drop(body);
+                super::outbox::pump(&socket, &outbox).await;
+            }
+            None => write_body(&socket, body).await,
         }
-        None => write_body(&socket, body).await,
-    }
-    // Both directions: the reader sees the end too, and lets go of its
-    // share of the socket.
-    let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
+        // Both directions: the reader sees the end too, and lets go of its
+        // share of the socket.
+        let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
+    });
     Ok(())
 }
 

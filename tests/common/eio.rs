@@ -125,8 +125,13 @@ impl Polling {
     /// Handshakes on `path` (must answer 200 with an open packet); POSTs will
     /// be `text/plain;charset=UTF-8`.
     pub async fn open(server: &TestServer, path: &str) -> Polling {
+        Self::open_at(&format!("{}{}", server.http(), path)).await
+    }
+
+    /// [`Polling::open`] at `base` (`http://host:port/path/`).
+    pub async fn open_at(base: &str) -> Polling {
         let client = reqwest::Client::new();
-        let base = format!("{}{}", server.http(), path);
+        let base = base.to_owned();
         let resp = within(
             "handshake",
             client.get(format!("{base}?EIO=4&transport=polling")).send(),
