@@ -321,7 +321,10 @@ describe("the local topology without sticky sessions, round robin behind HAProxy
         (cluster.sockets.find((s) => s.label === label) ?? pyClients.find((p) => p.label === label))?.transportErrors ?? [];
       const unknown = [...cluster.sockets, ...pyClients].filter((s) => s.transportErrors.some((e) => UNKNOWN.test(`${e.message} ${e.body}`) || / 400 /.test(e.message)));
       assert.deepEqual(
-        failed.map(([r, label]) => `${label}: ${r.reason?.message?.split("\n")[0]} ${JSON.stringify(errorsOf(label))}`),
+        failed.map(([r, label]) => {
+          const errors = errorsOf(label);
+          return `${label}: ${r.reason?.message?.split("\n")[0]}; ${errors.length} Engine.IO errors, the first: ${JSON.stringify(errors[0])}`;
+        }),
         [],
         `every client connects through the round-robin balancer (${unknown.length} saw "Session ID unknown")`,
       );
