@@ -206,6 +206,33 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Connection state recovery.
     pub recovery: RecoverySettings,
+    /// How the nodes of a cluster share sessions.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: long-polling without sticky sessions, see
+/// docs/clustering.md ("Without sticky sessions").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `true` (the default): every request of a session must reach the
+    /// node that holds it (a balancer with affinity). `false`: a request
+    /// for another node's session is forwarded there (needs `redis.url`
+    /// and `advertise_address`).
+    pub sticky: bool,
+    /// `host:port` at which the other nodes reach this one (its admin
+    /// listener, or its public one); published in Redis. Port 0: the
+    /// port this node's admin listener (else its public one) is bound to.
+    pub advertise_address: String,
+    /// Requests this node forwards at once; beyond, 503 with `Retry-After`.
+    pub max_forwarded: usize,
+    /// Longest a forwarded request waits to connect to its owner, in ms
+    /// (then the session counts as gone).
+    pub forward_connect_ms: u64,
+    /// How often a node says in Redis that it is alive, in ms.
+    pub heartbeat_ms: u64,
+    /// How long a node counts as alive after its last heartbeat, in ms.
+    pub node_ttl_ms: u64,
 }
 
 /// `[recovery]`: connection state recovery (Socket.IO 4.6+'s
@@ -883,6 +910,43 @@ impl Settings {
                     ));
                 }
             }
+        }
+        if !self.cluster.sticky {
+            if self.redis.url.trim().is_empty() {
+                errors.push(invalid(
+                    "cluster.sticky",
+                    "false needs redis.url: the nodes find each other's addresses in Redis",
+                ));
+            }
+            let address = self.cluster.advertise_address.trim();
+            let port = address.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then_some(())?;
+                port.parse::<u16>().ok()
+            });
+            if port.is_none() {
+                errors.push(invalid(
+                    "cluster.advertise_address",
+                    format!(
+                        "{address:?} is not host:port; with cluster.sticky = false each node needs the address \
+                         the others reach it at, e.g. ROOMCAST__CLUSTER__ADVERTISE_ADDRESS=10.0.0.5:9090"
+                    ),
+                ));
+            }
+        }
+        if self.cluster.max_forwarded == 0 {
+            errors.push(invalid("cluster.max_forwarded", "must be at least 1"));
+        }
+        if self.cluster.forward_connect_ms == 0 {
+            errors.push(invalid("cluster.forward_connect_ms", "must be at least 1"));
+        }
+        if self.cluster.heartbeat_ms == 0 {
+            errors.push(invalid("cluster.heartbeat_ms", "must be at least 1"));
+        }
+        if self.cluster.node_ttl_ms <= self.cluster.heartbeat_ms {
+            errors.push(invalid(
+                "cluster.node_ttl_ms",
+                "must be more than cluster.heartbeat_ms (a node would expire between its heartbeats)",
+            ));
         }
         if self.redis.mode == RedisMode::Streams {
             let r = &self.redis;

@@ -65,6 +65,32 @@ pub struct LimitLabel {
     pub limit: &'static str,
 }
 
+/// `kind="…",outcome="…"`: a request forwarded to the node that holds its
+/// session ([`FORWARD_KINDS`] × [`FORWARD_OUTCOMES`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabel {
+    /// `poll_get`, `poll_post` or `upgrade`.
+    pub kind: &'static str,
+    /// What became of it.
+    pub outcome: &'static str,
+}
+
+/// `kind="…"`: a forwarded request's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `poll_get`, `poll_post` or `upgrade`.
+    pub kind: &'static str,
+}
+
+/// What a node forwards: a polling GET, a polling POST, a WebSocket upgrade.
+pub const FORWARD_KINDS: [&str; 3] = ["poll_get", "poll_post", "upgrade"];
+
+/// What becomes of a forwarded request: `ok` (the owner answered, with
+/// whatever status), `gone` (its node is not alive, or could not be
+/// reached: 400 "Session ID unknown"), `failed` (the owner was reached but
+/// the exchange broke), `busy` (over `cluster.max_forwarded`: 503).
+pub const FORWARD_OUTCOMES: [&str; 4] = ["ok", "gone", "failed", "busy"];
+
 /// `code="…"`: why a client's event was refused (a fixed set of error-ack codes).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -162,6 +188,15 @@ pub struct Metrics {
     audit_spill_read_errors: Counter,
     audit_database_up: Gauge,
     audit: Mutex<Option<AuditHandle>>,
+    /// Requests forwarded to the node of their session, by kind and outcome.
+    pub forwarded: Family<ForwardLabel, Counter>,
+    /// Time from forwarding a request to its owner's answer, seconds (a
+    /// long-poll's includes its hold).
+    pub forward_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
+    /// Requests being forwarded now.
+    pub forwarded_in_flight: Gauge,
+    /// WebSockets relayed to the node of their session now.
+    pub relayed_websockets: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -226,7 +261,18 @@ impl Metrics {
             audit_spill_read_errors: Counter::default(),
             audit_database_up: Gauge::default(),
             audit: Mutex::new(None),
+            forwarded: Family::default(),
+            // 100 µs … ~105 s (a long-poll is held up to pingInterval).
+            forward_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 21))),
+            forwarded_in_flight: Gauge::default(),
+            relayed_websockets: Gauge::default(),
         };
+        for kind in FORWARD_KINDS {
+            for outcome in FORWARD_OUTCOMES {
+                drop(m.forwarded.get_or_create(&ForwardLabel { kind, outcome }));
+            }
+            drop(m.forward_seconds.get_or_create(&KindLabel { kind }));
+        }
         // Every label value that can occur, at 0 from the start.
         for transport in ["polling", "websocket"] {
             drop(m.sessions.get_or_create(&TransportLabel { transport }));
@@ -323,6 +369,27 @@ impl Metrics {
                 "recoveries_refused",
                 "Recoveries refused (a fresh session given instead), by reason: unknown session, expired, token, incomplete log, too many missed, store unavailable",
                 m.recoveries_refused.clone(),
+            );
+            r.register(
+                "forwarded_requests",
+                "Requests for another node's session forwarded to it (cluster.sticky = false), by kind and outcome",
+                m.forwarded.clone(),
+            );
+            r.register_with_unit(
+                "forward",
+                "Time from forwarding a request to the session's node to its answer (a long-poll's includes its hold)",
+                Unit::Seconds,
+                m.forward_seconds.clone(),
+            );
+            r.register(
+                "forwarded_in_flight",
+                "Requests being forwarded to other nodes now (bounded by cluster.max_forwarded)",
+                m.forwarded_in_flight.clone(),
+            );
+            r.register(
+                "relayed_websockets",
+                "WebSockets relayed to the node of their session now",
+                m.relayed_websockets.clone(),
             );
             r.register(
                 "recovery_replayed",

@@ -10,6 +10,8 @@ use actix::{Actor, Addr};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::{web, App as WebApp};
 
+use crate::adapter::directory::Directory;
+use crate::adapter::redis::directory::{DirectoryConfig, Presence};
 use crate::adapter::redis::{BrokerPorts, Mode, RedisAdapter, RedisConfig, StreamsConfig};
 use crate::adapter::AdapterStatus;
 use crate::api;
@@ -25,6 +27,7 @@ use crate::config::{ConfigError, RedisMode, Settings, SubscriptionMode};
 use crate::conn::events::SocketEvent;
 use crate::conn::{App, EngineShared, Registry, SioConfig};
 use crate::engineio::TransportKind;
+use crate::http::forward::{ForwardSettings, Forwarder};
 use crate::http::{self, Endpoint};
 use crate::metrics::Metrics;
 use crate::net::IpRanges;
@@ -262,6 +265,60 @@ fn recovering(settings: &Settings) -> Vec<String> {
     } else {
         vec![]
     }
+}
+
+/// With `cluster.sticky = false`: this node's entry in the node directory
+/// (kept in Redis by a task) and the forwarder that serves other nodes'
+/// sessions through them.
+fn start_forwarding(
+    settings: &Settings,
+    tag: crate::engineio::NodeTag,
+    bound: u16,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<(Arc<Forwarder>, Presence)>, StartError> {
+    let c = &settings.cluster;
+    if c.sticky {
+        return Ok(None);
+    }
+    // "host:0": the port this node is bound to (tests, port 0 listeners).
+    let address = c.advertise_address.trim();
+    let address = match address.strip_suffix(":0") {
+        Some(host) => format!("{host}:{bound}"),
+        None => address.to_owned(),
+    };
+    let directory = Arc::new(Directory::new(tag));
+    let r = &settings.redis;
+    let presence = crate::adapter::redis::directory::start(
+        directory.clone(),
+        DirectoryConfig {
+            url: r.url.clone(),
+            cluster: r.cluster,
+            tls_ca_file: r.tls_ca_file.clone(),
+            key: r.key.clone(),
+            address,
+            heartbeat: Duration::from_millis(c.heartbeat_ms),
+            ttl: Duration::from_millis(c.node_ttl_ms),
+            command_timeout: Duration::from_millis(r.command_timeout_ms),
+        },
+    )
+    .map_err(|e| invalid(e.key(), e))?;
+    let engine = &settings.engine;
+    let keep_alive = Duration::from_millis(settings.limits.keep_alive_ms);
+    let forwarder = Forwarder::new(
+        directory,
+        ForwardSettings {
+            max_in_flight: c.max_forwarded,
+            connect: Duration::from_millis(c.forward_connect_ms),
+            hold: Duration::from_millis(engine.ping_interval_ms + engine.ping_timeout_ms) + Duration::from_secs(5),
+            body_timeout: Duration::from_millis(settings.limits.body_timeout_ms),
+            max_payload: engine.max_payload,
+            // Half the owners' keep-alive: a connection is never reused as
+            // the owner closes it.
+            idle: (keep_alive / 2).max(Duration::from_millis(100)),
+        },
+        metrics.clone(),
+    );
+    Ok(Some((Arc::new(forwarder), presence)))
 }
 
 /// Starts this node's broker and, with `redis.url`, the adapter to the
@@ -523,6 +580,7 @@ impl Application {
             .map(|a| a.port());
 
         let node_id: Arc<str> = crate::engineio::generate_sid().into();
+        let node_tag = crate::engineio::NodeTag::generate();
         let node_name: Arc<str> = settings.server.node_name.as_str().into();
         let Audit {
             handle: audit,
@@ -535,6 +593,7 @@ impl Application {
         let metrics = Arc::new(Metrics::for_node(&node_name));
         metrics.declare_namespaces(&settings.socketio.namespaces);
         let (cluster_handle, cluster) = start_cluster(&settings, &node_id, &metrics, exempt.clone())?;
+        let (forward, presence) = start_forwarding(&settings, node_tag, admin_port.unwrap_or(port), &metrics)?.unzip();
         let cluster_status = cluster_handle.spans_nodes().then(|| cluster.clone());
         if let Some(status) = &cluster_status {
             metrics.watch_cluster(status.clone());
@@ -628,12 +687,14 @@ impl Application {
                     audit: audit.clone(),
                     metrics: metrics.clone(),
                     guards: guards.clone(),
+                    node_tag,
                 }),
                 engine: settings.engine.clone(),
                 websocket: settings.websocket.clone(),
                 allowed_origins: settings.server.allowed_origins.clone(),
                 cap: cap.clone(),
                 draining: ops.draining_flag(),
+                forward: forward.clone(),
             })
         };
         let socketio = endpoint(App::SocketIo, sio_registry);
@@ -671,6 +732,7 @@ impl Application {
                 audit: audit_writer,
                 audit_cutoff,
                 audit_arbiter,
+                presence: presence.map(Arc::new),
             },
             server,
             registry,
@@ -740,6 +802,8 @@ pub struct Shutdown {
     /// Reaches a database write in flight, which holds the writer.
     audit_cutoff: Cutoff,
     audit_arbiter: actix::ArbiterHandle,
+    /// This node's entry in the node directory (`cluster.sticky = false`).
+    presence: Option<Arc<Presence>>,
 }
 
 /// The end of the flush window kept for appending what the database did
@@ -811,6 +875,10 @@ impl Shutdown {
         let deadline = (last_batch + self.drain_window / 4).min(started + self.drain_window);
         while self.registries.iter().any(|r| !r.is_empty()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Its sessions are gone: the other nodes stop forwarding to it.
+        if let Some(presence) = &self.presence {
+            presence.leave().await;
         }
         let end = tokio::time::Instant::now() + self.flush_window;
         let margin = SPILL_MARGIN.min(self.flush_window / 4);

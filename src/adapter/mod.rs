@@ -15,6 +15,7 @@
 //! where it was after a loss of Redis (within what the stream keeps), and
 //! delivers every broadcast, its own too, in the stream's order.
 
+pub mod directory;
 mod link;
 pub mod redis;
 pub mod requests;

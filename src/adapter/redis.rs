@@ -48,6 +48,7 @@ use super::{
     RoomWatch, Sequenced, Session, SessionStoreDown, SocketInfo, StreamRead, TakeSession,
 };
 
+pub mod directory;
 mod streams_io;
 
 /// Which of the official adapters' protocols the cluster speaks.

@@ -93,6 +93,8 @@ pub struct EngineShared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-address and per-connection limits, and their breaches.
     pub guards: Arc<crate::limits::Guards>,
+    /// This server's tag, at the start of every sid it makes.
+    pub node_tag: crate::engineio::NodeTag,
 }
 
 /// Who is on the other end, for logs and the audit log.
@@ -160,7 +162,7 @@ impl Connection {
         ws: Option<WsWriter>,
         peer: PeerInfo,
     ) -> (Arc<str>, Addr<Connection>) {
-        let sid: Arc<str> = crate::engineio::generate_sid().into();
+        let sid: Arc<str> = shared.node_tag.sid().into();
         let span = tracing::info_span!(
             "conn",
             sid = %sid,

@@ -100,6 +100,16 @@ impl HttpError {
         }
     }
 
+    /// 503 for a request for another node's session beyond
+    /// `cluster.max_forwarded` (send `Retry-After`).
+    pub const fn forwarding_full() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::BadRequest,
+            message: "Server busy forwarding",
+        }
+    }
+
     /// The response.
     pub fn response(&self) -> HttpResponse {
         HttpResponse::build(self.status)

@@ -3,6 +3,7 @@
 
 pub mod cap;
 pub mod error;
+pub mod forward;
 pub mod peer;
 pub mod request;
 
@@ -35,6 +36,9 @@ pub struct Endpoint {
     pub cap: Arc<cap::SessionCap>,
     /// Set while the node drains: new sessions are refused.
     pub draining: Arc<cap::Draining>,
+    /// With `cluster.sticky = false`: serves requests for other nodes'
+    /// sessions through them.
+    pub forward: Option<Arc<forward::Forwarder>>,
 }
 
 /// Who sent `req`.
@@ -287,6 +291,12 @@ pub async fn handle(endpoint: web::Data<Endpoint>, req: HttpRequest, body: web::
     } else {
         None
     };
+    if let (Some(sid), Some(forward)) = (info.sid.as_deref(), &endpoint.forward) {
+        if shared.registry.get(sid).is_none() && !forward::Forwarder::forwarded(&req) {
+            let budget = shared.guards.input.clone();
+            return forward.serve(&req, body, sid, info.transport, budget).await;
+        }
+    }
     let result = match (info.transport, info.sid.as_deref(), &info.method) {
         (TransportKind::Polling, None, &Method::GET) => Ok(polling::handshake(shared, peer)),
         (TransportKind::Polling, Some(sid), &Method::GET) => match shared.registry.get(sid) {

@@ -38,6 +38,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, Stream};
 
 use super::outbox::Outbox;
+use super::relay::{self, Relay};
 
 /// Largest read from a socket at once (the per-worker scratch buffer).
 const READ_CHUNK: usize = 16 * 1024;
@@ -67,6 +68,8 @@ struct Shared {
     /// Where the frames to write come from, when not from the response
     /// body.
     outbox: RefCell<Option<Arc<Outbox>>>,
+    /// The other node the socket is spliced to, for a relayed WebSocket.
+    relay: RefCell<Option<Relay>>,
 }
 
 impl Shared {
@@ -95,6 +98,13 @@ impl Handover {
     /// body.
     pub fn write_from(&self, outbox: Arc<Outbox>) {
         *self.0.outbox.borrow_mut() = Some(outbox);
+    }
+
+    /// Takes the socket to splice it to `relay` once the 101 (the
+    /// session's node's, passed on) is written: nothing here reads it.
+    pub fn relay_to(&self, relay: Relay) {
+        self.0.claimed.set(true);
+        *self.0.relay.borrow_mut() = Some(relay);
     }
 }
 
@@ -186,8 +196,13 @@ where
 {
     // Boxed: the App's future and the dispatcher's buffers are large, and
     // this future lives as long as the WebSocket (in the connection's task).
-    let Some((_end, socket, body, outbox)) = Box::pin(answer(app, req, framed)).await? else {
-        return Ok(());
+    let (_end, socket, body, outbox) = match Box::pin(answer(app, req, framed)).await? {
+        None => return Ok(()),
+        Some(Upgraded::Here(here)) => here,
+        Some(Upgraded::Relayed(client, from_client, to)) => {
+            relay::splice(client, from_client, to).await;
+            return Ok(());
+        }
     };
     match outbox {
         Some(outbox) => {
@@ -206,7 +221,14 @@ where
 
 /// A handed-over socket and what to write to it: the response body, or an
 /// outbox.
-type Upgraded = (EndOnDrop, Rc<TcpStream>, BoxBody, Option<Arc<Outbox>>);
+type Here = (EndOnDrop, Rc<TcpStream>, BoxBody, Option<Arc<Outbox>>);
+
+/// A 101 written: the WebSocket served here, or spliced to another node
+/// (with what the client sent after its request).
+enum Upgraded {
+    Here(Here),
+    Relayed(TcpStream, Bytes, Relay),
+}
 
 /// Runs the App on `req`; writes its answer's head (a refusal whole). The
 /// socket and body to pump when it was a 101 for a claimed socket.
@@ -235,6 +257,9 @@ where
     // The dispatcher's buffers go here (a copy of what the client sent
     // after its request stays for the reader).
     let actix_codec::FramedParts { io, read_buf, .. } = framed.into_parts();
+    if let Some(relay) = shared.relay.borrow_mut().take() {
+        return Ok(Some(Upgraded::Relayed(io, read_buf.freeze(), relay)));
+    }
     if !read_buf.is_empty() {
         *shared.leftover.borrow_mut() = Some(Bytes::copy_from_slice(&read_buf));
     }
@@ -242,7 +267,7 @@ where
     *shared.socket.borrow_mut() = Some(socket.clone());
     shared.wake();
     let outbox = shared.outbox.borrow_mut().take();
-    Ok(Some((end, socket, body, outbox)))
+    Ok(Some(Upgraded::Here((end, socket, body, outbox))))
 }
 
 /// Writes the response body's chunks (actix-ws encodes every frame waiting

@@ -9,5 +9,6 @@ pub mod frame_guard;
 pub mod handover;
 pub mod outbox;
 pub mod polling;
+pub mod relay;
 pub mod websocket;
 pub mod ws_echo;

@@ -54,7 +54,7 @@ pub enum PostRefused {
 /// `application/octet-stream` refused (v4 polling bodies are text).
 pub async fn post(
     entry: Entry,
-    mut body: web::Payload,
+    body: web::Payload,
     content_length: Option<usize>,
     binary: bool,
     max_payload: usize,
@@ -105,29 +105,60 @@ pub async fn post(
     // The body counts against the node's input budget while it is read
     // (and until the session has taken it).
     let held = crate::limits::Held::new(budget);
+    let buf = match read_body(body, max_payload, body_timeout, &held).await {
+        Ok(buf) => buf,
+        Err(BodyRefused::Broken) => return Err(PostRefused::Code(ErrorCode::BadRequest)),
+        // A body that stalls is given up on; the session is not affected.
+        Err(BodyRefused::Timeout) => return Err(PostRefused::Timeout),
+        Err(BodyRefused::TooLarge) => return Err(too_large()),
+        Err(BodyRefused::OverBudget(over)) => {
+            close(DisconnectReason::ForcedClose, format!("polling POST refused: {over}"));
+            return Err(PostRefused::OverBudget);
+        }
+    };
+    entry
+        .addr
+        .send(PollPost { body: buf })
+        .await
+        .map_err(|_| PostRefused::Code(ErrorCode::UnknownSid))?
+        .map_err(PostRefused::Code)
+}
+
+/// Why a request body was not read whole.
+#[derive(Debug)]
+pub enum BodyRefused {
+    /// The client's side broke.
+    Broken,
+    /// Longer than the most allowed.
+    TooLarge,
+    /// Not complete in time.
+    Timeout,
+    /// The node's input budget could not hold it.
+    OverBudget(crate::limits::OverBudget),
+}
+
+/// Reads a request body of at most `max` bytes within `within`, holding it
+/// in `held` (the node's input budget) as it grows.
+pub async fn read_body(
+    mut body: web::Payload,
+    max: usize,
+    within: std::time::Duration,
+    held: &crate::limits::Held,
+) -> Result<bytes::Bytes, BodyRefused> {
     let mut buf = bytes::BytesMut::new();
     let read = async {
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|_| PostRefused::Code(ErrorCode::BadRequest))?;
-            if buf.len() + chunk.len() > max_payload {
-                return Err(too_large());
+            let chunk = chunk.map_err(|_| BodyRefused::Broken)?;
+            if buf.len() + chunk.len() > max {
+                return Err(BodyRefused::TooLarge);
             }
-            if let Err(over) = held.set(buf.len() + chunk.len()) {
-                close(DisconnectReason::ForcedClose, format!("polling POST refused: {over}"));
-                return Err(PostRefused::OverBudget);
-            }
+            held.set(buf.len() + chunk.len()).map_err(BodyRefused::OverBudget)?;
             buf.extend_from_slice(&chunk);
         }
         Ok(())
     };
-    // A body that stalls is given up on; the session is not affected.
-    tokio::time::timeout(body_timeout, read)
+    tokio::time::timeout(within, read)
         .await
-        .map_err(|_| PostRefused::Timeout)??;
-    entry
-        .addr
-        .send(PollPost { body: buf.freeze() })
-        .await
-        .map_err(|_| PostRefused::Code(ErrorCode::UnknownSid))?
-        .map_err(PostRefused::Code)
+        .map_err(|_| BodyRefused::Timeout)??;
+    Ok(buf.freeze())
 }
