@@ -6,7 +6,8 @@
 //! `deploy/systemd/`.
 //! - every `ROOMCAST__*` variable of compose, the Dockerfile and
 //!   scripts/cluster is a key of config/default.toml, and the nodes'
-//!   environment in compose is a valid configuration;
+//!   environment in compose is a valid configuration, sticky, and also
+//!   without stickiness (advertising the admin listener);
 //! - the port the nodes listen on, the Dockerfile's EXPOSE, the healthcheck's
 //!   default and the port the balancer sends to are one port; the balancer
 //!   publishes one public port;
@@ -266,6 +267,21 @@ fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
     assert!(
         !settings.api.keys.is_empty(),
         "the API has a key (else it refuses every request)"
+    );
+    assert!(settings.cluster.sticky, "sticky sessions unless ROOMCAST_STICKY says otherwise");
+    // ROOMCAST_STICKY=false: still valid, each replica advertising its
+    // admin listener (admin.address's port) under its own host name.
+    let mut nonsticky = env.clone();
+    nonsticky.insert("ROOMCAST__CLUSTER__STICKY".into(), "false".into());
+    let without = Settings::load_with_env(profile.as_deref(), Some(nonsticky))
+        .unwrap_or_else(|e| panic!("the {name} service's environment with ROOMCAST_STICKY=false: {e}"));
+    assert!(!without.cluster.sticky);
+    let admin_port = without.admin.address.rsplit_once(':').map(|(_, p)| p.to_string());
+    assert_eq!(
+        without.cluster.advertise_address.rsplit_once(':').map(|(_, p)| p.to_string()),
+        admin_port,
+        "the nodes advertise their admin listener: {}",
+        without.cluster.advertise_address
     );
 
     // Its Redis is a compose service on Redis's port.
