@@ -268,7 +268,10 @@ fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
         !settings.api.keys.is_empty(),
         "the API has a key (else it refuses every request)"
     );
-    assert!(settings.cluster.sticky, "sticky sessions unless ROOMCAST_STICKY says otherwise");
+    assert!(
+        settings.cluster.sticky,
+        "sticky sessions unless ROOMCAST_STICKY says otherwise"
+    );
     // ROOMCAST_STICKY=false: still valid, each replica advertising its
     // admin listener (admin.address's port) under its own host name.
     let mut nonsticky = env.clone();
@@ -278,7 +281,11 @@ fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
     assert!(!without.cluster.sticky);
     let admin_port = without.admin.address.rsplit_once(':').map(|(_, p)| p.to_string());
     assert_eq!(
-        without.cluster.advertise_address.rsplit_once(':').map(|(_, p)| p.to_string()),
+        without
+            .cluster
+            .advertise_address
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string()),
         admin_port,
         "the nodes advertise their admin listener: {}",
         without.cluster.advertise_address
@@ -559,7 +566,10 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
         switch,
         "the nodes' cluster.sticky and the balancer's ROOMCAST_LB_STICKY come from one switch"
     );
-    assert_eq!(env["ROOMCAST_LB_STICKY"], "true", "compose is sticky unless told otherwise");
+    assert_eq!(
+        env["ROOMCAST_LB_STICKY"], "true",
+        "compose is sticky unless told otherwise"
+    );
     both_balancing_modes(&env, "ROOMCAST_NODES_DNS", "lb's environment");
 
     // scripts/cluster: the same file, the local branch, every variable set.

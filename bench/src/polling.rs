@@ -65,13 +65,27 @@ impl HttpConn {
 
     /// Sends one request and reads its response; reconnects when the
     /// previous response closed the connection.
-    async fn request(&mut self, target: &Target, method: &str, query: &str, cookie: &str, body: &[u8]) -> Result<Response> {
+    async fn request(
+        &mut self,
+        target: &Target,
+        method: &str,
+        query: &str,
+        cookie: &str,
+        body: &[u8],
+    ) -> Result<Response> {
         tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(target, method, query, cookie, body))
             .await
             .map_err(|_| anyhow!("{method} {query}: no answer within {REQUEST_TIMEOUT:?}"))?
     }
 
-    async fn exchange(&mut self, target: &Target, method: &str, query: &str, cookie: &str, body: &[u8]) -> Result<Response> {
+    async fn exchange(
+        &mut self,
+        target: &Target,
+        method: &str,
+        query: &str,
+        cookie: &str,
+        body: &[u8],
+    ) -> Result<Response> {
         if self.stream.is_none() {
             let s = TcpStream::connect(self.addr).await.context("TCP connect")?;
             s.set_nodelay(true)?;
@@ -129,7 +143,9 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Res
         .ok_or_else(|| anyhow!("no HTTP status line in {head:.80}"))?;
     let (mut length, mut chunked, mut close, mut cookies) = (None, false, false, Vec::new());
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         match name.to_ascii_lowercase().as_str() {
             "content-length" => length = value.parse::<usize>().ok(),
@@ -217,7 +233,10 @@ async fn open(target: &Target) -> Result<(Rc<Poster>, HttpConn, String)> {
         bail!("handshake answered {}: {}", r.status, String::from_utf8_lossy(&r.body));
     }
     let open: Value = serde_json::from_slice(&r.body[1..]).context("the open packet")?;
-    let sid = open["sid"].as_str().ok_or_else(|| anyhow!("no sid in {open}"))?.to_string();
+    let sid = open["sid"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no sid in {open}"))?
+        .to_string();
     let cookie = r.cookies.join("; ");
     let query = format!("EIO=4&transport=polling&sid={sid}");
     let poster = Rc::new(Poster {
@@ -229,7 +248,11 @@ async fn open(target: &Target) -> Result<(Rc<Poster>, HttpConn, String)> {
     poster.post("40").await.context("CONNECT")?;
     let r = get.request(target, "GET", &query, &poster.cookie, b"").await?;
     if r.status != 200 || !r.body.starts_with(b"40") {
-        bail!("expected the CONNECT answer, got {}: {}", r.status, String::from_utf8_lossy(&r.body));
+        bail!(
+            "expected the CONNECT answer, got {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
     }
     Ok((poster, get, query))
 }
@@ -252,7 +275,11 @@ async fn poll_loop(mut get: HttpConn, poster: Rc<Poster>, query: String, waiting
                 }
                 b"1" => bail!("the server closed the session"),
                 p if p.starts_with(b"43") => {
-                    let digits: String = p[2..].iter().take_while(|b| b.is_ascii_digit()).map(|&b| b as char).collect();
+                    let digits: String = p[2..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .map(|&b| b as char)
+                        .collect();
                     if let Some(tx) = digits.parse().ok().and_then(|id: u64| waiting.borrow_mut().remove(&id)) {
                         let _ = tx.send(read_at);
                     }
