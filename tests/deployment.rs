@@ -6,14 +6,19 @@
 //! `deploy/systemd/`.
 //! - every `ROOMCAST__*` variable of compose, the Dockerfile and
 //!   scripts/cluster is a key of config/default.toml, and the nodes'
-//!   environment in compose is a valid configuration;
+//!   environment in compose is a valid configuration, sticky, and also
+//!   without stickiness (advertising the admin listener);
 //! - the port the nodes listen on, the Dockerfile's EXPOSE, the healthcheck's
 //!   default and the port the balancer sends to are one port; the balancer
 //!   publishes one public port;
 //! - every variable the balancer's config reads (in the branch each
 //!   topology takes) is set by compose's balancer service and by
 //!   scripts/cluster, which names a compose service that is the node image;
-//!   HAProxy itself accepts the file with each set (`haproxy -c`);
+//!   HAProxy itself accepts the file with each set (`haproxy -c`), in both
+//!   ways of balancing (`ROOMCAST_LB_STICKY` true: a stickiness cookie;
+//!   false: round robin, no cookie key read) and refuses any other value;
+//!   in compose one switch sets the balancer's and the nodes'
+//!   `cluster.sticky`, sticky unless set;
 //! - the node service can be scaled (no published port, no container name),
 //!   runs three replicas, every `depends_on` waits for a service that has a
 //!   healthcheck;
@@ -263,6 +268,28 @@ fn the_nodes_environment_is_a_valid_configuration_on_the_exposed_port() {
         !settings.api.keys.is_empty(),
         "the API has a key (else it refuses every request)"
     );
+    assert!(
+        settings.cluster.sticky,
+        "sticky sessions unless ROOMCAST_STICKY says otherwise"
+    );
+    // ROOMCAST_STICKY=false: still valid, each replica advertising its
+    // admin listener (admin.address's port) under its own host name.
+    let mut nonsticky = env.clone();
+    nonsticky.insert("ROOMCAST__CLUSTER__STICKY".into(), "false".into());
+    let without = Settings::load_with_env(profile.as_deref(), Some(nonsticky))
+        .unwrap_or_else(|e| panic!("the {name} service's environment with ROOMCAST_STICKY=false: {e}"));
+    assert!(!without.cluster.sticky);
+    let admin_port = without.admin.address.rsplit_once(':').map(|(_, p)| p.to_string());
+    assert_eq!(
+        without
+            .cluster
+            .advertise_address
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string()),
+        admin_port,
+        "the nodes advertise their admin listener: {}",
+        without.cluster.advertise_address
+    );
 
     // Its Redis is a compose service on Redis's port.
     let url = &settings.redis.url;
@@ -336,20 +363,33 @@ fn the_node_service_scales_and_everything_waits_for_healthy_dependencies() {
     }
 }
 
-/// The lines of deploy/haproxy.cfg HAProxy reads when exactly `defined` are
-/// set (`.if [!]defined(V)` / `.else` / `.endif`, as HAProxy evaluates them).
-fn active_balancer_lines(defined: &BTreeSet<String>) -> Vec<String> {
+/// The lines of deploy/haproxy.cfg HAProxy reads with exactly the variables
+/// of `env` set (`.if [!]defined(V)`, `.if [!]streq("${V}",value)` /
+/// `.else` / `.endif`, as HAProxy evaluates them: an unset variable is
+/// empty). An `.if` read is among the lines, so the variables its
+/// condition names count as read.
+fn active_balancer_lines(env: &HashMap<String, String>) -> Vec<String> {
     let mut stack: Vec<bool> = Vec::new();
     let mut out = Vec::new();
     for raw in read("deploy/haproxy.cfg").lines() {
         let line = raw.trim();
         if let Some(cond) = line.strip_prefix(".if ") {
+            if stack.iter().all(|&on| on) {
+                out.push(line.to_string());
+            }
             let (negate, cond) = cond.strip_prefix('!').map_or((false, cond), |c| (true, c));
-            let var = cond
-                .strip_prefix("defined(")
+            let holds = if let Some(var) = cond.strip_prefix("defined(").and_then(|c| c.strip_suffix(')')) {
+                env.contains_key(var)
+            } else if let Some((var, value)) = cond
+                .strip_prefix("streq(\"${")
                 .and_then(|c| c.strip_suffix(')'))
-                .unwrap_or_else(|| panic!("unsupported condition {line}"));
-            stack.push(defined.contains(var) != negate);
+                .and_then(|c| c.split_once("}\","))
+            {
+                env.get(var).map_or("", String::as_str) == value.trim_matches('"')
+            } else {
+                panic!("unsupported condition {line}")
+            };
+            stack.push(holds != negate);
         } else if line == ".else" {
             let top = stack.last_mut().expect(".else inside .if");
             *top = !*top;
@@ -378,10 +418,10 @@ fn balancer_variables(lines: &[String]) -> BTreeSet<String> {
 }
 
 /// With the variables of `env` set, deploy/haproxy.cfg reads no other one,
-/// and it takes the branch that reads `branch_marker`.
-fn balancer_reads_only(env: &HashMap<String, String>, branch_marker: &str, whose: &str) {
+/// and it takes the branch that reads `branch_marker`. Returns what it reads.
+fn balancer_reads_only(env: &HashMap<String, String>, branch_marker: &str, whose: &str) -> BTreeSet<String> {
     let defined: BTreeSet<String> = env.keys().cloned().collect();
-    let needed = balancer_variables(&active_balancer_lines(&defined));
+    let needed = balancer_variables(&active_balancer_lines(env));
     let missing: Vec<_> = needed.difference(&defined).collect();
     assert!(
         missing.is_empty(),
@@ -390,6 +430,31 @@ fn balancer_reads_only(env: &HashMap<String, String>, branch_marker: &str, whose
     assert!(
         needed.contains(branch_marker),
         "{whose}: deploy/haproxy.cfg takes the branch reading {branch_marker}: {needed:?}"
+    );
+    needed
+}
+
+/// Both ways of balancing (`ROOMCAST_LB_STICKY`): with `env` and each
+/// value, every variable read is set and HAProxy accepts the file; only
+/// the sticky one reads the cookie's key.
+fn both_balancing_modes(env: &HashMap<String, String>, branch_marker: &str, whose: &str) {
+    for sticky in ["true", "false"] {
+        let mut env = env.clone();
+        env.insert("ROOMCAST_LB_STICKY".into(), sticky.into());
+        let whose = format!("{whose} with ROOMCAST_LB_STICKY={sticky}");
+        let read = balancer_reads_only(&env, branch_marker, &whose);
+        assert_eq!(
+            read.contains("ROOMCAST_LB_COOKIE_KEY"),
+            sticky == "true",
+            "{whose}: the stickiness cookie's key is read only when sessions stick: {read:?}"
+        );
+        haproxy_accepts(&env, &whose);
+    }
+    let mut typo = env.clone();
+    typo.insert("ROOMCAST_LB_STICKY".into(), "0".into());
+    assert!(
+        !haproxy_check(&typo).status.success(),
+        "{whose}: HAProxy refuses a ROOMCAST_LB_STICKY that is neither true nor false"
     );
 }
 
@@ -408,17 +473,22 @@ fn script_balancer_env() -> HashMap<String, String> {
         .collect()
 }
 
-fn haproxy_accepts(env: &HashMap<String, String>, what: &str) {
+/// `haproxy -c` of deploy/haproxy.cfg with exactly the variables of `env`.
+fn haproxy_check(env: &HashMap<String, String>) -> std::process::Output {
     let haproxy = common::suite::find_on_path("haproxy").unwrap_or_else(|| {
         panic!("haproxy is not on PATH: install HAProxy 2.6+ (Debian: apt-get install haproxy); scripts/test does")
     });
-    let out = Command::new(haproxy)
+    Command::new(haproxy)
         .args(["-c", "-q", "-f"])
         .arg(repo().join("deploy/haproxy.cfg"))
         .env_clear()
         .envs(env)
         .output()
-        .expect("running haproxy -c");
+        .expect("running haproxy -c")
+}
+
+fn haproxy_accepts(env: &HashMap<String, String>, what: &str) {
+    let out = haproxy_check(env);
     assert!(
         out.status.success(),
         "haproxy -c rejects deploy/haproxy.cfg with the variables of {what}:\n{}{}",
@@ -486,6 +556,21 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
         "the balancer binds the published port"
     );
     haproxy_accepts(&env, "docker-compose.yml's lb service");
+    // One switch (the shell's ROOMCAST_STICKY) turns stickiness off in the
+    // balancer and in the nodes together, sticky unless set.
+    let raw = |s: &Value, var: &str| s["environment"][var].as_str().map(str::to_string);
+    let switch = raw(lb, "ROOMCAST_LB_STICKY");
+    assert!(switch.is_some(), "lb sets ROOMCAST_LB_STICKY");
+    assert_eq!(
+        raw(node, "ROOMCAST__CLUSTER__STICKY"),
+        switch,
+        "the nodes' cluster.sticky and the balancer's ROOMCAST_LB_STICKY come from one switch"
+    );
+    assert_eq!(
+        env["ROOMCAST_LB_STICKY"], "true",
+        "compose is sticky unless told otherwise"
+    );
+    both_balancing_modes(&env, "ROOMCAST_NODES_DNS", "lb's environment");
 
     // scripts/cluster: the same file, the local branch, every variable set.
     let script = read("scripts/cluster");
@@ -500,6 +585,8 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
         .map(|k| {
             let v = if k.starts_with("ROOMCAST_NODE_") || k == "ROOMCAST_LB_BIND" {
                 "127.0.0.1:1".to_string()
+            } else if k == "ROOMCAST_LB_STICKY" {
+                "true".to_string()
             } else {
                 local[k].replace('$', "")
             };
@@ -507,6 +594,12 @@ fn the_balancer_config_gets_every_variable_from_compose_and_from_the_script() {
         })
         .collect();
     haproxy_accepts(&sample, "scripts/cluster");
+    assert_eq!(
+        local.get("ROOMCAST_LB_STICKY").map(String::as_str),
+        Some("$STICKY"),
+        "scripts/cluster hands HAProxy its ROOMCAST_CLUSTER_STICKY choice"
+    );
+    both_balancing_modes(&sample, "ROOMCAST_NODE_3", "scripts/cluster");
 }
 
 #[test]

@@ -26,13 +26,25 @@
 //!   behind the same HAProxy config, with @socket.io/redis-adapter and
 //!   then with @socket.io/redis-streams-adapter, whose losses are counted,
 //!   not asserted. The results are printed and written to
-//!   rolling_restart.json in the run dir.
+//!   rolling_restart.json in the run dir;
+//! - nonsticky: the topology without sticky sessions (`scripts/cluster`
+//!   with ROOMCAST_CLUSTER_STICKY=0: HAProxy round robin per request, no
+//!   cookie; the nodes forward each request to its session's node), with
+//!   socket.io-client and python-socketio clients that keep no cookies:
+//!   polling-only clients connect, publish events with acks and binary, in
+//!   order, to rooms with members on all three nodes, exactly once; each
+//!   session's requests were served by several nodes and forwarded (HAProxy's
+//!   log, the nodes' /metrics); never "Session ID unknown"; the default
+//!   transports upgrade to WebSocket through whichever node; a node
+//!   SIGKILLed: its sessions are unknown at once, its clients reconnect
+//!   within the heartbeat bound and receive again.
 //!
 //! The run dir is stopped with `scripts/cluster stop` afterwards whatever
 //! happened (PostgreSQL runs detached from the test's process group), and
 //! removed unless the test failed (its logs are there).
-//! Prerequisites missing (HAProxy, redis-server, PostgreSQL, Node.js and the
-//! packages of tests/cluster) fail the test with how to install them;
+//! Prerequisites missing (HAProxy, redis-server, PostgreSQL, Node.js, the
+//! packages of tests/cluster and python-socketio in tests/clients/.venv)
+//! fail the test with how to install them;
 //! scripts/test installs them.
 #![cfg(unix)]
 
@@ -46,8 +58,8 @@ use common::suite::{find_on_path, node, run_suite, test_files};
 
 /// Longest the suite may run before it is killed (alone on two cores it
 /// took ~3 min: ~50 s for balancer and outage, ~2 min for rolling_restart;
-/// more when other suites run beside it).
-const SUITE_TIMEOUT: Duration = Duration::from_secs(720);
+/// then ~40 s for nonsticky; more when other suites run beside it).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(840);
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -104,6 +116,12 @@ fn topology_suite() {
     assert!(
         packages.is_file(),
         "tests/cluster/node_modules/socket.io-client is missing: run scripts/test, which runs `npm ci` in tests/cluster"
+    );
+    let python = repo().join("tests/clients/.venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing (python-socketio for nonsticky.test.mjs): run scripts/test, which makes it from tests/clients/requirements.txt",
+        python.display()
     );
     let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("topology-{}", std::process::id()));
     let _stop = StopOnDrop(run_dir.clone());

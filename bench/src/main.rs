@@ -1,12 +1,14 @@
 //! roomcast-bench: a load generator for Socket.IO servers that speak
 //! roomcast's application protocol (`docs/protocol.md`: `subscribe`,
-//! `publish` with acks) over Engine.IO v4 / Socket.IO v5 WebSockets.
+//! `publish` with acks) over Engine.IO v4 / Socket.IO v5 WebSockets, and
+//! over long-polling for `poll-rtt`.
 //!
 //! ```text
 //! roomcast-bench connect --url http://127.0.0.1:3000 -n 10000 --server-pid PID
 //! roomcast-bench fanout  --url … --rooms 1 --subscribers 1000 --publishers 1 --rate 100
 //! roomcast-bench max     --url … --rooms 1000 --subscribers 10 --publishers 100
 //! roomcast-bench fanout  --url http://A --url http://B …   (cluster: subscribers on both)
+//! roomcast-bench poll-rtt --url http://LB --sessions 60 --rate 300   (long-polling round trips)
 //! roomcast-bench floor-send --port P --rate 100000 & roomcast-bench floor-read --port P
 //! ```
 //!
@@ -16,6 +18,7 @@
 
 mod client;
 mod floor;
+mod polling;
 mod scenarios;
 mod stats;
 
@@ -115,6 +118,21 @@ enum Scenario {
         #[arg(long, default_value_t = 0.001)]
         max_loss: f64,
     },
+    /// Long-polling sessions publishing with acks at a fixed total rate:
+    /// the round trip from a POST to the GET that brings its ack back.
+    PollRtt {
+        #[command(flatten)]
+        common: Common,
+        /// Polling sessions (each two keep-alive connections, as a browser).
+        #[arg(long, default_value_t = 60)]
+        sessions: usize,
+        /// Publishes per second, all sessions together.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        /// Seconds measured (after one unmeasured second).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
     /// No server: writes small messages round robin to many loopback
     /// sockets and reports its own CPU per write, the floor under any
     /// server's cost per delivery (run `floor-read` on the other core).
@@ -198,6 +216,16 @@ async fn run(cli: Cli) -> Result<()> {
         Scenario::Connect { common, n } => {
             let t = targets(&common, n)?;
             let r = scenarios::connect(&t, n, common.concurrency, common.server_pid).await?;
+            (common.label, r)
+        }
+        Scenario::PollRtt {
+            common,
+            sessions,
+            rate,
+            duration,
+        } => {
+            let t = targets(&common, sessions)?;
+            let r = polling::poll_rtt(&t, sessions, rate, secs(duration)).await?;
             (common.label, r)
         }
         Scenario::Fanout { common, shape, rate } => {

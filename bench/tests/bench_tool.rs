@@ -2,6 +2,8 @@
 //! `connect` scenario opens every session it was asked for and reads the
 //! server's memory and CPU from /proc; its `fanout` scenario counts every
 //! delivery (no loss at a low rate) and reports latency figures; its
+//! `poll-rtt` scenario makes the round trips it was asked for over
+//! long-polling (handshake, CONNECT, acks read from GETs); its
 //! `floor-send` / `floor-read` pair does every write it was asked for. No
 //! figure is asserted beyond what must hold on any machine.
 //!
@@ -115,6 +117,30 @@ async fn connect_and_fanout_scenarios_measure_a_real_server() {
     assert_eq!(r["delivered"], r["expected"], "{r}");
     assert_eq!(r["loss"], 0.0, "{r}");
     assert!(r["max_ms"].as_f64().unwrap() >= r["p99_ms"].as_f64().unwrap(), "{r}");
+
+    // 4 polling sessions, 40 publishes a second in all, for 1 s measured.
+    let r = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "poll-rtt",
+            "--url",
+            &url,
+            "--sessions",
+            "4",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+        ])
+    })
+    .await
+    .unwrap();
+    let trips = r["round_trips"].as_u64().unwrap();
+    assert!((30..=44).contains(&trips), "{r}");
+    assert!(r["rtt_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["rtt_max_ms"].as_f64().unwrap() >= r["rtt_p99_ms"].as_f64().unwrap(),
+        "{r}"
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Cluster, API_KEY, countsFrom, onceEach, publish, uniq, within } from "../cluster/lib/cluster.mjs";
 import { REPO_ROOT } from "../cluster/lib/procs.mjs";
-import { NODE_NAMES, startTopology } from "../cluster/lib/topology.mjs";
+import { NODE_NAMES, locate as locateOn, startTopology } from "../cluster/lib/topology.mjs";
 
 const ROOMS = ["topo:a", "topo:b", "topo:c", "topo:d"];
 /** Members per room; ROOMS.length * MEMBERS clients in rooms. */
@@ -62,23 +62,8 @@ describe("the local topology behind HAProxy", { timeout: 240_000 }, () => {
   /** A request to the API of `node` (or the balancer), with the test key. */
   const api = (node, method, path, body) => cluster.api(node, method, path, body);
 
-  /**
-   * Which node holds each socket, asking `candidates` (names): an API
-   * publish to the socket's private room (`me:<label>`) counts the
-   * recipients of the node it is sent to.
-   */
-  async function locate(sockets, candidates = NODE_NAMES) {
-    await inBatches(sockets, async (s) => {
-      const found = [];
-      for (const name of candidates) {
-        const res = await api(nodes[name], "POST", "/publish", { room: `me:${s.label}`, event: "whereami", data: name });
-        assert.equal(res.status, 202, `publish to ${s.label}'s own room on ${name}: ${res.text}`);
-        if (res.json.recipients === 1) found.push(name);
-      }
-      assert.equal(found.length, 1, `${s.label} (${s.id}) is on exactly one of ${candidates.join(", ")}: ${found.join(", ")}`);
-      s.nodeName = found[0];
-    });
-  }
+  /** Which node holds each socket, asking `candidates` (names). */
+  const locate = (sockets, candidates = NODE_NAMES) => locateOn(cluster, nodes, sockets, candidates, BATCH);
 
   const spread = (sockets) =>
     Object.fromEntries(NODE_NAMES.map((n) => [n, sockets.filter((s) => s.nodeName === n).length]));

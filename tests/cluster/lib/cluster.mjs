@@ -33,8 +33,12 @@ export function within(promise, timeoutMs, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** Every event a socket receives, with a way to wait for a condition on them. */
-class Inbox {
+/**
+ * Every event a socket receives, with a way to wait for a condition on
+ * them. Anything with `onAny(listener)` can feed one (a client of another
+ * library, driven from a test).
+ */
+export class Inbox {
   constructor(socket) {
     this.events = [];
     this.waiters = new Set();

@@ -8,7 +8,9 @@
 // "KILL": a crash) and started again (`.start()`, same ports and
 // environment) through `scripts/cluster stop-node` / `start-node`, and the
 // balancer's view of it awaited (`lb.waitServerUp("node1")`).
+// `locate` finds which node holds each client's session.
 
+import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -142,4 +144,28 @@ export async function startTopology(runDir, env = {}) {
     up: async (service) => outputs.push(await runScript(`up ${service}`, fullEnv, 60_000)),
   };
   return { lb, nodes };
+}
+
+/**
+ * Which node holds each of `sockets` (anything with a `label` whose client
+ * subscribed to its private room `me:<label>`), asking the nodes named
+ * `candidates` through `cluster`'s API (an API publish to that room counts
+ * the recipients of the node it is sent to), `batch` sockets at a time.
+ * Sets each one's `nodeName`; fails unless exactly one node holds it.
+ */
+export async function locate(cluster, nodes, sockets, candidates = NODE_NAMES, batch = 25) {
+  for (let i = 0; i < sockets.length; i += batch) {
+    await Promise.all(
+      sockets.slice(i, i + batch).map(async (s) => {
+        const found = [];
+        for (const name of candidates) {
+          const res = await cluster.api(nodes[name], "POST", "/publish", { room: `me:${s.label}`, event: "whereami", data: name });
+          assert.equal(res.status, 202, `publish to ${s.label}'s own room on ${name}: ${res.text}`);
+          if (res.json.recipients === 1) found.push(name);
+        }
+        assert.equal(found.length, 1, `${s.label} (${s.id}) is on exactly one of ${candidates.join(", ")}: ${found.join(", ")}`);
+        s.nodeName = found[0];
+      }),
+    );
+  }
 }
