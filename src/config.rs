@@ -221,8 +221,10 @@ pub struct ClusterSettings {
     /// and `advertise_address`).
     pub sticky: bool,
     /// `host:port` at which the other nodes reach this one (its admin
-    /// listener, or its public one); published in Redis. Port 0: the
-    /// port this node's admin listener (else its public one) is bound to.
+    /// listener, or its public one); published in Redis. `{host}` stands
+    /// for this machine's host name (a container's, which Docker's DNS
+    /// resolves); port 0 for the port this node's admin listener (else its
+    /// public one) is bound to.
     pub advertise_address: String,
     /// Requests this node forwards at once; beyond, 503 with `Retry-After`.
     pub max_forwarded: usize,
@@ -361,6 +363,18 @@ pub struct AuditSettings {
     pub record_disconnects: bool,
     /// Record every refused handshake (kind `handshake_refused`).
     pub record_handshake_refusals: bool,
+}
+
+impl ClusterSettings {
+    /// `advertise_address` with `{host}` replaced by this machine's host
+    /// name and port 0 by `bound`: one setting serves every replica.
+    pub fn advertised(&self, bound: u16) -> String {
+        let address = self.advertise_address.trim().replace("{host}", &host_name());
+        match address.strip_suffix(":0") {
+            Some(host) => format!("{host}:{bound}"),
+            None => address,
+        }
+    }
 }
 
 impl AuditSettings {
@@ -1172,6 +1186,30 @@ impl EngineSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_advertised_address_names_this_host_and_its_bound_port() {
+        let mut c = Settings::defaults().cluster;
+        c.advertise_address = " {host}:9090 ".into();
+        assert_eq!(c.advertised(4000), format!("{}:9090", host_name()));
+        c.advertise_address = "10.0.0.5:0".into();
+        assert_eq!(c.advertised(4000), "10.0.0.5:4000");
+    }
+
+    #[test]
+    fn sticky_false_needs_redis_and_an_address() {
+        let mut s = Settings::defaults();
+        s.cluster.sticky = false;
+        let keys: Vec<_> = s.problems().iter().map(ToString::to_string).collect();
+        let named = |key: &str| keys.iter().any(|k| k.contains(&format!("`{key}`")));
+        assert!(
+            named("cluster.sticky") && named("cluster.advertise_address"),
+            "{keys:?}"
+        );
+        s.redis.url = "redis://127.0.0.1:6379/".into();
+        s.cluster.advertise_address = "{host}:9090".into();
+        assert!(s.problems().is_empty());
+    }
 
     #[test]
     fn defaults_load_and_validate() {

@@ -280,12 +280,7 @@ fn start_forwarding(
     if c.sticky {
         return Ok(None);
     }
-    // "host:0": the port this node is bound to (tests, port 0 listeners).
-    let address = c.advertise_address.trim();
-    let address = match address.strip_suffix(":0") {
-        Some(host) => format!("{host}:{bound}"),
-        None => address.to_owned(),
-    };
+    let address = c.advertised(bound);
     let directory = Arc::new(Directory::new(tag));
     let r = &settings.redis;
     let presence = crate::adapter::redis::directory::start(
