@@ -8,6 +8,7 @@
 //! user id), `subscribe` and `publish` (room patterns, `*` and `?`
 //! wildcards). Verification is `jsonwebtoken`'s; patterns are `wildmatch`'s.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, errors::ErrorKind, Algorithm, DecodingKey, Validation};
@@ -21,10 +22,11 @@ use crate::config::AuthSettings;
 pub struct Identity {
     /// The user id (`sub`), absent for anonymous sockets.
     pub user: Option<String>,
-    /// Patterns of rooms it may subscribe to.
-    pub subscribe: Vec<WildMatch>,
+    /// Patterns of rooms it may subscribe to (shared: every anonymous
+    /// socket has the same ones).
+    pub subscribe: Arc<[WildMatch]>,
     /// Patterns of rooms it may publish to.
-    pub publish: Vec<WildMatch>,
+    pub publish: Arc<[WildMatch]>,
     /// When the token expires.
     pub expires: Option<SystemTime>,
 }
@@ -58,7 +60,7 @@ impl Identity {
             data.get(key)
                 .and_then(serde_json::Value::as_array)
                 .map(|a| a.iter().filter_map(|p| p.as_str()).map(WildMatch::new).collect())
-                .unwrap_or_default()
+                .unwrap_or_else(|| Arc::from([]))
         };
         Identity {
             user: data.get("user").and_then(serde_json::Value::as_str).map(str::to_owned),
@@ -132,8 +134,8 @@ impl SettingsError {
 pub struct Verifier {
     jwt: Option<(DecodingKey, Validation)>,
     anonymous_namespaces: Vec<String>,
-    anonymous_subscribe: Vec<String>,
-    anonymous_publish: Vec<String>,
+    anonymous_subscribe: Arc<[WildMatch]>,
+    anonymous_publish: Arc<[WildMatch]>,
 }
 
 impl Verifier {
@@ -183,8 +185,8 @@ impl Verifier {
         Ok(Verifier {
             jwt,
             anonymous_namespaces: s.anonymous_namespaces.clone(),
-            anonymous_subscribe: s.anonymous_subscribe.clone(),
-            anonymous_publish: s.anonymous_publish.clone(),
+            anonymous_subscribe: patterns(&s.anonymous_subscribe),
+            anonymous_publish: patterns(&s.anonymous_publish),
         })
     }
 
@@ -202,8 +204,8 @@ impl Verifier {
                 if self.anonymous_namespaces.iter().any(|n| n == nsp) {
                     Ok(Identity {
                         user: None,
-                        subscribe: patterns(&self.anonymous_subscribe),
-                        publish: patterns(&self.anonymous_publish),
+                        subscribe: self.anonymous_subscribe.clone(),
+                        publish: self.anonymous_publish.clone(),
                         expires: None,
                     })
                 } else {
@@ -265,7 +267,7 @@ fn now_secs() -> u64 {
         .unwrap_or_default()
 }
 
-fn patterns(list: &[String]) -> Vec<WildMatch> {
+fn patterns(list: &[String]) -> Arc<[WildMatch]> {
     list.iter().map(|p| WildMatch::new(p)).collect()
 }
 
