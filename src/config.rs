@@ -579,6 +579,9 @@ pub struct EngineSettings {
     pub max_buffered_packets: usize,
     /// Packets per polling POST.
     pub max_packets_per_payload: usize,
+    /// Packets per polling GET's answer (python-engineio refuses more
+    /// than 16).
+    pub max_packets_per_poll: usize,
 }
 
 /// `[socketio]`
@@ -858,6 +861,9 @@ impl Settings {
         }
         if e.max_buffered_packets == 0 {
             errors.push(invalid("engine.max_buffered_packets", "must be at least 1"));
+        }
+        if e.max_packets_per_poll == 0 {
+            errors.push(invalid("engine.max_packets_per_poll", "must be at least 1"));
         }
         if e.max_packets_per_payload == 0 {
             errors.push(invalid("engine.max_packets_per_payload", "must be at least 1"));
@@ -1174,6 +1180,7 @@ impl EngineSettings {
             ping_timeout: Duration::from_millis(self.ping_timeout_ms),
             upgrade_timeout: Duration::from_millis(self.upgrade_timeout_ms),
             max_buffered: self.max_buffered_packets,
+            max_per_poll: self.max_packets_per_poll,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct Limits {
     /// Outgoing frames one session may hold while nobody takes them (a polling
     /// client between GETs); beyond it the client is a slow consumer.
     pub max_buffered: usize,
+    /// Frames one polling GET takes at most; the rest wait for the next.
+    pub max_per_poll: usize,
 }
 
 /// Why the session must close, and the detail for logs and the audit log.
@@ -342,6 +344,11 @@ impl Session {
     /// gone from a closing session, its last frame (which ends it). `None`:
     /// nothing yet, the GET waits.
     pub fn poll_payload(&mut self) -> Option<VecDeque<Frame>> {
+        if self.buffer.len() > self.limits.max_per_poll {
+            // The rest waits for the next GET, which comes at once.
+            let rest = self.buffer.split_off(self.limits.max_per_poll);
+            return Some(std::mem::replace(&mut self.buffer, rest));
+        }
         if !self.buffer.is_empty() {
             return Some(self.take_buffered());
         }
@@ -430,7 +437,22 @@ mod tests {
             ping_timeout: Duration::from_millis(200),
             upgrade_timeout: Duration::from_millis(1000),
             max_buffered: 4,
+            max_per_poll: 16,
         }
+    }
+
+    #[test]
+    fn a_poll_takes_at_most_max_per_poll_frames_the_rest_the_next() {
+        let mut limits = limits();
+        limits.max_buffered = 10;
+        limits.max_per_poll = 3;
+        let mut s = Session::new(TransportKind::Polling, limits, Instant::now());
+        for i in 0..5 {
+            s.push(Frame::message_text(&format!("m{i}"))).unwrap();
+        }
+        assert_eq!(s.poll_payload().unwrap().len(), 3);
+        assert_eq!(s.poll_payload().unwrap().len(), 2);
+        assert!(s.poll_payload().is_none());
     }
 
     fn ms(n: u64) -> Duration {

@@ -13,7 +13,10 @@ Covers, on websocket-only and polling-only clients:
   in events and in client→server acks (sio.call); the bytes are asserted;
 - binary through the server's own ack round-trip (bytes in "request-ack"
   data → "ack-request"; bytes returned by the client's handler →
-  "ack-response").
+  "ack-response");
+- a burst on polling: more packets than python-engineio takes in one
+  polling answer (16) are waiting at once, and every one arrives, in
+  order, on the same session (engine.max_packets_per_poll).
 """
 
 import os
@@ -149,6 +152,20 @@ class EventsTest(RoomcastTestCase):
                 self.assert_binary_args(inbox.get("ack-response"))
                 sio.disconnect()
 
+    def test_a_burst_reaches_a_polling_client_whole(self):
+        sio, inbox = self.connect(["polling"], "message-back")
+        sid = sio.get_sid()
+        lost = []
+        sio.on("disconnect", lambda *reason: lost.append(reason))
+        # Sent in one POST and echoed in one turn of the server: far more
+        # than 16 packets (a binary event is two) wait for the next GET.
+        for i in range(60):
+            sio.emit("message", (i, SMALL))
+        for i in range(60):
+            self.assertEqual(inbox.get("message-back", timeout=5), (i, SMALL))
+        self.assertEqual(lost, [])
+        self.assertEqual(sio.get_sid(), sid)
+        sio.disconnect()
 
 if __name__ == "__main__":
     unittest.main()
