@@ -563,8 +563,10 @@ async fn hundred_thousand_packets_are_echoed_with_the_limit_raised() {
     let _process = alone().await;
     let server = start(|s| {
         s.engine.max_packets_per_payload = 200_000;
-        // Every echo waits in the session's outgoing buffer until the GET.
+        // Every echo waits in the session's outgoing buffer until the GET,
+        // which takes them all.
         s.engine.max_buffered_packets = 200_000;
+        s.engine.max_packets_per_poll = 200_000;
         // One client's 100,000 messages: its rate limit would refuse them.
         s.limits.packets_per_second = 0;
     });
@@ -700,7 +702,8 @@ async fn sids_are_distinct_and_statistically_random() {
     let server = start(|_| {});
     const N: usize = 2_000;
     let mut seen = HashSet::new();
-    let mut bytes = Vec::with_capacity(N * 16);
+    let mut bytes: Vec<u8> = Vec::with_capacity(N * 16);
+    let mut tags: Option<Vec<u8>> = None;
     let client = reqwest::Client::new();
     let url = format!("{}{ECHO}?EIO=4&transport=polling", server.http());
     for _ in 0..N {
@@ -710,9 +713,13 @@ async fn sids_are_distinct_and_statistically_random() {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&sid)
             .unwrap_or_else(|e| panic!("sid {sid:?}: {e}"));
-        assert_eq!(raw.len(), 16, "sid {sid:?}");
+        // The node's tag (6 bytes, the same in every sid of this server),
+        // then 16 random bytes.
+        assert_eq!(raw.len(), 22, "sid {sid:?}");
+        let tag = tags.get_or_insert_with(|| raw[..6].to_vec());
+        assert_eq!(raw[..6], tag[..], "sid {sid:?} names another node");
         assert!(seen.insert(sid.clone()), "sid repeated: {sid}");
-        bytes.extend(raw);
+        bytes.extend(&raw[6..]);
     }
     // The math, for 2,000 sids of 128 bits from a uniform source:
     //
