@@ -65,9 +65,17 @@ impl NodeTag {
     /// Characters of a tagged sid: the tag, then [`generate_sid`]'s 22.
     pub const SID_LEN: usize = Self::LEN + 22;
 
-    /// A new random tag.
+    /// A new random tag, one that starts with a letter or a digit: a sid
+    /// never starts with `-` (which a command line takes for an option,
+    /// as in `roomcast audit --sid …`).
     pub fn generate() -> Self {
-        Self(rand::random())
+        loop {
+            let tag = Self(rand::random());
+            // base64url's 62 and 63 are `-` and `_`: the top 6 bits.
+            if tag.0[0] >> 2 < 62 {
+                return tag;
+            }
+        }
     }
 
     /// A new session id of this node: the tag, then 128 random bits
@@ -118,6 +126,11 @@ mod tests {
         assert_ne!(NodeTag::of_sid(&b.sid()), Some(a));
         assert_eq!(NodeTag::parse(&a.to_string()), Some(a));
         assert!(sid.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        for _ in 0..1000 {
+            assert!(NodeTag::generate()
+                .sid()
+                .starts_with(|c: char| c.is_ascii_alphanumeric()));
+        }
     }
 
     #[test]

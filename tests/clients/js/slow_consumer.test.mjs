@@ -275,12 +275,13 @@ serverTest(
     const members = await apiRequest(server, "GET", "/rooms/open:poll");
     assert.equal(members.json.count, 0, members.text);
 
-    // The next GETs: what was buffered, in order, then the close packet
-    // (in the same response or the next one), then the session is gone.
+    // The next GETs: what was buffered, in order (at most
+    // engine.max_packets_per_poll a GET), then the close packet (in the
+    // last response or the next one), then the session is gone.
     const packets = [];
     let status;
     let body = "";
-    for (let polls = 0; polls < 3 && !packets.includes("1"); polls++) {
+    for (let polls = 0; polls < PUBSUB.maxBufferedPackets + 2 && !packets.includes("1"); polls++) {
       [status, body] = await get(sid);
       assert.equal(status, 200, `poll ${polls}: ${body}`);
       packets.push(...body.split("\x1e"));

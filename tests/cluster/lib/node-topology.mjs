@@ -71,6 +71,8 @@ export async function startNodeTopology(runDir, { args = [] } = {}) {
     ...process.env,
     ROOMCAST_LB_BIND: `127.0.0.1:${lbPort}`,
     ROOMCAST_LB_COOKIE_KEY: "local-node-cluster",
+    // Node.js servers hold their sessions: sticky, as in the comparison run.
+    ROOMCAST_LB_STICKY: "true",
     ROOMCAST_HEALTH_PATH: "/readyz",
     ...Object.fromEntries(NODE_NAMES.map((name, i) => [`ROOMCAST_NODE_${i + 1}`, `127.0.0.1:${nodePorts[i]}`])),
   };
