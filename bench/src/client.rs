@@ -422,6 +422,23 @@ fn publish_text(ack_id: u64, room: &str, sent_at_us: u64, step: usize) -> String
     format!(r#"42{ack_id}["publish",{{"room":"{room}","event":"m","data":[{sent_at_us},{step}]}}]"#)
 }
 
+/// Ack ids of publishes: the step times this, plus the publish's number
+/// within the step (the publisher's own count). Small ids stay for
+/// requests (a subscribe is 1).
+const ACK_STEP: u64 = 1_000_000_000;
+
+/// The ack id of a publisher's `seq`th publish of `step`.
+pub fn publish_ack_id(step: usize, seq: u64) -> u64 {
+    (step as u64 + 1) * ACK_STEP + seq
+}
+
+/// The `(step, seq)` of a publish's ack, `43<id>[…]`.
+pub fn parse_publish_ack(frame: &[u8]) -> Option<(usize, u64)> {
+    let (id, _) = digits(frame.strip_prefix(b"43")?, b'[')?;
+    let step = usize::try_from(id / ACK_STEP).ok()?.checked_sub(1)?;
+    Some((step, id % ACK_STEP))
+}
+
 /// The `(sent_at_us, step)` of a delivered `42["m",[t,step]]` frame.
 pub fn parse_delivery(frame: &[u8]) -> Option<(u64, usize)> {
     let rest = frame.strip_prefix(br#"42["m",["#)?;
@@ -455,6 +472,13 @@ mod tests {
         let text = publish_text(7, "r1", 123_456, 3);
         assert_eq!(text, r#"427["publish",{"room":"r1","event":"m","data":[123456,3]}]"#);
         assert_eq!(parse_delivery(br#"42["m",[123456,3]]"#), Some((123_456, 3)));
+        let id = publish_ack_id(3, 41);
+        assert_eq!(
+            parse_publish_ack(format!(r#"43{id}[{{"ok":true}}]"#).as_bytes()),
+            Some((3, 41))
+        );
+        assert_eq!(parse_publish_ack(br#"431[{"ok":true}]"#), None);
+        assert_eq!(parse_publish_ack(br#"42["m",[1,2]]"#), None);
         assert_eq!(parse_delivery(br#"42["x",[1,2]]"#), None);
         assert_eq!(parse_delivery(br#"42["m",[12a,3]]"#), None);
         assert_eq!(parse_delivery(br#"42["m",[,3]]"#), None);

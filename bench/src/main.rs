@@ -269,9 +269,10 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 let ok = step.p99_ms <= p99_ms && step.loss() <= max_loss;
                 eprintln!(
-                    "step {i}: rate {rate:.0}/s, {:.0} deliveries/s, p99 {:.1} ms, loss {:.4}, CPU server {} generator {:.2} s {}",
+                    "step {i}: rate {rate:.0}/s, {:.0} deliveries/s, p99 {:.1} ms, ack p99 {:.1} ms, loss {:.4}, CPU server {} generator {:.2} s {}",
                     step.deliveries_per_s(),
                     step.p99_ms,
+                    step.ack_p99_ms,
                     step.loss(),
                     step.server_cpu_s.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
                     step.generator_cpu_s,

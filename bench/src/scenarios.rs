@@ -136,6 +136,11 @@ pub struct Fleet {
     /// When each step's last delivery was read (µs on [`now_us`]' clock).
     last_delivery: Rc<Vec<Cell<u64>>>,
     latencies: Rc<RefCell<hdrhistogram::Histogram<u64>>>,
+    /// From a publish's due time to its ack's arrival at the publisher.
+    acks: Rc<RefCell<hdrhistogram::Histogram<u64>>>,
+    /// Each step's publishing clock: its start (µs) and the rate per
+    /// publisher, from which an ack id gives its publish's due time.
+    clocks: Rc<RefCell<Vec<(u64, f64)>>>,
     publishers: Vec<Writer>,
     tasks: Tasks,
     pid: Option<u32>,
@@ -152,6 +157,10 @@ pub struct Step {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The publisher's ack: from the publish's due time to its ack's
+    /// arrival, p50 and p99 (what a client that waits for `{ok:true}` sees).
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
     pub server_cpu_s: Option<f64>,
     /// The load generator's own CPU seconds (to tell when it, not the
     /// server, is the bound).
@@ -184,6 +193,8 @@ impl Step {
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "max_ms": self.max_ms,
+            "ack_p50_ms": self.ack_p50_ms,
+            "ack_p99_ms": self.ack_p99_ms,
         });
         if let Some(rss) = self.server_rss_mib {
             v["server_rss_mib"] = json!(rss);
@@ -208,6 +219,8 @@ impl Fleet {
         let delivered: Rc<Vec<Cell<u64>>> = Rc::new((0..MAX_STEPS).map(|_| Cell::new(0)).collect());
         let last_delivery: Rc<Vec<Cell<u64>>> = Rc::new((0..MAX_STEPS).map(|_| Cell::new(0)).collect());
         let latencies = Rc::new(RefCell::new(new_histogram()));
+        let acks = Rc::new(RefCell::new(new_histogram()));
+        let clocks = Rc::new(RefCell::new(vec![(0u64, 0f64); MAX_STEPS]));
         let rooms = shape.rooms;
         let subs = open_many(
             targets,
@@ -237,14 +250,29 @@ impl Fleet {
         let mut publishers = Vec::new();
         for (s, _) in pubs {
             publishers.push(s.writer());
-            // Acks are read (and dropped) so the publisher never stops reading.
-            tasks.push(spawn_local(hold(s, scratch.clone(), |_, _| {})));
+            // Acks are read as they come (the publisher never stops
+            // reading); each one's id says which publish it answers.
+            let (acks, clocks) = (acks.clone(), clocks.clone());
+            tasks.push(spawn_local(hold(s, scratch.clone(), move |frame, at| {
+                let Some((step, seq)) = client::parse_publish_ack(frame) else {
+                    return;
+                };
+                let Some(&(started_us, per_publisher)) = clocks.borrow().get(step) else {
+                    return;
+                };
+                if per_publisher > 0.0 {
+                    let due_at = started_us + ((seq + 1) as f64 / per_publisher * 1e6) as u64;
+                    acks.borrow_mut().saturating_record(at.saturating_sub(due_at).max(1));
+                }
+            })));
         }
         Ok(Fleet {
             shape,
             delivered,
             last_delivery,
             latencies,
+            acks,
+            clocks,
             publishers,
             tasks: Tasks(tasks),
             pid,
@@ -255,12 +283,16 @@ impl Fleet {
     /// (up to `drain`) for the deliveries.
     pub async fn step(&self, step: usize, rate: f64, duration: Duration, drain: Duration) -> Result<Step> {
         self.latencies.borrow_mut().reset();
+        self.acks.borrow_mut().reset();
         let before = read_proc(self.pid)?;
         let generator_before = read_proc(Some(std::process::id()))?.map(|r| r.cpu).unwrap_or_default();
         let per_publisher = rate / self.shape.publishers as f64;
         let (rooms, publishers) = (self.shape.rooms, self.shape.publishers);
         let started = Instant::now();
         let started_us = now_us();
+        if let Some(clock) = self.clocks.borrow_mut().get_mut(step) {
+            *clock = (started_us, per_publisher);
+        }
         // One task drives every publisher off one 1 ms tick (a timer per
         // publisher would cost the generator more than the server a
         // publish, with 100 publishers).
@@ -285,7 +317,8 @@ impl Fleet {
                         // waits, the wait counts in the latency (no
                         // coordinated omission).
                         let due_at = started_us + ((sent[p] + 1) as f64 / per_publisher * 1e6) as u64;
-                        client::publish_frame(sent[p] + 10, &format!("bench-{room}"), due_at, step, &mut out);
+                        let ack_id = client::publish_ack_id(step, sent[p]);
+                        client::publish_frame(ack_id, &format!("bench-{room}"), due_at, step, &mut out);
                         sent[p] += 1;
                     }
                     tx.send_raw(&out).await?;
@@ -307,6 +340,7 @@ impl Fleet {
         let delivering = self.last_delivery[step].get().saturating_sub(started_us) as f64 / 1e6;
         let seconds = publishing.max(delivering);
         let (p50_ms, p99_ms, max_ms) = quantiles_ms(&self.latencies.borrow());
+        let (ack_p50_ms, ack_p99_ms, _) = quantiles_ms(&self.acks.borrow());
         Ok(Step {
             rate,
             published,
@@ -316,6 +350,8 @@ impl Fleet {
             p50_ms,
             p99_ms,
             max_ms,
+            ack_p50_ms,
+            ack_p99_ms,
             server_cpu_s: match (before, after) {
                 (Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu).as_secs_f64()),
                 _ => None,
