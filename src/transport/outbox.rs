@@ -202,6 +202,9 @@ struct Inner {
     /// The writer's waker, while it waits.
     waker: Option<Waker>,
     on_stall: Option<OnStall>,
+    /// While a [`pump`] writes the socket: its thread and the socket, for
+    /// [`Outbox::push_frame`]'s express write.
+    express: Option<(std::thread::ThreadId, std::os::fd::RawFd)>,
 }
 
 /// A WebSocket's queue of encoded frames. Shared by the connection actor,
@@ -244,6 +247,7 @@ impl Outbox {
                 timed_by_writer: false,
                 waker: None,
                 on_stall: None,
+                express: None,
             }),
             limit: limit.max(1),
             write_timeout,
@@ -269,11 +273,57 @@ impl Outbox {
             Frame::Text(text) => (text.as_bytes().as_ref(), OpCode::Text),
             Frame::Binary(bytes) => (&bytes[..], OpCode::Binary),
         };
+        if self.express(payload, op) {
+            return Ok(());
+        }
         match self.push(1, None, |queue| queue.push_message(payload, op)) {
             Pushed::Queued => Ok(()),
             Pushed::Dropped | Pushed::Refused if self.lock().phase == Phase::Open => Err(SinkError::Full),
             Pushed::Dropped | Pushed::Refused => Err(SinkError::Closed),
         }
+    }
+
+    /// Writes one frame of the connection's straight to the socket, when
+    /// nothing of this socket is queued or being written and its writer
+    /// runs on this thread (the connection's: a session that started on
+    /// WebSocket). Going through the queue, the frame would wait for the
+    /// writer's turn on the worker, behind the writes of every other socket
+    /// the worker's writers were woken for: an ack to a publisher came out
+    /// after the whole fan-out of the publish it answered. Whatever the
+    /// socket does not take at once is queued first, as any frame. `false`:
+    /// not written (queue it).
+    fn express(&self, payload: &[u8], op: OpCode) -> bool {
+        let wake = {
+            let mut inner = self.lock();
+            let Some((thread, fd)) = inner.express else {
+                return false;
+            };
+            let idle = inner.phase == Phase::Open && !inner.blocked && !inner.scheduled && inner.queue.is_empty();
+            if !idle || thread != std::thread::current().id() {
+                return false;
+            }
+            let mut wire = BytesMut::with_capacity(payload.len() + 14);
+            Parser::write_message(&mut wire, payload, op, true, false);
+            // SAFETY: `express` is set by the writer while it holds the
+            // socket and cleared (under this lock) before it lets go of
+            // it, so the fd is open and this socket's; the writer runs on
+            // this thread, so it is not in the middle of a write; and with
+            // nothing queued or blocked it holds nothing unwritten.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            // Non-blocking (a socket of the runtime's): a full one takes 0.
+            let sent = socket2::SockRef::from(&socket).send(&wire).unwrap_or(0);
+            if sent == wire.len() {
+                return true;
+            }
+            wire.advance(sent);
+            inner.queue.push_shared(&wire.freeze());
+            inner.frames += 1;
+            !std::mem::replace(&mut inner.scheduled, true)
+        };
+        if wake {
+            self.schedule();
+        }
+        true
     }
 
     /// Queues a WebSocket pong (best effort).
@@ -309,6 +359,7 @@ impl Outbox {
         let waker = {
             let mut inner = self.lock();
             inner.phase = Phase::Aborted;
+            inner.express = None;
             inner.queue.clear(0);
             inner.frames = 0;
             inner.on_stall = None;
@@ -540,7 +591,12 @@ impl Flusher {
 /// Writes an outbox to a socket taken over at the upgrade, until the
 /// outbox is closed (everything written) or aborted, or the socket fails.
 pub async fn pump(socket: &actix_web::rt::net::TcpStream, outbox: &Outbox) {
-    outbox.lock().timed_by_writer = true;
+    {
+        use std::os::fd::AsRawFd as _;
+        let mut inner = outbox.lock();
+        inner.timed_by_writer = true;
+        inner.express = Some((std::thread::current().id(), socket.as_raw_fd()));
+    }
     let mut pending = Queue::default();
     // While the socket is full: since when, and the write timeout's timer.
     let mut blocked: Option<Option<Pin<Box<tokio::time::Sleep>>>> = None;
@@ -581,6 +637,7 @@ pub async fn pump(socket: &actix_web::rt::net::TcpStream, outbox: &Outbox) {
         }
     })
     .await;
+    // Clears `express` before the socket can go.
     outbox.abort();
 }
 
