@@ -419,10 +419,29 @@ impl Publish {
         data: Option<&RawValue>,
         attachments: Vec<bytes::Bytes>,
     ) -> Result<Publish, PublishError> {
+        Self::with_rest(nsp, rooms, except, event, data.map_or("", RawValue::get), attachments)
+    }
+
+    /// The publish of `event` with several arguments, each a JSON value
+    /// (a server's own event, such as the Admin UI's, not a client's
+    /// text), to the whole of `nsp`.
+    pub fn values(nsp: Arc<str>, event: &str, args: &[serde_json::Value]) -> Result<Publish, PublishError> {
+        let rest: Vec<String> = args.iter().map(serde_json::Value::to_string).collect();
+        Self::with_rest(nsp, vec![], vec![], event, &rest.join(","), vec![])
+    }
+
+    /// [`Self::event`] with its arguments as JSON text (comma separated).
+    fn with_rest(
+        nsp: Arc<str>,
+        rooms: Vec<Arc<str>>,
+        except: Vec<Arc<str>>,
+        event: &str,
+        rest: &str,
+        attachments: Vec<bytes::Bytes>,
+    ) -> Result<Publish, PublishError> {
         if !valid_event(event) {
             return Err(PublishError::InvalidEvent);
         }
-        let rest = data.map_or("", RawValue::get);
         let text = encode_event(event_kind(&attachments), &nsp, None, event, rest, attachments.len());
         // The arguments are the end of the frame, after its header.
         let at = header_len(event_kind(&attachments), &nsp, None, attachments.len());
@@ -727,9 +746,19 @@ fn with_start(mut session: Session, start: Offset) -> Session {
     session
 }
 
+/// Watches sockets joining and leaving rooms (the Admin UI's feed).
+/// Called on the broker's thread for every change, so it must return at
+/// once: a check, and at most a non-blocking send.
+pub trait MembershipWatch: Send + Sync {
+    /// `socket_id` joined (`joined`) or left `room` of `nsp`.
+    fn room_changed(&self, nsp: &str, room: &str, socket_id: &str, joined: bool);
+}
+
 /// The broker actor.
 pub struct Broker {
     config: BrokerConfig,
+    /// Told of every membership change, if anyone watches.
+    watch: Option<Arc<dyn MembershipWatch>>,
     /// The other nodes (a Redis adapter), if any.
     cluster: Option<Recipient<Outbound>>,
     /// The adapter's view of which rooms exist here (sharded, dynamic).
@@ -765,6 +794,7 @@ impl Broker {
         Self {
             recovery: Recovery::new(config.recovery.clone()),
             config,
+            watch: None,
             cluster: None,
             room_watch: None,
             sequenced: false,
@@ -998,6 +1028,9 @@ impl Broker {
         );
         r.seq.insert(socket_id.clone(), seq);
         self.notify(&nsp, room, "presence:join", socket_id);
+        if let Some(watch) = &self.watch {
+            watch.room_changed(&nsp, room, socket_id, true);
+        }
         Ok(())
     }
 
@@ -1033,6 +1066,9 @@ impl Broker {
             }
         }
         self.notify(&nsp, room, "presence:leave", socket_id);
+        if let Some(watch) = &self.watch {
+            watch.room_changed(&nsp, room, socket_id, false);
+        }
         true
     }
 }
@@ -1655,6 +1691,19 @@ impl Handler<RemoteOperation> for Broker {
                 }
             }
         }
+    }
+}
+
+/// From now on, `0` is told of every membership change.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchMemberships(pub Arc<dyn MembershipWatch>);
+
+impl Handler<WatchMemberships> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchMemberships, _: &mut Self::Context) {
+        self.watch = Some(msg.0);
     }
 }
 
