@@ -264,7 +264,7 @@ impl AdminUi {
     }
 }
 
-/// Updates per tick of [`REFILL`] for `per_second`.
+/// The most updates one tick of [`REFILL`] may send for `per_second`.
 fn budget_per_tick(per_second: usize) -> i64 {
     i64::try_from(per_second.div_ceil(10)).unwrap_or(i64::MAX)
 }
@@ -531,14 +531,24 @@ async fn publish_updates(
     }
 }
 
-/// Gives the budget back every [`REFILL`].
+/// Gives the budget back every [`REFILL`]: a tenth of `per_second` each
+/// time (the remainder carried to the next), never more than a tick's
+/// worth waiting, so that a quiet spell does not save up a burst.
 async fn refill(inner: std::sync::Weak<Inner>, per_second: usize) {
     let mut tick = tokio::time::interval(REFILL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let most = budget_per_tick(per_second);
+    let mut carried = 0usize;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.budget.store(budget_per_tick(per_second), Ordering::Relaxed);
+        carried += per_second;
+        let whole = i64::try_from(carried / 10).unwrap_or(i64::MAX);
+        carried %= 10;
+        let left = inner.budget.load(Ordering::Relaxed).max(0);
+        inner
+            .budget
+            .store(left.saturating_add(whole).min(most), Ordering::Relaxed);
     }
 }
 
