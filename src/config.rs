@@ -233,7 +233,7 @@ pub struct AdminUiSettings {
     /// served).
     pub path: String,
     /// The name this node has in the UI's server list (empty:
-    /// `server.node_name`).
+    /// `server.node_name#pid`).
     pub server_id: String,
     /// How often each node reports its figures (`server_stats`), in ms.
     pub stats_interval_ms: u64,

@@ -168,7 +168,7 @@ async fn a_login_gets_its_session_the_config_the_sockets_and_the_stats() {
     assert!(mine["handshake"]["issued"].as_u64().unwrap() > 0, "the UI needs it");
     let stats = until(&mut ws, "server_stats", |a| a[0]["clientsCount"] == 2).await;
     let stats = &stats[1];
-    assert_eq!(stats["serverId"], "ui-node-1");
+    assert_eq!(stats["serverId"], format!("ui-node-1#{}", std::process::id()));
     assert_eq!(stats["pid"], std::process::id());
     let namespaces = stats["namespaces"].as_array().unwrap();
     assert!(namespaces.contains(&json!({"name": "/", "socketsCount": 1})), "{stats}");

@@ -223,8 +223,10 @@ impl AdminUi {
         let nsp: Arc<str> = settings.namespace.as_str().into();
         let mut all: Vec<Arc<str>> = namespaces.iter().map(|n| n.as_str().into()).collect();
         all.push(nsp.clone());
+        // Two processes on one host may share a node name: the pid tells
+        // them apart, as instrument() does for cluster workers.
         let server_id = match settings.server_id.trim() {
-            "" => node_name.to_owned(),
+            "" => format!("{node_name}#{}", std::process::id()),
             id => id.to_owned(),
         };
         let inner = Arc::new(Inner {
