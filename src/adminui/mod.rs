@@ -151,6 +151,8 @@ struct Inner {
     budget: AtomicI64,
     updates: tokio::sync::mpsc::Sender<(&'static str, Vec<Value>)>,
     server_id: String,
+    /// This machine's name, read once.
+    hostname: String,
     started: Instant,
 }
 
@@ -220,6 +222,8 @@ impl AdminUi {
             "Commands of the Admin UI by result (done, refused: read-only, invalid)",
             ui.commands.clone(),
         );
+        // Its sockets' gauge exists, at 0, from the start, as the others'.
+        metrics.declare_namespaces(std::slice::from_ref(&settings.namespace));
         let nsp: Arc<str> = settings.namespace.as_str().into();
         let mut all: Vec<Arc<str>> = namespaces.iter().map(|n| n.as_str().into()).collect();
         all.push(nsp.clone());
@@ -242,6 +246,7 @@ impl AdminUi {
             budget: AtomicI64::new(budget_per_tick(per_second)),
             updates: tx,
             server_id,
+            hostname: crate::config::host_name(),
             started: Instant::now(),
         });
         actix_web::rt::spawn(publish_updates(Arc::downgrade(&inner), rx));
@@ -459,7 +464,7 @@ impl Inner {
             .collect();
         json!({
             "serverId": self.server_id,
-            "hostname": crate::config::host_name(),
+            "hostname": self.hostname,
             "pid": std::process::id(),
             "uptime": self.started.elapsed().as_secs_f64(),
             "clientsCount": clients,
