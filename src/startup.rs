@@ -577,6 +577,9 @@ impl Application {
             cluster_handle
                 .broker()
                 .do_send(crate::broker::WatchMemberships(ui.watch()));
+            // Every update is a broadcast to the whole admin namespace.
+            let nsp = settings.admin_ui.namespace.as_str().into();
+            cluster_handle.broker().do_send(crate::broker::IndexNamespace(nsp));
             ui
         });
         let cluster_status = cluster_handle.spans_nodes().then(|| cluster.clone());

@@ -69,6 +69,18 @@ async function logIn(page, node, password = PASSWORD) {
   await form.getByRole("button", { name: "Connect" }).click();
 }
 
+/**
+ * Opens the page of socket `id` as a user does: from the socket list, once
+ * the UI has it (the socket page looks the socket up once, when shown).
+ */
+async function openSocket(page, node, id) {
+  await page.goto(`${node.url}/admin-ui/#/sockets/`);
+  const row = page.locator("tbody tr:visible", { hasText: id }).first();
+  await row.waitFor({ timeout: 10_000 });
+  await row.click();
+  await page.waitForURL((url) => url.hash.includes(`/sockets/${id}`), { timeout: 10_000 });
+}
+
 describe("the Admin UI against three roomcast nodes", { timeout: 120_000 }, () => {
   const cluster = new Cluster("admin ui", { env: UI_ENV });
   let A, B, C;
@@ -132,7 +144,7 @@ describe("the Admin UI against three roomcast nodes", { timeout: 120_000 }, () =
         [C, 3],
       ];
       for (const [node, count] of expected) {
-        const row = page.locator("tr", { hasText: `#${node.proc.pid}` });
+        const row = page.locator("tbody tr:visible", { hasText: `#${node.proc.pid}` }).first();
         await row.waitFor({ timeout: 10_000 });
         await until(`${node.name}'s row shows ${count} clients`, async () =>
           (await row.locator("td").allTextContents()).map((t) => t.trim()).includes(String(count)),
@@ -144,7 +156,7 @@ describe("the Admin UI against three roomcast nodes", { timeout: 120_000 }, () =
       await page.locator(".v-data-footer", { hasText: "1-3 of 3" }).waitFor({ timeout: 10_000 });
 
       // A socket of node C: its rooms.
-      await page.goto(`${A.url}/admin-ui/#/n/%2F/sockets/${target.id}`);
+      await openSocket(page, A, target.id);
       const rooms = page.locator(".v-card", { hasText: "Rooms" }).last();
       for (const room of ["lobby", "news", target.id]) {
         await rooms.locator("td", { hasText: room }).first().waitFor({ timeout: 10_000 });
@@ -161,7 +173,7 @@ describe("the Admin UI against three roomcast nodes", { timeout: 120_000 }, () =
       await vip.locator("button").click();
       await until("the socket left vip", async () => (await members(B, "vip")) === 0);
       await page.locator(".v-chip", { hasText: "Deleted" }).waitFor({ timeout: 10_000 });
-      await page.goto(`${A.url}/admin-ui/#/n/%2F/sockets/${target.id}`);
+      await openSocket(page, A, target.id);
       await rooms.locator("td", { hasText: "lobby" }).first().waitFor({ timeout: 10_000 });
       assert.equal(await rooms.locator("td", { hasText: "vip" }).count(), 0, "vip is gone from its rooms");
 
@@ -194,7 +206,7 @@ describe("the Admin UI against three roomcast nodes", { timeout: 120_000 }, () =
       await page.goto(`${D.url}/admin-ui/`);
       await logIn(page, D);
       await page.locator(".v-dialog--active").waitFor({ state: "detached", timeout: 10_000 });
-      await page.goto(`${D.url}/admin-ui/#/n/%2F/sockets/${target.id}`);
+      await openSocket(page, D, target.id);
       const rooms = page.locator(".v-card", { hasText: "Rooms" }).last();
       await rooms.locator("td", { hasText: "lobby" }).first().waitFor({ timeout: 10_000 });
       // No command is offered: no leave button, no disconnect button.
