@@ -134,6 +134,10 @@ async fn a_wrong_password_is_refused_and_never_recorded() {
     let rows = common::audit::wait_rows(&store, query, 3).await;
     let text = format!("{rows:?}");
     assert!(text.contains("[redacted]"), "{text}");
+    assert!(
+        rows.iter().all(|r| r.reason == "invalid_credentials" && r.code == 206),
+        "{text}"
+    );
     assert!(!text.contains(secret) && !text.contains(PASSWORD), "{text}");
     // Nor anywhere in the database file.
     let file = url.trim_start_matches("sqlite://");
