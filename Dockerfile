@@ -5,7 +5,7 @@
 # tests/deployment.rs keeps this file, docker-compose.yml and
 # deploy/haproxy.cfg consistent.
 
-# The socket.io-client browser bundle, from npm, which build.rs embeds.
+# The socket.io-client browser bundle and the Socket.IO Admin UI's files, from npm, which build.rs embeds.
 FROM node:20-bookworm-slim AS web
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./

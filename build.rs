@@ -16,6 +16,14 @@
 //!   again until something in `web/` changes (`npm ci --prefix web` after
 //!   such a build embeds the bundle at the next build) or ROOMCAST_NO_NPM
 //!   does.
+//! - Embeds the Socket.IO Admin UI's built files (`@socket.io/admin-ui`'s
+//!   `ui/dist`, without source maps) and the icon font its page loads
+//!   (`@mdi/font`), from the same install, served at `admin_ui.path`.
+//!   Its index.html is rewritten to load nothing from other sites: the
+//!   Google Fonts stylesheet is dropped (the page falls back to the
+//!   browser's sans-serif) and the icon font's stylesheet is the embedded
+//!   one. Missing, the build still succeeds (a warning) and the UI's path
+//!   answers 404 saying how to get it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,6 +62,147 @@ fn main() {
     });
     fs::write(out.join("socket.io.min.js"), bundle).expect("OUT_DIR is writable");
     fs::write(out.join("socket.io-client.version"), version).expect("OUT_DIR is writable");
+    let (files, missing) = match admin_ui(&out) {
+        Ok(files) => (files, String::new()),
+        Err(why) => {
+            println!(
+                "cargo:warning=no {ADMIN_UI} files: {why}. roomcast builds without them: admin_ui.path answers 404."
+            );
+            (Vec::new(), why)
+        }
+    };
+    let mut listing = String::from(
+        "/// The embedded Admin UI: (path, content type, bytes).\npub const FILES: &[(&str, &str, &[u8])] = &[\n",
+    );
+    for (path, kind) in &files {
+        listing.push_str(&format!(
+            "    ({path:?}, {kind:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/admin-ui/{path}\"))),\n"
+        ));
+    }
+    listing.push_str(&format!(
+        "];\n/// Why there are none (empty: there are).\npub const MISSING: &str = {missing:?};\n"
+    ));
+    fs::write(out.join("admin_ui_files.rs"), listing).expect("OUT_DIR is writable");
+}
+
+/// The Admin UI's package and the icon font's.
+const ADMIN_UI: &str = "@socket.io/admin-ui";
+const ICONS: &str = "@mdi/font";
+
+/// Copies the Admin UI's files under `out/admin-ui` (index.html
+/// rewritten): their paths there and content types.
+fn admin_ui(out: &Path) -> Result<Vec<(String, &'static str)>, String> {
+    let lock = fs::read_to_string("web/package-lock.json").map_err(|e| format!("web/package-lock.json: {e}"))?;
+    let locked = |package: &str| locked_version_of(&lock, package);
+    let ui_version = locked(ADMIN_UI).ok_or_else(|| format!("web/package-lock.json locks no {ADMIN_UI}"))?;
+    let icons_version = locked(ICONS).ok_or_else(|| format!("web/package-lock.json locks no {ICONS}"))?;
+    let has = |modules: &Path, package: &str, version: &str| {
+        fs::read_to_string(modules.join(package).join("package.json"))
+            .ok()
+            .and_then(|m| string_after(&m, "\"version\""))
+            .is_some_and(|v| v == version)
+    };
+    let modules = [Path::new("web/node_modules").to_path_buf(), out.join("npm").join("node_modules")]
+        .into_iter()
+        .find(|m| has(m, ADMIN_UI, &ui_version) && has(m, ICONS, &icons_version))
+        .ok_or_else(|| {
+            format!(
+                "{ADMIN_UI} {ui_version} and {ICONS} {icons_version} are not installed (`npm ci --prefix web` installs them)"
+            )
+        })?;
+    let dist = modules.join(ADMIN_UI).join("ui").join("dist");
+    let icons = modules.join(ICONS);
+    let target = out.join("admin-ui");
+    let _ = fs::remove_dir_all(&target);
+    let mut files = Vec::new();
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let copy = |from: &Path, to: &str, files: &mut Vec<(String, &'static str)>| -> Result<(), String> {
+        let dest = target.join(to);
+        fs::create_dir_all(dest.parent().expect("a file has a parent")).map_err(|e| io(&dest, e))?;
+        fs::copy(from, &dest).map_err(|e| io(from, e))?;
+        files.push((to.to_owned(), content_type(to)));
+        Ok(())
+    };
+    for dir in ["", "css", "js", "img"] {
+        let from = dist.join(dir);
+        let entries = fs::read_dir(&from).map_err(|e| io(&from, e))?;
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".map") && n != "index.html")
+            .collect();
+        names.sort();
+        for name in names {
+            let to = if dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{dir}/{name}")
+            };
+            copy(&from.join(&name), &to, &mut files)?;
+        }
+    }
+    copy(
+        &icons.join("css").join("materialdesignicons.min.css"),
+        "mdi/css/materialdesignicons.min.css",
+        &mut files,
+    )?;
+    copy(
+        &icons.join("fonts").join("materialdesignicons-webfont.woff2"),
+        "mdi/fonts/materialdesignicons-webfont.woff2",
+        &mut files,
+    )?;
+    let index = fs::read_to_string(dist.join("index.html")).map_err(|e| io(&dist, e))?;
+    let index = offline_index(&index)?;
+    fs::write(target.join("index.html"), index).map_err(|e| io(&target, e))?;
+    files.push(("index.html".to_owned(), content_type("index.html")));
+    Ok(files)
+}
+
+/// The UI's index.html loading nothing from other sites: every
+/// `<link rel="stylesheet">` to another site is dropped, and the
+/// embedded icon stylesheet is loaded instead of the one from a CDN.
+fn offline_index(index: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(index.len());
+    let mut rest = index;
+    let mut dropped = 0;
+    while let Some(at) = rest.find("<link ") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('>').ok_or("index.html: a <link> does not end")? + at + 1;
+        let tag = &rest[at..end];
+        if tag.contains("href=\"https://") || tag.contains("href=\"http://") || tag.contains("href=\"//") {
+            dropped += 1;
+        } else {
+            out.push_str(tag);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    if dropped == 0 {
+        return Err("index.html has changed: no stylesheet of another site found to replace".into());
+    }
+    let icons = "<link rel=\"stylesheet\" href=\"mdi/css/materialdesignicons.min.css\">";
+    let out = out.replacen("</head>", &format!("{icons}</head>"), 1);
+    if ["https://", "http://", "//cdn", "//fonts"]
+        .iter()
+        .any(|s| out.contains(s))
+    {
+        return Err("index.html still names another site after the rewrite".into());
+    }
+    Ok(out)
+}
+
+/// The content type of an embedded file, by its extension.
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("woff2") => "font/woff2",
+        _ => "application/octet-stream",
+    }
 }
 
 /// The bundle and its version, or why there is none.
@@ -179,7 +328,12 @@ fn installed(dir: &Path) -> Option<(Vec<u8>, String)> {
 /// The version of `node_modules/socket.io-client` in a package-lock.json
 /// (lockfileVersion 2 or 3).
 fn locked_version(lock: &str) -> Option<String> {
-    let key = format!("\"node_modules/{PACKAGE}\"");
+    locked_version_of(lock, PACKAGE)
+}
+
+/// The version of `node_modules/<package>` in a package-lock.json.
+fn locked_version_of(lock: &str, package: &str) -> Option<String> {
+    let key = format!("\"node_modules/{package}\"");
     let mut rest = lock;
     while let Some(at) = rest.find(&key) {
         rest = &rest[at + key.len()..];

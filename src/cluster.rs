@@ -15,8 +15,8 @@ use actix::dev::Request;
 use actix::Addr;
 use serde_json::json;
 
-use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, RedisAdapter};
-use crate::adapter::{LocalSockets, Session, SessionStoreDown, TakeSession};
+use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, OperateRemote, RedisAdapter};
+use crate::adapter::{LocalSockets, RemoteOp, RemoteOperation, Session, SessionStoreDown, TakeSession};
 use crate::broker::{BackendPublish, Broker, Join, JoinError, Kick, Leave, ListRooms, Members, Publish, Routed};
 
 /// The broker is gone (the node is stopping).
@@ -330,5 +330,68 @@ impl Cluster {
         };
         let answer = remote.send(fetch).await.unwrap_or_default();
         answer.sockets.iter().any(|s| s.id == id)
+    }
+}
+
+/// The sockets of a namespace across the cluster (the Admin UI's list).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSockets {
+    /// This node's sockets.
+    pub local: Vec<crate::adapter::SocketInfo>,
+    /// The other nodes' sockets, as they answered.
+    pub remote: Vec<crate::adapter::SocketInfo>,
+    /// A node did not answer in time (`None` on a single node).
+    pub partial: Option<bool>,
+}
+
+/// Operations on a selection of sockets, wherever they are (Socket.IO's
+/// `io.in(rooms).socketsJoin(…)`, `socketsLeave`, `disconnectSockets`).
+/// Kept apart from the operations above so that they read as one group.
+impl Cluster {
+    /// The sockets of `nsp` here and on the other nodes (a REMOTE_FETCH).
+    pub async fn sockets(&self, nsp: Arc<str>) -> Result<ClusterSockets, Unavailable> {
+        let local = LocalSockets {
+            nsp: nsp.clone(),
+            rooms: vec![],
+            except: vec![],
+        };
+        let local = self.broker.send(local).await.map_err(|_| Unavailable)?;
+        let mut out = ClusterSockets {
+            local,
+            ..Default::default()
+        };
+        if let Some(remote) = &self.remote {
+            let fetch = FetchSockets {
+                nsp: nsp.to_string(),
+                rooms: vec![],
+            };
+            let answer = remote.send(fetch).await.unwrap_or_default();
+            out.remote = answer.sockets;
+            out.partial = Some(answer.partial);
+        }
+        Ok(out)
+    }
+
+    /// Applies `op` to the sockets of `selection` in `nsp` (rooms, a
+    /// socket id naming that socket; empty = the whole namespace) on this
+    /// node and, through the adapter's REMOTE_JOIN, REMOTE_LEAVE and
+    /// REMOTE_DISCONNECT requests, on the others. A disconnect without
+    /// `close` ends the namespace socket only (its client sees `io server
+    /// disconnect`).
+    pub async fn operate(&self, nsp: Arc<str>, selection: Vec<Arc<str>>, op: RemoteOp) -> Result<(), Unavailable> {
+        if let Some(remote) = &self.remote {
+            remote.do_send(OperateRemote {
+                nsp: nsp.to_string(),
+                selection: selection.iter().map(|s| s.to_string()).collect(),
+                op: op.clone(),
+            });
+        }
+        let here = RemoteOperation {
+            nsp,
+            rooms: selection,
+            except: vec![],
+            op,
+        };
+        self.broker.send(here).await.map_err(|_| Unavailable)
     }
 }

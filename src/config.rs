@@ -208,6 +208,8 @@ pub struct Settings {
     pub recovery: RecoverySettings,
     /// How the nodes of a cluster share sessions.
     pub cluster: ClusterSettings,
+    /// The Socket.IO Admin UI's namespace and the embedded UI.
+    pub admin_ui: AdminUiSettings,
 }
 
 /// `[cluster]`: long-polling without sticky sessions, see
@@ -235,6 +237,42 @@ pub struct ClusterSettings {
     pub heartbeat_ms: u64,
     /// How long a node counts as alive after its last heartbeat, in ms.
     pub node_ttl_ms: u64,
+}
+
+/// `[admin_ui]`: the namespace `@socket.io/admin-ui` logs in to, as
+/// Node.js's `instrument()` serves it, and the UI's built files (see
+/// docs/admin-ui.md and `crate::adminui`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUiSettings {
+    /// Off by default: then there is no admin namespace at all.
+    pub enabled: bool,
+    /// The admin namespace (`instrument()`'s `namespaceName`).
+    pub namespace: String,
+    /// Whether a login is required (`auth: false` in `instrument()` when
+    /// not): dangerous, anyone who reaches the listener controls sockets.
+    pub auth: bool,
+    /// The login's user name.
+    pub username: String,
+    /// The bcrypt hash of the login's password; no default.
+    pub password_hash: String,
+    /// Only the event stream: join, leave and disconnect are refused.
+    pub read_only: bool,
+    /// Where the embedded UI is served on the admin listener (empty: not
+    /// served).
+    pub path: String,
+    /// The name this node has in the UI's server list (empty:
+    /// `server.node_name#pid`).
+    pub server_id: String,
+    /// How often each node reports its figures (`server_stats`), in ms.
+    pub stats_interval_ms: u64,
+    /// Most socket, room and event updates this node sends to the UI per
+    /// second; the rest are dropped and counted.
+    pub max_events_per_second: u32,
+    /// Most sockets listed to a UI that logs in (`all_sockets`).
+    pub max_listed_sockets: usize,
+    /// How long a login's session id stays valid, in seconds.
+    pub session_ttl_s: u64,
 }
 
 /// `[recovery]`: connection state recovery (Socket.IO 4.6+'s
@@ -968,6 +1006,7 @@ impl Settings {
                 "must be more than cluster.heartbeat_ms (a node would expire between its heartbeats)",
             ));
         }
+        errors.extend(self.admin_ui_problems());
         if self.redis.mode == RedisMode::Streams {
             let r = &self.redis;
             if r.stream_name.is_empty() {
@@ -1066,6 +1105,59 @@ impl Settings {
             ));
         }
         self.more_problems(&mut errors);
+        errors
+    }
+
+    /// The `[admin_ui]` settings' own problems (the password hash is
+    /// checked by its owner, `adminui`).
+    fn admin_ui_problems(&self) -> Vec<ConfigError> {
+        let a = &self.admin_ui;
+        let mut errors = Vec::new();
+        if !a.enabled {
+            return errors;
+        }
+        let mut invalid = |key: &'static str, message: String| errors.push(ConfigError::Invalid { key, message });
+        if a.auth && a.password_hash.trim().is_empty() {
+            invalid(
+                "admin_ui.password_hash",
+                "is empty, and admin_ui.enabled requires one (there is no default password): a bcrypt hash, e.g. \
+                 ROOMCAST__ADMIN_UI__PASSWORD_HASH=\"$(htpasswd -nbBC 10 '' 'your password' | cut -d: -f2)\" \
+                 (or admin_ui.auth = false, which lets anyone who reaches the listener in)"
+                    .into(),
+            );
+        }
+        if !a.namespace.starts_with('/') || a.namespace.len() < 2 {
+            invalid(
+                "admin_ui.namespace",
+                format!("{:?} is not a namespace like \"/admin\"", a.namespace),
+            );
+        } else if self.socketio.namespaces.contains(&a.namespace) {
+            invalid(
+                "admin_ui.namespace",
+                format!(
+                    "{:?} is one of socketio.namespaces: the admin namespace must be its own",
+                    a.namespace
+                ),
+            );
+        }
+        if !a.path.is_empty() && (!a.path.starts_with('/') || !a.path.ends_with('/') || a.path == "/") {
+            invalid(
+                "admin_ui.path",
+                format!(
+                    "{:?} is not a path like \"/admin-ui/\" (starting and ending with /; empty = not served)",
+                    a.path
+                ),
+            );
+        }
+        if a.stats_interval_ms < 100 {
+            invalid("admin_ui.stats_interval_ms", "must be at least 100".into());
+        }
+        if a.max_events_per_second == 0 {
+            invalid("admin_ui.max_events_per_second", "must be at least 1".into());
+        }
+        if a.session_ttl_s == 0 {
+            invalid("admin_ui.session_ttl_s", "must be at least 1".into());
+        }
         errors
     }
 

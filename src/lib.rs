@@ -26,6 +26,8 @@
 //!                                                     or @socket.io/redis-streams-adapter's,
 //!                                                     broadcasts in Redis streams)
 //! api (/api/v1) ──▶ cluster                          (backends: publish, rooms, kick, join)
+//! adminui ──▶ cluster                               (the Admin UI's namespace: a conn::service
+//!                                                    seam; its updates published to it)
 //!
 //! side sinks: audit (forced closes and parse errors → writer actor → SQL,
 //!             spill file while the database is down), tracing.
@@ -48,7 +50,8 @@
 //!
 //! 1. `startup`: the composition root, the one module that knows every
 //!    concrete type (and the checks that need the owners: [`config::Settings::validate`]).
-//! 2. `api`, `ops`: the backends' and the operators' HTTP routes.
+//! 2. `api`, `ops`, `adminui`: the backends' and the operators' HTTP routes,
+//!    the Socket.IO Admin UI's namespace and files.
 //! 3. `http`: request parsing, dispatch, the session cap.
 //! 4. `transport`: long-polling and WebSocket plumbing.
 //! 5. `conn`: the connection actor.
@@ -68,6 +71,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod adminui;
 pub mod api;
 pub mod audit;
 pub mod auth;

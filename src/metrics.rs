@@ -465,6 +465,13 @@ impl Metrics {
         m
     }
 
+    /// Registers a metric of a module above this one (the Admin UI's),
+    /// named `roomcast_<name>`.
+    pub fn register_extra(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        // unwrap: the lock is only held to register or encode.
+        self.registry.lock().unwrap().register(name, help, metric);
+    }
+
     /// The namespaces clients may join (`socketio.namespaces`): their
     /// `roomcast_sockets` series exist, at 0, from the start.
     pub fn declare_namespaces(&self, namespaces: &[String]) {

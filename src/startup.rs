@@ -171,6 +171,9 @@ pub fn owner_problems(settings: &Settings) -> Vec<ConfigError> {
     if let Err(e) = crate::audit::store::Backend::of(&settings.database.url) {
         errors.push(invalid("database.url", e));
     }
+    if let Err(e) = crate::adminui::check_settings(&settings.admin_ui) {
+        errors.push(invalid(e.key(), e));
+    }
     errors
 }
 
@@ -316,6 +319,17 @@ fn start_forwarding(
     Ok(Some((Arc::new(forwarder), presence)))
 }
 
+/// The namespaces this node has sockets in: `socketio.namespaces` and,
+/// when the Admin UI is on, its namespace (whose updates every node
+/// publishes to the others).
+fn served_namespaces(settings: &Settings) -> Vec<String> {
+    let mut namespaces = settings.socketio.namespaces.clone();
+    if settings.admin_ui.enabled {
+        namespaces.push(settings.admin_ui.namespace.clone());
+    }
+    namespaces
+}
+
 /// Starts this node's broker and, with `redis.url`, the adapter to the
 /// other nodes: the cluster's handle, and the adapter's state (never
 /// connected on a single node).
@@ -351,7 +365,7 @@ fn start_cluster(
             url: r.url.clone(),
             tls_ca_file: r.tls_ca_file.clone(),
             key: r.key.clone(),
-            namespaces: settings.socketio.namespaces.clone(),
+            namespaces: served_namespaces(settings),
             command_timeout: Duration::from_millis(r.command_timeout_ms),
             reconnect_max: Duration::from_millis(r.reconnect_max_ms),
             queue: r.queue,
@@ -420,6 +434,11 @@ struct Routes {
     ops: web::Data<OpsState>,
     api: web::Data<api::ApiState>,
     socketio: web::Data<Endpoint>,
+    /// The Socket.IO endpoint of the admin listener (or the only one):
+    /// with the Admin UI's namespace, when it is on.
+    socketio_private: web::Data<Endpoint>,
+    /// `admin_ui.path`, when the UI is on and served.
+    admin_ui_path: Option<String>,
     echo: Option<web::Data<Endpoint>>,
     ws_echo: web::Data<crate::transport::ws_echo::WsEcho>,
     max_payload: usize,
@@ -459,11 +478,16 @@ impl Routes {
             ));
         if private {
             app = app.service(api::scope(self.api.clone(), self.max_payload));
+            if let Some(path) = &self.admin_ui_path {
+                app = app.configure(crate::adminui::assets::configure(path));
+            }
         }
-        for (path, data) in [
-            (&server.path, Some(&self.socketio)),
-            (&server.echo_path, self.echo.as_ref()),
-        ] {
+        let socketio = if private {
+            &self.socketio_private
+        } else {
+            &self.socketio
+        };
+        for (path, data) in [(&server.path, Some(socketio)), (&server.echo_path, self.echo.as_ref())] {
             let Some(data) = data else { continue };
             let bare = path.trim_end_matches('/').to_string();
             app = app.service(
@@ -589,6 +613,29 @@ impl Application {
         metrics.declare_namespaces(&settings.socketio.namespaces);
         let (cluster_handle, cluster) = start_cluster(&settings, &node_id, &metrics, exempt.clone())?;
         let (forward, presence) = start_forwarding(&settings, node_tag, admin_port.unwrap_or(port), &metrics)?.unzip();
+        let admin_ui = settings.admin_ui.enabled.then(|| {
+            if !settings.admin_ui.auth {
+                tracing::warn!(
+                    "admin_ui.auth = false: anyone who reaches the listener may list and disconnect every socket \
+                     through the Admin UI's namespace"
+                );
+            }
+            let ui = crate::adminui::AdminUi::start(
+                &settings.admin_ui,
+                &settings.socketio.namespaces,
+                settings.rooms.max_name_len,
+                &node_name,
+                cluster_handle.clone(),
+                metrics.clone(),
+            );
+            cluster_handle
+                .broker()
+                .do_send(crate::broker::WatchMemberships(ui.watch()));
+            // Every update is a broadcast to the whole admin namespace.
+            let nsp = settings.admin_ui.namespace.as_str().into();
+            cluster_handle.broker().do_send(crate::broker::IndexNamespace(nsp));
+            ui
+        });
         let cluster_status = cluster_handle.spans_nodes().then(|| cluster.clone());
         if let Some(status) = &cluster_status {
             metrics.watch_cluster(status.clone());
@@ -633,6 +680,8 @@ impl Application {
                 // Room for the CONNECT, acks and pings written beside it.
                 max_frames: settings.engine.max_buffered_packets.saturating_sub(16).max(1),
             },
+            server_namespace: None,
+            observer: admin_ui.as_ref().map(|ui| ui.observer()),
         };
         let guards =
             crate::limits::Guards::new(&settings.limits, trusted, exempt, metrics.clone(), Some(audit.clone()));
@@ -663,7 +712,7 @@ impl Application {
             Arc::downgrade(&ops.clone().into_inner()),
             Duration::from_secs(1),
         ));
-        let endpoint = |app: App, registry: Registry| {
+        let endpoint = |app: App, registry: Registry, sio: Option<SioConfig>| {
             let upgrades = if settings.engine.allows(TransportKind::WebSocket) {
                 vec![TransportKind::WebSocket.as_str()]
             } else {
@@ -676,7 +725,7 @@ impl Application {
                     max_packets_per_payload: settings.engine.max_packets_per_payload,
                     upgrades,
                     app,
-                    sio: (app == App::SocketIo).then(|| sio.clone()),
+                    sio,
                     events: events.clone(),
                     registry,
                     audit: audit.clone(),
@@ -692,9 +741,25 @@ impl Application {
                 forward: forward.clone(),
             })
         };
-        let socketio = endpoint(App::SocketIo, sio_registry);
+        let socketio = endpoint(App::SocketIo, sio_registry.clone(), Some(sio.clone()));
+        // The admin listener's endpoint shares the sessions (one registry,
+        // one cap) and adds the Admin UI's namespace; without an admin
+        // listener the only one is it.
+        let socketio_private = match &admin_ui {
+            Some(ui) => {
+                let mut with_ui = sio.clone();
+                with_ui.server_namespace = Some(ui.namespace());
+                endpoint(App::SocketIo, sio_registry, Some(with_ui))
+            }
+            None => socketio.clone(),
+        };
+        let socketio = if admin_listener.is_some() {
+            socketio
+        } else {
+            socketio_private.clone()
+        };
         let registry = socketio.shared.registry.clone();
-        let echo = (!settings.server.echo_path.is_empty()).then(|| endpoint(App::Echo, echo_registry));
+        let echo = (!settings.server.echo_path.is_empty()).then(|| endpoint(App::Echo, echo_registry, None));
         let mut registries = vec![registry.clone()];
         registries.extend(echo.as_ref().map(|e| e.shared.registry.clone()));
 
@@ -709,6 +774,11 @@ impl Application {
             ops,
             api,
             socketio,
+            socketio_private,
+            admin_ui_path: admin_ui
+                .as_ref()
+                .map(|_| settings.admin_ui.path.clone())
+                .filter(|p| !p.is_empty()),
             echo,
             ws_echo,
             max_payload,

@@ -12,7 +12,11 @@
 //! - a web/node_modules with the locked version (`npm ci --prefix web`) is
 //!   embedded without npm; one with another version is not, and the warning
 //!   says so;
-//! - it asks cargo to run it again when web/ or ROOMCAST_NO_NPM changes.
+//! - it asks cargo to run it again when web/ or ROOMCAST_NO_NPM changes;
+//! - the Admin UI's files (`@socket.io/admin-ui`'s ui/dist and `@mdi/font`)
+//!   come from the same install: listed for embedding with index.html
+//!   rewritten to load nothing from another site; without them a warning
+//!   says so and the listing is empty with the reason.
 //!
 //! npm (Node.js 18+) must be installed and reach its registry (scripts/test
 //! needs both anyway); without it the test fails and says so.
@@ -96,12 +100,31 @@ impl Root {
         stdout
     }
 
+    /// The Admin UI's listing the build wrote (admin_ui_files.rs).
+    fn admin_ui(&self) -> String {
+        fs::read_to_string(self.out.join("admin_ui_files.rs")).expect("the listing is always written")
+    }
+
     /// What the build embeds: (bundle, version).
     fn embedded(&self) -> (Vec<u8>, String) {
         (
             fs::read(self.out.join("socket.io.min.js")).expect("the bundle file is always written"),
             fs::read_to_string(self.out.join("socket.io-client.version")).expect("the version file is always written"),
         )
+    }
+}
+
+/// Copies the directory `from` to `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
     }
 }
 
@@ -165,6 +188,15 @@ fn without_npm_the_build_succeeds_and_says_how_to_get_the_bundle() {
     let stdout = root.build(Some(&no_npm()), &[]);
     assert_explains_missing_bundle(&stdout, "npm is not installed");
     assert_eq!(root.embedded(), (Vec::new(), String::new()));
+    assert!(
+        warnings(&stdout)
+            .iter()
+            .any(|w| w.starts_with("no @socket.io/admin-ui files: ") && w.contains("admin_ui.path answers 404")),
+        "{stdout}"
+    );
+    let listing = root.admin_ui();
+    assert!(listing.contains("FILES: &[(&str, &str, &[u8])] = &[\n];"), "{listing}");
+    assert!(listing.contains("npm ci --prefix web"), "the reason: {listing}");
     for line in [
         "cargo:rerun-if-changed=web",
         "cargo:rerun-if-env-changed=ROOMCAST_NO_NPM",
@@ -202,6 +234,22 @@ fn with_npm_the_locked_bundle_is_installed_once_and_embedded() {
         String::from_utf8_lossy(&bundle).contains(&format!("Socket.IO v{locked}")),
         "its banner names the locked version"
     );
+    // The Admin UI from the same install, its page offline.
+    let listing = root.admin_ui();
+    for file in [
+        "\"index.html\"",
+        "\"mdi/fonts/materialdesignicons-webfont.woff2\"",
+        "\"js/app.",
+    ] {
+        assert!(listing.contains(file), "{file} in {listing}");
+    }
+    assert!(!listing.contains(".map\""), "no source maps: {listing}");
+    let index = fs::read_to_string(root.out.join("admin-ui/index.html")).unwrap();
+    assert!(!index.contains("https://") && !index.contains("//fonts"), "{index}");
+    assert!(
+        index.contains("href=\"mdi/css/materialdesignicons.min.css\""),
+        "{index}"
+    );
 
     // The next build needs no npm: it takes what the first installed.
     fs::remove_file(root.out.join("socket.io.min.js")).unwrap();
@@ -218,6 +266,12 @@ fn with_npm_the_locked_bundle_is_installed_once_and_embedded() {
     let mut marked = bundle.clone();
     marked.extend_from_slice(b"\n// from web/node_modules\n");
     fs::write(package.join("dist/socket.io.min.js"), &marked).unwrap();
+    for ui in ["@socket.io/admin-ui", "@mdi/font"] {
+        copy_dir(
+            &root.out.join("npm/node_modules").join(ui),
+            &web.dir.join("web/node_modules").join(ui),
+        );
+    }
     let stdout = web.build(Some(&no_npm()), &[]);
     assert_eq!(warnings(&stdout), Vec::<&str>::new(), "{stdout}");
     assert_eq!(web.embedded(), (marked, locked.clone()));

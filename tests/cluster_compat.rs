@@ -39,7 +39,14 @@
 //!   socket ids have Socket.IO's form; a client cannot name a socket id as
 //!   a room (invalid_room, nothing delivered); roomcast's HTTP API, the Node
 //!   server's `io.to(id)` and the emitter's `to(id)` reach exactly that
-//!   socket on any node.
+//!   socket on any node;
+//! - admin_ui: the official Socket.IO Admin UI, as roomcast embeds it, in
+//!   Debian's headless Chromium (playwright-core) against three roomcast
+//!   nodes: login, the nodes and their socket counts, a socket's rooms,
+//!   join, leave and disconnect of a socket on another node, a read-only
+//!   node refusing commands; and a Node.js server running `instrument()`
+//!   beside roomcast nodes, each node's stats and commands reaching the
+//!   other kind.
 //!
 //! This test asserts that the suite passes and prints its whole output
 //! (with the processes' logs of a failing test) when it does not. The Node
@@ -59,8 +66,10 @@ use common::suite::{find_on_path, node, run_suite, test_files};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The npm packages the suite imports (tests/cluster/package.json).
-const PACKAGES: [&str; 6] = [
+const PACKAGES: [&str; 8] = [
     "socket.io-client",
+    "playwright-core",
+    "@socket.io/admin-ui",
     "socket.io",
     "@socket.io/redis-adapter",
     "@socket.io/redis-emitter",

@@ -16,6 +16,7 @@
 //! second of publishing. It prints a table, then one JSON line with every
 //! figure (the last line of its output).
 
+mod admin;
 mod client;
 mod floor;
 mod polling;
@@ -55,6 +56,10 @@ struct Common {
     /// 0 = one per 20,000 connections.
     #[arg(long, default_value_t = 0)]
     sources: usize,
+    /// Keep an Admin UI socket logged in to `/admin` (user "admin", this
+    /// password) on the first URL, reading every update, for the run.
+    #[arg(long)]
+    admin_ui: Option<String>,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -229,11 +234,15 @@ async fn run(cli: Cli) -> Result<()> {
             (common.label, r)
         }
         Scenario::Fanout { common, shape, rate } => {
+            let admin = admin_watch(&common).await?;
             let fleet = start(&common, shape).await?;
             warm_up(&fleet, rate, shape).await?;
             let step = fleet.step(1, rate, secs(shape.duration), secs(shape.drain)).await?;
             fleet.stop().await;
             let mut r = step.to_json();
+            if let Some(admin) = admin {
+                r["admin_ui"] = admin.finish();
+            }
             r["scenario"] = json!("fanout");
             r["shape"] = shape_json(shape, common.url.len());
             (common.label, r)
@@ -246,6 +255,7 @@ async fn run(cli: Cli) -> Result<()> {
             p99_ms,
             max_loss,
         } => {
+            let admin = admin_watch(&common).await?;
             let fleet = start(&common, shape).await?;
             warm_up(&fleet, start_rate, shape).await?;
             let mut rate = start_rate;
@@ -294,6 +304,9 @@ async fn run(cli: Cli) -> Result<()> {
             let mut r = best
                 .map(|b| b.to_json())
                 .unwrap_or_else(|| json!({"deliveries_per_s": 0}));
+            if let Some(admin) = admin {
+                r["admin_ui"] = admin.finish();
+            }
             r["scenario"] = json!("max");
             r["shape"] = shape_json(shape, common.url.len());
             r["steps"] = json!(steps);
@@ -302,6 +315,16 @@ async fn run(cli: Cli) -> Result<()> {
     };
     print(&label, &result);
     Ok(())
+}
+
+/// With `--admin-ui`, the Admin UI socket of the run (logged in before the
+/// fleet connects, so it is sent their updates too).
+async fn admin_watch(common: &Common) -> Result<Option<admin::Watch>> {
+    let Some(password) = &common.admin_ui else {
+        return Ok(None);
+    };
+    let t = targets(common, 1)?;
+    Ok(Some(admin::watch(&t[0], password).await?))
 }
 
 /// One unmeasured second at `rate` (step 0): JIT compilers, allocators and

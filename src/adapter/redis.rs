@@ -188,13 +188,12 @@ impl RedisConfig {
 
     /// Published, or (streams mode, as Node.js does) appended to the
     /// namespace's stream.
-    fn disconnect_request(&self, uid: &str, nsp: &str, socket_id: String) -> Outgoing {
-        let selection = [socket_id];
+    fn disconnect_request(&self, uid: &str, nsp: &str, selection: &[String], close: bool) -> Outgoing {
         let body = match &self.mode {
-            Mode::Classic => requests::disconnect_request(uid, &selection, true),
-            Mode::Sharded { .. } => sharded::disconnect_request(uid, nsp, &selection, true),
+            Mode::Classic => requests::disconnect_request(uid, selection, close),
+            Mode::Sharded { .. } => sharded::disconnect_request(uid, nsp, selection, close),
             Mode::Streams(s) => {
-                let entry = streams::disconnect_entry(uid, nsp, &selection, true);
+                let entry = streams::disconnect_entry(uid, nsp, selection, close);
                 return Outgoing::Append(Box::new(streams_io::Append::new(s, entry, None)));
             }
         };
@@ -202,17 +201,16 @@ impl RedisConfig {
     }
 
     /// As [`Self::disconnect_request`].
-    fn membership_request(&self, uid: &str, msg: MembershipRemote) -> Outgoing {
-        let (selection, rooms) = ([msg.socket_id], [msg.room]);
+    fn membership_request(&self, uid: &str, nsp: &str, selection: &[String], rooms: &[String], join: bool) -> Outgoing {
         let body = match &self.mode {
-            Mode::Classic => requests::membership_request(uid, &selection, &rooms, msg.join),
-            Mode::Sharded { .. } => sharded::membership_request(uid, &msg.nsp, &selection, &rooms, msg.join),
+            Mode::Classic => requests::membership_request(uid, selection, rooms, join),
+            Mode::Sharded { .. } => sharded::membership_request(uid, nsp, selection, rooms, join),
             Mode::Streams(s) => {
-                let entry = streams::membership_entry(uid, &msg.nsp, &selection, &rooms, msg.join);
+                let entry = streams::membership_entry(uid, nsp, selection, rooms, join);
                 return Outgoing::Append(Box::new(streams_io::Append::new(s, entry, None)));
             }
         };
-        Outgoing::Publish(self.request_channel(&msg.nsp), body)
+        Outgoing::Publish(self.request_channel(nsp), body)
     }
 
     /// The channel and bytes of an answer to `requester`'s request.
@@ -1124,7 +1122,8 @@ impl Handler<DisconnectRemote> for RedisAdapter {
     type Result = ();
 
     fn handle(&mut self, msg: DisconnectRemote, _: &mut Self::Context) {
-        self.request(self.config.disconnect_request(&self.uid, &msg.nsp, msg.socket_id));
+        let selection = [msg.socket_id];
+        self.request(self.config.disconnect_request(&self.uid, &msg.nsp, &selection, true));
     }
 }
 
@@ -1146,7 +1145,40 @@ impl Handler<MembershipRemote> for RedisAdapter {
     type Result = ();
 
     fn handle(&mut self, msg: MembershipRemote, _: &mut Self::Context) {
-        self.request(self.config.membership_request(&self.uid, msg));
+        let (selection, rooms) = ([msg.socket_id], [msg.room]);
+        self.request(
+            self.config
+                .membership_request(&self.uid, &msg.nsp, &selection, &rooms, msg.join),
+        );
+    }
+}
+
+/// Asks the other nodes to apply `op` to the sockets of a selection (as
+/// Socket.IO's `socketsJoin`, `socketsLeave` and `disconnectSockets`):
+/// REMOTE_JOIN, REMOTE_LEAVE or REMOTE_DISCONNECT, no answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OperateRemote {
+    /// Namespace.
+    pub nsp: String,
+    /// Rooms, a socket id naming that socket (empty = the namespace).
+    pub selection: Vec<String>,
+    /// What to do.
+    pub op: RemoteOp,
+}
+
+impl Handler<OperateRemote> for RedisAdapter {
+    type Result = ();
+
+    fn handle(&mut self, msg: OperateRemote, _: &mut Self::Context) {
+        let (uid, nsp, selection) = (&self.uid, &msg.nsp, &msg.selection);
+        let rooms = |rooms: &[Arc<str>]| rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        let request = match &msg.op {
+            RemoteOp::Join(r) => self.config.membership_request(uid, nsp, selection, &rooms(r), true),
+            RemoteOp::Leave(r) => self.config.membership_request(uid, nsp, selection, &rooms(r), false),
+            RemoteOp::Disconnect { close } => self.config.disconnect_request(uid, nsp, selection, *close),
+        };
+        self.request(request);
     }
 }
 

@@ -142,11 +142,17 @@ pub fn membership_request(uid: &str, selection: &[String], rooms: &[String], joi
         .into_bytes()
 }
 
-/// One socket in a REMOTE_FETCH answer.
+/// One socket in a REMOTE_FETCH answer. Its `handshake` has the members
+/// of Socket.IO's (empty: this node does not keep the request a socket
+/// came with), because code written for Node.js reads them from a
+/// `RemoteSocket` (@socket.io/admin-ui's `instrument()` reads
+/// `handshake.headers[…]`, and a Node.js process without it stops).
 pub fn socket_entry(id: &str, rooms: &[String], user: Option<&str>) -> Value {
     let mut all = vec![id.to_owned()];
     all.extend(rooms.iter().cloned());
-    json!({"id": id, "handshake": {}, "rooms": all, "data": {"user": user}})
+    let handshake = json!({"headers": {}, "time": "", "address": "", "xdomain": false, "secure": false,
+                           "issued": 0, "url": "", "query": {}, "auth": {}});
+    json!({"id": id, "handshake": handshake, "rooms": all, "data": {"user": user}})
 }
 
 /// A remote socket parsed from an answer: `(id, rooms without its own id, user)`.

@@ -136,8 +136,8 @@ impl AuditKind {
 /// The reason column: a stable string and a stable number, never reused.
 ///
 /// Codes 1–8 are [`DisconnectReason::code`]; 100 + n is an Engine.IO
-/// handshake refused with HTTP error code n; 200–205 are Socket.IO CONNECT
-/// refusals; 301 + n are the limits of [`crate::limits::Limit`]; 401 and 402
+/// handshake refused with HTTP error code n; 200–206 are Socket.IO CONNECT
+/// refusals (206: the Admin UI's login); 301 + n are the limits of [`crate::limits::Limit`]; 401 and 402
 /// are the summaries of rows held back ([`AuditReason::ROWS_HELD_BACK`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditReason {
@@ -202,6 +202,7 @@ impl AuditReason {
             "invalid_token" => ("invalid_token", 203),
             "token_expired" => ("token_expired", 204),
             "rejected" => ("rejected", 205),
+            "invalid_credentials" => ("invalid_credentials", 206),
             _ => ("connect_refused", 200),
         };
         Self { name, code }

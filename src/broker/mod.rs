@@ -419,10 +419,29 @@ impl Publish {
         data: Option<&RawValue>,
         attachments: Vec<bytes::Bytes>,
     ) -> Result<Publish, PublishError> {
+        Self::with_rest(nsp, rooms, except, event, data.map_or("", RawValue::get), attachments)
+    }
+
+    /// The publish of `event` with several arguments, each a JSON value
+    /// (a server's own event, such as the Admin UI's, not a client's
+    /// text), to the whole of `nsp`.
+    pub fn values(nsp: Arc<str>, event: &str, args: &[serde_json::Value]) -> Result<Publish, PublishError> {
+        let rest: Vec<String> = args.iter().map(serde_json::Value::to_string).collect();
+        Self::with_rest(nsp, vec![], vec![], event, &rest.join(","), vec![])
+    }
+
+    /// [`Self::event`] with its arguments as JSON text (comma separated).
+    fn with_rest(
+        nsp: Arc<str>,
+        rooms: Vec<Arc<str>>,
+        except: Vec<Arc<str>>,
+        event: &str,
+        rest: &str,
+        attachments: Vec<bytes::Bytes>,
+    ) -> Result<Publish, PublishError> {
         if !valid_event(event) {
             return Err(PublishError::InvalidEvent);
         }
-        let rest = data.map_or("", RawValue::get);
         let text = encode_event(event_kind(&attachments), &nsp, None, event, rest, attachments.len());
         // The arguments are the end of the frame, after its header.
         let at = header_len(event_kind(&attachments), &nsp, None, attachments.len());
@@ -727,9 +746,21 @@ fn with_start(mut session: Session, start: Offset) -> Session {
     session
 }
 
+/// Watches sockets joining and leaving rooms (the Admin UI's feed).
+/// Called on the broker's thread for every change, so it must return at
+/// once: a check, and at most a non-blocking send.
+pub trait MembershipWatch: Send + Sync {
+    /// `socket_id` joined (`joined`) or left `room` of `nsp`.
+    fn room_changed(&self, nsp: &str, room: &str, socket_id: &str, joined: bool);
+}
+
 /// The broker actor.
 pub struct Broker {
     config: BrokerConfig,
+    /// Told of every membership change, if anyone watches.
+    watch: Option<Arc<dyn MembershipWatch>>,
+    /// The sockets of the namespaces listed by [`IndexNamespace`].
+    indexed: HashMap<Arc<str>, HashSet<Arc<str>>>,
     /// The other nodes (a Redis adapter), if any.
     cluster: Option<Recipient<Outbound>>,
     /// The adapter's view of which rooms exist here (sharded, dynamic).
@@ -765,6 +796,8 @@ impl Broker {
         Self {
             recovery: Recovery::new(config.recovery.clone()),
             config,
+            watch: None,
+            indexed: HashMap::new(),
             cluster: None,
             room_watch: None,
             sequenced: false,
@@ -898,7 +931,10 @@ impl Broker {
             }
         };
         if rooms.is_empty() {
-            self.members.keys().filter(|id| in_nsp(id)).for_each(&mut add);
+            match self.indexed.get(nsp) {
+                Some(index) => index.iter().for_each(&mut add),
+                None => self.members.keys().filter(|id| in_nsp(id)).for_each(&mut add),
+            }
         }
         for name in rooms {
             if let Some(room) = ns_rooms.and_then(|r| r.get(name)) {
@@ -998,6 +1034,9 @@ impl Broker {
         );
         r.seq.insert(socket_id.clone(), seq);
         self.notify(&nsp, room, "presence:join", socket_id);
+        if let Some(watch) = &self.watch {
+            watch.room_changed(&nsp, room, socket_id, true);
+        }
         Ok(())
     }
 
@@ -1033,11 +1072,25 @@ impl Broker {
             }
         }
         self.notify(&nsp, room, "presence:leave", socket_id);
+        if let Some(watch) = &self.watch {
+            watch.room_changed(&nsp, room, socket_id, false);
+        }
         true
     }
 }
 
 impl Broker {
+    /// Lists the sockets of `nsp` from now on (see [`IndexNamespace`]).
+    fn index_namespace(&mut self, nsp: Arc<str>) {
+        let index = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.nsp == nsp)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.indexed.insert(nsp, index);
+    }
+
     /// Makes a namespace socket a member (of no room yet).
     fn register(&mut self, msg: Register) {
         let address = msg
@@ -1056,6 +1109,9 @@ impl Broker {
         // Written at the next tick (dirty): a node killed after that
         // leaves the session behind.
         let stored = (recovery.is_some() && self.store.is_some()).then(std::time::Instant::now);
+        if let Some(index) = self.indexed.get_mut(&msg.nsp) {
+            index.insert(msg.socket_id.clone());
+        }
         self.members.insert(
             msg.socket_id,
             Member {
@@ -1119,7 +1175,11 @@ impl Broker {
         for room in rooms {
             self.leave(socket_id, &room);
         }
-        self.members.remove(socket_id);
+        if let Some(m) = self.members.remove(socket_id) {
+            if let Some(index) = self.indexed.get_mut(&m.nsp) {
+                index.remove(socket_id);
+            }
+        }
     }
 
     /// Registers a socket that comes back with what it missed; see [`Resume`].
@@ -1681,6 +1741,35 @@ impl Handler<RemoteOperation> for Broker {
     }
 }
 
+/// From now on, `0` is told of every membership change.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchMemberships(pub Arc<dyn MembershipWatch>);
+
+impl Handler<WatchMemberships> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchMemberships, _: &mut Self::Context) {
+        self.watch = Some(msg.0);
+    }
+}
+
+/// From now on the broker keeps a list of the sockets of namespace `0`,
+/// so that a broadcast to the whole of it walks them rather than every
+/// socket of the node: for a namespace of few sockets that gets frequent
+/// broadcasts (the Admin UI's, a broadcast per update from every node).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IndexNamespace(pub Arc<str>);
+
+impl Handler<IndexNamespace> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, IndexNamespace(nsp): IndexNamespace, _: &mut Self::Context) {
+        self.index_namespace(nsp);
+    }
+}
+
 impl Handler<AttachCluster> for Broker {
     type Result = ();
 
@@ -2093,6 +2182,61 @@ mod tests {
             forwarded.load(Ordering::SeqCst),
             3,
             "the backend's two publishes and the settle"
+        );
+    }
+
+    /// Records every membership change it is told of.
+    #[derive(Default)]
+    struct Changes(std::sync::Mutex<Vec<(String, String, bool)>>);
+
+    impl MembershipWatch for Changes {
+        fn room_changed(&self, _: &str, room: &str, socket_id: &str, joined: bool) {
+            self.0.lock().unwrap().push((room.into(), socket_id.into(), joined));
+        }
+    }
+
+    #[actix_web::test]
+    async fn an_indexed_namespace_is_broadcast_to_from_its_list_and_changes_are_watched() {
+        let mut broker = Broker::new(config());
+        let (addr, _) = counting_member();
+        let (a, b, c) = (new_socket_id(), new_socket_id(), new_socket_id());
+        let admin = |id: &Arc<str>| Register {
+            nsp: "/admin".into(),
+            ..registration(id, &addr, None, None)
+        };
+        let (ra, rc) = (admin(&a), admin(&c));
+        broker.register(ra);
+        broker.register(registration(&b, &addr, None, None));
+        // Indexed with a socket already there, then another one joins.
+        broker.index_namespace("/admin".into());
+        broker.register(rc);
+        let whole = |broker: &Broker| {
+            let mut t = broker.targets(&"/admin".into(), &[], &[], true);
+            t.sort();
+            t
+        };
+        let mut both = vec![a.clone(), c.clone()];
+        both.sort();
+        assert_eq!(whole(&broker), both);
+        broker.unregister(&a, false);
+        assert_eq!(whole(&broker), vec![c.clone()]);
+        assert_eq!(
+            broker.targets(&"/".into(), &[], &[], true),
+            vec![b.clone()],
+            "not indexed: walked"
+        );
+
+        let changes = Arc::new(Changes::default());
+        broker.watch = Some(changes.clone());
+        broker.join(&b, &room("lobby"), false).unwrap();
+        broker.unregister(&b, false);
+        let seen = changes.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                ("lobby".into(), b.to_string(), true),
+                ("lobby".into(), b.to_string(), false)
+            ]
         );
     }
 

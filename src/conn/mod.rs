@@ -14,6 +14,7 @@
 pub mod events;
 pub mod messages;
 mod registry;
+pub mod service;
 mod socketio;
 
 use std::net::SocketAddr;
@@ -258,6 +259,7 @@ impl Connection {
                 self.ws = self.probe.take();
                 self.shared.metrics.session_upgraded();
                 self.span.record("transport", TransportKind::WebSocket.as_str());
+                self.sio_transport_changed(TransportKind::WebSocket.as_str());
                 tracing::debug!(parent: &self.span, "upgraded to websocket");
             }
             Event::UpgradeAborted => {

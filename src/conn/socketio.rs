@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::events::SocketEvent;
+use super::service::{Admitted, ServerNamespace, SocketDetails, SocketObserver};
 use super::Connection;
 use crate::audit::{excerpt, AuditEvent, AuditKind, AuditReason};
 use crate::auth::{Identity, Verifier};
@@ -87,6 +88,11 @@ pub struct SioConfig {
     pub max_namespaces: usize,
     /// Connection state recovery.
     pub recovery: RecoveryPolicy,
+    /// A namespace served by someone else (the Admin UI's), on this
+    /// endpoint only (see [`super::service`]).
+    pub server_namespace: Option<Arc<dyn ServerNamespace>>,
+    /// Watches sockets connecting, disconnecting and sending events.
+    pub observer: Option<Arc<dyn SocketObserver>>,
 }
 
 /// A namespace socket on this connection.
@@ -102,19 +108,29 @@ struct Comeback {
     offset: Result<Option<crate::adapter::Offset>, ()>,
 }
 
-/// A CONNECT payload as the audit log keeps it: a recovery's private
-/// session id (which lets whoever holds it take the socket's place) is
-/// replaced by `"[redacted]"`.
-fn without_pid(auth: &str) -> std::borrow::Cow<'_, str> {
-    if !auth.contains("\"pid\"") {
+/// Members of a CONNECT payload the audit log never shows: a recovery's
+/// private session id (which lets whoever holds it take the socket's
+/// place), and the Admin UI's password and session id (which let whoever
+/// holds them in).
+const SECRET_MEMBERS: [&str; 3] = ["pid", "password", "sessionId"];
+
+/// A CONNECT payload as the audit log keeps it: its [`SECRET_MEMBERS`]
+/// replaced by `"[redacted]"`. A payload that mentions one and does not
+/// parse as an object is not kept at all.
+fn without_secrets(auth: &str) -> std::borrow::Cow<'_, str> {
+    if !SECRET_MEMBERS.iter().any(|m| auth.contains(&format!("\"{m}\""))) {
         return auth.into();
     }
     match serde_json::from_str::<serde_json::Map<String, Value>>(auth) {
-        Ok(mut map) if map.contains_key("pid") => {
-            map.insert("pid".into(), json!("[redacted]"));
+        Ok(mut map) => {
+            for member in SECRET_MEMBERS {
+                if let Some(v) = map.get_mut(member) {
+                    *v = json!("[redacted]");
+                }
+            }
             Value::Object(map).to_string().into()
         }
-        _ => auth.into(),
+        _ => "[not kept: it names a secret]".into(),
     }
 }
 
@@ -455,7 +471,8 @@ impl Connection {
 
     fn sio_connect(&mut self, message: Message, ctx: &mut Context<Self>) {
         let nsp = message.packet.nsp;
-        if !self.sio_config().namespaces.contains(&nsp) {
+        let served = self.served(&nsp).is_some();
+        if !served && !self.sio_config().namespaces.contains(&nsp) {
             self.connect_refused(
                 &nsp,
                 "invalid_namespace",
@@ -494,6 +511,9 @@ impl Connection {
         // reads).
         let auth_text = message.packet.data.as_ref().map_or("{}", Data::text);
         let auth: Value = serde_json::from_str(auth_text).unwrap_or_else(|_| json!({}));
+        if let Some(service) = self.served(&nsp) {
+            return self.connect_served(nsp.into(), service, auth, auth_text.to_owned(), ctx);
+        }
         let verified = self.connect_hook(&nsp, &auth);
         let comeback = self.comeback(&nsp, &auth);
         let verify_token = self.sio_config().recovery.verify_token;
@@ -705,6 +725,17 @@ impl Connection {
         ctx: &mut Context<Self>,
     ) {
         self.shared.metrics.socket(&nsp, 1);
+        if let Some(observer) = &self.sio_config().observer {
+            observer.socket_connected(&SocketDetails {
+                nsp: &nsp,
+                id: &id,
+                sid: &self.sid,
+                transport: self.session.transport().as_str(),
+                address: self.peer.client.as_deref(),
+                user_agent: self.peer.user_agent.as_deref(),
+                recovered,
+            });
+        }
         self.watched(SocketEvent::Connected {
             sid: self.sid.clone(),
             nsp: nsp.clone(),
@@ -716,6 +747,83 @@ impl Connection {
         }
         if self.sio_config().hooks {
             self.emit_event(&nsp, "auth", auth_text, &[], ctx);
+        }
+    }
+
+    /// The service of `nsp`, when someone else serves it on this endpoint.
+    fn served(&self, nsp: &str) -> Option<Arc<dyn ServerNamespace>> {
+        self.sio_config()
+            .server_namespace
+            .as_ref()
+            .filter(|s| s.name() == nsp)
+            .cloned()
+    }
+
+    /// A CONNECT to a namespace a [`ServerNamespace`] serves: it checks the
+    /// payload (the connection waits: a login is rare, and nothing this
+    /// connection gets meanwhile may overtake its answer); admitted, the
+    /// socket is made as any other, with no room permissions, then told
+    /// what the service says, first what came with the login.
+    fn connect_served(
+        &mut self,
+        nsp: Arc<str>,
+        service: Arc<dyn ServerNamespace>,
+        auth: Value,
+        auth_text: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let admit = service.admit(auth);
+        ctx.wait(admit.into_actor(self).map(move |result, act, ctx| {
+            if act.sio.is_none() || act.closed_by.is_some() || !act.session.is_live() {
+                return;
+            }
+            match result {
+                Ok(Admitted { first }) => {
+                    let identity = Identity {
+                        user: None,
+                        subscribe: Default::default(),
+                        publish: Default::default(),
+                        expires: None,
+                    };
+                    act.connect_fresh(nsp.clone(), identity, &auth_text, ctx);
+                    for (name, rest) in &first {
+                        act.emit_event(&nsp, name, rest, &[], ctx);
+                    }
+                    let welcome = service.welcome();
+                    let id = act.socket_id(&nsp);
+                    ctx.spawn(welcome.into_actor(act).map(move |events, act, ctx| {
+                        // The same socket still (not one made by a later CONNECT).
+                        if act.socket_id(&nsp).is_none() || act.socket_id(&nsp) != id {
+                            return;
+                        }
+                        for (name, rest) in &events {
+                            act.emit_event(&nsp, name, rest, &[], ctx);
+                        }
+                        act.after(ctx);
+                    }));
+                }
+                Err(message) => {
+                    let refusal = Refusal {
+                        code: "invalid_credentials",
+                        message,
+                        data: None,
+                    };
+                    act.refuse_connect(&nsp, refusal, &auth_text, ctx);
+                }
+            }
+            act.after(ctx);
+        }));
+    }
+
+    /// Tells the observer that this connection's sockets now use
+    /// `transport`.
+    pub(super) fn sio_transport_changed(&self, transport: &'static str) {
+        let observer = self.shared.sio.as_ref().and_then(|c| c.observer.as_ref());
+        let (Some(observer), Some(state)) = (observer, self.sio.as_ref()) else {
+            return;
+        };
+        for (nsp, socket) in &state.sockets {
+            observer.transport_changed(nsp, &socket.id, transport);
         }
     }
 
@@ -791,7 +899,7 @@ impl Connection {
         event.namespace = Some(nsp.to_owned());
         event.socket_id = None;
         event.user = None;
-        event.excerpt = auth.map(|a| excerpt(without_pid(a).as_bytes()));
+        event.excerpt = auth.map(|a| excerpt(without_secrets(a).as_bytes()));
         self.shared.audit.record(event);
     }
 
@@ -894,6 +1002,18 @@ impl Connection {
         let Some(name) = message.packet.event.clone() else {
             return;
         };
+        let nsp = message.packet.nsp.as_str();
+        if let Some(service) = self.served(nsp) {
+            let args = message.packet.data.as_ref().map_or("[]", Data::text);
+            return service.event(&name, args);
+        }
+        if let (Some(observer), Some(data), Some(id)) = (
+            self.sio_config().observer.as_ref(),
+            message.packet.data.as_ref(),
+            self.sio.as_ref().and_then(|s| s.sockets.get(nsp)).map(|s| &s.id),
+        ) {
+            observer.event_received(nsp, id, data.text());
+        }
         match name.as_str() {
             "subscribe" | "unsubscribe" | "publish" | "presence" => self.app_event(&name, message, ctx),
             _ if self.sio_config().hooks => self.hook_event(message, ctx),
@@ -1267,6 +1387,9 @@ impl Connection {
         });
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*socket_id, reason = reason.as_str(), "namespace left");
         self.shared.metrics.socket(&nsp, -1);
+        if let Some(observer) = &self.sio_config().observer {
+            observer.socket_disconnected(&nsp, &socket_id, reason);
+        }
         self.watched(SocketEvent::Disconnected {
             sid: self.sid.clone(),
             nsp,
@@ -1341,11 +1464,21 @@ mod tests {
 
     #[test]
     fn a_refused_connects_audit_excerpt_never_shows_a_recovery_pid() {
-        let kept = super::without_pid(r#"{"token":"t","pid":"secret-pid","offset":"1-0"}"#);
+        let kept = super::without_secrets(r#"{"token":"t","pid":"secret-pid","offset":"1-0"}"#);
         assert!(!kept.contains("secret-pid"), "{kept}");
         let kept: Value = serde_json::from_str(&kept).unwrap();
         assert_eq!(kept, json!({"token": "t", "pid": "[redacted]", "offset": "1-0"}));
-        assert_eq!(super::without_pid(r#"{"token":"t"}"#), r#"{"token":"t"}"#);
-        assert_eq!(super::without_pid(r#"not json "pid""#), r#"not json "pid""#);
+        assert_eq!(super::without_secrets(r#"{"token":"t"}"#), r#"{"token":"t"}"#);
+        assert!(!super::without_secrets(r#"not json "pid""#).contains("not json"));
+    }
+
+    #[test]
+    fn nor_an_admin_password_or_session_id() {
+        let kept = super::without_secrets(r#"{"username":"admin","password":"hunter2"}"#);
+        assert!(!kept.contains("hunter2"), "{kept}");
+        let kept = super::without_secrets(r#"{"sessionId":"abcdef"}"#);
+        assert!(!kept.contains("abcdef"), "{kept}");
+        let kept = super::without_secrets(r#"{"password":"hunter2","#);
+        assert!(!kept.contains("hunter2"), "{kept}");
     }
 }

@@ -160,12 +160,13 @@ export class Cluster {
 
   /**
    * Starts a Node.js socket.io server with the cluster's adapter (and,
-   * with `recovery`, connectionStateRecovery on).
+   * with `recovery`, connectionStateRecovery on; `args`: more of
+   * lib/node-server.mjs's options).
    */
-  async startNodeServer(name, { recovery = false } = {}) {
+  async startNodeServer(name, { recovery = false, args = [] } = {}) {
     const streams = this.mode === STREAMS;
     const sharded = this.mode === "classic" || streams ? undefined : this.mode;
-    const node = await startNodeServer(name, this.redis.url, { sharded, streams, recovery });
+    const node = await startNodeServer(name, this.redis.url, { sharded, streams, recovery, args });
     this.nodes[name] = node;
     return node;
   }

@@ -16,7 +16,11 @@
 //
 //   node lib/node-server.mjs --redis redis://127.0.0.1:P/ [--port 0] [--key socket.io]
 //                            [--sharded dynamic|static | --streams] [--recovery] [--api-key KEY]
+//                            [--admin-ui BCRYPT_HASH]
 //
+// --admin-ui runs @socket.io/admin-ui's instrument() (user "admin", the
+// password of that hash, serverId "node-<pid>", development mode: every
+// socket and room update), as a Node.js node of a mixed cluster would.
 // Prints "READY <port> <adapter uid of />" once it listens and the adapter's
 // subscriptions are confirmed by Redis (with --streams: and its stream
 // reader is waiting in XREAD). SIGTERM/SIGINT close it cleanly (every
@@ -28,6 +32,7 @@ import { Server } from "socket.io";
 import { createClient } from "redis";
 import { createAdapter, createShardedAdapter } from "@socket.io/redis-adapter";
 import { createAdapter as createStreamsAdapter } from "@socket.io/redis-streams-adapter";
+import { instrument } from "@socket.io/admin-ui";
 
 const { values: opts } = parseArgs({
   options: {
@@ -38,6 +43,7 @@ const { values: opts } = parseArgs({
     streams: { type: "boolean", default: false },
     recovery: { type: "boolean", default: false },
     "api-key": { type: "string" },
+    "admin-ui": { type: "string" },
   },
 });
 
@@ -98,6 +104,13 @@ const adapter = opts.streams
 // socket is ever recovered.
 const io = new Server(httpServer, { adapter, ...(opts.recovery ? { connectionStateRecovery: {} } : {}) });
 const nsp = io.of("/");
+if (opts["admin-ui"]) {
+  instrument(io, {
+    auth: { type: "basic", username: "admin", password: opts["admin-ui"] },
+    serverId: `node-${process.pid}`,
+    mode: "development",
+  });
+}
 
 nsp.on("connection", (socket) => {
   console.error(`connect ${socket.id} (${socket.conn.transport.name})${socket.recovered ? " recovered" : ""}`);
