@@ -17,7 +17,7 @@
 
 pub mod recovery;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 // foldhash: seeded per process, and several times faster than SipHash on
 // the socket ids and room names every publish looks up.
@@ -786,6 +786,10 @@ pub struct Broker {
     /// The offset of the last logged broadcast to the whole of each
     /// namespace (see [`Room::last`]).
     nsp_last: HashMap<Arc<str>, Offset>,
+    /// Recovering sockets in the order their start is due to move up
+    /// ([`Self::ratchet`]); an entry whose socket is gone, or was reached,
+    /// is dropped when its turn comes.
+    unreached: VecDeque<(std::time::Instant, Arc<str>)>,
     /// `streams` mode: resumes waiting for the stream to be read.
     parked: Vec<(Resume, tokio::sync::oneshot::Sender<Result<Resumed, Refused>>)>,
 }
@@ -811,6 +815,7 @@ impl Broker {
             by_pid: HashMap::new(),
             parked: Vec::new(),
             nsp_last: HashMap::new(),
+            unreached: VecDeque::new(),
         }
     }
 
@@ -1104,6 +1109,8 @@ impl Broker {
         let recovery = msg.recovery.filter(|_| self.recovery.covers(&msg.nsp));
         if let Some(r) = &recovery {
             self.by_pid.insert(r.pid.clone(), msg.socket_id.clone());
+            self.unreached
+                .push_back((std::time::Instant::now() + self.ratchet_every(), msg.socket_id.clone()));
         }
         let start = self.recovery.head(&msg.nsp);
         // Written at the next tick (dirty): a node killed after that
@@ -1269,12 +1276,15 @@ impl Broker {
         Some((sid, rooms, data, start))
     }
 
-    /// Every tick (a second, or half `recovery.refresh` if shorter): what is older than the recovery window goes, the
-    /// gauges are set, and (`streams` mode) the sessions of connected
-    /// sockets that are due are written to the store again.
+    /// Every tick (a second, or half `recovery.refresh` or an eighth of
+    /// the window if shorter): what is older than the recovery window
+    /// goes, quiet sockets' starts move up, the gauges are set, and
+    /// (`streams` mode) the sessions of connected sockets that are due are
+    /// written to the store again.
     fn tick(&mut self) {
         let now = std::time::Instant::now();
         self.recovery.expire(now);
+        self.ratchet(now);
         let metrics = &self.config.metrics;
         metrics.recovery_log_bytes.set(self.recovery.log_bytes() as i64);
         metrics.recovery_sessions.set(self.recovery.sessions() as i64);
@@ -1343,15 +1353,9 @@ impl Broker {
         }
     }
 
-    /// Where a socket's recovery starts when its client got no event: where
-    /// its namespace's log was when it joined, or, when no logged
-    /// broadcast has reached its rooms, its namespace or its id since (so
-    /// it missed nothing), where the log is now: a quiet socket in a busy
-    /// namespace does not fall behind what the log keeps.
-    fn start_of(&self, sid: &Arc<str>) -> Offset {
-        let Some(member) = self.members.get(sid) else {
-            return Offset::default();
-        };
+    /// Whether a logged broadcast reached `member` (its rooms, its
+    /// namespace, or its id) after its start.
+    fn reached_since_start(&self, member: &Member) -> bool {
         let ns_rooms = self.rooms.get(&member.nsp);
         let latest = member
             .rooms
@@ -1361,10 +1365,53 @@ impl Broker {
             .chain([member.reached])
             .max()
             .unwrap_or_default();
-        if latest <= member.start {
-            self.recovery.head(&member.nsp)
-        } else {
-            member.start
+        latest > member.start
+    }
+
+    /// Where a socket's recovery starts when its client got no event: its
+    /// start (where its namespace's log was when it joined, moved up by
+    /// [`Self::ratchet`] for as long as nothing reached it), or, when no
+    /// logged broadcast has reached its rooms, its namespace or its id
+    /// since (so it missed nothing), where the log is now.
+    fn start_of(&self, sid: &Arc<str>) -> Offset {
+        let Some(member) = self.members.get(sid) else {
+            return Offset::default();
+        };
+        match self.reached_since_start(member) {
+            true => member.start,
+            false => self.recovery.head(&member.nsp),
+        }
+    }
+
+    /// How long a recovering socket's start stays before [`Self::ratchet`]
+    /// moves it up: a quarter of the window, so the log still holds what
+    /// came after it when a first broadcast reaches the socket as its
+    /// connection dies.
+    fn ratchet_every(&self) -> std::time::Duration {
+        (self.recovery.config.window / 4).max(std::time::Duration::from_millis(1))
+    }
+
+    /// Moves up the start of the recovering sockets that no logged
+    /// broadcast reached since their start, once a quarter of the window
+    /// has passed: a quiet socket in a busy namespace whose first event is
+    /// written to a connection that is already dead (its client got no
+    /// offset) recovers from a start the log still holds, not from where
+    /// the log was when it joined, long trimmed. A socket that was reached
+    /// keeps its start (what came after it is what it may have missed).
+    fn ratchet(&mut self, now: std::time::Instant) {
+        let every = self.ratchet_every();
+        while self.unreached.front().is_some_and(|(due, _)| *due <= now) {
+            // unwrap: front() is some.
+            let (_, sid) = self.unreached.pop_front().unwrap();
+            let Some(member) = self.members.get(&sid) else { continue };
+            if member.recovery.is_none() || self.reached_since_start(member) {
+                continue;
+            }
+            let head = self.recovery.head(&member.nsp);
+            if let Some(member) = self.members.get_mut(&sid) {
+                member.start = head;
+            }
+            self.unreached.push_back((now + every, sid));
         }
     }
 
@@ -1542,8 +1589,11 @@ impl Actor for Broker {
         ctx.set_mailbox_capacity(65_536);
         if !self.recovery.config.namespaces.is_empty() {
             // Often enough that a room joined is in the cluster's store
-            // within a second (or half the refresh period, if shorter).
+            // within a second (or half the refresh period, if shorter),
+            // and that a quiet socket's start is never more than 3/8 of
+            // the window old (`ratchet`).
             let every = (self.recovery.config.refresh / 2)
+                .min(self.ratchet_every() / 2)
                 .clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
             ctx.run_interval(every, |act, _| act.tick());
         }
@@ -2360,5 +2410,81 @@ mod tests {
         );
         assert_eq!(Quota::Address.limit(), Limit::RoomsPerAddress);
         assert_eq!(Quota::User.limit(), Limit::RoomsPerUser);
+    }
+
+    /// A broadcast from another node to `room` of `/`, at `offset`.
+    fn remote_to(room: &str) -> crate::adapter::wire::Broadcast {
+        crate::adapter::wire::Broadcast {
+            uid: "other".into(),
+            nsp: "/".into(),
+            args: ByteString::from_static(r#"["m"]"#),
+            attachments: vec![],
+            rooms: vec![room.into()],
+            except: vec![],
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_quiet_socket_reached_as_its_connection_dies_recovers_after_a_window_of_others_traffic() {
+        let window = std::time::Duration::from_secs(60);
+        let mut config = config();
+        config.recovery = RecoveryConfig {
+            namespaces: vec!["/".into()],
+            window,
+            max_log_bytes: 1 << 20,
+            max_sessions: 10,
+            refresh: window,
+        };
+        let mut broker = Broker::new(config);
+        let (addr, delivered) = counting_member();
+        let quiet = new_socket_id();
+        let mut register = registration(&quiet, &addr, None, None);
+        register.recovery = Some(Recoverable {
+            pid: "pid-quiet".into(),
+            data: serde_json::json!({}),
+        });
+        broker.register(register);
+        broker.join(&quiet, &"quiet".into(), true).unwrap();
+        let offset = |ms| Some(Offset { ms, seq: 0 });
+        // Others' traffic, of which the log keeps nothing once a window
+        // has passed...
+        for ms in 1..=10 {
+            broker.deliver_remote(&remote_to("busy"), offset(ms), true);
+        }
+        let first_part = std::time::Instant::now();
+        // (the ticks of the window's first quarter)
+        broker.ratchet(first_part + window / 4);
+        while std::time::Instant::now() == first_part {}
+        // ...then more, then the quiet socket's first event, written to a
+        // connection that is already dead: its client got no offset.
+        for ms in 11..=20 {
+            broker.deliver_remote(&remote_to("busy"), offset(ms), true);
+        }
+        assert_eq!(broker.deliver_remote(&remote_to("quiet"), offset(21), true), 1);
+        broker.recovery.expire(first_part + window);
+        broker.unregister(&quiet, true);
+
+        let (back, _) = counting_member();
+        let mut again = registration(&"new".into(), &back, None, None);
+        again.recovery = Some(Recoverable {
+            pid: "pid-quiet".into(),
+            data: serde_json::json!({}),
+        });
+        let resumed = broker
+            .resume(Resume {
+                register: again,
+                offset: None,
+                session: None,
+                max_frames: 100,
+            })
+            .map(|r| r.replayed);
+        // Without the start moving up: refused as expired (offset 0 is
+        // older than what the log keeps).
+        assert_eq!(resumed, Ok(1), "the one event it missed, replayed");
+        assert_eq!(
+            delivered.load(Ordering::SeqCst),
+            0,
+            "nothing reached the member actor before"
+        );
     }
 }
