@@ -22,6 +22,7 @@ mod floor;
 mod polling;
 mod scenarios;
 mod stats;
+mod tungstenite;
 
 use std::time::Duration;
 
@@ -60,6 +61,11 @@ struct Common {
     /// password) on the first URL, reading every update, for the run.
     #[arg(long)]
     admin_ui: Option<String>,
+    /// How the fan-out scenarios' subscribers read: `own` (the generator's
+    /// sessions) or `tungstenite` (tokio-tungstenite clients, a task each,
+    /// a 4 KiB read buffer: a second, differently built generator).
+    #[arg(long, value_enum, default_value = "own")]
+    generator: scenarios::Generator,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -342,7 +348,7 @@ async fn start(common: &Common, shape: FanoutShape) -> Result<Fleet> {
         subscribers: shape.subscribers,
         publishers: shape.publishers,
     };
-    Fleet::start(&t, s, common.concurrency, common.server_pid)
+    Fleet::start(&t, s, common.concurrency, common.server_pid, common.generator)
         .await
         .context("connecting the subscribers and publishers")
 }

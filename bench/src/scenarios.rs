@@ -13,6 +13,7 @@ use tokio::task::{spawn_local, JoinHandle};
 
 use crate::client::{self, Scratch, Session, Target, Writer};
 use crate::stats::{listen_overflows, new_histogram, quantiles_ms, read_proc};
+use crate::tungstenite;
 
 /// Most steps a `max` run may take (delivery counters are kept per step).
 pub const MAX_STEPS: usize = 40;
@@ -119,6 +120,17 @@ pub async fn connect(targets: &[Target], n: usize, concurrency: usize, pid: Opti
     Ok(out)
 }
 
+/// How subscribers read (`--generator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generator {
+    /// The generator's own sessions: every queued byte of a socket in one
+    /// read through a shared buffer, one clock read per read.
+    Own,
+    /// tokio-tungstenite clients, a task each, message by message through
+    /// a 4 KiB buffer (see `tungstenite`).
+    Tungstenite,
+}
+
 /// A fan-out shape: `rooms` × `subscribers` per room, `publishers` extra
 /// sessions publishing into the rooms in turn.
 #[derive(Debug, Clone, Copy)]
@@ -215,36 +227,93 @@ impl Step {
 impl Fleet {
     /// Connects and subscribes everyone: subscriber `i` joins room
     /// `i % rooms` on `targets[i % len]`; publishers go to `targets[0]`.
-    pub async fn start(targets: &[Target], shape: Shape, concurrency: usize, pid: Option<u32>) -> Result<Fleet> {
+    pub async fn start(
+        targets: &[Target],
+        shape: Shape,
+        concurrency: usize,
+        pid: Option<u32>,
+        generator: Generator,
+    ) -> Result<Fleet> {
         let delivered: Rc<Vec<Cell<u64>>> = Rc::new((0..MAX_STEPS).map(|_| Cell::new(0)).collect());
         let last_delivery: Rc<Vec<Cell<u64>>> = Rc::new((0..MAX_STEPS).map(|_| Cell::new(0)).collect());
         let latencies = Rc::new(RefCell::new(new_histogram()));
         let acks = Rc::new(RefCell::new(new_histogram()));
         let clocks = Rc::new(RefCell::new(vec![(0u64, 0f64); MAX_STEPS]));
         let rooms = shape.rooms;
-        let subs = open_many(
-            targets,
-            rooms * shape.subscribers,
-            concurrency,
-            move |mut s, i, scratch| async move {
-                s.subscribe(&scratch, &format!("bench-{}", i % rooms)).await?;
-                Ok(s)
-            },
-        )
-        .await?;
-        let scratch = client::scratch();
-        let mut tasks = Vec::new();
-        for (s, _) in subs {
+        let record = {
             let (delivered, last_delivery, latencies) = (delivered.clone(), last_delivery.clone(), latencies.clone());
-            tasks.push(spawn_local(hold(s, scratch.clone(), move |frame, at| {
-                if let Some((sent, step)) = client::parse_delivery(frame) {
-                    latencies.borrow_mut().saturating_record(at.saturating_sub(sent).max(1));
-                    if let (Some(c), Some(last)) = (delivered.get(step), last_delivery.get(step)) {
-                        c.set(c.get() + 1);
-                        last.set(at);
+            move || {
+                let (delivered, last_delivery, latencies) =
+                    (delivered.clone(), last_delivery.clone(), latencies.clone());
+                move |frame: &[u8], at: u64| {
+                    if let Some((sent, step)) = client::parse_delivery(frame) {
+                        latencies.borrow_mut().saturating_record(at.saturating_sub(sent).max(1));
+                        if let (Some(c), Some(last)) = (delivered.get(step), last_delivery.get(step)) {
+                            c.set(c.get() + 1);
+                            last.set(at);
+                        }
                     }
                 }
-            })));
+            }
+        };
+        let scratch = client::scratch();
+        let mut tasks = Vec::new();
+        match generator {
+            Generator::Own => {
+                let subs = open_many(
+                    targets,
+                    rooms * shape.subscribers,
+                    concurrency,
+                    move |mut s, i, scratch| async move {
+                        s.subscribe(&scratch, &format!("bench-{}", i % rooms)).await?;
+                        Ok(s)
+                    },
+                )
+                .await?;
+                for (s, _) in subs {
+                    tasks.push(spawn_local(hold(s, scratch.clone(), record())));
+                }
+            }
+            Generator::Tungstenite => {
+                let n = rooms * shape.subscribers;
+                let gate = Rc::new(Semaphore::new(concurrency.max(1)));
+                let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
+                for i in 0..n {
+                    let (target, gate, ready_tx, record) = (
+                        targets[i % targets.len()].clone(),
+                        gate.clone(),
+                        ready_tx.clone(),
+                        record(),
+                    );
+                    tasks.push(spawn_local(async move {
+                        let subscribed = {
+                            let _permit = gate.acquire().await;
+                            tungstenite::subscribe(&target, i, &format!("bench-{}", i % rooms)).await
+                        };
+                        match subscribed {
+                            Ok(sub) => {
+                                let _ = ready_tx.send(Ok(()));
+                                sub.hold(now_us, record).await;
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                            }
+                        }
+                    }));
+                }
+                drop(ready_tx);
+                let mut failures = Vec::new();
+                for _ in 0..n {
+                    match ready.recv().await {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => failures.push(e),
+                        None => break,
+                    }
+                }
+                if let Some(first) = failures.first() {
+                    bail!("{} of {n} sessions failed; first: {first:#}", failures.len());
+                }
+            }
         }
         let pubs = open_many(&targets[..1], shape.publishers, concurrency, |s, _, _| async { Ok(s) }).await?;
         let mut publishers = Vec::new();
