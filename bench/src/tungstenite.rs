@@ -83,15 +83,17 @@ impl Subscriber {
     /// `on_text` with the time it was read (`now`, once per message).
     pub async fn hold(mut self, now: fn() -> u64, mut on_text: impl FnMut(&[u8], u64)) {
         while let Some(Ok(msg)) = self.ws.next().await {
-            match msg {
-                Message::Text(t) if t.as_str() == "2" => {
-                    if self.ws.send(Message::text("3")).await.is_err() {
-                        return;
-                    }
+            let pong = match msg {
+                Message::Text(t) if t.as_str() == "2" => Message::text("3"),
+                Message::Text(t) => {
+                    on_text(t.as_bytes(), now());
+                    continue;
                 }
-                Message::Text(t) => on_text(t.as_bytes(), now()),
                 Message::Close(_) => return,
-                _ => {}
+                _ => continue,
+            };
+            if self.ws.send(pong).await.is_err() {
+                return;
             }
         }
     }
