@@ -272,6 +272,8 @@ async fn run(cli: Cli) -> Result<()> {
             // background service waking on the server's core) can cost a
             // 5-second step its p99, and the search would stop there.
             let mut retried = false;
+            // The last step that missed its bounds: what bound it.
+            let mut over: Option<Value> = None;
             for i in 1..MAX_STEPS {
                 let step = match fleet.step(i, rate, secs(shape.duration), secs(shape.drain)).await {
                     Ok(step) => step,
@@ -296,6 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 steps.push(step.to_json());
                 if !ok {
+                    over = Some(step.to_json());
                     if retried {
                         break;
                     }
@@ -312,6 +315,12 @@ async fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| json!({"deliveries_per_s": 0}));
             if let Some(admin) = admin {
                 r["admin_ui"] = admin.finish();
+            }
+            if let Some(over) = over {
+                // Top level, so scripts/bench can take their medians.
+                for key in ["server_core_busy", "generator_core_busy", "p99_ms", "rate"] {
+                    r[format!("over_{key}")] = over[key].clone();
+                }
             }
             r["scenario"] = json!("max");
             r["shape"] = shape_json(shape, common.url.len());

@@ -214,6 +214,15 @@ impl Step {
         if self.delivered > 0 {
             v["generator_cpu_s_per_million"] = json!(self.generator_cpu_s / (self.delivered as f64 / 1e6));
         }
+        if self.seconds > 0.0 {
+            // How busy each core was: a step whose latency misses while
+            // the server's core is not (and the generator's is) measured
+            // the generator.
+            v["generator_core_busy"] = json!(self.generator_cpu_s / self.seconds);
+            if let Some(cpu) = self.server_cpu_s {
+                v["server_core_busy"] = json!(cpu / self.seconds);
+            }
+        }
         if let Some(cpu) = self.server_cpu_s {
             v["server_cpu_s"] = json!(cpu);
             if self.delivered > 0 {
