@@ -66,6 +66,10 @@ struct Common {
     /// a 4 KiB read buffer: a second, differently built generator).
     #[arg(long, value_enum, default_value = "own")]
     generator: scenarios::Generator,
+    /// The cluster's Redis (host:port): each fan-out step reports what its
+    /// publishes cost Redis (commands, bytes, CPU; from `INFO`).
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -357,9 +361,11 @@ async fn start(common: &Common, shape: FanoutShape) -> Result<Fleet> {
         subscribers: shape.subscribers,
         publishers: shape.publishers,
     };
-    Fleet::start(&t, s, common.concurrency, common.server_pid, common.generator)
+    let mut fleet = Fleet::start(&t, s, common.concurrency, common.server_pid, common.generator)
         .await
-        .context("connecting the subscribers and publishers")
+        .context("connecting the subscribers and publishers")?;
+    fleet.redis = common.redis.clone();
+    Ok(fleet)
 }
 
 fn shape_json(shape: FanoutShape, nodes: usize) -> Value {

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{spawn_local, JoinHandle};
 
 use crate::client::{self, Scratch, Session, Target, Writer};
-use crate::stats::{listen_overflows, new_histogram, quantiles_ms, read_proc};
+use crate::stats::{listen_overflows, new_histogram, quantiles_ms, read_proc, read_redis, RedisReading};
 use crate::tungstenite;
 
 /// Most steps a `max` run may take (delivery counters are kept per step).
@@ -156,6 +156,8 @@ pub struct Fleet {
     publishers: Vec<Writer>,
     tasks: Tasks,
     pid: Option<u32>,
+    /// The cluster's Redis (host:port), whose counters each step reads.
+    pub redis: Option<String>,
 }
 
 /// One step's figures.
@@ -179,6 +181,8 @@ pub struct Step {
     pub generator_cpu_s: f64,
     /// The server's resident memory after the step, MiB.
     pub server_rss_mib: Option<f64>,
+    /// Redis's counters before and after the step (a cluster with `--redis`).
+    pub redis: Option<(RedisReading, RedisReading)>,
 }
 
 impl Step {
@@ -213,6 +217,16 @@ impl Step {
         }
         if self.delivered > 0 {
             v["generator_cpu_s_per_million"] = json!(self.generator_cpu_s / (self.delivered as f64 / 1e6));
+        }
+        if let (Some((before, after)), true) = (self.redis, self.published > 0) {
+            // What one publish costs Redis, the step's whole traffic
+            // (subscriptions' keep-alives, other nodes' heartbeats) included.
+            let per = |a: f64, b: f64| (a - b) / self.published as f64;
+            v["redis_commands_per_publish"] = json!(per(after.commands as f64, before.commands as f64));
+            v["redis_in_bytes_per_publish"] = json!(per(after.net_in as f64, before.net_in as f64));
+            v["redis_out_bytes_per_publish"] = json!(per(after.net_out as f64, before.net_out as f64));
+            v["redis_cpu_us_per_publish"] = json!(per(after.cpu_s, before.cpu_s) * 1e6);
+            v["redis_core_busy"] = json!((after.cpu_s - before.cpu_s) / self.seconds);
         }
         if self.seconds > 0.0 {
             // How busy each core was: a step whose latency misses while
@@ -354,6 +368,7 @@ impl Fleet {
             publishers,
             tasks: Tasks(tasks),
             pid,
+            redis: None,
         })
     }
 
@@ -363,6 +378,10 @@ impl Fleet {
         self.latencies.borrow_mut().reset();
         self.acks.borrow_mut().reset();
         let before = read_proc(self.pid)?;
+        let redis_before = match &self.redis {
+            Some(addr) => Some(read_redis(addr).await?),
+            None => None,
+        };
         let generator_before = read_proc(Some(std::process::id()))?.map(|r| r.cpu).unwrap_or_default();
         let per_publisher = rate / self.shape.publishers as f64;
         let (rooms, publishers) = (self.shape.rooms, self.shape.publishers);
@@ -412,6 +431,10 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let after = read_proc(self.pid)?;
+        let redis = match (&self.redis, redis_before) {
+            (Some(addr), Some(before)) => Some((before, read_redis(addr).await?)),
+            _ => None,
+        };
         let generator_after = read_proc(Some(std::process::id()))?.map(|r| r.cpu).unwrap_or_default();
         // Deliveries per second over the whole time they took: publishing,
         // and after it for as long as the server was still delivering.
@@ -436,6 +459,7 @@ impl Fleet {
             },
             server_rss_mib: after.map(|a| a.rss as f64 / 1024.0 / 1024.0),
             generator_cpu_s: generator_after.saturating_sub(generator_before).as_secs_f64(),
+            redis,
         })
     }
 

@@ -71,3 +71,59 @@ pub fn quantiles_ms(h: &Histogram<u64>) -> (f64, f64, f64) {
     let ms = |us: u64| us as f64 / 1000.0;
     (ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)), ms(h.max()))
 }
+
+/// Redis's own counters (`INFO`), for what a cluster costs Redis.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisReading {
+    /// Commands processed (`total_commands_processed`).
+    pub commands: u64,
+    /// Bytes read from and written to clients (`total_net_input_bytes`,
+    /// `total_net_output_bytes`).
+    pub net_in: u64,
+    pub net_out: u64,
+    /// Redis's CPU seconds, user and system (`used_cpu_user` + `used_cpu_sys`).
+    pub cpu_s: f64,
+}
+
+/// Reads `INFO` from the Redis at `addr` (host:port), as an inline
+/// command: the reading itself counts one command.
+pub async fn read_redis(addr: &str) -> Result<RedisReading> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("Redis at {addr}"))?;
+    stream.write_all(b"INFO\r\n").await?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    // A bulk string: `$<len>\r\n<len bytes>\r\n`.
+    loop {
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(
+            n > 0,
+            "Redis at {addr} closed the connection before its INFO reply ended"
+        );
+        reply.extend_from_slice(&buf[..n]);
+        let Some(eol) = reply.windows(2).position(|w| w == b"\r\n") else {
+            continue;
+        };
+        let len: usize = std::str::from_utf8(&reply[1..eol])?
+            .parse()
+            .with_context(|| format!("Redis at {addr}: not an INFO reply"))?;
+        if reply.len() >= eol + 2 + len {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(RedisReading {
+        commands: field("total_commands_processed") as u64,
+        net_in: field("total_net_input_bytes") as u64,
+        net_out: field("total_net_output_bytes") as u64,
+        cpu_s: field("used_cpu_user") + field("used_cpu_sys"),
+    })
+}
