@@ -130,6 +130,12 @@ impl Queue {
 
     /// One `writev` of the front of the queue; drops what it wrote.
     fn write_to(&mut self, socket: &actix_web::rt::net::TcpStream) -> std::io::Result<()> {
+        self.write_with(|iov| socket.try_write_vectored(iov))
+    }
+
+    /// One vectored write of the front of the queue with `write`; drops
+    /// what it wrote.
+    fn write_with(&mut self, write: impl FnOnce(&[IoSlice<'_>]) -> std::io::Result<usize>) -> std::io::Result<()> {
         let mut iov = [IoSlice::new(&[]); IOV_MAX];
         let mut count = 0;
         for (segment, slot) in self.segments.iter().zip(iov[..IOV_MAX - 1].iter_mut()) {
@@ -140,7 +146,7 @@ impl Queue {
             iov[count] = IoSlice::new(&self.tail[self.written..]);
             count += 1;
         }
-        let mut written = socket.try_write_vectored(&iov[..count])?;
+        let mut written = write(&iov[..count])?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -435,6 +441,51 @@ impl Outbox {
         }
     }
 
+    /// Writes what is queued straight to the socket, from the flusher,
+    /// when the writer ([`pump`]) runs on this thread and holds nothing
+    /// unwritten (it is not blocked). A fan-out then costs the worker one
+    /// task that writes a thousand sockets, yielding now and then, instead
+    /// of a thousand writer tasks queued ahead of every reader and actor of
+    /// the worker (a publisher's next publish, its ack). `false`: not all
+    /// written (the socket is full, the writer is elsewhere, the outbox is
+    /// closing): wake the writer, which takes what is left.
+    fn write_now(&self) -> bool {
+        let oldest_broadcast = {
+            let mut inner = self.lock();
+            let Some((thread, fd)) = inner.express else {
+                return false;
+            };
+            if thread != std::thread::current().id() || inner.phase != Phase::Open || inner.blocked {
+                return false;
+            }
+            // SAFETY: as in `express`: `express` is set by the writer while
+            // it holds the socket and cleared (under this lock) before it
+            // lets go of it, so the fd is open and this socket's; the
+            // writer runs on this thread, so it is not in the middle of a
+            // write; and not blocked, it holds nothing unwritten, so the
+            // queue's frames are the next on the wire.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&socket);
+            while !inner.queue.is_empty() {
+                // Non-blocking (a socket of the runtime's): a full one
+                // says WouldBlock, and what is left stays queued.
+                let wrote = inner.queue.write_with(|iov| socket.send_vectored(iov));
+                if wrote.is_err() {
+                    return false;
+                }
+            }
+            inner.scheduled = false;
+            inner.queue.clear(IDLE_KEEP);
+            inner.frames = 0;
+            inner.since = None;
+            inner.oldest_broadcast.take()
+        };
+        if let Some(at) = oldest_broadcast {
+            self.metrics.observe_delivery(at.elapsed());
+        }
+        true
+    }
+
     /// Moves what is queued to `out` (whose frames are all written), or
     /// registers the writer.
     fn take(&self, cx: &mut Context<'_>, out: &mut Queue) -> Take {
@@ -517,8 +568,12 @@ fn encode_frames(frames: &[Frame]) -> Bytes {
     out.freeze()
 }
 
+/// How long the flusher writes sockets before it lets the worker's other
+/// tasks run.
+const FLUSH_SLICE: Duration = Duration::from_micros(200);
+
 /// The outboxes of one worker thread that have frames for their writer,
-/// and the task that wakes those writers.
+/// and the task that writes them (or wakes their writers).
 struct Flusher {
     due: Mutex<(Vec<Arc<Outbox>>, Option<Waker>)>,
     /// How long to wait, once woken, for more outboxes to fill
@@ -581,8 +636,17 @@ impl Flusher {
             }
             // unwrap: the lock is only held to push or swap the list.
             std::mem::swap(&mut self.due.lock().unwrap().0, &mut batch);
+            let mut slice = Instant::now();
             for outbox in batch.drain(..) {
-                outbox.wake();
+                if !outbox.write_now() {
+                    outbox.wake();
+                }
+                if slice.elapsed() >= FLUSH_SLICE {
+                    // The worker's readers and actors get their turn (the
+                    // yield lets the runtime poll its sockets first).
+                    tokio::task::yield_now().await;
+                    slice = Instant::now();
+                }
             }
         }
     }
