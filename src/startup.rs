@@ -539,6 +539,11 @@ fn serve(
             let config = AppConfig::default();
             let upgrade = crate::transport::handover::factory(routes.app(role).into_factory(), config.clone());
             actix_http::HttpService::build()
+                // Nagle off: roomcast coalesces its own writes (the
+                // outbox), and with Nagle a small write (an ack) waits for
+                // the client's ACK of the previous one, which a client may
+                // hold back until it next sends (tests/socket_options.rs).
+                .tcp_nodelay(true)
                 // Slow headers and idle connections (`[limits]`).
                 .client_request_timeout(request_head)
                 .keep_alive(keep_alive)
