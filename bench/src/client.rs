@@ -332,10 +332,9 @@ impl Session {
     }
 }
 
-/// Opens a session on `/` as the `n`th connection: TCP, the WebSocket
-/// upgrade, Engine.IO open, Socket.IO CONNECT.
-pub async fn connect(target: &Target, n: usize, scratch: &Scratch) -> Result<Session> {
-    let started = Instant::now();
+/// The `n`th connection's TCP connection to `target` (from its share of
+/// the source addresses), Nagle off.
+pub async fn tcp_connect(target: &Target, n: usize) -> Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if !target.sources.is_empty() {
         let ip = target.sources[n % target.sources.len()];
@@ -343,7 +342,14 @@ pub async fn connect(target: &Target, n: usize, scratch: &Scratch) -> Result<Ses
     }
     let stream = socket.connect(target.addr).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
-    let stream = Rc::new(stream);
+    Ok(stream)
+}
+
+/// Opens a session on `/` as the `n`th connection: TCP, the WebSocket
+/// upgrade, Engine.IO open, Socket.IO CONNECT.
+pub async fn connect(target: &Target, n: usize, scratch: &Scratch) -> Result<Session> {
+    let started = Instant::now();
+    let stream = Rc::new(tcp_connect(target, n).await?);
     let writer = Writer {
         stream: stream.clone(),
         lock: Rc::default(),

@@ -8,11 +8,9 @@
 //! Publishers stay the generator's own in both, so the publish side is the
 //! same.
 
-use std::net::{IpAddr, SocketAddr};
-
 use anyhow::{bail, Context as _, Result};
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -42,13 +40,7 @@ async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> Result<String> {
 /// Opens a session on `/` as the `n`th connection (the WebSocket upgrade,
 /// Engine.IO open, Socket.IO CONNECT) and subscribes it to `room`.
 pub async fn subscribe(target: &Target, n: usize, room: &str) -> Result<Subscriber> {
-    let socket = TcpSocket::new_v4()?;
-    if !target.sources.is_empty() {
-        let ip = target.sources[n % target.sources.len()];
-        socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
-    }
-    let stream = socket.connect(target.addr).await.context("TCP connect")?;
-    stream.set_nodelay(true)?;
+    let stream = crate::client::tcp_connect(target, n).await?;
     let url = format!("ws://{}{}?EIO=4&transport=websocket", target.host, target.path);
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))

@@ -2190,14 +2190,7 @@ mod tests {
             1
         );
         // A broadcast from another node or an emitter to it: that socket.
-        let inbound = crate::adapter::wire::Broadcast {
-            uid: "other".into(),
-            nsp: "/".into(),
-            args: ByteString::from_static(r#"["m"]"#),
-            attachments: vec![],
-            rooms: vec![target.to_string()],
-            except: vec![],
-        };
+        let inbound = remote_to(&target);
         assert_eq!(broker.send(Inbound(inbound.clone())).await.unwrap(), 1);
         // An id that is not shaped like one is no socket (it could be a room).
         let odd: Arc<str> = "not-an-id".into();
@@ -2412,7 +2405,7 @@ mod tests {
         assert_eq!(Quota::User.limit(), Limit::RoomsPerUser);
     }
 
-    /// A broadcast from another node to `room` of `/`, at `offset`.
+    /// A broadcast from another node to `room` of `/`.
     fn remote_to(room: &str) -> crate::adapter::wire::Broadcast {
         crate::adapter::wire::Broadcast {
             uid: "other".into(),
