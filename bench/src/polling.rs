@@ -78,6 +78,7 @@ impl HttpConn {
             .map_err(|_| anyhow!("{method} {query}: no answer within {REQUEST_TIMEOUT:?}"))?
     }
 
+    /// [`Self::request`] without its time bound.
     async fn exchange(
         &mut self,
         target: &Target,

@@ -42,6 +42,14 @@ impl Drop for Tasks {
     }
 }
 
+/// An error naming how many of `n` sessions failed, and the first failure.
+fn none_failed(n: usize, failures: &[anyhow::Error]) -> Result<()> {
+    match failures.first() {
+        Some(first) => bail!("{} of {n} sessions failed; first: {first:#}", failures.len()),
+        None => Ok(()),
+    }
+}
+
 /// Opens `n` sessions, at most `concurrency` handshakes at a time, the
 /// `i`th on `targets[i % len]`; `setup` runs on each before it counts.
 async fn open_many<F, Fut>(targets: &[Target], n: usize, concurrency: usize, setup: F) -> Result<Vec<(Session, usize)>>
@@ -71,9 +79,7 @@ where
             Err(e) => failures.push(e),
         }
     }
-    if let Some(first) = failures.first() {
-        bail!("{} of {n} sessions failed; first: {first:#}", failures.len());
-    }
+    none_failed(n, &failures)?;
     Ok(sessions)
 }
 
@@ -333,9 +339,7 @@ impl Fleet {
                         None => break,
                     }
                 }
-                if let Some(first) = failures.first() {
-                    bail!("{} of {n} sessions failed; first: {first:#}", failures.len());
-                }
+                none_failed(n, &failures)?;
             }
         }
         let pubs = open_many(&targets[..1], shape.publishers, concurrency, |s, _, _| async { Ok(s) }).await?;

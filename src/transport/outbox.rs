@@ -213,6 +213,35 @@ struct Inner {
     express: Option<(std::thread::ThreadId, std::os::fd::RawFd)>,
 }
 
+impl Inner {
+    /// Runs `write` with the socket, when its writer ([`pump`]) runs on
+    /// this thread and holds nothing unwritten (not blocked), and the
+    /// outbox is open; `None` otherwise. What `write` sends goes out ahead
+    /// of nothing: whatever is queued is the caller's to send first.
+    fn with_own_socket<R>(&mut self, write: impl FnOnce(&mut Inner, socket2::SockRef<'_>) -> R) -> Option<R> {
+        let (thread, fd) = self.express?;
+        if thread != std::thread::current().id() || self.phase != Phase::Open || self.blocked {
+            return None;
+        }
+        // SAFETY: `express` is set by the writer while it holds the socket
+        // and cleared (under the outbox's lock, held by the caller of this
+        // `&mut`) before it lets go of it, so the fd is open and this
+        // socket's; the writer runs on this thread, so it is not in the
+        // middle of a write; and not blocked, it holds nothing unwritten.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        Some(write(self, socket2::SockRef::from(&socket)))
+    }
+
+    /// The queue was handed on whole (to the writer, or to the socket):
+    /// its counts start again; when its oldest broadcast reached the
+    /// broker, for the publish-to-write metric.
+    fn emptied(&mut self) -> Option<Instant> {
+        self.frames = 0;
+        self.since = None;
+        self.oldest_broadcast.take()
+    }
+}
+
 /// A WebSocket's queue of encoded frames. Shared by the connection actor,
 /// the broker and the socket's writer.
 pub struct Outbox {
@@ -301,30 +330,26 @@ impl Outbox {
     fn express(&self, payload: &[u8], op: OpCode) -> bool {
         let wake = {
             let mut inner = self.lock();
-            let Some((thread, fd)) = inner.express else {
-                return false;
-            };
-            let idle = inner.phase == Phase::Open && !inner.blocked && !inner.scheduled && inner.queue.is_empty();
-            if !idle || thread != std::thread::current().id() {
+            if inner.scheduled || !inner.queue.is_empty() {
                 return false;
             }
-            let mut wire = BytesMut::with_capacity(payload.len() + 14);
-            Parser::write_message(&mut wire, payload, op, true, false);
-            // SAFETY: `express` is set by the writer while it holds the
-            // socket and cleared (under this lock) before it lets go of
-            // it, so the fd is open and this socket's; the writer runs on
-            // this thread, so it is not in the middle of a write; and with
-            // nothing queued or blocked it holds nothing unwritten.
-            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            // Non-blocking (a socket of the runtime's): a full one takes 0.
-            let sent = socket2::SockRef::from(&socket).send(&wire).unwrap_or(0);
-            if sent == wire.len() {
-                return true;
+            let written = inner.with_own_socket(|inner, socket| {
+                let mut wire = BytesMut::with_capacity(payload.len() + 14);
+                Parser::write_message(&mut wire, payload, op, true, false);
+                // Non-blocking (a socket of the runtime's): a full one takes 0.
+                let sent = socket.send(&wire).unwrap_or(0);
+                if sent == wire.len() {
+                    return false;
+                }
+                wire.advance(sent);
+                inner.queue.push_shared(&wire.freeze());
+                inner.frames += 1;
+                !std::mem::replace(&mut inner.scheduled, true)
+            });
+            match written {
+                Some(wake) => wake,
+                None => return false,
             }
-            wire.advance(sent);
-            inner.queue.push_shared(&wire.freeze());
-            inner.frames += 1;
-            !std::mem::replace(&mut inner.scheduled, true)
         };
         if wake {
             self.schedule();
@@ -452,33 +477,22 @@ impl Outbox {
     fn write_now(&self) -> bool {
         let oldest_broadcast = {
             let mut inner = self.lock();
-            let Some((thread, fd)) = inner.express else {
-                return false;
-            };
-            if thread != std::thread::current().id() || inner.phase != Phase::Open || inner.blocked {
-                return false;
-            }
-            // SAFETY: as in `express`: `express` is set by the writer while
-            // it holds the socket and cleared (under this lock) before it
-            // lets go of it, so the fd is open and this socket's; the
-            // writer runs on this thread, so it is not in the middle of a
-            // write; and not blocked, it holds nothing unwritten, so the
-            // queue's frames are the next on the wire.
-            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let socket = socket2::SockRef::from(&socket);
-            while !inner.queue.is_empty() {
-                // Non-blocking (a socket of the runtime's): a full one
-                // says WouldBlock, and what is left stays queued.
-                let wrote = inner.queue.write_with(|iov| socket.send_vectored(iov));
-                if wrote.is_err() {
-                    return false;
+            let all = inner.with_own_socket(|inner, socket| {
+                while !inner.queue.is_empty() {
+                    // Non-blocking (a socket of the runtime's): a full one
+                    // says WouldBlock, and what is left stays queued.
+                    if inner.queue.write_with(|iov| socket.send_vectored(iov)).is_err() {
+                        return false;
+                    }
                 }
+                true
+            });
+            if all != Some(true) {
+                return false;
             }
             inner.scheduled = false;
             inner.queue.clear(IDLE_KEEP);
-            inner.frames = 0;
-            inner.since = None;
-            inner.oldest_broadcast.take()
+            inner.emptied()
         };
         if let Some(at) = oldest_broadcast {
             self.metrics.observe_delivery(at.elapsed());
@@ -508,9 +522,7 @@ impl Outbox {
             // The writer's emptied buffers come back for the next frames.
             out.clear(usize::MAX);
             std::mem::swap(&mut inner.queue, out);
-            inner.frames = 0;
-            inner.since = None;
-            inner.oldest_broadcast.take()
+            inner.emptied()
         };
         if let Some(at) = oldest_broadcast {
             self.metrics.observe_delivery(at.elapsed());
