@@ -101,6 +101,11 @@ enum Scenario {
         /// Sessions.
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
+        /// Seconds the sessions stay idle before the server's memory is
+        /// read a second time (`rss_per_session_settled_kib`): what the
+        /// server holds once the handshakes' transient memory is returned.
+        #[arg(long, default_value_t = 0.0)]
+        settle: f64,
     },
     /// Publishes at a fixed total rate: deliveries per second, loss,
     /// latency, server CPU per million deliveries.
@@ -228,9 +233,9 @@ async fn run(cli: Cli) -> Result<()> {
             floor::send(port, sockets, rate, secs(duration), payload)?,
         ),
         Scenario::FloorRead { port, sockets } => return floor::read(port, sockets).await,
-        Scenario::Connect { common, n } => {
+        Scenario::Connect { common, n, settle } => {
             let t = targets(&common, n)?;
-            let r = scenarios::connect(&t, n, common.concurrency, common.server_pid).await?;
+            let r = scenarios::connect(&t, n, common.concurrency, common.server_pid, secs(settle)).await?;
             (common.label, r)
         }
         Scenario::PollRtt {

@@ -128,9 +128,13 @@ impl Queue {
         out.freeze()
     }
 
-    /// One `writev` of the front of the queue; drops what it wrote.
+    /// One write of the front of the queue (`writev` for several slices);
+    /// drops what it wrote.
     fn write_to(&mut self, socket: &actix_web::rt::net::TcpStream) -> std::io::Result<()> {
-        self.write_with(|iov| socket.try_write_vectored(iov))
+        self.write_with(|iov| match iov {
+            [one] => socket.try_write(one),
+            _ => socket.try_write_vectored(iov),
+        })
     }
 
     /// One vectored write of the front of the queue with `write`; drops
@@ -220,7 +224,7 @@ impl Inner {
     /// of nothing: whatever is queued is the caller's to send first.
     fn with_own_socket<R>(&mut self, write: impl FnOnce(&mut Inner, socket2::SockRef<'_>) -> R) -> Option<R> {
         let (thread, fd) = self.express?;
-        if thread != std::thread::current().id() || self.phase != Phase::Open || self.blocked {
+        if thread != this_thread() || self.phase != Phase::Open || self.blocked {
             return None;
         }
         // SAFETY: `express` is set by the writer while it holds the socket
@@ -239,6 +243,26 @@ impl Inner {
         self.frames = 0;
         self.since = None;
         self.oldest_broadcast.take()
+    }
+}
+
+thread_local! {
+    static THREAD: std::thread::ThreadId = std::thread::current().id();
+}
+
+/// This thread's id, without the reference count `thread::current()` takes
+/// on every call (a write checks it once per socket).
+fn this_thread() -> std::thread::ThreadId {
+    THREAD.with(|id| *id)
+}
+
+/// One write of `iov`: `send(2)` for one slice (a frame or a few
+/// coalesced ones, the common case), which spares the kernel copying in a
+/// message header; `sendmsg(2)` for several.
+fn send_iov(socket: &socket2::SockRef<'_>, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    match iov {
+        [one] => socket.send(one),
+        _ => socket.send_vectored(iov),
     }
 }
 
@@ -474,30 +498,26 @@ impl Outbox {
     /// the worker (a publisher's next publish, its ack). `false`: not all
     /// written (the socket is full, the writer is elsewhere, the outbox is
     /// closing): wake the writer, which takes what is left.
-    fn write_now(&self) -> bool {
-        let oldest_broadcast = {
-            let mut inner = self.lock();
-            let all = inner.with_own_socket(|inner, socket| {
-                while !inner.queue.is_empty() {
-                    // Non-blocking (a socket of the runtime's): a full one
-                    // says WouldBlock, and what is left stays queued.
-                    if inner.queue.write_with(|iov| socket.send_vectored(iov)).is_err() {
-                        return false;
-                    }
+    /// `Ok`: all written, with when its oldest broadcast reached the broker
+    /// (the caller reads the clock once, for this and its own time slice).
+    fn write_now(&self) -> Result<Option<Instant>, ()> {
+        let mut inner = self.lock();
+        let all = inner.with_own_socket(|inner, socket| {
+            while !inner.queue.is_empty() {
+                // Non-blocking (a socket of the runtime's): a full one
+                // says WouldBlock, and what is left stays queued.
+                if inner.queue.write_with(|iov| send_iov(&socket, iov)).is_err() {
+                    return false;
                 }
-                true
-            });
-            if all != Some(true) {
-                return false;
             }
-            inner.scheduled = false;
-            inner.queue.clear(IDLE_KEEP);
-            inner.emptied()
-        };
-        if let Some(at) = oldest_broadcast {
-            self.metrics.observe_delivery(at.elapsed());
+            true
+        });
+        if all != Some(true) {
+            return Err(());
         }
-        true
+        inner.scheduled = false;
+        inner.queue.clear(IDLE_KEEP);
+        Ok(inner.emptied())
     }
 
     /// Moves what is queued to `out` (whose frames are all written), or
@@ -650,10 +670,14 @@ impl Flusher {
             std::mem::swap(&mut self.due.lock().unwrap().0, &mut batch);
             let mut slice = Instant::now();
             for outbox in batch.drain(..) {
-                if !outbox.write_now() {
-                    outbox.wake();
+                let written = outbox.write_now();
+                let now = Instant::now();
+                match written {
+                    Ok(Some(at)) => outbox.metrics.observe_delivery(now.saturating_duration_since(at)),
+                    Ok(None) => {}
+                    Err(()) => outbox.wake(),
                 }
-                if slice.elapsed() >= FLUSH_SLICE {
+                if now.saturating_duration_since(slice) >= FLUSH_SLICE {
                     // The worker's readers and actors get their turn (the
                     // yield lets the runtime poll its sockets first).
                     tokio::task::yield_now().await;
@@ -671,7 +695,7 @@ pub async fn pump(socket: &actix_web::rt::net::TcpStream, outbox: &Outbox) {
         use std::os::fd::AsRawFd as _;
         let mut inner = outbox.lock();
         inner.timed_by_writer = true;
-        inner.express = Some((std::thread::current().id(), socket.as_raw_fd()));
+        inner.express = Some((this_thread(), socket.as_raw_fd()));
     }
     let mut pending = Queue::default();
     // While the socket is full: since when, and the write timeout's timer.
