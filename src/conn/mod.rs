@@ -842,3 +842,20 @@ impl Handler<CloseSession> for Connection {
         self.after(ctx);
     }
 }
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        eprintln!("Connection {}", size_of::<super::Connection>());
+        eprintln!("Session {}", size_of::<crate::engineio::session::Session>());
+        eprintln!("SioState {}", size_of::<super::socketio::SioState>());
+        eprintln!("PeerInfo {}", size_of::<super::PeerInfo>());
+        eprintln!("WsWriter {}", size_of::<super::messages::WsWriter>());
+        eprintln!("Rate {}", size_of::<crate::limits::ConnectionRate>());
+        eprintln!("ClientRows {}", size_of::<crate::limits::ClientRows>());
+        eprintln!("Span {}", size_of::<tracing::Span>());
+        eprintln!("Identity {}", size_of::<crate::auth::Identity>());
+        eprintln!("Ctx {}", size_of::<actix::Context<super::Connection>>());
+    }
+}
