@@ -857,5 +857,10 @@ mod size_probe {
         eprintln!("Span {}", size_of::<tracing::Span>());
         eprintln!("Identity {}", size_of::<crate::auth::Identity>());
         eprintln!("Ctx {}", size_of::<actix::Context<super::Connection>>());
+        eprintln!("Limits {}", size_of::<crate::engineio::session::Limits>());
+        eprintln!("Decoder {}", size_of::<crate::socketio::Decoder>());
+        eprintln!("Frame {}", size_of::<crate::engineio::Frame>());
+        eprintln!("Held {}", size_of::<crate::limits::Held>());
+        eprintln!("Window {}", size_of::<Option<tokio::sync::mpsc::UnboundedSender<()>>>());
     }
 }

@@ -23,8 +23,9 @@ pub struct Message {
 #[derive(Debug)]
 pub struct Decoder {
     limits: DecodeLimits,
-    /// A binary packet waiting for its attachments.
-    pending: Option<Message>,
+    /// A binary packet waiting for its attachments (boxed: every
+    /// connection has a decoder, few have a packet under way).
+    pending: Option<Box<Message>>,
 }
 
 impl Decoder {
@@ -48,7 +49,7 @@ impl Decoder {
                 // Held until the attachments arrive: not in the read buffer.
                 packet.data = packet.data.map(packet::Data::detached);
                 let attachments = Vec::with_capacity(packet.attachments);
-                self.pending = Some(Message { packet, attachments });
+                self.pending = Some(Box::new(Message { packet, attachments }));
                 return Ok(None);
             }
         }
@@ -68,7 +69,7 @@ impl Decoder {
         }
         pending.attachments.push(data);
         if pending.attachments.len() == pending.packet.attachments {
-            return Ok(self.pending.take());
+            return Ok(self.pending.take().map(|m| *m));
         }
         Ok(None)
     }
