@@ -857,6 +857,11 @@ mod size_probe {
         eprintln!("Span {}", size_of::<tracing::Span>());
         eprintln!("Identity {}", size_of::<crate::auth::Identity>());
         eprintln!("Ctx {}", size_of::<actix::Context<super::Connection>>());
+        eprintln!("AggStream {}", size_of::<actix_ws::AggregatedMessageStream>());
+        eprintln!("MsgStream {}", size_of::<actix_ws::MessageStream>());
+        eprintln!("Req {}", size_of::<actix::dev::Request<super::Connection, super::messages::WsInbound>>());
+        eprintln!("WsInbound {}", size_of::<super::messages::WsInbound>());
+        eprintln!("FrameGuard {}", size_of::<crate::transport::frame_guard::FrameGuard<actix_http::BoxedPayloadStream>>());
         eprintln!("Limits {}", size_of::<crate::engineio::session::Limits>());
         eprintln!("Decoder {}", size_of::<crate::socketio::Decoder>());
         eprintln!("Frame {}", size_of::<crate::engineio::Frame>());

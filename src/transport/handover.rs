@@ -217,7 +217,9 @@ where
                 drop(body);
                 super::outbox::pump(&socket, &outbox).await;
             }
-            None => write_body(&socket, body).await,
+            // Boxed: only the echo endpoint's sockets write a body, and
+            // its state would be part of every session's writer.
+            None => Box::pin(write_body(&socket, body)).await,
         }
         // Both directions: the reader sees the end too, and lets go of its
         // share of the socket.

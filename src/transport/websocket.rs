@@ -245,7 +245,9 @@ async fn read_loop(addr: Addr<Connection>, id: u64, mut stream: actix_ws::Aggreg
         match addr.try_send(WsInbound { id, message }) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
-                if addr.send(msg).await.is_err() {
+                // Boxed: the request's 200 bytes would otherwise be part of
+                // every idle socket's read pump, for a wait few of them do.
+                if Box::pin(addr.send(msg)).await.is_err() {
                     return;
                 }
             }
