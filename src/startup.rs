@@ -725,7 +725,7 @@ impl Application {
             };
             web::Data::new(Endpoint {
                 shared: Arc::new(EngineShared {
-                    limits: settings.engine.limits(),
+                    limits: Arc::new(settings.engine.limits()),
                     max_payload: settings.engine.max_payload,
                     max_packets_per_payload: settings.engine.max_packets_per_payload,
                     upgrades,

@@ -767,7 +767,9 @@ pub struct Broker {
     room_watch: Option<Arc<RoomWatch>>,
     /// See [`AttachCluster::sequenced`].
     sequenced: bool,
-    members: HashMap<Arc<str>, Member>,
+    /// Boxed: a member is some 250 bytes, and a table that just doubled is
+    /// half empty (the fan-out reads a room's slots, not this map).
+    members: HashMap<Arc<str>, Box<Member>>,
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, Room>>,
     next_seq: u64,
     quotas: RoomQuotas,
@@ -1121,7 +1123,7 @@ impl Broker {
         }
         self.members.insert(
             msg.socket_id,
-            Member {
+            Box::new(Member {
                 nsp: msg.nsp,
                 per_user: self.quotas.per_user > 0 && msg.user.is_some(),
                 user: msg.user,
@@ -1136,7 +1138,7 @@ impl Broker {
                 stored,
                 reached: Offset::default(),
                 owner: msg.owner,
-            },
+            }),
         );
     }
 

@@ -72,7 +72,7 @@ pub enum App {
 /// What every session of one endpoint shares.
 pub struct EngineShared {
     /// Timing and buffer limits.
-    pub limits: Limits,
+    pub limits: Arc<Limits>,
     /// `maxPayload`.
     pub max_payload: usize,
     /// Packets per polling POST.

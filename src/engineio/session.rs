@@ -158,12 +158,13 @@ pub struct Session {
     pong_deadline: Option<Instant>,
     /// The frame that ends a closing polling session (close or noop).
     last: Option<Frame>,
-    limits: Limits,
+    /// The node's (shared: every session has the same).
+    limits: std::sync::Arc<Limits>,
 }
 
 impl Session {
     /// A session that was just opened on `transport` at `now`.
-    pub fn new(transport: TransportKind, limits: Limits, now: Instant) -> Self {
+    pub fn new(transport: TransportKind, limits: std::sync::Arc<Limits>, now: Instant) -> Self {
         Self {
             transport,
             state: State::Open,
@@ -431,21 +432,22 @@ mod tests {
     use super::*;
     use DisconnectReason::*;
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> std::sync::Arc<Limits> {
+        std::sync::Arc::new(Limits {
             ping_interval: Duration::from_millis(300),
             ping_timeout: Duration::from_millis(200),
             upgrade_timeout: Duration::from_millis(1000),
             max_buffered: 4,
             max_per_poll: 16,
-        }
+        })
     }
 
     #[test]
     fn a_poll_takes_at_most_max_per_poll_frames_the_rest_the_next() {
         let mut limits = limits();
-        limits.max_buffered = 10;
-        limits.max_per_poll = 3;
+        let limits_mut = std::sync::Arc::get_mut(&mut limits).unwrap();
+        limits_mut.max_buffered = 10;
+        limits_mut.max_per_poll = 3;
         let mut s = Session::new(TransportKind::Polling, limits, Instant::now());
         for i in 0..5 {
             s.push(Frame::message_text(&format!("m{i}"))).unwrap();

@@ -208,24 +208,33 @@ where
     // dispatcher: 2.7 KiB) ends now instead of living as long as the
     // socket. (The socket then no longer counts against the worker's
     // connection limit; `server.max_connections` bounds the sessions.)
-    actix_web::rt::spawn(async move {
-        let _end = end;
-        match outbox {
-            Some(outbox) => {
-                // The response body (actix-ws's channel) is not written: it
-                // goes now, not when the socket closes.
-                drop(body);
+    match outbox {
+        Some(outbox) => {
+            // The response body (actix-ws's channel) is not written: it
+            // goes now, not when the socket closes, and is no part of the
+            // writer's task (every session has one).
+            drop(body);
+            actix_web::rt::spawn(async move {
+                let _end = end;
                 super::outbox::pump(&socket, &outbox).await;
-            }
-            // Boxed: only the echo endpoint's sockets write a body, and
-            // its state would be part of every session's writer.
-            None => Box::pin(write_body(&socket, body)).await,
+                shut_down(&socket);
+            });
         }
-        // Both directions: the reader sees the end too, and lets go of its
-        // share of the socket.
-        let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
-    });
+        None => {
+            actix_web::rt::spawn(async move {
+                let _end = end;
+                write_body(&socket, body).await;
+                shut_down(&socket);
+            });
+        }
+    }
     Ok(())
+}
+
+/// Both directions: the reader sees the end too, and lets go of its share
+/// of the socket.
+fn shut_down(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
 }
 
 /// A handed-over socket and what to write to it: the response body, or an
