@@ -17,7 +17,6 @@ mod registry;
 pub mod service;
 mod socketio;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -101,8 +100,6 @@ pub struct EngineShared {
 /// Who is on the other end, for logs and the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct PeerInfo {
-    /// TCP peer address.
-    pub addr: Option<SocketAddr>,
     /// The client: the TCP peer, or the address a trusted proxy forwarded
     /// for (`server.trusted_proxies`).
     pub client: Option<String>,

@@ -46,7 +46,6 @@ fn peer_info(req: &HttpRequest, trusted: &IpRanges) -> PeerInfo {
     let forwarded = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok());
     let client = peer::client_addr(trusted, req.peer_addr(), forwarded);
     PeerInfo {
-        addr: req.peer_addr(),
         client: client.map(|c| c.to_string()),
         ip: client.map(peer::ClientAddr::ip),
         user_agent: req
