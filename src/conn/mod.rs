@@ -28,7 +28,6 @@ use crate::engineio::{
     packet, CloseCause, CloseMode, ErrorCode, Event, Frame, Limits, Packet, Payload, Session, State, TransportKind, Via,
 };
 use crate::reason::DisconnectReason;
-use crate::transport::websocket::{WsRead, WsReader};
 use messages::*;
 pub use registry::{Entry, Registry};
 use socketio::SioState;
@@ -153,14 +152,12 @@ pub struct Connection {
 
 impl Connection {
     /// Starts a session on `transport` and registers it. A WebSocket session
-    /// gets its open packet as the first frame, and reads its socket
-    /// through `reader` itself; for polling the caller answers the
-    /// handshake GET with [`Connection::open_packet`].
+    /// gets its open packet as the first frame; for polling the caller
+    /// answers the handshake GET with [`Connection::open_packet`].
     pub fn start(
         shared: Arc<EngineShared>,
         transport: TransportKind,
         ws: Option<WsWriter>,
-        reader: Option<WsReader>,
         peer: PeerInfo,
     ) -> (Arc<str>, Addr<Connection>) {
         let sid: Arc<str> = shared.node_tag.sid().into();
@@ -193,12 +190,7 @@ impl Connection {
             audit_rows: Default::default(),
             span,
         };
-        let addr = Connection::create(|ctx| {
-            if let Some(reader) = reader {
-                ctx.add_stream(reader);
-            }
-            conn
-        });
+        let addr = conn.start();
         shared.registry.insert(sid.clone(), addr.clone());
         shared.metrics.session_opened(transport.as_str());
         (sid, addr)
@@ -704,21 +696,6 @@ impl Handler<AttachProbe> for Connection {
     }
 }
 
-/// The session's own WebSocket, read by the actor itself (see
-/// [`WsReader`]): the same as the messages a probe's read pump sends.
-impl StreamHandler<WsRead> for Connection {
-    fn handle(&mut self, read: WsRead, ctx: &mut Self::Context) {
-        match read {
-            WsRead::Message(msg) => <Self as Handler<WsInbound>>::handle(self, msg, ctx),
-            WsRead::End(ended) => <Self as Handler<WsEnded>>::handle(self, ended, ctx),
-        }
-    }
-
-    /// The end was told (`WsRead::End`); the session's life is not the
-    /// socket's (it closes with its reason from there).
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
 impl Handler<WsInbound> for Connection {
     type Result = ();
 
@@ -860,5 +837,32 @@ impl Handler<CloseSession> for Connection {
         let _enter = self.span.clone().entered();
         self.close(msg.0, None, ctx);
         self.after(ctx);
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        eprintln!("Connection {}", size_of::<super::Connection>());
+        eprintln!("Session {}", size_of::<crate::engineio::session::Session>());
+        eprintln!("SioState {}", size_of::<super::socketio::SioState>());
+        eprintln!("PeerInfo {}", size_of::<super::PeerInfo>());
+        eprintln!("WsWriter {}", size_of::<super::messages::WsWriter>());
+        eprintln!("Rate {}", size_of::<crate::limits::ConnectionRate>());
+        eprintln!("ClientRows {}", size_of::<crate::limits::ClientRows>());
+        eprintln!("Span {}", size_of::<tracing::Span>());
+        eprintln!("Identity {}", size_of::<crate::auth::Identity>());
+        eprintln!("Ctx {}", size_of::<actix::Context<super::Connection>>());
+        eprintln!("AggStream {}", size_of::<actix_ws::AggregatedMessageStream>());
+        eprintln!("MsgStream {}", size_of::<actix_ws::MessageStream>());
+        eprintln!("Req {}", size_of::<actix::dev::Request<super::Connection, super::messages::WsInbound>>());
+        eprintln!("WsInbound {}", size_of::<super::messages::WsInbound>());
+        eprintln!("FrameGuard {}", size_of::<crate::transport::frame_guard::FrameGuard<actix_http::BoxedPayloadStream>>());
+        eprintln!("Limits {}", size_of::<crate::engineio::session::Limits>());
+        eprintln!("Decoder {}", size_of::<crate::socketio::Decoder>());
+        eprintln!("Frame {}", size_of::<crate::engineio::Frame>());
+        eprintln!("Held {}", size_of::<crate::limits::Held>());
+        eprintln!("Window {}", size_of::<Option<tokio::sync::mpsc::UnboundedSender<()>>>());
     }
 }

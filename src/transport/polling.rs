@@ -21,7 +21,7 @@ pub fn ok_text(body: String) -> HttpResponse {
 
 /// Opens a polling session and answers with its open packet.
 pub fn handshake(shared: &Arc<EngineShared>, peer: PeerInfo) -> HttpResponse {
-    let (sid, _) = Connection::start(shared.clone(), TransportKind::Polling, None, None, peer);
+    let (sid, _) = Connection::start(shared.clone(), TransportKind::Polling, None, peer);
     let open = Connection::open_packet(shared, &sid, TransportKind::Polling);
     ok_text(encode_payload(&[open]))
 }

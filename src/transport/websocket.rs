@@ -1,14 +1,11 @@
-//! The WebSocket transport: the handshake response, the read side the
-//! connection actor reads, and the sink the actor writes through.
+//! The WebSocket transport: the handshake response, a read pump that forwards
+//! messages to the connection actor, and the sink the actor writes through.
 //!
-//! A new WebSocket session's actor reads its socket itself, as a stream of
-//! its context ([`WsReader`]; `actix_ws::MessageStream` is `!Send`, and the
-//! actor runs on the worker that accepted the request). A probe (an
-//! upgrade of a polling session, whose actor already runs) gets a read
-//! pump that queues into the actor's bounded mailbox and waits when it is
-//! full. Either way a client that floods is read no faster than its actor
-//! keeps up. The reader holds no writer: when the actor lets go of the
-//! socket the writer ends and the connection closes, read side included.
+//! `actix_ws::MessageStream` is `!Send`, so the read pump runs on the worker
+//! that accepted the request. It queues into the actor's bounded mailbox and
+//! waits when it is full, so a client that floods is read no faster than its
+//! actor keeps up. It holds no writer: when the actor lets go of the socket
+//! the writer ends and the connection closes, read side included.
 //!
 //! Writes go to the socket's [`Outbox`]: the actor's frames through
 //! [`OutboxSink`], and broadcasts from the broker directly (see
@@ -42,8 +39,7 @@ pub struct Accepted {
     id: u64,
     outbox: Arc<Outbox>,
     sink: Option<Box<OutboxSink>>,
-    /// The read side, until [`Accepted::reader`] takes it.
-    stream: Option<actix_ws::AggregatedMessageStream>,
+    stream: actix_ws::AggregatedMessageStream,
     /// What the socket's reader holds of the node's input budget.
     held: Arc<crate::limits::Held>,
 }
@@ -97,7 +93,7 @@ pub fn accept(
             socket,
         })),
         outbox,
-        stream: Some(stream),
+        stream,
         held,
     })
 }
@@ -215,19 +211,8 @@ impl Accepted {
         self.response
     }
 
-    /// The read side, for a new session's actor to read itself
-    /// ([`crate::conn::Connection::start`]). Taken once.
-    pub fn reader(&mut self) -> Option<WsReader> {
-        Some(WsReader {
-            id: self.id,
-            stream: Some(self.stream.take()?),
-        })
-    }
-
-    /// Ties the socket to its session's actor `addr` and returns the 101
-    /// response. A read side still here (a probe's, for a session whose
-    /// actor runs already) gets a read pump of its own, towards `addr`.
-    pub fn run(mut self, addr: Addr<Connection>) -> HttpResponse {
+    /// Starts the read pump towards `addr` and returns the 101 response.
+    pub fn run(self, addr: Addr<Connection>) -> HttpResponse {
         let (owner, id) = (addr.clone(), self.id);
         self.outbox.on_stall(Box::new(move |stall| {
             let end = match stall {
@@ -236,90 +221,40 @@ impl Accepted {
             };
             owner.do_send(WsEnded { id, end });
         }));
-        if let Some(reader) = self.reader() {
-            actix_web::rt::spawn(read_loop(addr, reader));
-        }
+        actix_web::rt::spawn(read_loop(addr, self.id, self.stream));
         self.response
     }
 }
 
-/// What a WebSocket's read side gives its session: a message, then at the
-/// end how it ended.
-pub enum WsRead {
-    /// A message read.
-    Message(WsInbound),
-    /// The read side ended (the last item).
-    End(WsEnded),
-}
-
-/// A WebSocket's read side as a stream of [`WsRead`]. A new session's
-/// actor reads it as a stream of its own (`Context::add_stream`): no task
-/// and no mailbox hop between the socket and the session, and the socket
-/// is read only as fast as the actor handles what it sent (an actor that
-/// waits, say on a full publish window, reads nothing meanwhile).
-pub struct WsReader {
-    id: u64,
-    /// `None` once the end was told.
-    stream: Option<actix_ws::AggregatedMessageStream>,
-}
-
-impl futures_util::Stream for WsReader {
-    type Item = WsRead;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<WsRead>> {
-        use std::task::Poll;
-        let id = self.id;
-        let Some(stream) = self.stream.as_mut() else {
-            return Poll::Ready(None);
+async fn read_loop(addr: Addr<Connection>, id: u64, mut stream: actix_ws::AggregatedMessageStream) {
+    let end = loop {
+        let message = match stream.recv().await {
+            None => break WsEnd::Closed,
+            Some(Ok(m)) => m,
+            Some(Err(err)) => break classify(&err),
         };
-        let end = loop {
-            let message = match std::pin::Pin::new(&mut *stream).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => break WsEnd::Closed,
-                Poll::Ready(Some(Ok(m))) => m,
-                Poll::Ready(Some(Err(err))) => break classify(&err),
-            };
-            let message = match message {
-                AggregatedMessage::Text(text) => WsMessage::Text(text),
-                AggregatedMessage::Binary(bytes) => WsMessage::Binary(bytes),
-                AggregatedMessage::Ping(bytes) => WsMessage::Ping(bytes),
-                AggregatedMessage::Pong(_) => continue,
-                AggregatedMessage::Close(_) => break WsEnd::Closed,
-            };
-            return Poll::Ready(Some(WsRead::Message(WsInbound { id, message })));
-        };
-        self.stream = None;
-        Poll::Ready(Some(WsRead::End(WsEnded { id, end })))
-    }
-}
-
-/// A read pump of its own, for a probe (the session's actor was started
-/// before this socket existed): forwards what `reader` reads to `addr`.
-async fn read_loop(addr: Addr<Connection>, mut reader: WsReader) {
-    use futures_util::StreamExt as _;
-    while let Some(read) = reader.next().await {
-        let msg = match read {
-            WsRead::Message(msg) => msg,
-            WsRead::End(ended) => {
-                addr.do_send(ended);
-                return;
-            }
+        let message = match message {
+            AggregatedMessage::Text(text) => WsMessage::Text(text),
+            AggregatedMessage::Binary(bytes) => WsMessage::Binary(bytes),
+            AggregatedMessage::Ping(bytes) => WsMessage::Ping(bytes),
+            AggregatedMessage::Pong(_) => continue,
+            AggregatedMessage::Close(_) => break WsEnd::Closed,
         };
         // Queue without a round trip while the mailbox has room, so frames
         // read together reach the actor together; wait when it is full.
-        match addr.try_send(msg) {
+        match addr.try_send(WsInbound { id, message }) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
-                if addr.send(msg).await.is_err() {
+                // Boxed: the request's 200 bytes would otherwise be part of
+                // every idle socket's read pump, for a wait few of them do.
+                if Box::pin(addr.send(msg)).await.is_err() {
                     return;
                 }
             }
             Err(SendError::Closed(_)) => return, // the session is gone
         }
-    }
+    };
+    addr.do_send(WsEnded { id, end });
 }
 
 /// What a read error means for the session (and the close code it gets).
