@@ -839,30 +839,3 @@ impl Handler<CloseSession> for Connection {
         self.after(ctx);
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use std::mem::size_of;
-        eprintln!("Connection {}", size_of::<super::Connection>());
-        eprintln!("Session {}", size_of::<crate::engineio::session::Session>());
-        eprintln!("SioState {}", size_of::<super::socketio::SioState>());
-        eprintln!("PeerInfo {}", size_of::<super::PeerInfo>());
-        eprintln!("WsWriter {}", size_of::<super::messages::WsWriter>());
-        eprintln!("Rate {}", size_of::<crate::limits::ConnectionRate>());
-        eprintln!("ClientRows {}", size_of::<crate::limits::ClientRows>());
-        eprintln!("Span {}", size_of::<tracing::Span>());
-        eprintln!("Identity {}", size_of::<crate::auth::Identity>());
-        eprintln!("Ctx {}", size_of::<actix::Context<super::Connection>>());
-        eprintln!("AggStream {}", size_of::<actix_ws::AggregatedMessageStream>());
-        eprintln!("MsgStream {}", size_of::<actix_ws::MessageStream>());
-        eprintln!("Req {}", size_of::<actix::dev::Request<super::Connection, super::messages::WsInbound>>());
-        eprintln!("WsInbound {}", size_of::<super::messages::WsInbound>());
-        eprintln!("FrameGuard {}", size_of::<crate::transport::frame_guard::FrameGuard<actix_http::BoxedPayloadStream>>());
-        eprintln!("Limits {}", size_of::<crate::engineio::session::Limits>());
-        eprintln!("Decoder {}", size_of::<crate::socketio::Decoder>());
-        eprintln!("Frame {}", size_of::<crate::engineio::Frame>());
-        eprintln!("Held {}", size_of::<crate::limits::Held>());
-        eprintln!("Window {}", size_of::<Option<tokio::sync::mpsc::UnboundedSender<()>>>());
-    }
-}
