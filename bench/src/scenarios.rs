@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{spawn_local, JoinHandle};
 
 use crate::client::{self, Scratch, Session, Target, Writer};
-use crate::stats::{listen_overflows, new_histogram, quantiles_ms, read_proc, read_redis, RedisReading};
+use crate::stats::{listen_overflows, new_histogram, quantiles_ms, read_proc, read_redis, ProcReading, RedisReading};
 use crate::tungstenite;
 
 /// Most steps a `max` run may take (delivery counters are kept per step).
@@ -128,15 +128,16 @@ pub async fn connect(
     if let (Some(b), Some(a)) = (overflows, listen_overflows()) {
         out["listen_overflows"] = json!(a.saturating_sub(b));
     }
+    let per_session_kib = |b: ProcReading, a: ProcReading| a.rss.saturating_sub(b.rss) as f64 / 1024.0 / n as f64;
     if let (Some(b), Some(a)) = (before, after) {
-        out["rss_per_session_kib"] = json!((a.rss.saturating_sub(b.rss)) as f64 / 1024.0 / n as f64);
+        out["rss_per_session_kib"] = json!(per_session_kib(b, a));
         out["server_cpu_us_per_handshake"] = json!((a.cpu.saturating_sub(b.cpu)).as_micros() as f64 / n as f64);
         out["server_rss_mib"] = json!(a.rss as f64 / 1024.0 / 1024.0);
     }
     if !settle.is_zero() {
         tokio::time::sleep(settle).await;
         if let (Some(b), Some(a)) = (before, read_proc(pid)?) {
-            out["rss_per_session_settled_kib"] = json!((a.rss.saturating_sub(b.rss)) as f64 / 1024.0 / n as f64);
+            out["rss_per_session_settled_kib"] = json!(per_session_kib(b, a));
         }
     }
     drop(holders);

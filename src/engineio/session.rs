@@ -17,6 +17,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::packet::{Frame, Packet, Payload, PROBE};
@@ -159,12 +160,12 @@ pub struct Session {
     /// The frame that ends a closing polling session (close or noop).
     last: Option<Frame>,
     /// The node's (shared: every session has the same).
-    limits: std::sync::Arc<Limits>,
+    limits: Arc<Limits>,
 }
 
 impl Session {
     /// A session that was just opened on `transport` at `now`.
-    pub fn new(transport: TransportKind, limits: std::sync::Arc<Limits>, now: Instant) -> Self {
+    pub fn new(transport: TransportKind, limits: Arc<Limits>, now: Instant) -> Self {
         Self {
             transport,
             state: State::Open,
@@ -432,8 +433,8 @@ mod tests {
     use super::*;
     use DisconnectReason::*;
 
-    fn limits() -> std::sync::Arc<Limits> {
-        std::sync::Arc::new(Limits {
+    fn limits() -> Arc<Limits> {
+        Arc::new(Limits {
             ping_interval: Duration::from_millis(300),
             ping_timeout: Duration::from_millis(200),
             upgrade_timeout: Duration::from_millis(1000),
@@ -444,10 +445,11 @@ mod tests {
 
     #[test]
     fn a_poll_takes_at_most_max_per_poll_frames_the_rest_the_next() {
-        let mut limits = limits();
-        let limits_mut = std::sync::Arc::get_mut(&mut limits).unwrap();
-        limits_mut.max_buffered = 10;
-        limits_mut.max_per_poll = 3;
+        let limits = Arc::new(Limits {
+            max_buffered: 10,
+            max_per_poll: 3,
+            ..(*limits()).clone()
+        });
         let mut s = Session::new(TransportKind::Polling, limits, Instant::now());
         for i in 0..5 {
             s.push(Frame::message_text(&format!("m{i}"))).unwrap();

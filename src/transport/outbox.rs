@@ -495,11 +495,11 @@ impl Outbox {
     /// unwritten (it is not blocked). A fan-out then costs the worker one
     /// task that writes a thousand sockets, yielding now and then, instead
     /// of a thousand writer tasks queued ahead of every reader and actor of
-    /// the worker (a publisher's next publish, its ack). `false`: not all
-    /// written (the socket is full, the writer is elsewhere, the outbox is
-    /// closing): wake the writer, which takes what is left.
-    /// `Ok`: all written, with when its oldest broadcast reached the broker
-    /// (the caller reads the clock once, for this and its own time slice).
+    /// the worker (a publisher's next publish, its ack). `Ok`: all written,
+    /// with when its oldest broadcast reached the broker (the caller reads
+    /// the clock once, for the metric and its own time slice). `Err`: not
+    /// all written (the socket is full, the writer is elsewhere, the outbox
+    /// is closing): wake the writer, which takes what is left.
     fn write_now(&self) -> Result<Option<Instant>, ()> {
         let mut inner = self.lock();
         let all = inner.with_own_socket(|inner, socket| {
