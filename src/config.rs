@@ -354,6 +354,10 @@ pub struct LimitSettings {
     pub input_budget_bytes: u64,
     /// Time for a Socket.IO packet's attachments to arrive, in ms.
     pub attachment_timeout_ms: u64,
+    /// Publishes one connection may have waiting on the broker at once.
+    pub publish_window: usize,
+    /// Their encoded bytes.
+    pub publish_window_bytes: usize,
 }
 
 /// `[database]`
@@ -948,6 +952,12 @@ impl Settings {
         }
         if self.rooms.max_name_len == 0 {
             errors.push(invalid("rooms.max_name_len", "must be at least 1"));
+        }
+        if self.limits.publish_window == 0 {
+            errors.push(invalid("limits.publish_window", "must be at least 1"));
+        }
+        if self.limits.publish_window_bytes == 0 {
+            errors.push(invalid("limits.publish_window_bytes", "must be at least 1"));
         }
         if self.rooms.max_per_socket == 0 {
             errors.push(invalid("rooms.max_per_socket", "must be at least 1"));

@@ -687,6 +687,10 @@ impl Application {
             },
             server_namespace: None,
             observer: admin_ui.as_ref().map(|ui| ui.observer()),
+            publish_window: crate::conn::PublishBounds {
+                count: settings.limits.publish_window,
+                bytes: settings.limits.publish_window_bytes,
+            },
         };
         let guards =
             crate::limits::Guards::new(&settings.limits, trusted, exempt, metrics.clone(), Some(audit.clone()));

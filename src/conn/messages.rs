@@ -118,6 +118,16 @@ pub struct WsEnded {
     pub end: WsEnd,
 }
 
+/// What a WebSocket's read side gives the session that reads it itself (a
+/// stream of its context; see `Connection::start`): a message, then at the
+/// end how it ended.
+pub enum WsRead {
+    /// A message read.
+    Message(WsInbound),
+    /// The read side ended (the last item).
+    End(WsEnded),
+}
+
 /// How a WebSocket's read side ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsEnd {

@@ -31,7 +31,7 @@ use crate::reason::DisconnectReason;
 use messages::*;
 pub use registry::{Entry, Registry};
 use socketio::SioState;
-pub use socketio::{RecoveryPolicy, SioConfig};
+pub use socketio::{PublishBounds, RecoveryPolicy, SioConfig};
 
 /// WebSocket close codes (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -152,12 +152,14 @@ pub struct Connection {
 
 impl Connection {
     /// Starts a session on `transport` and registers it. A WebSocket session
-    /// gets its open packet as the first frame; for polling the caller
-    /// answers the handshake GET with [`Connection::open_packet`].
+    /// gets its open packet as the first frame, and reads its socket
+    /// through `reader` itself; for polling the caller answers the
+    /// handshake GET with [`Connection::open_packet`].
     pub fn start(
         shared: Arc<EngineShared>,
         transport: TransportKind,
         ws: Option<WsWriter>,
+        reader: Option<impl futures_util::Stream<Item = WsRead> + 'static>,
         peer: PeerInfo,
     ) -> (Arc<str>, Addr<Connection>) {
         let sid: Arc<str> = shared.node_tag.sid().into();
@@ -190,7 +192,12 @@ impl Connection {
             audit_rows: Default::default(),
             span,
         };
-        let addr = conn.start();
+        let addr = Connection::create(|ctx| {
+            if let Some(reader) = reader {
+                ctx.add_stream(reader);
+            }
+            conn
+        });
         shared.registry.insert(sid.clone(), addr.clone());
         shared.metrics.session_opened(transport.as_str());
         (sid, addr)
@@ -694,6 +701,21 @@ impl Handler<AttachProbe> for Connection {
         self.after(ctx);
         Ok(())
     }
+}
+
+/// The session's own WebSocket, read by the actor itself (see
+/// [`WsRead`]): the same as the messages a probe's read pump sends.
+impl StreamHandler<WsRead> for Connection {
+    fn handle(&mut self, read: WsRead, ctx: &mut Self::Context) {
+        match read {
+            WsRead::Message(msg) => <Self as Handler<WsInbound>>::handle(self, msg, ctx),
+            WsRead::End(ended) => <Self as Handler<WsEnded>>::handle(self, ended, ctx),
+        }
+    }
+
+    /// The end was told (`WsRead::End`); the session's life is not the
+    /// socket's (it closes with its reason from there).
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl Handler<WsInbound> for Connection {

@@ -28,18 +28,6 @@ use crate::socketio::packet::{encode, encode_event, encode_raw};
 use crate::socketio::{Data, DecodeLimits, Decoder, Message, PacketType};
 use futures_util::future::{FutureExt as _, LocalBoxFuture};
 
-/// Publishes one connection may have waiting on the broker at once, and
-/// their encoded size. Past either bound the connection stops taking packets
-/// until the broker answers, so TCP pushes back on a publisher the broker
-/// cannot keep up with. The answer comes back through two event loops, which
-/// can take tens of milliseconds on a busy machine: the window must cover
-/// that round trip at a publisher's rate without letting a backlog build
-/// (docs/benchmarks.md has the measurements behind 256). The byte bound
-/// keeps a window of large messages to 1 MiB (plus the one that crosses it)
-/// per connection.
-const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
-const MAX_PUBLISH_BYTES_IN_FLIGHT: usize = 1 << 20;
-
 /// What a connection does with the broker's answer to one of its publishes.
 pub(super) type PublishAnswer = Box<dyn FnOnce(PublishResult, &mut Connection, &mut Context<Connection>)>;
 
@@ -93,6 +81,24 @@ pub struct SioConfig {
     pub server_namespace: Option<Arc<dyn ServerNamespace>>,
     /// Watches sockets connecting, disconnecting and sending events.
     pub observer: Option<Arc<dyn SocketObserver>>,
+    /// Publishes one connection may have waiting on the broker at once, and
+    /// their encoded bytes (`limits.publish_window`, `_bytes`). Past either
+    /// bound the connection stops taking packets until the broker answers,
+    /// so TCP pushes back on a publisher the broker cannot keep up with.
+    /// The answer comes back through two event loops, which can take tens
+    /// of milliseconds on a busy machine: the window must cover that round
+    /// trip at a publisher's rate without letting a backlog build
+    /// (docs/benchmarks.md has the measurements behind the default 256).
+    pub publish_window: PublishBounds,
+}
+
+/// The bounds of a connection's publish window.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishBounds {
+    /// Publishes.
+    pub count: usize,
+    /// Their encoded bytes (the publish that crosses it still goes).
+    pub bytes: usize,
 }
 
 /// A namespace socket on this connection.
@@ -228,7 +234,7 @@ pub struct SioState {
 }
 
 /// The publishes a connection has sent to the broker whose answer has not
-/// come back (see [`MAX_PUBLISHES_IN_FLIGHT`]).
+/// come back (bounded by [`SioConfig::publish_window`]).
 #[derive(Default)]
 struct PublishWindow {
     count: usize,
@@ -240,10 +246,10 @@ struct PublishWindow {
 impl PublishWindow {
     /// Counts a publish of `size` bytes in; whether the window still has
     /// room with it.
-    fn open(&mut self, size: usize) -> bool {
+    fn open(&mut self, size: usize, bounds: PublishBounds) -> bool {
         self.count += 1;
         self.bytes += size;
-        self.count <= MAX_PUBLISHES_IN_FLIGHT && self.bytes <= MAX_PUBLISH_BYTES_IN_FLIGHT
+        self.count <= bounds.count && self.bytes <= bounds.bytes
     }
 
     /// The answer to a publish of `size` bytes came back.
@@ -1260,7 +1266,8 @@ impl Connection {
         let size = publish.size();
         let answered = self.sio_config().cluster.publish(publish).boxed_local();
         // unwrap: the publisher's socket was found, so this is Socket.IO.
-        let in_window = self.sio.as_mut().unwrap().window.open(size);
+        let bounds = self.sio_config().publish_window;
+        let in_window = self.sio.as_mut().unwrap().window.open(size, bounds);
         let ack_answer = move |result: PublishResult, act: &mut Self, ctx: &mut Context<Self>| {
             if let Some(state) = act.sio.as_mut() {
                 state.window.close(size);

@@ -349,7 +349,8 @@ async fn websocket_request(
     let writer = accepted.writer().unwrap();
     match entry {
         None => {
-            let (_, addr) = Connection::start(shared.clone(), TransportKind::WebSocket, Some(writer), peer);
+            let reader = accepted.reader();
+            let (_, addr) = Connection::start(shared.clone(), TransportKind::WebSocket, Some(writer), reader, peer);
             Ok(accepted.run(addr))
         }
         // Spec: a second WebSocket for a session (already upgraded or

@@ -13,7 +13,7 @@
 //!   written, the dispatcher's buffers are dropped (bytes the client sent
 //!   after its request are kept for the reader), and the frames go
 //!   straight to the socket: from the session's [`Outbox`] (see
-//!   [`super::outbox::pump`]), or for other WebSockets (the echo endpoint)
+//!   [`Outbox::park`]), or for other WebSockets (the echo endpoint)
 //!   the encoded chunks of the response body (actix-ws's);
 //! - any other answer is written with `Connection: close` and the
 //!   connection ends, as a refused upgrade should.
@@ -58,8 +58,9 @@ struct Shared {
     claimed: Cell<bool>,
     /// The socket, once the 101 is written.
     socket: RefCell<Option<Rc<TcpStream>>>,
-    /// What the client sent after its request, read first.
-    leftover: RefCell<Option<Bytes>>,
+    /// What the client sent after its request, read first (boxed, like
+    /// `relay`: rare, and this state lives as long as every socket).
+    leftover: RefCell<Option<Box<Bytes>>>,
     /// The upgrade is over without a socket (refused, or the server failed
     /// to write the 101): the reader ends.
     ended: Cell<bool>,
@@ -69,7 +70,7 @@ struct Shared {
     /// body.
     outbox: RefCell<Option<Arc<Outbox>>>,
     /// The other node the socket is spliced to, for a relayed WebSocket.
-    relay: RefCell<Option<Relay>>,
+    relay: RefCell<Option<Box<Relay>>>,
 }
 
 impl Shared {
@@ -104,7 +105,7 @@ impl Handover {
     /// session's node's, passed on) is written: nothing here reads it.
     pub fn relay_to(&self, relay: Relay) {
         self.0.claimed.set(true);
-        *self.0.relay.borrow_mut() = Some(relay);
+        *self.0.relay.borrow_mut() = Some(Box::new(relay));
     }
 }
 
@@ -118,7 +119,7 @@ impl Stream for SocketReader {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let shared = &self.0;
         if let Some(bytes) = shared.leftover.borrow_mut().take() {
-            return Poll::Ready(Some(Ok(bytes)));
+            return Poll::Ready(Some(Ok(*bytes)));
         }
         let Some(socket) = shared.socket.borrow().clone() else {
             if shared.ended.get() {
@@ -203,7 +204,8 @@ where
             return Ok(());
         }
     };
-    // The WebSocket's writing goes on in a task of its own, and this one
+    // The WebSocket's writing goes on without this task (in the
+    // connection and the flusher, then a task of its own), and this one
     // (actix-server's for the connection, sized for the whole HTTP/1
     // dispatcher: 2.7 KiB) ends now instead of living as long as the
     // socket. (The socket then no longer counts against the worker's
@@ -214,11 +216,21 @@ where
             // goes now, not when the socket closes, and is no part of the
             // writer's task (every session has one).
             drop(body);
-            actix_web::rt::spawn(async move {
-                let _end = end;
-                super::outbox::pump(&socket, &outbox).await;
-                shut_down(&socket);
-            });
+            use std::os::fd::AsRawFd as _;
+            let fd = socket.as_raw_fd();
+            let writer = outbox.clone();
+            // Started only when the socket fills or the session ends (see
+            // `Outbox::park`): an idle session holds no writer task.
+            outbox.park(
+                fd,
+                Box::new(move || {
+                    actix_web::rt::spawn(async move {
+                        let _end = end;
+                        super::outbox::pump(&socket, &writer).await;
+                        shut_down(&socket);
+                    });
+                }),
+            );
         }
         None => {
             actix_web::rt::spawn(async move {
@@ -276,10 +288,10 @@ where
     // after its request stays for the reader).
     let actix_codec::FramedParts { io, read_buf, .. } = framed.into_parts();
     if let Some(relay) = shared.relay.borrow_mut().take() {
-        return Ok(Some(Upgraded::Relayed(io, read_buf.freeze(), relay)));
+        return Ok(Some(Upgraded::Relayed(io, read_buf.freeze(), *relay)));
     }
     if !read_buf.is_empty() {
-        *shared.leftover.borrow_mut() = Some(Bytes::copy_from_slice(&read_buf));
+        *shared.leftover.borrow_mut() = Some(Box::new(Bytes::copy_from_slice(&read_buf)));
     }
     let socket = Rc::new(io);
     *shared.socket.borrow_mut() = Some(socket.clone());

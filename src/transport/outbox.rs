@@ -27,8 +27,10 @@
 //! `websocket.write_timeout_ms` reports a write timeout.
 //!
 //! Writers: [`pump`] for a socket taken over at the upgrade (see
-//! [`super::handover`]), or [`OutboxBody`] as the response body of a
-//! WebSocket that stays with actix-http's dispatcher.
+//! [`super::handover`]), started only once the socket is full or the
+//! outbox closes ([`Outbox::park`]; until then the connection and the
+//! flusher write the socket themselves), or [`OutboxBody`] as the response
+//! body of a WebSocket that stays with actix-http's dispatcher.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -212,9 +214,13 @@ struct Inner {
     /// The writer's waker, while it waits.
     waker: Option<Waker>,
     on_stall: Option<OnStall>,
-    /// While a [`pump`] writes the socket: its thread and the socket, for
-    /// [`Outbox::push_frame`]'s express write.
+    /// While a [`pump`] writes the socket (or is parked, see
+    /// [`Outbox::park`]): its thread and the socket, for
+    /// [`Outbox::push_frame`]'s express write and the flusher's.
     express: Option<(std::thread::ThreadId, std::os::fd::RawFd)>,
+    /// The writer not started yet: its thread and its key in that thread's
+    /// [`PARKED`].
+    parked: Option<(std::thread::ThreadId, usize)>,
 }
 
 impl Inner {
@@ -307,6 +313,7 @@ impl Outbox {
                 waker: None,
                 on_stall: None,
                 express: None,
+                parked: None,
             }),
             limit: limit.max(1),
             write_timeout,
@@ -411,17 +418,22 @@ impl Outbox {
 
     /// Drops everything queued; the writer ends at once.
     pub fn abort(&self) {
-        let waker = {
+        let (waker, parked) = {
             let mut inner = self.lock();
             inner.phase = Phase::Aborted;
             inner.express = None;
             inner.queue.clear(0);
             inner.frames = 0;
             inner.on_stall = None;
-            inner.waker.take()
+            // A parked writer is started by the flusher, which then shuts
+            // the socket.
+            (inner.waker.take(), inner.parked.is_some())
         };
         if let Some(waker) = waker {
             waker.wake();
+        }
+        if parked {
+            self.schedule();
         }
     }
 
@@ -482,12 +494,54 @@ impl Outbox {
         }
     }
 
-    /// Wakes the writer (from the flusher).
+    /// Wakes the writer, or starts it if it is parked (from the flusher,
+    /// on the socket's worker).
     fn wake(&self) {
-        let waker = self.lock().waker.take();
+        let (waker, parked) = {
+            let mut inner = self.lock();
+            let parked = match inner.parked {
+                Some((thread, key)) if thread == this_thread() => {
+                    inner.parked = None;
+                    Some(key)
+                }
+                _ => None,
+            };
+            (inner.waker.take(), parked)
+        };
         if let Some(waker) = waker {
             waker.wake();
         }
+        if let Some(start) = parked.and_then(|key| PARKED.with_borrow_mut(|parked| parked.try_remove(key))) {
+            start();
+        }
+    }
+
+    /// Ties the outbox to the socket `fd` of this worker, taken over at the
+    /// upgrade, without starting its writer: the connection's frames and
+    /// the flusher's write the socket directly while it takes them all, and
+    /// `start` (which spawns a [`pump`]) is called by the flusher only once
+    /// something is left over (the socket is full) or the outbox is closed
+    /// or aborted. A session that never fills its socket (most idle ones)
+    /// then holds no task for its writes, only `start`.
+    pub fn park(&self, fd: std::os::fd::RawFd, start: Box<dyn FnOnce()>) {
+        let key = PARKED.with_borrow_mut(|parked| parked.insert(start));
+        {
+            let mut inner = self.lock();
+            inner.timed_by_writer = true;
+            if inner.phase == Phase::Open {
+                inner.express = Some((this_thread(), fd));
+            }
+            inner.parked = Some((this_thread(), key));
+            // What was queued before the socket was here (the open packet),
+            // a close or an abort: the flusher writes it, or starts the
+            // writer. (A flusher that ran before found no socket and left
+            // `scheduled` set.)
+            if inner.queue.is_empty() && inner.phase == Phase::Open {
+                return;
+            }
+            inner.scheduled = true;
+        }
+        self.schedule();
     }
 
     /// Writes what is queued straight to the socket, from the flusher,
@@ -598,6 +652,12 @@ fn encode_frames(frames: &[Frame]) -> Bytes {
         encode_frame(frame, &mut out);
     }
     out.freeze()
+}
+
+thread_local! {
+    /// The writers of this worker's sockets not started yet (see
+    /// [`Outbox::park`]).
+    static PARKED: RefCell<slab::Slab<Box<dyn FnOnce()>>> = const { RefCell::new(slab::Slab::new()) };
 }
 
 /// How long the flusher writes sockets before it lets the worker's other

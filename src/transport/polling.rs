@@ -21,7 +21,8 @@ pub fn ok_text(body: String) -> HttpResponse {
 
 /// Opens a polling session and answers with its open packet.
 pub fn handshake(shared: &Arc<EngineShared>, peer: PeerInfo) -> HttpResponse {
-    let (sid, _) = Connection::start(shared.clone(), TransportKind::Polling, None, peer);
+    let no_reader = None::<futures_util::stream::Empty<crate::conn::messages::WsRead>>;
+    let (sid, _) = Connection::start(shared.clone(), TransportKind::Polling, None, no_reader, peer);
     let open = Connection::open_packet(shared, &sid, TransportKind::Polling);
     ok_text(encode_payload(&[open]))
 }

@@ -1,11 +1,16 @@
-//! The WebSocket transport: the handshake response, a read pump that forwards
-//! messages to the connection actor, and the sink the actor writes through.
+//! The WebSocket transport: the handshake response, the read side the
+//! connection actor reads, and the sink the actor writes through.
 //!
-//! `actix_ws::MessageStream` is `!Send`, so the read pump runs on the worker
-//! that accepted the request. It queues into the actor's bounded mailbox and
-//! waits when it is full, so a client that floods is read no faster than its
-//! actor keeps up. It holds no writer: when the actor lets go of the socket
-//! the writer ends and the connection closes, read side included.
+//! A new WebSocket session's actor reads its socket itself, as a stream of
+//! its context ([`WsReader`], which parses the frames; the socket it reads
+//! is the worker's, `!Send`, and the actor runs on that worker). A probe
+//! (an upgrade of a polling session, whose actor already runs) gets a read
+//! pump that queues into the actor's bounded mailbox and waits when it is
+//! full. Either way a client that floods is read no faster than its actor
+//! keeps up, and a session's publishes past its publish window stop the
+//! reading until the broker answers. The reader holds no writer: when the
+//! actor lets go of the socket the writer ends and the connection closes,
+//! read side included. (The echo endpoint reads through actix-ws.)
 //!
 //! Writes go to the socket's [`Outbox`]: the actor's frames through
 //! [`OutboxSink`], and broadcasts from the broker directly (see
@@ -19,12 +24,12 @@ use actix::Addr;
 use actix_http::error::PayloadError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, ProtocolError};
-use bytes::Bytes;
+use actix_ws::ProtocolError;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 
 use crate::broker::DirectSink;
-use crate::conn::messages::{FrameSink, SinkError, WsEnd, WsEnded, WsInbound, WsMessage, WsWriter};
+use crate::conn::messages::{FrameSink, SinkError, WsEnd, WsEnded, WsInbound, WsMessage, WsRead, WsWriter};
 use crate::conn::Connection;
 use crate::engineio::Frame;
 use crate::transport::frame_guard::FrameGuard;
@@ -39,7 +44,8 @@ pub struct Accepted {
     id: u64,
     outbox: Arc<Outbox>,
     sink: Option<Box<OutboxSink>>,
-    stream: actix_ws::AggregatedMessageStream,
+    /// The read side, until [`Accepted::reader`] takes it.
+    reader: Option<WsReader>,
     /// What the socket's reader holds of the node's input budget.
     held: Arc<crate::limits::Held>,
 }
@@ -60,7 +66,12 @@ pub fn accept(
 ) -> Option<Accepted> {
     let limits = ReadLimits::of(websocket, max_payload);
     let held = Arc::new(crate::limits::Held::new(budget));
-    let (response, _actix_writer, stream, handover) = open(req, body, limits, Some(held.clone()))?;
+    actix_http::ws::verify_handshake(req.head()).ok()?;
+    let (source, handover) = guarded(req, body, limits, Some(held.clone()));
+    let response: HttpResponse = actix_http::ws::handshake_response(req.head())
+        .message_body(actix_web::body::BoxBody::new(()))
+        .ok()?
+        .into();
     let write_timeout =
         (websocket.write_timeout_ms > 0).then(|| std::time::Duration::from_millis(websocket.write_timeout_ms));
     let coalesce = std::time::Duration::from_micros(websocket.broadcast_coalesce_us);
@@ -85,15 +96,16 @@ pub fn accept(
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol).unwrap());
     }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     Some(Accepted {
         response,
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         sink: Some(Box::new(OutboxSink {
             outbox: outbox.clone(),
             socket,
         })),
         outbox,
-        stream,
+        reader: Some(WsReader::new(id, source, max_payload)),
+        id,
         held,
     })
 }
@@ -133,25 +145,30 @@ pub fn handshake(
     body: web::Payload,
     limits: ReadLimits,
 ) -> Option<(HttpResponse, actix_ws::Session, actix_ws::AggregatedMessageStream)> {
-    open(req, body, limits, None).map(|(response, session, stream, _)| (response, session, stream))
+    use actix_web::FromRequest as _;
+    actix_http::ws::verify_handshake(req.head()).ok()?;
+    let (guarded, _) = guarded(req, body, limits, None);
+    let mut guarded = actix_web::dev::Payload::from(guarded);
+    let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
+    let (response, session, stream) = actix_ws::handle(req, body).ok()?;
+    let max_payload = limits.max_payload;
+    let stream = stream
+        .max_frame_size(max_payload)
+        .aggregate_continuations()
+        .max_continuation_size(max_payload);
+    Some((response, session, stream))
 }
 
-/// [`handshake`], and the socket's handover if the request came through
-/// the upgrade hook (the socket is then read directly; see
+/// The socket's bytes through a [`FrameGuard`] (with `held`, counted in
+/// the node's input budget), and the socket's handover if the request came
+/// through the upgrade hook (the socket is then read directly; see
 /// [`super::handover`]).
-fn open(
+fn guarded(
     req: &HttpRequest,
     body: web::Payload,
     limits: ReadLimits,
     held: Option<Arc<crate::limits::Held>>,
-) -> Option<(
-    HttpResponse,
-    actix_ws::Session,
-    actix_ws::AggregatedMessageStream,
-    Option<Handover>,
-)> {
-    use actix_web::FromRequest as _;
-    actix_http::ws::verify_handshake(req.head()).ok()?;
+) -> (actix_http::BoxedPayloadStream, Option<Handover>) {
     let ReadLimits {
         max_payload,
         max_fragments,
@@ -171,14 +188,7 @@ fn open(
         message_timeout,
         held,
     ));
-    let mut guarded = actix_web::dev::Payload::from(guarded);
-    let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
-    let (response, session, stream) = actix_ws::handle(req, body).ok()?;
-    let stream = stream
-        .max_frame_size(max_payload)
-        .aggregate_continuations()
-        .max_continuation_size(max_payload);
-    Some((response, session, stream, handover))
+    (guarded, handover)
 }
 
 /// The first protocol the client offers that the server accepts. The offer
@@ -211,8 +221,16 @@ impl Accepted {
         self.response
     }
 
-    /// Starts the read pump towards `addr` and returns the 101 response.
-    pub fn run(self, addr: Addr<Connection>) -> HttpResponse {
+    /// The read side, for a new session's actor to read itself
+    /// ([`crate::conn::Connection::start`]). Taken once.
+    pub fn reader(&mut self) -> Option<WsReader> {
+        self.reader.take()
+    }
+
+    /// Ties the socket to its session's actor `addr` and returns the 101
+    /// response. A read side still here (a probe's, for a session whose
+    /// actor runs already) gets a read pump of its own, towards `addr`.
+    pub fn run(mut self, addr: Addr<Connection>) -> HttpResponse {
         let (owner, id) = (addr.clone(), self.id);
         self.outbox.on_stall(Box::new(move |stall| {
             let end = match stall {
@@ -221,40 +239,213 @@ impl Accepted {
             };
             owner.do_send(WsEnded { id, end });
         }));
-        actix_web::rt::spawn(read_loop(addr, self.id, self.stream));
+        if let Some(reader) = self.reader() {
+            actix_web::rt::spawn(read_loop(addr, reader));
+        }
         self.response
     }
 }
 
-async fn read_loop(addr: Addr<Connection>, id: u64, mut stream: actix_ws::AggregatedMessageStream) {
-    let end = loop {
-        let message = match stream.recv().await {
-            None => break WsEnd::Closed,
-            Some(Ok(m)) => m,
-            Some(Err(err)) => break classify(&err),
+/// A WebSocket's read side as a stream of [`WsRead`]. A new session's
+/// actor reads it as a stream of its own (`Context::add_stream`): no task
+/// and no mailbox hop between the socket and the session, and the socket
+/// is read only as fast as the actor handles what it sent (an actor that
+/// waits, say on a full publish window, reads nothing meanwhile).
+///
+/// Frames are parsed here (actix-http's parser) rather than by actix-ws's
+/// stream, which reads whatever the socket has into one growing buffer and
+/// keeps that buffer's capacity for the socket's life: a client that sent
+/// a few large messages once pinned megabytes its input budget no longer
+/// counted. This reader reads only while it has no whole frame, reserves
+/// each frame's exact size, and lets go of its buffer whenever it is
+/// empty, so what it holds is what the frame guard counts.
+pub struct WsReader {
+    id: u64,
+    /// The socket's bytes through the frame guard; `None` once the end
+    /// was told.
+    source: Option<actix_http::BoxedPayloadStream>,
+    /// Bytes read and not yet parsed.
+    buf: BytesMut,
+    /// Largest frame and message.
+    max: usize,
+    /// A message in several frames under way: whether it is text, and its
+    /// data so far.
+    partial: Option<Box<(bool, BytesMut)>>,
+}
+
+/// Frames above this size leave the reader's buffer to a copy of what
+/// follows them (see [`WsReader::parse`]).
+const READ_KEEP: usize = 4 * 1024;
+
+impl WsReader {
+    fn new(id: u64, source: actix_http::BoxedPayloadStream, max: usize) -> Self {
+        Self {
+            id,
+            source: Some(source),
+            buf: BytesMut::new(),
+            max,
+            partial: None,
+        }
+    }
+
+    /// The next message from the frames in `buf`: `Ok(None)` when a whole
+    /// one is not there yet.
+    fn parse(&mut self) -> Result<Option<WsMessage>, WsEnd> {
+        use actix_http::ws::{OpCode, Parser};
+        loop {
+            // Parsed only once whole: the parser reserves a frame's whole
+            // declared size as soon as it sees the header, before the data
+            // (which the frame guard counts as it arrives) is there.
+            if !frame_complete(&self.buf) {
+                return Ok(None);
+            }
+            let Some((fin, op, data)) = Parser::parse(&mut self.buf, true, self.max).map_err(|e| classify(&e))? else {
+                return Ok(None);
+            };
+            // The frame's data shares the buffer's allocation: the buffer
+            // lets go of it, keeping a copy of what follows the frame (at
+            // most what came in the same reads), so that a message taken
+            // and dropped frees its memory and an idle socket holds none.
+            if self.buf.is_empty() {
+                self.buf = BytesMut::new();
+            } else if data.as_ref().is_some_and(|d| d.len() > READ_KEEP) {
+                self.buf = BytesMut::from(&self.buf[..]);
+            }
+            let data = data.unwrap_or_default();
+            let whole = match op {
+                OpCode::Ping => return Ok(Some(WsMessage::Ping(data.freeze()))),
+                OpCode::Pong => continue,
+                OpCode::Close => return Err(WsEnd::Closed),
+                OpCode::Text | OpCode::Binary if self.partial.is_some() => {
+                    return Err(classify(&ProtocolError::ContinuationStarted));
+                }
+                OpCode::Text | OpCode::Binary if !fin => {
+                    self.partial = Some(Box::new((op == OpCode::Text, data)));
+                    continue;
+                }
+                OpCode::Text | OpCode::Binary => (op == OpCode::Text, data),
+                OpCode::Continue => {
+                    let Some(partial) = self.partial.as_mut() else {
+                        return Err(classify(&ProtocolError::ContinuationNotStarted));
+                    };
+                    if partial.1.len() + data.len() > self.max {
+                        return Err(WsEnd::TooLarge);
+                    }
+                    partial.1.extend_from_slice(&data);
+                    if !fin {
+                        continue;
+                    }
+                    // unwrap: matched just above.
+                    *self.partial.take().unwrap()
+                }
+                OpCode::Bad => return Err(classify(&ProtocolError::BadOpCode)),
+            };
+            return Ok(Some(match whole {
+                (true, data) => WsMessage::Text(bytestring::ByteString::try_from(data.freeze()).map_err(|e| {
+                    classify(&ProtocolError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    )))
+                })?),
+                (false, data) => WsMessage::Binary(data.freeze()),
+            }));
+        }
+    }
+}
+
+/// Whether `buf` starts with a whole frame (header, mask key and payload;
+/// RFC 6455 §5.2), or with a header whose length the parser refuses.
+fn frame_complete(buf: &[u8]) -> bool {
+    let [_, second, rest @ ..] = buf else { return false };
+    let masked = second & 0x80 != 0;
+    let (extended, len) = match second & 0x7f {
+        126 => match rest {
+            [a, b, ..] => (2, u64::from(u16::from_be_bytes([*a, *b]))),
+            _ => return false,
+        },
+        127 => match rest.get(..8) {
+            Some(b) => (8, u64::from_be_bytes(b.try_into().unwrap_or_default())),
+            None => return false,
+        },
+        n => (0, u64::from(n)),
+    };
+    let header = 2 + extended + if masked { 4 } else { 0 };
+    // A length past `usize` goes to the parser at once, to be refused.
+    // (One above `engine.max_payload` never gets here: the frame guard
+    // refuses its header.)
+    usize::try_from(len)
+        .ok()
+        .and_then(|len| len.checked_add(header))
+        .is_none_or(|whole| buf.len() >= whole)
+}
+
+impl futures_util::Stream for WsReader {
+    type Item = WsRead;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WsRead>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let id = this.id;
+        if this.source.is_none() {
+            return Poll::Ready(None);
+        }
+        let end = loop {
+            match this.parse() {
+                Ok(Some(message)) => return Poll::Ready(Some(WsRead::Message(WsInbound { id, message }))),
+                Ok(None) => {}
+                Err(end) => break end,
+            }
+            // unwrap: checked above, and set to `None` only on the way out.
+            match this.source.as_mut().unwrap().as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                // A read into an empty buffer becomes the buffer (the
+                // socket's reads are copies of their own, exactly sized).
+                Poll::Ready(Some(Ok(chunk))) if this.buf.is_empty() => {
+                    this.buf = chunk
+                        .try_into_mut()
+                        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                }
+                Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
+                Poll::Ready(Some(Err(e))) => break classify(&ProtocolError::Io(std::io::Error::other(e))),
+                Poll::Ready(None) => break WsEnd::Closed,
+            }
         };
-        let message = match message {
-            AggregatedMessage::Text(text) => WsMessage::Text(text),
-            AggregatedMessage::Binary(bytes) => WsMessage::Binary(bytes),
-            AggregatedMessage::Ping(bytes) => WsMessage::Ping(bytes),
-            AggregatedMessage::Pong(_) => continue,
-            AggregatedMessage::Close(_) => break WsEnd::Closed,
+        this.source = None;
+        this.buf = BytesMut::new();
+        this.partial = None;
+        Poll::Ready(Some(WsRead::End(WsEnded { id, end })))
+    }
+}
+
+/// A read pump of its own, for a probe (the session's actor was started
+/// before this socket existed): forwards what `reader` reads to `addr`.
+async fn read_loop(addr: Addr<Connection>, mut reader: WsReader) {
+    use futures_util::StreamExt as _;
+    while let Some(read) = reader.next().await {
+        let msg = match read {
+            WsRead::Message(msg) => msg,
+            WsRead::End(ended) => {
+                addr.do_send(ended);
+                return;
+            }
         };
         // Queue without a round trip while the mailbox has room, so frames
         // read together reach the actor together; wait when it is full.
-        match addr.try_send(WsInbound { id, message }) {
+        match addr.try_send(msg) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
                 // Boxed: the request's 200 bytes would otherwise be part of
-                // every idle socket's read pump, for a wait few of them do.
+                // every idle probe's read pump, for a wait few of them do.
                 if Box::pin(addr.send(msg)).await.is_err() {
                     return;
                 }
             }
             Err(SendError::Closed(_)) => return, // the session is gone
         }
-    };
-    addr.do_send(WsEnded { id, end });
+    }
 }
 
 /// What a read error means for the session (and the close code it gets).
@@ -397,5 +588,133 @@ impl FrameSink for OutboxSink {
 
     fn direct(&self) -> Option<Arc<dyn DirectSink>> {
         Some(self.outbox.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::ws::{OpCode, Parser};
+    use futures_util::{Stream as _, StreamExt as _};
+
+    /// A client's (masked) frame.
+    fn frame(payload: &[u8], op: OpCode, fin: bool) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Parser::write_message(&mut out, payload, op, fin, true);
+        out.to_vec()
+    }
+
+    /// A reader of `bytes`, arriving in chunks of `chunk` bytes.
+    fn reader(bytes: Vec<u8>, chunk: usize) -> WsReader {
+        let chunks: Vec<Result<Bytes, PayloadError>> =
+            bytes.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        WsReader::new(7, Box::pin(futures_util::stream::iter(chunks)), 1 << 20)
+    }
+
+    async fn messages(mut reader: WsReader) -> (Vec<WsMessage>, WsEnd) {
+        let mut got = Vec::new();
+        while let Some(read) = reader.next().await {
+            match read {
+                WsRead::Message(m) => got.push(m.message),
+                WsRead::End(ended) => return (got, ended.end),
+            }
+        }
+        panic!("the reader ended without telling how");
+    }
+
+    #[actix_web::test]
+    async fn fragments_are_joined_and_control_frames_pass_between_them() {
+        let mut bytes = frame(b"hel", OpCode::Text, false);
+        bytes.extend(frame(b"p", OpCode::Ping, true));
+        bytes.extend(frame(b"lo ", OpCode::Continue, false));
+        bytes.extend(frame(b"x", OpCode::Pong, true));
+        bytes.extend(frame("wörld".as_bytes(), OpCode::Continue, true));
+        bytes.extend(frame(&[1, 2, 3], OpCode::Binary, true));
+        let (got, end) = messages(reader(bytes, 3)).await;
+        assert!(matches!(&got[0], WsMessage::Ping(p) if &p[..] == b"p"));
+        assert!(matches!(&got[1], WsMessage::Text(t) if &**t == "hello wörld"));
+        assert!(matches!(&got[2], WsMessage::Binary(b) if b[..] == [1, 2, 3]));
+        assert_eq!(got.len(), 3);
+        assert_eq!(end, WsEnd::Closed, "the source ended");
+    }
+
+    #[actix_web::test]
+    async fn a_large_message_taken_leaves_no_buffer_behind() {
+        let payload = vec![0x5a; 600_000];
+        let mut bytes = frame(&payload, OpCode::Binary, true);
+        // The next frame's first bytes come in the same read.
+        let next = frame(b"next", OpCode::Text, true);
+        bytes.extend_from_slice(&next[..3]);
+        let mut reader = reader(bytes, 16 * 1024);
+        let Some(WsRead::Message(first)) = reader.next().await else {
+            panic!("the large message first");
+        };
+        assert!(matches!(first.message, WsMessage::Binary(b) if b.len() == payload.len()));
+        assert_eq!(reader.buf.len(), 3);
+        assert!(
+            reader.buf.capacity() < 1024,
+            "what follows the frame is kept in a buffer of its own, not the frame's ({} bytes)",
+            reader.buf.capacity()
+        );
+    }
+
+    #[actix_web::test]
+    async fn the_buffer_grows_with_what_arrived_not_with_what_a_header_declares() {
+        let whole = frame(&vec![1; 900_000], OpCode::Binary, true);
+        // 20 kB of the frame, one read of 4 kB at a time, each after the
+        // socket had nothing for a while.
+        let mut chunks = whole[..20_000]
+            .chunks(4096)
+            .map(Bytes::copy_from_slice)
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut waiting = false;
+        let trickle = futures_util::stream::poll_fn(move |_| {
+            waiting = !waiting;
+            if waiting {
+                return std::task::Poll::Pending;
+            }
+            match chunks.next() {
+                Some(chunk) => std::task::Poll::Ready(Some(Ok(chunk))),
+                // The client stops sending: the socket stays open.
+                None => std::task::Poll::Pending,
+            }
+        });
+        let mut reader = WsReader::new(7, Box::pin(trickle), 1 << 20);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..20 {
+            assert!(std::pin::Pin::new(&mut reader).poll_next(&mut cx).is_pending());
+        }
+        assert_eq!(reader.buf.len(), 20_000, "everything that came is read");
+        assert!(
+            reader.buf.capacity() < 64 * 1024,
+            "a 900 kB frame's first 20 kB took a buffer of {} bytes",
+            reader.buf.capacity()
+        );
+    }
+
+    #[actix_web::test]
+    async fn bad_frames_end_the_reader_with_their_reason() {
+        let (_, end) = messages(reader(frame(&[0xff, 0xfe], OpCode::Text, true), 64)).await;
+        assert_eq!(end, WsEnd::InvalidUtf8);
+        let (_, end) = messages(reader(frame(b"x", OpCode::Continue, true), 64)).await;
+        assert!(matches!(end, WsEnd::Error(_)), "{end:?}");
+        let mut bytes = frame(b"a", OpCode::Text, false);
+        bytes.extend(frame(b"b", OpCode::Text, true));
+        let (_, end) = messages(reader(bytes, 64)).await;
+        assert!(matches!(end, WsEnd::Error(_)), "{end:?}");
+        let mut unmasked = BytesMut::new();
+        Parser::write_message(&mut unmasked, b"hi", OpCode::Text, true, false);
+        let (_, end) = messages(reader(unmasked.to_vec(), 64)).await;
+        assert!(matches!(end, WsEnd::Error(_)), "{end:?}");
+        let mut bytes = frame(b"ok", OpCode::Text, true);
+        let mut close = BytesMut::new();
+        Parser::write_close(&mut close, None, true);
+        bytes.extend(close.to_vec());
+        bytes.extend(frame(b"after", OpCode::Text, true));
+        let (got, end) = messages(reader(bytes, 64)).await;
+        assert_eq!(got.len(), 1, "nothing after the close frame");
+        assert_eq!(end, WsEnd::Closed);
     }
 }
