@@ -144,19 +144,15 @@ pub fn handshake(
     req: &HttpRequest,
     body: web::Payload,
     limits: ReadLimits,
-) -> Option<(HttpResponse, actix_ws::Session, actix_ws::AggregatedMessageStream)> {
+) -> Option<(HttpResponse, actix_ws::Session, WsReader)> {
     use actix_web::FromRequest as _;
     actix_http::ws::verify_handshake(req.head()).ok()?;
     let (guarded, _) = guarded(req, body, limits, None);
-    let mut guarded = actix_web::dev::Payload::from(guarded);
-    let body = web::Payload::from_request(req, &mut guarded).now_or_never()?.ok()?;
-    let (response, session, stream) = actix_ws::handle(req, body).ok()?;
-    let max_payload = limits.max_payload;
-    let stream = stream
-        .max_frame_size(max_payload)
-        .aggregate_continuations()
-        .max_continuation_size(max_payload);
-    Some((response, session, stream))
+    // actix-ws only writes here: its read side gets no bytes.
+    let mut none = actix_web::dev::Payload::None;
+    let unread = web::Payload::from_request(req, &mut none).now_or_never()?.ok()?;
+    let (response, session, _) = actix_ws::handle(req, unread).ok()?;
+    Some((response, session, WsReader::new(0, guarded, limits.max_payload)))
 }
 
 /// The socket's bytes through a [`FrameGuard`] (with `held`, counted in
@@ -271,6 +267,8 @@ pub struct WsReader {
     /// A message in several frames under way: whether it is text, and its
     /// data so far.
     partial: Option<Box<(bool, BytesMut)>>,
+    /// The client's close frame, once read: its code, if it had one.
+    close: Option<Option<actix_http::ws::CloseCode>>,
 }
 
 /// Frames above this size leave the reader's buffer to a copy of what
@@ -285,7 +283,14 @@ impl WsReader {
             buf: BytesMut::new(),
             max,
             partial: None,
+            close: None,
         }
+    }
+
+    /// The close frame that ended the reading, if one did: `Some(None)`
+    /// for one without a code.
+    pub fn close_frame(&self) -> Option<Option<actix_http::ws::CloseCode>> {
+        self.close
     }
 
     /// The next message from the frames in `buf`: `Ok(None)` when a whole
@@ -313,9 +318,19 @@ impl WsReader {
             }
             let data = data.unwrap_or_default();
             let whole = match op {
+                // RFC 6455 §5.5: control frames are never fragmented.
+                OpCode::Ping | OpCode::Pong | OpCode::Close if !fin => {
+                    return Err(classify(&ProtocolError::ContinuationFragment(op)));
+                }
                 OpCode::Ping => return Ok(Some(WsMessage::Ping(data.freeze()))),
                 OpCode::Pong => continue,
-                OpCode::Close => return Err(WsEnd::Closed),
+                OpCode::Close => {
+                    // RFC 6455 §5.5.1, §7.4: a code the protocol allows and a
+                    // UTF-8 reason, or no payload at all.
+                    let reason = Parser::try_parse_close_payload(&data).map_err(|e| classify(&e))?;
+                    self.close = Some(reason.map(|r| r.code));
+                    return Err(WsEnd::Closed);
+                }
                 OpCode::Text | OpCode::Binary if self.partial.is_some() => {
                     return Err(classify(&ProtocolError::ContinuationStarted));
                 }
@@ -704,6 +719,11 @@ mod tests {
         bytes.extend(frame(b"b", OpCode::Text, true));
         let (_, end) = messages(reader(bytes, 64)).await;
         assert!(matches!(end, WsEnd::Error(_)), "{end:?}");
+        let (got, end) = messages(reader(frame(b"p", OpCode::Ping, false), 64)).await;
+        assert!(
+            got.is_empty() && matches!(end, WsEnd::Error(_)),
+            "a fragmented ping: {end:?}"
+        );
         let mut unmasked = BytesMut::new();
         Parser::write_message(&mut unmasked, b"hi", OpCode::Text, true, false);
         let (_, end) = messages(reader(unmasked.to_vec(), 64)).await;

@@ -4,10 +4,11 @@
 //! framing on top.
 //!
 //! The socket is read exactly as [`super::websocket::accept`] reads it: the
-//! same handshake checks, `actix_ws` with frames and aggregated messages
-//! capped at `engine.max_payload`. Then:
+//! same handshake checks, the same frame guard and the same reader
+//! ([`WsReader`]), frames and messages capped at `engine.max_payload`; the
+//! replies are written through actix-ws. Then:
 //! - a text or binary message is sent back as received (the whole message,
-//!   continuations aggregated), in order;
+//!   continuations joined), in order;
 //! - a ping is answered with a pong carrying its payload; pongs are ignored;
 //! - a close frame is answered with a close frame with the same code (none
 //!   when it had none), then the connection ends;
@@ -21,7 +22,11 @@
 //! is queued for writing, so a client that does not read is not read either.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
+use actix_ws::{CloseCode, CloseReason, Session};
+use futures_util::StreamExt as _;
+
+use crate::conn::messages::{WsEnd, WsMessage, WsRead};
+use crate::transport::websocket::WsReader;
 
 /// What the echo endpoint needs from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -36,24 +41,27 @@ pub struct WsEcho {
 pub async fn handle(req: HttpRequest, body: web::Payload, echo: web::Data<WsEcho>) -> HttpResponse {
     // The handshake of `websocket::accept`, without the Engine.IO session
     // around it.
-    let Some((response, session, stream)) = crate::transport::websocket::handshake(&req, body, echo.limits) else {
+    let Some((response, session, reader)) = crate::transport::websocket::handshake(&req, body, echo.limits) else {
         return HttpResponse::BadRequest().finish();
     };
-    actix_web::rt::spawn(echo_loop(session, stream));
+    actix_web::rt::spawn(echo_loop(session, reader));
     response
 }
 
-async fn echo_loop(mut session: Session, mut stream: AggregatedMessageStream) {
+async fn echo_loop(mut session: Session, mut reader: WsReader) {
     let close = loop {
-        let sent = match stream.recv().await {
+        let sent = match reader.next().await {
             None => break None,
-            Some(Ok(AggregatedMessage::Text(text))) => session.text(text).await,
-            Some(Ok(AggregatedMessage::Binary(bytes))) => session.binary(bytes).await,
-            Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await,
-            Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
-            // RFC 6455 §5.5.1: answer with a close frame, echoing the code.
-            Some(Ok(AggregatedMessage::Close(reason))) => break Some(reason.map(|r| reply(r.code))),
-            Some(Err(err)) => break close_code(&err).map(|code| Some(reply(code))),
+            Some(WsRead::Message(read)) => match read.message {
+                WsMessage::Text(text) => session.text(text).await,
+                WsMessage::Binary(bytes) => session.binary(bytes).await,
+                WsMessage::Ping(bytes) => session.pong(&bytes).await,
+            },
+            // RFC 6455 §5.5.1: answer a close frame with one, echoing the code.
+            Some(WsRead::End(_)) if reader.close_frame().is_some() => {
+                break reader.close_frame().map(|code| code.map(reply));
+            }
+            Some(WsRead::End(ended)) => break code_for(&ended.end).map(|code| Some(reply(code))),
         };
         if sent.is_err() {
             return; // the connection is gone
@@ -76,9 +84,14 @@ fn reply(code: CloseCode) -> CloseReason {
 /// The close code for a read error (RFC 6455 §7.4.1), as the Engine.IO
 /// transport classifies it; `None` when the peer is gone and nothing can
 /// be sent.
-fn close_code(err: &ProtocolError) -> Option<CloseCode> {
-    use crate::conn::messages::WsEnd;
-    match crate::transport::websocket::classify(err) {
+#[cfg(test)]
+fn close_code(err: &actix_ws::ProtocolError) -> Option<CloseCode> {
+    code_for(&crate::transport::websocket::classify(err))
+}
+
+/// The close code for how the reading ended; `None` when the peer is gone.
+fn code_for(end: &WsEnd) -> Option<CloseCode> {
+    match end {
         WsEnd::TooLarge => Some(CloseCode::Size),
         WsEnd::InvalidUtf8 => Some(CloseCode::Invalid),
         WsEnd::MessageTimeout => Some(CloseCode::Policy),
@@ -91,6 +104,7 @@ fn close_code(err: &ProtocolError) -> Option<CloseCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_ws::ProtocolError;
     use std::io;
 
     #[test]
