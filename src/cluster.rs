@@ -17,12 +17,34 @@ use serde_json::json;
 
 use crate::adapter::redis::{DisconnectRemote, FetchSockets, MembershipRemote, OperateRemote, RedisAdapter};
 use crate::adapter::{LocalSockets, RemoteOp, RemoteOperation, Session, SessionStoreDown, TakeSession};
-use crate::broker::{BackendPublish, Broker, Join, JoinError, Kick, Leave, ListRooms, Members, Publish, Routed};
+use crate::broker::{
+    BackendPublish, Broker, Join, JoinError, Kick, Leave, ListRooms, Members, Publish, Register, RegisterBatch, Routed,
+};
 
 /// The broker is gone (the node is stopping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the broker is not running")]
 pub struct Unavailable;
+
+thread_local! {
+    /// Registrations this thread gathered, per broker (a process may run
+    /// several nodes, as the tests do), not yet sent.
+    static PENDING: std::cell::RefCell<Vec<(Addr<Broker>, Vec<Register>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sends the registrations this thread gathered.
+fn flush_registrations() {
+    let pending = PENDING.with_borrow_mut(|pending| {
+        if pending.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(pending))
+        }
+    });
+    for (broker, batch) in pending.into_iter().flatten() {
+        broker.do_send(RegisterBatch(batch));
+    }
+}
 
 /// The cluster as one node sees it.
 #[derive(Clone)]
@@ -159,9 +181,32 @@ impl Cluster {
     }
 
     /// This node's broker, for what concerns this node's sockets only
-    /// (register, subscribe, leave).
+    /// (subscribe, leave, unregister). Registrations this thread gathered
+    /// go first, so that nothing a connection sends overtakes its own
+    /// [`Cluster::register`].
     pub fn broker(&self) -> &Addr<Broker> {
+        flush_registrations();
         &self.broker
+    }
+
+    /// Registers a namespace socket with this node's broker. The
+    /// registrations of a worker's turn go together, in one message and
+    /// one wake-up of the broker's thread, once the worker's other ready
+    /// tasks had their turn (a burst of handshakes woke the broker once
+    /// per CONNECT); anything this thread sends the broker after it waits
+    /// for them (see [`Cluster::broker`]).
+    pub fn register(&self, register: Register) {
+        let first = PENDING.with_borrow_mut(|pending| {
+            let first = pending.is_empty();
+            match pending.iter_mut().find(|(to, _)| *to == self.broker) {
+                Some((_, batch)) => batch.push(register),
+                None => pending.push((self.broker.clone(), vec![register])),
+            }
+            first
+        });
+        if first {
+            actix_rt::spawn(async { flush_registrations() });
+        }
     }
 
     /// A client's publish, here and on the other nodes (the broker hands
@@ -169,12 +214,12 @@ impl Cluster {
     /// connection's publishes keep their order); the future resolves to
     /// what became of it.
     pub fn publish(&self, publish: Publish) -> impl std::future::Future<Output = Result<Published, Unavailable>> {
-        settle(self.broker.send(publish))
+        settle(self.broker().send(publish))
     }
 
     /// A backend's publish (see [`BackendPublish`]).
     pub async fn backend_publish(&self, publish: Publish) -> Result<Published, Unavailable> {
-        settle(self.broker.send(BackendPublish(publish))).await
+        settle(self.broker().send(BackendPublish(publish))).await
     }
 
     /// The members of `room`: this node's (from the broker) and the other
@@ -286,9 +331,9 @@ impl Cluster {
             rooms: vec![id.clone()],
             except: vec![],
         };
-        let local = !self.broker.send(here).await.map_err(|_| Unavailable)?.is_empty();
+        let local = !self.broker().send(here).await.map_err(|_| Unavailable)?.is_empty();
         if local && join {
-            let joined = self.broker.send(Join {
+            let joined = self.broker().send(Join {
                 socket_id: id.clone(),
                 room: room.clone(),
             });
@@ -300,7 +345,7 @@ impl Cluster {
             return Ok(Membership::Done);
         }
         if local {
-            let left = self.broker.send(Leave {
+            let left = self.broker().send(Leave {
                 socket_id: id.clone(),
                 room: room.clone(),
             });
@@ -355,7 +400,7 @@ impl Cluster {
             rooms: vec![],
             except: vec![],
         };
-        let local = self.broker.send(local).await.map_err(|_| Unavailable)?;
+        let local = self.broker().send(local).await.map_err(|_| Unavailable)?;
         let mut out = ClusterSockets {
             local,
             ..Default::default()
@@ -392,6 +437,6 @@ impl Cluster {
             except: vec![],
             op,
         };
-        self.broker.send(here).await.map_err(|_| Unavailable)
+        self.broker().send(here).await.map_err(|_| Unavailable)
     }
 }

@@ -659,3 +659,55 @@ async fn a_burst_past_the_publish_window_is_pushed_back_and_loses_nothing() {
         "the burst went past the window: the publisher was pushed back"
     );
 }
+
+/// A CONNECT, a subscribe and a publish read in one go keep their order at
+/// the broker: the node registers the sockets of a worker's turn together
+/// (one wake-up of the broker's thread for a burst of handshakes), and the
+/// subscribe and the publish after them wait for those registrations.
+/// Twenty clients at once, so that registrations are gathered.
+#[actix_web::test]
+async fn a_connect_and_what_follows_it_in_the_same_read_keep_their_order() {
+    let (server, _) = server(|s| {
+        s.limits.packets_per_second = 0;
+        s.limits.bytes_per_second = 0;
+    });
+    let mut watcher = member(&server, "together").await;
+    let clients = (0..20).map(|i| {
+        let server = &server;
+        async move {
+            let (mut ws, _) = common::eio::open(server, common::SIO).await;
+            for text in [
+                "40".to_owned(),
+                r#"421["subscribe",{"room":"together"}]"#.to_owned(),
+                format!(r#"422["publish",{{"room":"together","event":"m","data":{i}}}]"#),
+            ] {
+                within("feed", ws.feed(Message::text(text))).await.unwrap();
+            }
+            within("flush", ws.flush()).await.unwrap();
+            let mut answers = Vec::new();
+            while answers.len() < 3 {
+                let text = next_text(&mut ws).await;
+                // (other clients' publishes to the room come too)
+                if !text.starts_with("42[") {
+                    answers.push(text);
+                }
+            }
+            assert!(answers[0].starts_with("40{"), "{answers:?}");
+            assert_eq!(answers[1], r#"431[{"ok":true}]"#, "{answers:?}");
+            assert!(answers[2].starts_with(r#"432[{"ok":true,"recipients":"#), "{answers:?}");
+            ws
+        }
+    });
+    let _clients = futures_util::future::join_all(clients).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 20 {
+        let text = next_text(&mut watcher).await;
+        let data: u32 = text
+            .strip_prefix(r#"42["m","#)
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("a publish, got {text}"))
+            .parse()
+            .unwrap();
+        assert!(seen.insert(data), "publish {data} came twice");
+    }
+}

@@ -1610,6 +1610,22 @@ impl Handler<Register> for Broker {
     }
 }
 
+/// Registrations a worker gathered in one turn of its event loop, in the
+/// order its connections made them (see `Cluster::register`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RegisterBatch(pub Vec<Register>);
+
+impl Handler<RegisterBatch> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterBatch, _: &mut Self::Context) {
+        for register in msg.0 {
+            self.register(register);
+        }
+    }
+}
+
 impl Handler<Unregister> for Broker {
     type Result = ();
 

@@ -940,7 +940,7 @@ impl Connection {
         self.emit_packet(PacketType::Connect, &nsp, None, &answer, &[], ctx);
         // The CONNECT goes to the socket before the broker may write there.
         self.flush(ctx);
-        self.sio_config().cluster.broker().do_send(register);
+        self.sio_config().cluster.register(register);
         tracing::debug!(parent: &self.span, nsp = &*nsp, socket_id = &*id, "namespace joined");
         self.connected(nsp, id, (expires, false), auth_text, ctx);
     }
