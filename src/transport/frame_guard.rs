@@ -30,6 +30,30 @@ use crate::limits::{Held, OverBudget};
 /// A frame header is at most 2 + 8 (length) + 4 (mask) bytes.
 const MAX_HEADER: usize = 14;
 
+/// The size of the frame header `bytes` starts with (RFC 6455 §5.2: two
+/// bytes, the extended length, the mask key) and the payload length it
+/// declares; `None` while the header is not all there.
+pub fn frame_header(bytes: &[u8]) -> Option<(usize, u64)> {
+    let [_, second, ..] = bytes else { return None };
+    let short = second & 0x7f;
+    let extended = match short {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let header = 2 + extended + if second & 0x80 != 0 { 4 } else { 0 };
+    if bytes.len() < header {
+        return None;
+    }
+    let len = match short {
+        126 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+        // unwrap: the header holds these 8 bytes.
+        127 => u64::from_be_bytes(bytes[2..10].try_into().unwrap()),
+        n => u64::from(n),
+    };
+    Some((header, len))
+}
+
 /// Follows frame boundaries through a byte stream.
 #[derive(Debug)]
 pub struct FrameScanner {
@@ -46,8 +70,8 @@ pub struct FrameScanner {
     /// The current frame is a data frame (text, binary, continuation).
     data_frame: bool,
     /// Payload bytes of data frames seen so far (control frames are small
-    /// and answered at once): what actix-http, actix-ws and the mailbox of
-    /// the connection hold until the connection takes the message.
+    /// and answered at once): what the socket's reader and the
+    /// connection's mailbox hold until the connection takes the message.
     data_bytes: u64,
 }
 
@@ -99,27 +123,8 @@ impl FrameScanner {
             self.header[self.have] = data[0];
             self.have += 1;
             data = &data[1..];
-            if self.have < 2 {
+            let Some((_, len)) = frame_header(&self.header[..self.have]) else {
                 continue;
-            }
-            let short = self.header[1] & 0x7f;
-            let extended = match short {
-                126 => 2,
-                127 => 8,
-                _ => 0,
-            };
-            let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
-            if self.have < 2 + extended + mask {
-                continue;
-            }
-            let len = match short {
-                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-                127 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&self.header[2..10]);
-                    u64::from_be_bytes(b)
-                }
-                n => u64::from(n),
             };
             if len >> 63 == 1 {
                 return Err(Refused::InvalidLength);

@@ -10,7 +10,7 @@
 //! keeps up, and a session's publishes past its publish window stop the
 //! reading until the broker answers. The reader holds no writer: when the
 //! actor lets go of the socket the writer ends and the connection closes,
-//! read side included. (The echo endpoint reads through actix-ws.)
+//! read side included. (The echo endpoint reads through the same reader.)
 //!
 //! Writes go to the socket's [`Outbox`]: the actor's frames through
 //! [`OutboxSink`], and broadcasts from the broker directly (see
@@ -356,35 +356,21 @@ impl WsReader {
                 OpCode::Bad => return Err(classify(&ProtocolError::BadOpCode)),
             };
             return Ok(Some(match whole {
-                (true, data) => WsMessage::Text(bytestring::ByteString::try_from(data.freeze()).map_err(|e| {
-                    classify(&ProtocolError::Io(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        e,
-                    )))
-                })?),
+                (true, data) => {
+                    WsMessage::Text(bytestring::ByteString::try_from(data.freeze()).map_err(|_| WsEnd::InvalidUtf8)?)
+                }
                 (false, data) => WsMessage::Binary(data.freeze()),
             }));
         }
     }
 }
 
-/// Whether `buf` starts with a whole frame (header, mask key and payload;
-/// RFC 6455 §5.2), or with a header whose length the parser refuses.
+/// Whether `buf` starts with a whole frame (header, mask key and payload),
+/// or with a header whose length the parser refuses.
 fn frame_complete(buf: &[u8]) -> bool {
-    let [_, second, rest @ ..] = buf else { return false };
-    let masked = second & 0x80 != 0;
-    let (extended, len) = match second & 0x7f {
-        126 => match rest {
-            [a, b, ..] => (2, u64::from(u16::from_be_bytes([*a, *b]))),
-            _ => return false,
-        },
-        127 => match rest.get(..8) {
-            Some(b) => (8, u64::from_be_bytes(b.try_into().unwrap_or_default())),
-            None => return false,
-        },
-        n => (0, u64::from(n)),
+    let Some((header, len)) = crate::transport::frame_guard::frame_header(buf) else {
+        return false;
     };
-    let header = 2 + extended + if masked { 4 } else { 0 };
     // A length past `usize` goes to the parser at once, to be refused.
     // (One above `engine.max_payload` never gets here: the frame guard
     // refuses its header.)

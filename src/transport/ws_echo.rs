@@ -57,11 +57,13 @@ async fn echo_loop(mut session: Session, mut reader: WsReader) {
                 WsMessage::Binary(bytes) => session.binary(bytes).await,
                 WsMessage::Ping(bytes) => session.pong(&bytes).await,
             },
-            // RFC 6455 §5.5.1: answer a close frame with one, echoing the code.
-            Some(WsRead::End(_)) if reader.close_frame().is_some() => {
-                break reader.close_frame().map(|code| code.map(reply));
+            Some(WsRead::End(ended)) => {
+                break match reader.close_frame() {
+                    // RFC 6455 §5.5.1: answer a close frame with one, echoing the code.
+                    Some(code) => Some(code.map(reply)),
+                    None => code_for(&ended.end).map(|code| Some(reply(code))),
+                };
             }
-            Some(WsRead::End(ended)) => break code_for(&ended.end).map(|code| Some(reply(code))),
         };
         if sent.is_err() {
             return; // the connection is gone
