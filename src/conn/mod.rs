@@ -173,10 +173,23 @@ impl Connection {
             peer = peer.client.as_deref().unwrap_or_default(),
         );
         let mut session = Session::new(transport, shared.limits.clone(), Instant::now());
+        let mut ws = ws;
         if transport == TransportKind::WebSocket {
             let open = Self::open_packet(&shared, &sid, transport);
-            // unwrap: an empty buffer always has room for the open packet.
-            session.push(open).unwrap();
+            match ws.as_mut() {
+                // Straight to the socket's sink, not through the session's
+                // buffer (which the actor flushes once it runs): queued
+                // before the 101 is written, the open packet leaves with it
+                // in one write (`transport::handover`).
+                Some(ws) => {
+                    shared.metrics.bytes_out.inc_by(open.len() as u64);
+                    // A new sink takes its first frame (and a failed one
+                    // is reported by the socket's reader).
+                    let _ = ws.sink.write(open);
+                }
+                // unwrap: an empty buffer always has room for the open packet.
+                None => session.push(open).unwrap(),
+            }
         }
         let conn = Connection {
             sid: sid.clone(),

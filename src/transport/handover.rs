@@ -10,7 +10,8 @@
 //! - the WebSocket handshake claims it ([`Handover::claim`]) and reads the
 //!   socket through [`SocketReader`] instead of a request body;
 //! - once the App has answered 101 and the socket was claimed, the 101 is
-//!   written, the dispatcher's buffers are dropped (bytes the client sent
+//!   written (in one write with the frames the session queued meanwhile:
+//!   its open packet), the dispatcher's buffers are dropped (bytes the client sent
 //!   after its request are kept for the reader), and the frames go
 //!   straight to the socket: from the session's [`Outbox`] (see
 //!   [`Outbox::park`]), or for other WebSockets (the echo endpoint)
@@ -283,20 +284,36 @@ where
         return Ok(None);
     }
     let (head, body) = response.into_parts();
-    framed.send(h1::Message::Item((head, BodySize::Stream))).await?;
+    // Encoded, not written yet: the frames already queued go with it.
+    framed.feed(h1::Message::Item((head, BodySize::Stream))).await?;
     // The dispatcher's buffers go here (a copy of what the client sent
     // after its request stays for the reader).
-    let actix_codec::FramedParts { io, read_buf, .. } = framed.into_parts();
-    if let Some(relay) = shared.relay.borrow_mut().take() {
+    let actix_codec::FramedParts {
+        io,
+        read_buf,
+        mut write_buf,
+        ..
+    } = framed.into_parts();
+    let relay = shared.relay.borrow_mut().take();
+    if let Some(relay) = relay {
+        write_all(&io, &write_buf).await?;
         return Ok(Some(Upgraded::Relayed(io, read_buf.freeze(), *relay)));
     }
+    let outbox = shared.outbox.borrow_mut().take();
+    // The session's first frames (its open packet) and the 101 in one
+    // write: one trip through the kernel's TCP path (on loopback, the
+    // receiver's too) instead of two.
+    if let Some(queued) = outbox.as_ref().and_then(|outbox| outbox.take_unsent()) {
+        write_buf.extend_from_slice(&queued);
+    }
+    write_all(&io, &write_buf).await?;
+    drop(write_buf);
     if !read_buf.is_empty() {
         *shared.leftover.borrow_mut() = Some(Box::new(Bytes::copy_from_slice(&read_buf)));
     }
     let socket = Rc::new(io);
     *shared.socket.borrow_mut() = Some(socket.clone());
     shared.wake();
-    let outbox = shared.outbox.borrow_mut().take();
     Ok(Some(Upgraded::Here((end, socket, body, outbox))))
 }
 

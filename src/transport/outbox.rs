@@ -130,6 +130,16 @@ impl Queue {
         out.freeze()
     }
 
+    /// Everything, as one buffer, without a copy when it is one already.
+    fn into_bytes(mut self) -> Bytes {
+        if self.segments.is_empty() {
+            let mut tail = self.tail;
+            tail.advance(self.written);
+            return tail.freeze();
+        }
+        self.concat()
+    }
+
     /// One write of the front of the queue (`writev` for several slices);
     /// drops what it wrote.
     fn write_to(&mut self, socket: &actix_web::rt::net::TcpStream) -> std::io::Result<()> {
@@ -542,6 +552,27 @@ impl Outbox {
             inner.scheduled = true;
         }
         self.schedule();
+    }
+
+    /// Takes what is queued, as one buffer, for the caller to write ahead
+    /// of everything queued after it: the frames a session queued before
+    /// its socket was here (its open packet), which then go out with the
+    /// 101 ([`super::handover`]). Only before the socket has a writer
+    /// ([`Self::park`]), and only while open (a close or an abort is the
+    /// writer's); `None` otherwise, or when nothing is queued.
+    pub fn take_unsent(&self) -> Option<Bytes> {
+        let mut inner = self.lock();
+        if inner.phase != Phase::Open || inner.parked.is_some() || inner.express.is_some() || inner.queue.is_empty() {
+            return None;
+        }
+        // The queue's buffers go with it: an idle session keeps none.
+        let unsent = std::mem::take(&mut inner.queue);
+        inner.emptied();
+        // Nothing is left for the flusher: the next frame may be written
+        // straight away (`express`), once the socket is parked.
+        inner.scheduled = false;
+        drop(inner);
+        Some(unsent.into_bytes())
     }
 
     /// Writes what is queued straight to the socket, from the flusher,
