@@ -676,19 +676,37 @@ struct Member {
     address: Option<AddressKey>,
     /// Counted per user: the quota per user is on and the socket has one.
     per_user: bool,
-    /// A recovering namespace's socket: its session's private id and data.
-    recovery: Option<Recoverable>,
+    /// A recovering namespace's socket: its session (boxed: most members
+    /// have none, and every member is in the broker's memory as long as
+    /// its connection is open).
+    recovery: Option<Box<Recovering>>,
     /// Where its namespace's log was when it joined.
     start: Offset,
-    /// `streams` mode: when its session was last written to the store.
-    stored: Option<std::time::Instant>,
     /// The offset of the last logged broadcast naming it by its id.
     reached: Offset,
-    /// `streams` mode: its session changed (a room) since, or was never
-    /// written: written at the next tick.
-    dirty: bool,
     /// [`Register::owner`].
     owner: Arc<str>,
+}
+
+/// A member's session in a recovering namespace.
+struct Recovering {
+    /// Its private id and data.
+    session: Recoverable,
+    /// `streams` mode: when it was last written to the store.
+    stored: Option<std::time::Instant>,
+    /// `streams` mode: it changed (a room) since, or was never written:
+    /// written at the next tick.
+    dirty: bool,
+}
+
+impl Member {
+    /// Its session in the cluster's store (`streams` mode) is out of date:
+    /// written at the next tick.
+    fn changed(&mut self) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.dirty = r.stored.is_some();
+        }
+    }
 }
 
 /// Members of a room in join order (for presence lists).
@@ -1019,7 +1037,7 @@ impl Broker {
         }
         member.rooms.insert(room.clone());
         // Its session in the cluster's store gets the room at the next tick.
-        member.dirty = member.stored.is_some();
+        member.changed();
         if let Some(group) = address {
             count_in(&mut self.by_address, group, room);
         }
@@ -1054,7 +1072,7 @@ impl Broker {
         if !member.rooms.remove(room) {
             return false;
         }
-        member.dirty = member.stored.is_some();
+        member.changed();
         let nsp = member.nsp.clone();
         if let Some(address) = member.address {
             count_out(&mut self.by_address, (nsp.clone(), address), room);
@@ -1132,10 +1150,14 @@ impl Broker {
                 direct: msg.direct,
                 rooms: HashSet::new(),
                 address,
-                recovery,
+                recovery: recovery.map(|session| {
+                    Box::new(Recovering {
+                        session,
+                        dirty: stored.is_some(),
+                        stored,
+                    })
+                }),
                 start,
-                dirty: stored.is_some(),
-                stored,
                 reached: Offset::default(),
                 owner: msg.owner,
             }),
@@ -1151,7 +1173,7 @@ impl Broker {
             return;
         };
         let rooms: Vec<Arc<str>> = member.rooms.iter().cloned().collect();
-        if let Some(r) = &member.recovery {
+        if let Some(r) = member.recovery.as_ref().map(|r| &r.session) {
             self.by_pid.remove(&r.pid);
             let session = Session {
                 sid: socket_id.to_string(),
@@ -1268,7 +1290,11 @@ impl Broker {
         let sid = self.by_pid.get(pid)?.clone();
         let start = self.start_of(&sid);
         let member = self.members.get(&sid).filter(|m| *m.nsp == *nsp)?;
-        let data = member.recovery.as_ref().map(|r| r.data.clone()).unwrap_or_default();
+        let data = member
+            .recovery
+            .as_ref()
+            .map(|r| r.session.data.clone())
+            .unwrap_or_default();
         let rooms: Vec<Arc<str>> = member.rooms.iter().cloned().collect();
         member.evict.do_send(Evict {
             detail: "its client came back on another connection (connection state recovery)".into(),
@@ -1298,8 +1324,11 @@ impl Broker {
         let due: Vec<Arc<str>> = self
             .members
             .iter()
-            .filter(|(_, m)| m.recovery.is_some())
-            .filter(|(_, m)| m.stored.is_some_and(|at| m.dirty || now.duration_since(at) >= refresh))
+            .filter(|(_, m)| {
+                m.recovery
+                    .as_ref()
+                    .is_some_and(|r| r.stored.is_some_and(|at| r.dirty || now.duration_since(at) >= refresh))
+            })
             .map(|(sid, _)| sid.clone())
             .take(REFRESH_PER_TICK)
             .collect();
@@ -1308,12 +1337,12 @@ impl Broker {
             let Some(member) = self.members.get_mut(&sid) else {
                 continue;
             };
-            let Some(r) = &member.recovery else { continue };
+            let Some(r) = member.recovery.as_mut() else { continue };
             let session = Session {
                 sid: sid.to_string(),
-                pid: r.pid.to_string(),
+                pid: r.session.pid.to_string(),
                 rooms: member.rooms.iter().map(|r| r.to_string()).collect(),
-                data: r.data.clone(),
+                data: r.session.data.clone(),
             };
             if store
                 .keep
@@ -1325,8 +1354,8 @@ impl Broker {
             {
                 break;
             }
-            member.stored = Some(now);
-            member.dirty = false;
+            r.stored = Some(now);
+            r.dirty = false;
         }
     }
 
