@@ -158,7 +158,7 @@ impl Connection {
     pub fn start(
         shared: Arc<EngineShared>,
         transport: TransportKind,
-        ws: Option<WsWriter>,
+        mut ws: Option<WsWriter>,
         reader: Option<impl futures_util::Stream<Item = WsRead> + 'static>,
         peer: PeerInfo,
     ) -> (Arc<str>, Addr<Connection>) {
@@ -172,24 +172,17 @@ impl Connection {
             transport = transport.as_str(),
             peer = peer.client.as_deref().unwrap_or_default(),
         );
-        let mut session = Session::new(transport, shared.limits.clone(), Instant::now());
-        let mut ws = ws;
-        if transport == TransportKind::WebSocket {
+        let session = Session::new(transport, shared.limits.clone(), Instant::now());
+        // A WebSocket session's open packet goes straight to its socket's
+        // sink, not through the session's buffer (which the actor flushes
+        // once it runs): queued before the 101 is written, it leaves with
+        // it in one write (`transport::handover`).
+        if let Some(ws) = ws.as_mut() {
             let open = Self::open_packet(&shared, &sid, transport);
-            match ws.as_mut() {
-                // Straight to the socket's sink, not through the session's
-                // buffer (which the actor flushes once it runs): queued
-                // before the 101 is written, the open packet leaves with it
-                // in one write (`transport::handover`).
-                Some(ws) => {
-                    shared.metrics.bytes_out.inc_by(open.len() as u64);
-                    // A new sink takes its first frame (and a failed one
-                    // is reported by the socket's reader).
-                    let _ = ws.sink.write(open);
-                }
-                // unwrap: an empty buffer always has room for the open packet.
-                None => session.push(open).unwrap(),
-            }
+            shared.metrics.bytes_out.inc_by(open.len() as u64);
+            // A new sink takes its first frame (and a failed one is
+            // reported by the socket's reader).
+            let _ = ws.sink.write(open);
         }
         let conn = Connection {
             sid: sid.clone(),

@@ -307,7 +307,6 @@ where
         write_buf.extend_from_slice(&queued);
     }
     write_all(&io, &write_buf).await?;
-    drop(write_buf);
     if !read_buf.is_empty() {
         *shared.leftover.borrow_mut() = Some(Box::new(Bytes::copy_from_slice(&read_buf)));
     }

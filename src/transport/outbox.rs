@@ -562,7 +562,8 @@ impl Outbox {
     /// writer's); `None` otherwise, or when nothing is queued.
     pub fn take_unsent(&self) -> Option<Bytes> {
         let mut inner = self.lock();
-        if inner.phase != Phase::Open || inner.parked.is_some() || inner.express.is_some() || inner.queue.is_empty() {
+        // (A parked writer has set `express` too, while open.)
+        if inner.phase != Phase::Open || inner.express.is_some() || inner.queue.is_empty() {
             return None;
         }
         // The queue's buffers go with it: an idle session keeps none.
